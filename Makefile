@@ -1,0 +1,37 @@
+# The README's two commands (`make demo`, `make test`) and `make sync`. Needs only python3 and make.
+PYTHON ?= python3
+VENV ?= .venv
+# CPU PyTorch by default; on a GPU box: make TORCH=torch test
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.minillm-installed
+
+.PHONY: demo test sync venv clean
+
+venv: $(STAMP)
+
+# torch first, so that the package's torch range is already met and pip pulls no other build.
+$(STAMP): setup.py settings.ini
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip check
+	touch $(STAMP)
+
+# The main job.
+demo: venv
+	$(BIN)/minillm env
+
+# The whole default suite: generated files in sync, notebooks (nbdev_test), tests/ (pytest).
+test: venv
+	$(BIN)/python tests/suite.py
+
+# Regenerate everything derived from nbs/: clean notebooks, the package, lessons/, README.md.
+sync: venv
+	$(BIN)/nbdev_clean
+	$(BIN)/nbdev_export
+	$(BIN)/minillm lessons
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

@@ -1,0 +1,30 @@
+"""Test flags for tests/, mirroring the notebooks' (settings.ini tst_flags): tests marked slow, gpu or
+multigpu are skipped unless MINILLM_TEST_FLAGS names the flag (`MINILLM_TEST_FLAGS="slow gpu"`)."""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FLAGS = ("slow", "gpu", "multigpu")
+
+
+def pytest_configure(config):
+    for f in FLAGS: config.addinivalue_line("markers", f"{f}: skipped unless MINILLM_TEST_FLAGS contains '{f}'")
+
+
+def pytest_collection_modifyitems(config, items):
+    on = set(os.environ.get("MINILLM_TEST_FLAGS", "").split())
+    for item in items:
+        for f in FLAGS:
+            if f in item.keywords and f not in on:
+                item.add_marker(pytest.mark.skip(reason=f"flag '{f}' not set (MINILLM_TEST_FLAGS)"))
+
+
+@pytest.fixture
+def root() -> Path: return ROOT
+
+
+@pytest.fixture
+def venv_bin() -> Path: return Path(sys.executable).parent

@@ -1,0 +1,148 @@
+#!/usr/bin/env python
+"""The default test suite, run by `make test` and CI.
+
+1. sync: in a scratch copy of the project, run nbdev_clean, nbdev_export and `minillm lessons`; any
+   difference from the working tree (unclean notebooks, a stale package, README or lessons) fails,
+   with the command that fixes it. The working tree itself is never touched.
+2. notebooks: nbdev_test over nbs/ (cells flagged slow, gpu, multigpu are skipped; see settings.ini).
+3. pytest: tests/ (tests marked slow, gpu, multigpu are skipped unless MINILLM_TEST_FLAGS names them).
+
+Usage: python tests/suite.py [--only sync|notebooks|pytest ...] [--flags "slow gpu"]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def project_files(root: Path) -> list[str]:
+    "Tracked and untracked-but-not-ignored files (what a commit would hold), or every file outside .venv/.git."
+    try:
+        out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=root,
+                             capture_output=True, check=True).stdout.decode()
+        files = [f for f in out.split("\0") if f]
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        skip = {".venv", "venv", ".git", "__pycache__", "build", "dist"}
+        files = [str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and not skip & set(p.relative_to(root).parts)]
+    return [f for f in files if (root / f).is_file()]
+
+
+def tree(root: Path, sub: str) -> dict[str, bytes]:
+    base = root / sub
+    if base.is_file(): return {sub: base.read_bytes()}
+    if not base.exists(): return {}
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(base.rglob("*"))
+            if p.is_file() and "__pycache__" not in p.parts and ".ipynb_checkpoints" not in p.parts}
+
+
+def compare(copy: Path, subs: list[str]) -> list[str]:
+    "Paths under `subs` whose content differs between the working tree and the regenerated copy."
+    bad = []
+    for sub in subs:
+        a, b = tree(ROOT, sub), tree(copy, sub)
+        bad += [k for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
+    return bad
+
+
+def run(cmd: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+
+
+def sync_check() -> tuple[int, list[str]]:
+    "(number of checks, failure messages)."
+    failures = []
+    with tempfile.TemporaryDirectory(prefix="minillm-sync-") as tmp:
+        copy = Path(tmp) / "repo"
+        for f in project_files(ROOT):
+            (copy / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, copy / f)
+        env = {**os.environ, "PYTHONPATH": str(copy)}
+        steps = [
+            ("nbdev_clean", [str(BIN / "nbdev_clean")], ["nbs"],
+             "notebook not clean (outputs metadata, execution counts): {}.\n  Fix: run `nbdev_clean` (or `make sync`), then commit."),
+            ("nbdev_export", [str(BIN / "nbdev_export")], ["minillm"],
+             "{} differs from what `nbdev_export` generates from nbs/ (never edit minillm/ by hand).\n"
+             "  Fix: run `nbdev_export` (or `make sync`), then commit."),
+            ("minillm lessons", [sys.executable, "-c", "import sys; from minillm.cli import main; sys.exit(main(['lessons']))"],
+             ["README.md", "lessons"],
+             "{} differs from what `minillm lessons` generates from nbs/.\n  Fix: run `minillm lessons` (or `make sync`), then commit."),
+        ]
+        for name, cmd, subs, msg in steps:
+            r = run(cmd, copy, env)
+            if r.returncode != 0:
+                failures.append(f"`{name}` failed in a scratch copy of the project:\n{r.stdout}{r.stderr}")
+                continue
+            failures += [msg.format(p) for p in compare(copy, subs)]
+    return len(steps), failures
+
+
+def notebooks(flags: str) -> tuple[int, int, str]:
+    "(notebooks passed, failed, output) from nbdev_test."
+    nbs = [p for p in (ROOT / "nbs").glob("*.ipynb") if not p.name.startswith(("_", "."))]
+    r = run([str(BIN / "nbdev_test"), "--n_workers", "2", "--flags", flags], ROOT)
+    out = r.stdout + r.stderr
+    failed = 0 if r.returncode == 0 else max(1, sum(1 for p in nbs if f"\t{p.name}" in out))
+    return len(nbs) - failed, failed, out
+
+
+def pytest(flags: str) -> tuple[int, int, int, str]:
+    "(passed, failed, skipped, output) from pytest tests/; 'no tests collected' (exit 5) counts as none run."
+    with tempfile.TemporaryDirectory() as tmp:
+        xml = Path(tmp) / "junit.xml"
+        env = {**os.environ, "MINILLM_TEST_FLAGS": flags}
+        r = subprocess.run([sys.executable, "-m", "pytest", "tests", "-q", "-rs", "-p", "no:cacheprovider",
+                            f"--junitxml={xml}"], cwd=ROOT, env=env, text=True, capture_output=True)
+        out = r.stdout + r.stderr
+        if r.returncode == 5: return 0, 0, 0, out + "\n(no tests collected)"
+        if not xml.exists(): return 0, 1, 0, out
+        s = ET.parse(xml).getroot()
+        s = s if s.tag == "testsuite" else s.find("testsuite")
+        total, fail, err, skip = (int(s.get(k, 0)) for k in ("tests", "failures", "errors", "skipped"))
+        failed = fail + err + (1 if r.returncode not in (0, 1) and not fail + err else 0)
+        return total - fail - err - skip, failed, skip, out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", nargs="+", choices=["sync", "notebooks", "pytest"], default=["sync", "notebooks", "pytest"])
+    p.add_argument("--flags", default=os.environ.get("MINILLM_TEST_FLAGS", ""),
+                   help="space-separated flags to run as well (slow gpu multigpu)")
+    args = p.parse_args(argv)
+    t0, times, passed, failed, skipped, messages = time.time(), {}, 0, 0, 0, []
+
+    if "sync" in args.only:
+        t = time.time(); n, fails = sync_check(); times["sync"] = time.time() - t
+        print(f"== sync: {n} generators compared, {len(fails)} problem(s)")
+        for m in fails: print("  FAIL " + m)
+        passed += n if not fails else 0; failed += 1 if fails else 0; messages += fails
+    if "notebooks" in args.only:
+        t = time.time(); ok, bad, out = notebooks(args.flags); times["notebooks"] = time.time() - t
+        print(f"== notebooks (nbdev_test --flags '{args.flags}'): {ok} passed, {bad} failed")
+        if bad: print(out); messages.append("notebooks failed (see above). Reproduce: nbdev_test --path nbs/NAME.ipynb")
+        passed += ok; failed += bad
+    if "pytest" in args.only:
+        t = time.time(); ok, bad, sk, out = pytest(args.flags); times["pytest"] = time.time() - t
+        print(out.rstrip())
+        print(f"== pytest tests/: {ok} passed, {bad} failed, {sk} skipped")
+        if bad: messages.append("pytest failed (see above). Reproduce: .venv/bin/python -m pytest tests -x")
+        passed += ok; failed += bad; skipped += sk
+
+    wall = time.time() - t0
+    print(f"\nsuite wall time: {wall:.1f} s (" + ", ".join(f"{k} {v:.1f} s" for k, v in times.items()) + ")")
+    if messages: print("FAILED:\n  " + "\n  ".join(m.splitlines()[0] for m in messages))
+    print(f"suite: {passed} passed, {failed} failed, {skipped} skipped")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

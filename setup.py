@@ -12,8 +12,8 @@ for key in "lib_name version description author author_email license min_python 
     if not cfg.get(key):
         raise SystemExit(f"settings.ini is missing `{key}`: add it under [DEFAULT].")
 
-licenses = {"apache2": ("Apache Software License 2.0", "OSI Approved :: Apache Software License")}
-lic = licenses[cfg["license"]]
+licenses = {"apache2": "Apache-2.0"}  # SPDX expressions
+if cfg["license"] not in licenses: raise SystemExit(f"settings.ini: unknown license {cfg['license']!r}; known: {', '.join(licenses)}")
 statuses = ["1 - Planning", "2 - Pre-Alpha", "3 - Alpha", "4 - Beta", "5 - Production/Stable", "6 - Mature", "7 - Inactive"]
 py_versions = "3.10 3.11 3.12 3.13".split()
 min_python = cfg["min_python"]
@@ -31,13 +31,13 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     author=cfg["author"],
     author_email=cfg["author_email"],
-    license=lic[0],
+    license=licenses[cfg["license"]],
+    license_files=["LICENSE"],
     url=cfg["git_url"],
     keywords=cfg.get("keywords", "").split(),
     classifiers=[
         "Development Status :: " + statuses[int(cfg["status"]) - 1],
         "Intended Audience :: " + cfg["audience"].title(),
-        "License :: " + lic[1],
         "Natural Language :: " + cfg["language"].title(),
     ] + ["Programming Language :: Python :: " + v for v in py_versions[py_versions.index(min_python):]],
     packages=setuptools.find_packages(include=[cfg["lib_path"], cfg["lib_path"] + ".*"]),

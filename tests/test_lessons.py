@@ -1,61 +1,93 @@
-"""Generated lessons, run in a real Jupyter kernel (nbclient), as a learner would run them."""
+"""Generated lessons, run in a real Jupyter kernel (nbclient), as a learner runs them."""
 import copy
 import json
+import re
+from pathlib import Path
 
+import nbformat
 import pytest
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
-import nbformat
 
 from minillm.lessons import split_directives, src
 
+ROOT = Path(__file__).resolve().parents[1]
+LESSONS = sorted(p.name for p in (ROOT / "lessons").glob("[0-9][0-9]_*.ipynb"))
+EXERCISES = [(name, fn) for name in LESSONS for fn in re.findall(
+    r"# ✏️ Exercise.*?\ndef (\w+)\(", "\n".join(c.source for c in nbformat.read(ROOT / "lessons" / name, 4).cells), re.S)]
 
-def lesson_cells(root, name="01_core.ipynb"):
-    return nbformat.reads((root / "lessons" / name).read_text(), as_version=4)
+
+def load(name):
+    return nbformat.read(ROOT / "lessons" / name, as_version=4)
 
 
-def reference_cell(root, name, func):
-    "The source of the exported cell defining `func` in nbs/, directives removed."
-    nb = json.loads((root / "nbs" / name).read_text())
+def reference_cell(name, func):
+    "The source of the cell defining `func` in nbs/ (the reference implementation), directives removed."
+    nb = json.loads((ROOT / "nbs" / name).read_text())
     return next(split_directives(src(c))[1] for c in nb["cells"] if c["cell_type"] == "code" and f"def {func}(" in src(c))
 
 
 def execute(nb, cwd):
-    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
     return nb
+
+
+def exercise_index(nb, func):
+    i = next(k for k, c in enumerate(nb.cells) if c.cell_type == "code" and f"def {func}(" in c.source and "✏️" in c.source)
+    assert nb.cells[i + 1].source.startswith("# Self-check"), "an exercise must be followed by its self-check"
+    return i
 
 
 def upto_selfcheck(nb, func):
     "The lesson up to the self-check of exercise `func`, and the index of the exercise cell."
-    i = next(k for k, c in enumerate(nb.cells) if c.cell_type == "code" and f"def {func}(" in c.source)
-    assert nb.cells[i + 1].source.startswith("# Self-check")
+    i = exercise_index(nb, func)
     out = copy.deepcopy(nb); out.cells = out.cells[: i + 2]
     return out, i
 
 
-def outputs(cell): return "".join(o.get("text", "") for o in cell.outputs)
+def text(cell): return "".join(o.get("text", "") for o in cell.get("outputs", []))
 
 
-def test_stub_fails_its_selfcheck(root, tmp_path):
-    "The lesson as shipped: the stub must fail its self-check, telling the learner it is not implemented and the hint."
-    nb, _ = upto_selfcheck(lesson_cells(root), "bf16_capable")
+def test_every_lesson_has_an_exercise():
+    "Each lesson must give the learner at least one self-checking exercise."
+    assert LESSONS and {n for n, _ in EXERCISES} == set(LESSONS)
+
+
+@pytest.mark.parametrize("name,func", EXERCISES)
+def test_stub_fails_its_selfcheck(name, func, tmp_path):
+    "The lesson as shipped: each stub fails its self-check, saying it is not implemented and giving the hint."
+    nb, _ = upto_selfcheck(load(name), func)
     with pytest.raises(CellExecutionError) as e: execute(nb, tmp_path)
-    assert "ExerciseFailed" in str(e.value) and "not implemented yet" in str(e.value) and "hint" in str(e.value)
+    assert "ExerciseFailed" in str(e.value) and "not implemented yet" in str(e.value) and "hint:" in str(e.value)
 
 
-def test_reference_passes_and_whole_lesson_runs(root, tmp_path):
-    "With the reference body filled in, the self-check passes and every later cell of the lesson runs."
-    nb = lesson_cells(root)
-    _, i = upto_selfcheck(nb, "bf16_capable")
-    nb.cells[i].source = reference_cell(root, "01_core.ipynb", "bf16_capable")
+@pytest.mark.parametrize("name", LESSONS)
+def test_reference_passes_and_whole_lesson_runs(name, tmp_path):
+    "With every exercise filled in with the reference, each self-check passes and the whole lesson runs top to bottom."
+    nb = load(name)
+    for lesson, func in EXERCISES:
+        if lesson != name: continue
+        i = exercise_index(nb, func)
+        nb.cells[i].source = reference_cell(name, func)
     execute(nb, tmp_path)
-    assert "✓ bf16_capable" in outputs(nb.cells[i + 1])
+    for lesson, func in EXERCISES:
+        if lesson == name: assert f"✓ {func}" in "".join(text(c) for c in nb.cells), func
 
 
-def test_off_by_one_fails_with_inputs_expected_got(root, tmp_path):
-    "A plausible wrong answer (> instead of >=) must fail and show inputs, expected and got."
-    nb, i = upto_selfcheck(lesson_cells(root), "bf16_capable")
-    nb.cells[i].source = "def bf16_capable(capability):\n    return tuple(capability) > (8, 0)"
+@pytest.mark.parametrize("name,func,wrong,shows", [
+    # > instead of >=: a GPU of exactly compute capability 8.0 (A100) is misjudged.
+    ("01_core.ipynb", "bf16_capable", "def bf16_capable(capability):\n    return tuple(capability) > (8, 0)",
+     ["inputs:   ((8, 0))", "expected: True", "got:      False"]),
+    # The square mask aligned top-left: a single cached query would see only key 0.
+    ("05_attention.ipynb", "causal_mask", "import torch\ndef causal_mask(t_q, t_k, device=None):\n    return torch.ones(t_q, t_k, dtype=torch.bool).tril()",
+     ["inputs:   (1, 5)", "expected: tensor(shape=(1, 5)", "got:      tensor(shape=(1, 5), dtype=bool, values=[[True, False"]),
+    # Mean instead of mean of squares.
+    ("07_model.ipynb", "rms_norm", "import torch\ndef rms_norm(x, weight, eps=1e-5):\n    return (x / torch.sqrt(x.mean(-1, keepdim=True) ** 2 + eps) * weight).to(x.dtype)",
+     ["wrong answer", "inputs:   (tensor(shape=(2, 3, 8)"]),
+])
+def test_plausible_wrong_answer_is_rejected(name, func, wrong, shows, tmp_path):
+    "A plausible mistake fails its self-check and the message shows inputs, expected and got."
+    nb, i = upto_selfcheck(load(name), func)
+    nb.cells[i].source = wrong
     with pytest.raises(CellExecutionError) as e: execute(nb, tmp_path)
-    msg = str(e.value)
-    assert "wrong answer" in msg and "inputs:   ((8, 0))" in msg and "expected: True" in msg and "got:      False" in msg
+    for s in shows: assert s in str(e.value), (s, str(e.value)[-1500:])

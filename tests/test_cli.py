@@ -64,3 +64,47 @@ def test_fresh_venv_install(root, tmp_path):
     for args in (["--help"], ["env"]):
         r = subprocess.run([str(venv / "bin" / "minillm"), *args], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
+
+
+def prepare_cmd(venv_bin, out, *extra):
+    return [str(venv_bin / "minillm"), "prepare", "--corpus", "builtin", "--tokenizer", "bpe", "--vocab-size", "1000",
+            "--out", str(out), "--workers", "2", *extra]
+
+
+def test_prepare_builtin_is_byte_identical_on_rerun(venv_bin, tmp_path):
+    """`minillm prepare --corpus builtin`: shards, meta.json and tokenizer appear, are readable like any user file,
+    and a second run into a fresh folder gives byte-identical files (no dates, ordered workers)."""
+    for out in (tmp_path / "a", tmp_path / "b"):
+        r = subprocess.run(prepare_cmd(venv_bin, out), capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+    files = ["train.bin", "val.bin", "meta.json", "tokenizer/vocab.json", "tokenizer/merges.txt", "tokenizer/tokenizer.json"]
+    for f in files: assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    meta = json.loads((tmp_path / "a" / "meta.json").read_text())
+    assert meta["corpus"] == "builtin" and meta["dtype"] == "uint16" and meta["tokenizer"]["vocab_size"] == 1000
+    assert (tmp_path / "a" / "meta.json").stat().st_mode & 0o044, "group/other can read it (umask permitting)"
+
+
+def test_prepare_interrupted_leaves_no_partial_shard(venv_bin, tmp_path):
+    "Ctrl-C while shards are being written: no train.bin, val.bin, meta.json, tokenizer or temporary file remains."
+    import signal, time
+    out = tmp_path / "x"
+    p = subprocess.Popen(prepare_cmd(venv_bin, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while not (out / ".train.bin.tmp").exists():
+        assert p.poll() is None and time.time() < deadline, "prepare ended before writing shards"
+        time.sleep(0.05)
+    time.sleep(0.3)
+    p.send_signal(signal.SIGINT)
+    p.wait(timeout=120)
+    assert p.returncode != 0
+    assert sorted(x.name for x in out.iterdir()) == [], sorted(x.name for x in out.iterdir())
+
+
+def test_prepare_bad_input(venv_bin, tmp_path):
+    "Bad input exits non-zero with a one-line reason and fix, not a traceback."
+    cases = [(["--corpus", str(tmp_path / "none.txt")], "no such file or folder"),
+             (["--vocab-size", "100"], "use at least"),
+             (["--tokenizer", "wordpiece"], "neither a kind")]
+    for args, msg in cases:
+        r = subprocess.run([str(venv_bin / "minillm"), "prepare", "--out", str(tmp_path / "o"), *args], capture_output=True, text=True, timeout=300)
+        assert r.returncode != 0 and msg in r.stderr and "Traceback" not in r.stderr, (args, r.stderr[-500:])

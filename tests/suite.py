@@ -37,19 +37,20 @@ def project_files(root: Path) -> list[str]:
     return [f for f in files if (root / f).is_file()]
 
 
-def tree(root: Path, sub: str) -> dict[str, bytes]:
+def tree(root: Path, sub: str, pattern: str = "*") -> dict[str, bytes]:
     base = root / sub
     if base.is_file(): return {sub: base.read_bytes()}
     if not base.exists(): return {}
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(base.rglob("*"))
-            if p.is_file() and "__pycache__" not in p.parts and ".ipynb_checkpoints" not in p.parts}
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(base.rglob(pattern))
+            if p.is_file() and not {"__pycache__", ".ipynb_checkpoints", ".hypothesis"} & set(p.parts)}
 
 
 def compare(copy: Path, subs: list[str]) -> list[str]:
-    "Paths under `subs` whose content differs between the working tree and the regenerated copy."
+    "Paths under `subs` (a folder, a file, or 'folder/*.ext') whose content differs between the working tree and the regenerated copy."
     bad = []
     for sub in subs:
-        a, b = tree(ROOT, sub), tree(copy, sub)
+        sub, _, pattern = sub.partition("/*")
+        a, b = tree(ROOT, sub, "*" + pattern), tree(copy, sub, "*" + pattern)
         bad += [k for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
     return bad
 
@@ -68,7 +69,7 @@ def sync_check() -> tuple[int, list[str]]:
             shutil.copy2(ROOT / f, copy / f)
         env = {**os.environ, "PYTHONPATH": str(copy)}
         steps = [
-            ("nbdev_clean", [str(BIN / "nbdev_clean")], ["nbs"],
+            ("nbdev_clean", [str(BIN / "nbdev_clean")], ["nbs/*.ipynb"],
              "notebook not clean (outputs metadata, execution counts): {}.\n  Fix: run `nbdev_clean` (or `make sync`), then commit."),
             ("nbdev_export", [str(BIN / "nbdev_export")], ["minillm"],
              "{} differs from what `nbdev_export` generates from nbs/ (never edit minillm/ by hand).\n"

@@ -13,6 +13,8 @@ __all__ = ['COMMANDS', 'usage', 'main']
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "env":     ("minillm.core", "env_main", "print what this machine can do, and the defaults chosen from it"),
     "prepare": ("minillm.tokenizer", "prepare_main", "tokenise a corpus into token shards (train.bin, val.bin, meta.json, tokenizer/)"),
+    "train":   ("minillm.train", "train_main", "train a model on prepared shards (also under torchrun)"),
+    "sample":  ("minillm.train", "sample_main", "generate text from a trained run"),
     "bench":   ("minillm.bench", "bench_main", "measure speed (model: training and generation throughput) and write JSON"),
     "lessons": ("minillm.lessons", "lessons_main", "generate lessons/, lessons/README.md and README.md from nbs/"),
 }

@@ -360,17 +360,17 @@ def write_shards(corpus: Corpus, tok: Tokenizer, out: Path | str, workers: int |
     tmps = {s: out / f".{s}.bin.tmp" for s in ("train", "val")}
     try:
         for split, tmp in tmps.items():
-            n_tok = n_docs = 0
+            n_tok = n_docs = n_bytes = 0
             texts = corpus.split(split)
             def counted():
-                nonlocal n_docs
-                for t in texts: n_docs += 1; yield t
+                nonlocal n_docs, n_bytes
+                for t in texts: n_docs += 1; n_bytes += len(t.encode("utf-8")); yield t
             with open(tmp, "wb") as f, tqdm(desc=f"{corpus.name} {split}", unit=" tok", unit_scale=True, disable=not progress) as bar:
                 for ids in encode_corpus(counted(), tok, workers):
                     if ids.size and ids.max() >= tok.vocab_size: raise ValueError(f"token id {ids.max()} >= vocab_size {tok.vocab_size}")
                     ids.astype(dtype).tofile(f); n_tok += ids.size; bar.update(ids.size)
             if n_tok == 0: raise ValueError(f"corpus {corpus.name!r} has no text in its {split} split: add documents (at least 2 lines of text).")
-            meta["splits"][split] = dict(documents=n_docs, tokens=n_tok)
+            meta["splits"][split] = dict(documents=n_docs, bytes=n_bytes, tokens=n_tok)   # bytes: for bits per byte
         for split, tmp in tmps.items(): os.replace(tmp, out / f"{split}.bin")
         write_json(out / "meta.json", meta)
     finally:

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from .attention import resolve_backend
 from .utils import write_json
@@ -234,6 +235,7 @@ class MiniLLM(nn.Module):
         self.norm = make_norm(c.norm, c.embed_dim, c.norm_eps, c.bias)
         self.lm_head = nn.Linear(c.embed_dim, c.vocab_size, bias=False)
         if c.tie_embeddings: self.lm_head.weight = self.tok_emb.weight
+        self.activation_checkpointing = False   # the trainer's switch: recompute each block's activations in backward
         self.apply(self._init_weights)
         for name, p in self.named_parameters():   # projections into the residual stream
             if name.endswith(("attn.o_proj.weight", "ffn.proj.weight")): nn.init.normal_(p, 0.0, c.init_std / math.sqrt(2 * c.num_layers))
@@ -260,7 +262,9 @@ class MiniLLM(nn.Module):
         elif c.positional == "sinusoidal": x = x + sinusoidal_positions(pos, c.embed_dim).to(x.dtype)
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
-            x = block(x, cache.layers[i] if cache is not None else None, start)
+            if self.activation_checkpointing and self.training and cache is None and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)  # recompute the block in backward
+            else: x = block(x, cache.layers[i] if cache is not None else None, start)
         if cache is not None: cache.pos += t
         x = self.norm(x[:, -1:] if last_only else x)
         logits = self.lm_head(x)                                                          # (b, t, V)

@@ -152,13 +152,10 @@ def prepare(corpus: str, tokenizer: str = "bpe", vocab_size: int = 4096, out: st
         os.replace(tmp, out / "tokenizer")
     finally:
         if tmp.exists(): shutil.rmtree(tmp)
-    n_bytes = sum(len(t.encode()) for t in c.split("val"))
-    meta["val_bytes_per_token"] = n_bytes / meta["splits"]["val"]["tokens"]
-    write_json(out / "meta.json", meta)
     if progress:
         s = meta["splits"]
         print(f"{c.name} -> {out}: {tok.kind} vocab {tok.vocab_size}, train {s['train']['tokens']:,} tokens, val {s['val']['tokens']:,} tokens "
-              f"({meta['val_bytes_per_token']:.2f} bytes/token), {meta['dtype']}, {time.perf_counter() - t0:.0f} s")
+              f"({s['val']['bytes'] / s['val']['tokens']:.2f} bytes/token), {meta['dtype']}, {time.perf_counter() - t0:.0f} s")
     return meta
 
 def prepare_main(argv: list[str] | None = None) -> int:

@@ -88,12 +88,13 @@ def test_prepare_interrupted_leaves_no_partial_shard(venv_bin, tmp_path):
     "Ctrl-C while shards are being written: no train.bin, val.bin, meta.json, tokenizer or temporary file remains."
     import signal, time
     out = tmp_path / "x"
-    p = subprocess.Popen(prepare_cmd(venv_bin, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    cmd = prepare_cmd(venv_bin, out)
+    cmd[cmd.index("--workers") + 1] = "1"                      # one process: writing the shards takes seconds, not a blink
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 300
     while not (out / ".train.bin.tmp").exists():
         assert p.poll() is None and time.time() < deadline, "prepare ended before writing shards"
-        time.sleep(0.05)
-    time.sleep(0.3)
+        time.sleep(0.01)
     p.send_signal(signal.SIGINT)
     p.wait(timeout=120)
     assert p.returncode != 0

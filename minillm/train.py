@@ -130,15 +130,17 @@ def choose_amp(precision: str, device: torch.device) -> tuple[str, torch.dtype |
 
 # %% ../nbs/09_train.ipynb #2eb2df9e
 def rng_state() -> dict:
+    "Python, NumPy, torch and CUDA random states as plain lists of ints (they gather across ranks and load with weights_only)."
     np_state = np.random.get_state()
-    return dict(python=random.getstate(), numpy=[np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
-                torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
+    return dict(python=[random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+                numpy=[np_state[0], np_state[1].tolist(), *np_state[2:]], torch=torch.get_rng_state().tolist(),
+                cuda=[t.tolist() for t in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [])
 
 def set_rng_state(s: dict):
-    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in s["python"]))
-    np.random.set_state((s["numpy"][0], s["numpy"][1].numpy(), *s["numpy"][2:]))
-    torch.set_rng_state(s["torch"])
-    if s["cuda"] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s["cuda"])
+    random.setstate((s["python"][0], tuple(s["python"][1]), s["python"][2]))
+    np.random.set_state((s["numpy"][0], np.array(s["numpy"][1], dtype=np.uint32), *s["numpy"][2:]))
+    torch.set_rng_state(torch.tensor(s["torch"], dtype=torch.uint8))
+    if s["cuda"] and torch.cuda.is_available(): torch.cuda.set_rng_state_all([torch.tensor(t, dtype=torch.uint8) for t in s["cuda"]])
 
 def save_checkpoint(path: Path, state: dict):
     "torch.save to a temporary file beside `path`, then rename."
@@ -285,6 +287,8 @@ def resume(self: Trainer, path: Path):
     check_compatible(ck, self.model_config, self.tok.fingerprint())
     self.raw.load_state_dict(ck["model"]); self.opt.load_state_dict(ck["optimizer"]); self.scaler.load_state_dict(ck["scaler"])
     self.sampler.load_state_dict(ck["sampler"]); self.step, self.max_steps, self.best = ck["step"], ck["max_steps"], ck["best"]
+    if self.cfg.max_steps != ck["train_config"]["max_steps"]:          # asked for another length: the schedule follows
+        self.max_steps = self.cfg.max_steps; self.log(f"max_steps changed on resume: the schedule now ends at step {self.max_steps}")
     set_rng_state(ck["rng"][self.d.rank] if self.d.rank < len(ck["rng"]) else ck["rng"][0])
     self.log(f"resumed from {path} at step {self.step}")
 

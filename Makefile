@@ -19,9 +19,16 @@ $(STAMP): setup.py settings.ini
 	$(BIN)/python -m pip check
 	touch $(STAMP)
 
-# The main job.
+# The main job: prepare the built-in corpus (once), train the demo preset for DEMO_SECONDS of training,
+# then print val bits-per-byte and a sample. The run lands in runs/demo (`minillm sample --run runs/demo`).
+DEMO_SECONDS ?= 300
+DEMO_VOCAB ?= 4096
+DEMO_DATA ?= data/builtin-$(DEMO_VOCAB)
+DEMO_OUT ?= runs/demo
 demo: venv
 	$(BIN)/minillm env
+	@test -f $(DEMO_DATA)/meta.json || $(BIN)/minillm prepare --corpus builtin --tokenizer bpe --vocab-size $(DEMO_VOCAB) --out $(DEMO_DATA)
+	$(BIN)/minillm train --data $(DEMO_DATA) --preset demo --out $(DEMO_OUT) --time-budget $(DEMO_SECONDS) --overwrite
 
 # The whole default suite: generated files in sync, notebooks (nbdev_test), tests/ (pytest).
 test: venv
@@ -35,3 +42,5 @@ sync: venv
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
+
+# runs/ and data/*/ are outputs; `make clean` leaves them.

@@ -370,7 +370,7 @@ MiniLLM.num_params = num_params
 
 # %% ../nbs/07_model.ipynb #7a54b078
 PRESETS: dict[str, dict] = {
-    "demo":   dict(vocab_size=4096,  embed_dim=192,  num_heads=6,  num_layers=4,  max_seq_len=256),
+    "demo":   dict(vocab_size=4096,  embed_dim=128,  num_heads=4,  num_layers=4,  max_seq_len=128),   # chosen by search: training lesson
     "tiny":   dict(vocab_size=8192,  embed_dim=384,  num_heads=6,  num_layers=4,  max_seq_len=512),
     "small":  dict(vocab_size=32000, embed_dim=512,  num_heads=8,  num_layers=8,  max_seq_len=1024),
     "medium": dict(vocab_size=50304, embed_dim=768,  num_heads=12, num_layers=12, max_seq_len=1024),

@@ -87,3 +87,16 @@ def test_torchrun_ddp_two_processes(venv_bin, data, tmp_path):
     r2 = run("--max-steps", "14", "--resume")
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()][-1] == 14
+
+
+def test_main_job_short(venv_bin, root, tmp_path):
+    """The README's first command (`make demo`) with a 15-second budget and its outputs in a temporary folder:
+    it prepares the built-in corpus, trains, prints val bits-per-byte and a sample, and `minillm sample` loads the run."""
+    venv = venv_bin.parent
+    (venv / ".minillm-installed").touch(exist_ok=True)          # the venv is set up: make must not rebuild it
+    r = subprocess.run(["make", "-C", str(root), "demo", f"VENV={venv}", "DEMO_SECONDS=15", f"DEMO_DATA={tmp_path / 'data'}",
+                        f"DEMO_OUT={tmp_path / 'run'}"], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "precision" in r.stdout and "val_bpb" in r.stdout and "sample:" in r.stdout and "time budget 15 s" in r.stdout
+    s = minillm(venv_bin, "sample", "--run", str(tmp_path / "run"), "--max-new-tokens", "10")
+    assert s.returncode == 0 and s.stdout.strip(), s.stderr

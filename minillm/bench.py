@@ -16,7 +16,8 @@ from .model import MiniLLM, flops_per_token, preset
 from .utils import write_json
 
 # %% auto #0
-__all__ = ['VARIANT_ARGS', 'variant_config', 'train_throughput', 'generate_throughput', 'bench_model', 'bench_bpe', 'bench_main']
+__all__ = ['VARIANT_ARGS', 'variant_config', 'train_throughput', 'generate_throughput', 'bench_model', 'bench_bpe', 'bench_train',
+           'bench_main']
 
 # %% ../nbs/95_bench.ipynb #64feb25e
 VARIANT_ARGS = {"mha": dict(attention="mha"), "gqa": dict(attention="gqa"), "mqa": dict(attention="mqa"), "mla": dict(attention="mla")}
@@ -137,7 +138,24 @@ def bench_bpe(sizes_mb=(1, 10), vocabs=(1000, 8000), naive_mb: float = 1, naive_
             res["prepare_builtin_s"] = time.perf_counter() - t0; log(f"minillm prepare --corpus builtin: {res['prepare_builtin_s']:.1f} s")
     return res
 
-# %% ../nbs/95_bench.ipynb #711c9376
+# %% ../nbs/95_bench.ipynb #d95e5ec7
+def bench_train(data: str, budgets=(60, 120, 300), compile_modes=(False, True), preset_name: str = "demo", out: str | None = None, log=print) -> dict:
+    "Tokens/s and val bits per byte after each training-time budget, per compile mode."
+    import tempfile
+    from minillm.train import TrainConfig, Trainer
+    res = dict(benchmark="train", preset=preset_name, hardware=asdict(detect_hardware()), runs=[])
+    for comp in compile_modes:
+        for b in budgets:
+            with tempfile.TemporaryDirectory() as d:
+                cfg = TrainConfig(data=data, out=out or d, time_budget=b, max_steps=1_000_000, eval_every=1_000_000, eval_batches=40, compile=comp)
+                t0 = time.perf_counter(); tr = Trainer(preset(preset_name), cfg, log=lambda *a: None); final = tr.fit(); wall = time.perf_counter() - t0
+            tokens = tr.step * cfg.micro_batch * tr.T * tr.accum * tr.d.world_size
+            r = dict(budget_s=b, compile=comp, steps=tr.step, tokens=tokens, wall_s=wall, tokens_per_s=tokens / wall, **final)
+            res["runs"].append(r)
+            log(f"{preset_name} budget {b:>4} s compile={comp!s:5}: {tr.step:>5} steps, {r['tokens_per_s']:>8,.0f} tok/s (wall, incl. eval/compile), val_bpb {final.get('val_bpb', float('nan')):.3f}")
+    return res
+
+# %% ../nbs/95_bench.ipynb #dd5e1ff8
 def bench_main(argv: list[str] | None = None) -> int:
     "`minillm bench`: run a benchmark, print its figures, write them as JSON."
     p = argparse.ArgumentParser(prog="minillm bench", description="Measure speed; print the figures and write them as JSON.")
@@ -158,7 +176,16 @@ def bench_main(argv: list[str] | None = None) -> int:
     b.add_argument("--workers", type=int, default=None)
     b.add_argument("--no-prepare", action="store_true", help="skip timing `minillm prepare --corpus builtin`")
     b.add_argument("--json", default="bench-bpe.json", help="where to write the figures")
+    t = sub.add_parser("train", help="demo preset: tokens/s and val bits per byte after 1, 2, 5 minutes, with and without torch.compile")
+    t.add_argument("--data", required=True, help="shards from `minillm prepare` (e.g. data/builtin-4096)")
+    t.add_argument("--budgets", nargs="+", type=float, default=[60, 120, 300])
+    t.add_argument("--compile", nargs="+", default=["off", "on"], choices=["off", "on"])
+    t.add_argument("--preset", default="demo")
+    t.add_argument("--json", default="bench-train.json", help="where to write the figures")
     args = p.parse_args(argv)
+    if args.name == "train":
+        res = bench_train(args.data, tuple(args.budgets), tuple(c == "on" for c in args.compile), args.preset)
+        write_json(args.json, res); print(f"wrote {args.json}"); return 0
     if args.name == "bpe":
         res = bench_bpe(tuple(args.sizes_mb), tuple(args.vocabs), workers=args.workers, prepare_cmd=not args.no_prepare)
         write_json(args.json, res); print(f"wrote {args.json}"); return 0

@@ -90,7 +90,9 @@ def test_prepare_interrupted_leaves_no_partial_shard(venv_bin, tmp_path):
     out = tmp_path / "x"
     cmd = prepare_cmd(venv_bin, out)
     cmd[cmd.index("--workers") + 1] = "1"                      # one process: writing the shards takes seconds, not a blink
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # A terminal delivers Ctrl-C to a process that handles it; a background job (`cmd &`) starts with SIGINT
+    # ignored, and Python then installs no KeyboardInterrupt handler. Give the child the terminal's setting.
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while not (out / ".train.bin.tmp").exists():
         assert p.poll() is None and time.time() < deadline, "prepare ended before writing shards"

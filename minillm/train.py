@@ -369,7 +369,7 @@ def fit(self: Trainer, resume: bool = False) -> dict:
 
 Trainer.fit = fit
 
-# %% ../nbs/09_train.ipynb #854da910
+# %% ../nbs/09_train.ipynb #2196007f
 class LivePlot:
     "Loss and learning-rate curves that redraw in place in a notebook, every `every` records."
     def __init__(self, every: int = 1): self.rows, self.every, self.handle = [], every, None

@@ -180,10 +180,13 @@ class LocalCorpus(Corpus):
         if bad: raise ValueError(f"{bad[0]}: only .txt and .jsonl files are read; convert it or leave it out.")
         if not files: raise ValueError(f"{self.spec}: no .txt or .jsonl files found.")
         self.files = files
+        # names relative to the corpus (not absolute paths), so the split is the same wherever the files live
+        self.base = p if p.is_dir() else Path(os.path.commonpath([f.parent for f in files])) if len(files) > 1 else files[0].parent
     def documents(self):
         for f in self.files:
             text = read_utf8(f)
-            yield from (jsonl_documents if f.suffix == ".jsonl" else text_documents)(f, text)
+            name = f.relative_to(self.base)
+            yield from ((n.replace(str(f), str(name), 1), t) for n, t in (jsonl_documents if f.suffix == ".jsonl" else text_documents)(f, text))
     def sources(self):
         return [dict(path=str(f), bytes=f.stat().st_size, sha256=hashlib.sha256(f.read_bytes()).hexdigest()) for f in self.files]
 
@@ -262,8 +265,9 @@ class RemoteCorpus(Corpus):
             try: import pyarrow.parquet as pq
             except ImportError: raise ImportError(f"{self.name} is stored as parquet: pip install pyarrow") from None
             for i, t in enumerate(pq.read_table(path, columns=["text"]).column("text").to_pylist()): yield f"{path.name}:{i}", t
-        elif path.suffix == ".jsonl": yield from jsonl_documents(path, read_utf8(path))
-        else: yield from text_documents(path, read_utf8(path))
+        else:                                    # names by file name, not cache path: the split is the same on every machine
+            docs = (jsonl_documents if path.suffix == ".jsonl" else text_documents)(path, read_utf8(path))
+            yield from ((n.replace(str(path), path.name, 1), t) for n, t in docs)
 
     def documents(self):
         self.fetch(); taken = 0

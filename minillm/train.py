@@ -341,14 +341,16 @@ def fit(self: Trainer, resume: bool = False) -> dict:
     self._write_run_files()
     self.log(self.describe())
     bar = tqdm(total=self.max_steps, initial=self.step, disable=not self.d.main, dynamic_ncols=True)
-    t0, tokens, last = time.perf_counter(), 0, {}
+    t0, tokens, last, t1 = time.perf_counter(), 0, {}, None
     step_tokens = cfg.micro_batch * self.T * self.d.world_size * self.accum
     with self._stop_on_signals():
         while self.step < self.max_steps and self.stop is None:
             loss = self.train_step(); tokens += step_tokens
+            if t1 is None: t1 = time.perf_counter()              # the first step pays for compilation and warm-up: time the rest
             if cfg.time_budget and self.step == min(self.max_steps, max(5, cfg.warmup_steps // 2)) and not resume:
-                per_step = (time.perf_counter() - t0) / self.step
-                fitted = max(self.step + 1, min(self.max_steps, int(cfg.time_budget / per_step)))
+                per_step = (time.perf_counter() - t1) / max(1, self.step - 1)
+                per_step = max(per_step, 1e-9)
+                fitted = max(self.step + 1, min(self.max_steps, int((cfg.time_budget - (t1 - t0)) / per_step)))
                 if fitted != self.max_steps:
                     self.max_steps = fitted; bar.total = fitted
                     self.log(f"time budget {cfg.time_budget:.0f} s at {per_step * 1e3:.0f} ms/step: schedule fitted to {fitted} steps")

@@ -98,12 +98,8 @@ def bench_model(presets=("demo", "tiny"), variants=("mha", "gqa", "mqa", "mla"),
 
 # %% ../nbs/95_bench.ipynb #b8e4a16f
 def _builtin_text(n_chars: int) -> list[str]:
-    from minillm.data import BuiltinCorpus
-    out, n = [], 0
-    for t in BuiltinCorpus().split("train"):
-        out.append(t[: n_chars - n]); n += len(out[-1])
-        if n >= n_chars: break
-    return out
+    from minillm.data import BuiltinCorpus, take_chars
+    return take_chars(BuiltinCorpus().split("train"), n_chars)
 
 def bench_bpe(sizes_mb=(1, 10), vocabs=(1000, 8000), naive_mb: float = 1, naive_vocab: int = 1000, encode_mb: float = 1,
               prepare_cmd: bool = True, workers: int | None = None, log=print) -> dict:

@@ -26,9 +26,9 @@ from .utils import write_atomic, write_json
 
 # %% auto #0
 __all__ = ['EOT', 'VAL_EVERY', 'SMALL_CORPUS', 'CORPORA', 'split_specials', 'Tokenizer', 'ByteTokenizer', 'Corpus',
-           'BuiltinCorpus', 'read_utf8', 'text_documents', 'jsonl_documents', 'LocalCorpus', 'cache_dir', 'sha256_file',
-           'download', 'RemoteFile', 'RemoteCorpus', 'get_corpus', 'shard_dtype', 'encode_corpus', 'write_shards',
-           'TokenDataset', 'TrainSampler', 'eval_batches']
+           'BuiltinCorpus', 'take_chars', 'read_utf8', 'text_documents', 'jsonl_documents', 'LocalCorpus', 'cache_dir',
+           'sha256_file', 'download', 'RemoteFile', 'RemoteCorpus', 'get_corpus', 'shard_dtype', 'encode_corpus',
+           'write_shards', 'TokenDataset', 'TrainSampler', 'eval_batches']
 
 # %% ../nbs/02_data.ipynb #ad5ec00e
 EOT = "<|endoftext|>"
@@ -143,7 +143,16 @@ class BuiltinCorpus(Corpus):
         for name, text in self.documents(): h.update(name.encode()); h.update(text.encode())
         return [dict(name="builtin", python=sys.version.split()[0], sha256=h.hexdigest())]
 
-# %% ../nbs/02_data.ipynb #4be05b94
+# %% ../nbs/02_data.ipynb #784880d6
+def take_chars(texts: Iterable[str], n_chars: int) -> list[str]:
+    "The first `n_chars` characters of a stream of documents, as a list of documents (the last one cut to fit)."
+    out, n = [], 0
+    for t in texts:
+        if n >= n_chars: break
+        out.append(t[: n_chars - n]); n += len(out[-1])
+    return out
+
+# %% ../nbs/02_data.ipynb #324f60cf
 def read_utf8(path: Path) -> str:
     "The file's text; invalid UTF-8 is refused with the byte offset and a fix."
     data = Path(path).read_bytes()
@@ -190,7 +199,7 @@ class LocalCorpus(Corpus):
     def sources(self):
         return [dict(path=str(f), bytes=f.stat().st_size, sha256=hashlib.sha256(f.read_bytes()).hexdigest()) for f in self.files]
 
-# %% ../nbs/02_data.ipynb #324f60cf
+# %% ../nbs/02_data.ipynb #8293928d
 def cache_dir() -> Path: return Path(os.environ.get("MINILLM_CACHE", Path.home() / ".cache" / "minillm"))
 
 def sha256_file(path: Path) -> str:
@@ -239,7 +248,7 @@ def download(url: str, dest: Path, sha256: str | None = None, size: int | None =
     os.replace(part, dest)
     return dest
 
-# %% ../nbs/02_data.ipynb #d514d314
+# %% ../nbs/02_data.ipynb #0a3652be
 @dataclass
 class RemoteFile:
     url: str
@@ -285,7 +294,7 @@ class RemoteCorpus(Corpus):
     def sources(self):
         return [dict(url=f.url, bytes=self.local(f).stat().st_size, sha256=sha256_file(self.local(f))) for f in self.files]
 
-# %% ../nbs/02_data.ipynb #8293928d
+# %% ../nbs/02_data.ipynb #ff7547d4
 _HF = "https://huggingface.co/datasets"
 CORPORA: dict[str, Corpus] = {
     "builtin": BuiltinCorpus(),
@@ -312,7 +321,7 @@ def get_corpus(spec: str, max_bytes: int | None = None) -> Corpus:
         return c
     return LocalCorpus(spec)
 
-# %% ../nbs/02_data.ipynb #ff7547d4
+# %% ../nbs/02_data.ipynb #0b6503b1
 _worker_tok: Tokenizer | None = None
 
 def _init_worker(tok):
@@ -345,7 +354,7 @@ def encode_corpus(texts: Iterable[str], tok: Tokenizer, workers: int | None = No
     with mp.get_context(method).Pool(workers, initializer=m._init_worker, initargs=(tok,)) as pool:
         yield from pool.imap(m._encode_docs, _batches(texts, docs_per_task), chunksize=1)
 
-# %% ../nbs/02_data.ipynb #8403a745
+# %% ../nbs/02_data.ipynb #2ce45e1d
 def _check_out_dir(out: Path, meta: dict):
     old = out / "meta.json"
     if not old.exists(): return
@@ -381,7 +390,7 @@ def write_shards(corpus: Corpus, tok: Tokenizer, out: Path | str, workers: int |
         for tmp in tmps.values(): tmp.unlink(missing_ok=True)
     return meta
 
-# %% ../nbs/02_data.ipynb #bf4af6f6
+# %% ../nbs/02_data.ipynb #a179bddf
 class TokenDataset:
     "A memmapped shard (train.bin or val.bin) with its meta.json."
     def __init__(self, folder: Path | str, split: str = "train"):

@@ -349,7 +349,6 @@ def fit(self: Trainer, resume: bool = False) -> dict:
             if t1 is None: t1 = time.perf_counter()              # the first step pays for compilation and warm-up: time the rest
             if cfg.time_budget and self.step == min(self.max_steps, max(5, cfg.warmup_steps // 2)) and not resume:
                 per_step = (time.perf_counter() - t1) / max(1, self.step - 1)
-                per_step = max(per_step, 1e-9)
                 fitted = max(self.step + 1, min(self.max_steps, int((cfg.time_budget - (t1 - t0)) / per_step)))
                 if fitted != self.max_steps:
                     self.max_steps = fitted; bar.total = fitted

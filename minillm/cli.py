@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "prepare": ("minillm.tokenizer", "prepare_main", "tokenise a corpus into token shards (train.bin, val.bin, meta.json, tokenizer/)"),
     "train":   ("minillm.train", "train_main", "train a model on prepared shards (also under torchrun)"),
     "sample":  ("minillm.train", "sample_main", "generate text from a trained run"),
+    "memory":  ("minillm.memory", "memory_main", "estimate training memory per GPU; recommend micro batch, ZeRO stage, offload, checkpointing"),
     "bench":   ("minillm.bench", "bench_main", "measure speed (model: training and generation throughput) and write JSON"),
     "lessons": ("minillm.lessons", "lessons_main", "generate lessons/, lessons/README.md and README.md from nbs/"),
 }

@@ -222,7 +222,20 @@ class Block(nn.Module):
         x = x + self.attn(self.norm1(x), cache, start_pos)
         return x + self.ffn(self.norm2(x))
 
+    def recomputed(self, x, mode: str, checkpoint):
+        "Forward whose activations are recomputed in backward: 'full' keeps only x, 'selective' keeps the attention's input."
+        if mode == "full": return checkpoint(self, x)
+        x = x + checkpoint(self.attn, self.norm1(x))
+        return x + self.ffn(self.norm2(x))
+
 # %% ../nbs/07_model.ipynb #be428a6b
+def _checkpoint_mode(v) -> str:
+    "Normalise an activation-checkpointing setting: False/None/'none', True/'full', 'selective'."
+    mode = {False: "none", None: "none", True: "full"}.get(v, v) if isinstance(v, (bool, type(None))) else v
+    if mode not in ("none", "selective", "full"):
+        raise ValueError(f"activation checkpointing {v!r}: use 'none', 'selective' (attention only) or 'full'")
+    return mode
+
 class MiniLLM(nn.Module):
     "Decoder-only language model: embeddings, `num_layers` pre-norm blocks, final norm, LM head."
     def __init__(self, config: ModelConfig):
@@ -235,10 +248,18 @@ class MiniLLM(nn.Module):
         self.norm = make_norm(c.norm, c.embed_dim, c.norm_eps, c.bias)
         self.lm_head = nn.Linear(c.embed_dim, c.vocab_size, bias=False)
         if c.tie_embeddings: self.lm_head.weight = self.tok_emb.weight
-        self.activation_checkpointing = False   # the trainer's switch: recompute each block's activations in backward
+        self.activation_checkpointing = False   # the trainer's switch: False | 'full' (or True) | 'selective' (attention only)
+        self.checkpoint_layers = None           # None: every block; k: the first k blocks
+        self.checkpoint_fn = None               # None: torch.utils.checkpoint, non-reentrant; or any fn(function, *args)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():   # projections into the residual stream
             if name.endswith(("attn.o_proj.weight", "ffn.proj.weight")): nn.init.normal_(p, 0.0, c.init_std / math.sqrt(2 * c.num_layers))
+
+    def _checkpoint(self, fn, *args):
+        if self.checkpoint_fn is None: return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
+        # A reentrant checkpoint (torch's use_reentrant=True, DeepSpeed's) gives the wrapped weights no gradient when no
+        # input requires grad (e.g. frozen embeddings): make the input require it. It had no graph, so nothing is cut.
+        return self.checkpoint_fn(fn, *(a.detach().requires_grad_() if torch.is_tensor(a) and a.is_floating_point() and not a.requires_grad else a for a in args))
 
     def _init_weights(self, m):
         if isinstance(m, nn.Linear):
@@ -261,9 +282,11 @@ class MiniLLM(nn.Module):
         if c.positional == "learned": x = x + self.pos_emb(pos)
         elif c.positional == "sinusoidal": x = x + sinusoidal_positions(pos, c.embed_dim).to(x.dtype)
         x = self.drop(x)
+        mode = _checkpoint_mode(self.activation_checkpointing)
+        recompute = mode != "none" and self.training and cache is None and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
-            if self.activation_checkpointing and self.training and cache is None and torch.is_grad_enabled():
-                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)  # recompute the block in backward
+            if recompute and (self.checkpoint_layers is None or i < self.checkpoint_layers):
+                x = block.recomputed(x, mode, self._checkpoint)
             else: x = block(x, cache.layers[i] if cache is not None else None, start)
         if cache is not None: cache.pos += t
         x = self.norm(x[:, -1:] if last_only else x)

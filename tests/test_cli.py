@@ -111,3 +111,41 @@ def test_prepare_bad_input(venv_bin, tmp_path):
     for args, msg in cases:
         r = subprocess.run([str(venv_bin / "minillm"), "prepare", "--out", str(tmp_path / "o"), *args], capture_output=True, text=True, timeout=300)
         assert r.returncode != 0 and msg in r.stderr and "Traceback" not in r.stderr, (args, r.stderr[-500:])
+
+
+def test_memory_json_recommendation_fits_and_next_notch_does_not(venv_bin):
+    """`minillm memory --json`: every figure in bytes plus num_params; the recommendation fits by its own estimate,
+    one more sequence per GPU does not, and one ZeRO stage lower does not (the search's contract)."""
+    from minillm.memory import estimate, fits
+    from minillm.model import preset, param_formula
+    r = minillm(venv_bin, "memory", "--preset", "xl", "--gpus", "2", "--gpu-mem", "16", "--precision", "fp16", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    rec = out["recommended"]
+    assert rec["num_params"] == param_formula(preset("xl"))["total"]
+    assert all(isinstance(rec[k], int) for k in ("weights", "grads", "master", "optimizer", "activations", "temporary", "total"))
+    assert fits(rec, 16)
+    opt = {k: rec[k] for k in ("zero", "offload", "checkpointing")}
+    assert not fits(estimate(preset("xl"), None, rec["micro_batch"] + 1, 2, precision="fp16", **opt), 16)
+    if rec["zero"] > 0:
+        try: lower = estimate(preset("xl"), None, rec["micro_batch"], 2, precision="fp16", **dict(opt, zero=rec["zero"] - 1))
+        except ValueError: lower = None
+        assert lower is None or not fits(lower, 16)
+
+
+def test_memory_table_and_fixed_settings(venv_bin):
+    "The table names each part and the verdict; settings the user fixes are kept in the recommendation."
+    r = minillm(venv_bin, "memory", "--preset", "medium", "--zero", "3", "--checkpointing", "full", "--gpu-mem", "16")
+    assert r.returncode == 0, r.stderr
+    for word in ("weights", "optimizer", "activations", "total", "recommended", "ZeRO-3", "checkpointing full", "minillm train"):
+        assert word in r.stdout, word
+
+
+def test_memory_bad_input_names_the_fix(venv_bin):
+    "Impossible settings fail with one line naming the fix, not a traceback."
+    for args, msg in ((["--seq-len", "99999"], "exceeds the model's max_seq_len"), (["--zero", "2", "--offload", "all"], "needs ZeRO stage 3"),
+                      (["--preset", "huge"], "use one of demo")):
+        r = minillm(venv_bin, "memory", *args)
+        assert r.returncode != 0 and msg in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+    r = minillm(venv_bin, "memory", "--preset", "llama-8b", "--seq-len", "16384", "--gpu-mem", "16")
+    assert r.returncode == 0 and ("nothing fits" in r.stdout or "recommended" in r.stdout)

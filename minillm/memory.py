@@ -163,11 +163,11 @@ def _ffn_items(c: ModelConfig, b: int, t: int, scheme: str, device: str) -> list
 CHECKPOINTING = ("none", "selective", "full")
 
 def activation_inventory(c: ModelConfig, seq_len: int, micro_batch: int, scheme: str = "fp32", device: str = "cuda",
-                         backend: str | None = None, checkpointing: str = "none") -> list[tuple[str, str, int]]:
+                         backend: str | None = None, checkpointing: str = "none", checkpoint_layers: int | None = None) -> list[tuple[str, str, int]]:
     """Every tensor the forward pass of `MiniLLM(c)` saves for backward, as (where, what, bytes), in training mode.
     `scheme`: 'fp32', 'amp' (fp32 weights under 16-bit autocast) or 'half' (the model cast to bf16/fp16).
     `checkpointing`: 'none'; 'selective' (each block's attention sub-layer recomputed: its input kept);
-    'full' (each block recomputed: only its input kept)."""
+    'full' (each block recomputed: only its input kept); `checkpoint_layers`: only the first k blocks (None: all)."""
     if scheme not in _SCHEMES: raise ValueError(f"scheme {scheme!r}: use one of {_SCHEMES}")
     if checkpointing not in CHECKPOINTING: raise ValueError(f"checkpointing {checkpointing!r}: use none, selective or full")
     b, t, C, V = micro_batch, seq_len, c.embed_dim, c.vocab_size
@@ -177,14 +177,15 @@ def activation_inventory(c: ModelConfig, seq_len: int, micro_batch: int, scheme:
     if c.dropout: out.append(("embedding", "dropout mask", (1 if device == "cuda" else r) * n * C))
     for i in range(c.num_layers):
         lc, w = c.layer(i), f"layer {i}"
-        if checkpointing == "full":
+        ck = checkpointing if checkpoint_layers is None or i < checkpoint_layers else "none"
+        if ck == "full":
             out.append((w, "block input (kept by the checkpoint)", r * n * C)); continue
         attn_inputs = 2 if lc.attention == "mla" else 3
         norm1 = _norm_items(lc.norm, n, C, scheme, attn_inputs, lc.embed_dim)
-        if checkpointing == "selective":      # the recomputed sub-layer keeps only its input: the norm's output
+        if ck == "selective":                 # the recomputed sub-layer keeps only its input: the norm's output
             norm1 = norm1[:-1] + [("output (kept by the checkpoint)", r * n * C if scheme != "amp" else 4 * n * C)]
         out += [(w, "norm1 " + k, v) for k, v in norm1]
-        if checkpointing == "none": out += [(w, k, v) for k, v in _attention_items(lc, b, t, scheme, device, backend)]
+        if ck == "none": out += [(w, k, v) for k, v in _attention_items(lc, b, t, scheme, device, backend)]
         out += [(w, "norm2 " + k, v) for k, v in _norm_items(lc.norm, n, C, scheme, 1 if lc.ffn == "gelu" else 2, lc.embed_dim)]
         out += [(w, k, v) for k, v in _ffn_items(lc, b, t, scheme, device)]
     out += [("head", "final norm " + k, v) for k, v in _norm_items(c.norm, n, C, scheme, 1, C)]
@@ -210,13 +211,13 @@ def saved_tensor_bytes(fn, exclude=()) -> tuple[int, object]:
     return sum(seen.values()), out
 
 def measured_activations(c: ModelConfig, seq_len: int, micro_batch: int, scheme: str = "fp32", checkpointing: str = "none",
-                         checkpoint_fn=None, seed: int = 0) -> int:
+                         checkpoint_fn=None, checkpoint_layers: int | None = None, seed: int = 0) -> int:
     "Bytes saved by one training forward of MiniLLM(c) on the CPU (loss included)."
     torch.manual_seed(seed)
     m = MiniLLM(c).train()
     if scheme == "half": m = m.to(torch.bfloat16)
     m.activation_checkpointing = checkpointing if checkpointing != "none" else False
-    if checkpoint_fn is not None: m.checkpoint_fn = checkpoint_fn
+    m.checkpoint_fn, m.checkpoint_layers = checkpoint_fn, checkpoint_layers
     x = torch.randint(0, c.vocab_size, (micro_batch, seq_len))
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=scheme == "amp"):
         n, _ = saved_tensor_bytes(lambda: m(x, labels=x), exclude=m.parameters())

@@ -54,7 +54,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     precision: str = "auto"              # auto | bf16 | fp16 | fp32
     compile: bool = False
-    activation_checkpointing: bool = False
+    activation_checkpointing: str = "none"   # none | selective (attention only) | full; True/False accepted as full/none
     eval_every: int = 100
     eval_batches: int = 20
     log_every: int = 10
@@ -70,6 +70,9 @@ class TrainConfig:
         for k in ("micro_batch", "max_steps", "eval_every", "log_every"):
             if getattr(self, k) < 1: bad.append(f"{k} must be >= 1")
         if self.lr <= 0: bad.append("lr must be > 0")
+        if isinstance(self.activation_checkpointing, bool): self.activation_checkpointing = "full" if self.activation_checkpointing else "none"
+        if self.activation_checkpointing not in ("none", "selective", "full"):
+            bad.append(f"activation_checkpointing={self.activation_checkpointing!r}: use none, selective or full")
         if bad: raise ValueError("invalid TrainConfig:\n  - " + "\n  - ".join(bad))
 
 # %% ../nbs/09_train.ipynb #bf5b31f5
@@ -449,7 +452,10 @@ def train_parser() -> argparse.ArgumentParser:
     for f in fields(TrainConfig):
         if f.name in ("data", "out"): continue
         flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool): p.add_argument(flag, action="store_const", const=True, default=None)
+        if f.name == "activation_checkpointing":
+            p.add_argument(flag, nargs="?", const="full", default=None, choices=["none", "selective", "full"],
+                           help="recompute activations in backward: full (default when given without a value) or selective")
+        elif f.type in ("bool", bool): p.add_argument(flag, action="store_const", const=True, default=None)
         else: p.add_argument(flag, type=_parse_value, default=None)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from latest.pt")
     p.add_argument("--overwrite", action="store_true", help="start afresh in --out, replacing its checkpoints")

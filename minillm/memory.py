@@ -58,6 +58,7 @@ def zero_bytes(n_params: int, precision: str = "bf16", stage: int = 0, gpus: int
     if offload == "all" and stage != 3: raise ValueError("offload all (parameters too) needs ZeRO stage 3")
     if gpus < 1: raise ValueError("gpus must be >= 1")
     states = model_state_bytes(n_params, precision, n_tensors)
+    if stage >= 1 and not states["master"]: states["master"] = 4 * n_params   # DeepSpeed's ZeRO steps a flat fp32 copy, even in fp32
     split = {"weights": stage >= 3, "grads": stage >= 2, "master": stage >= 1, "optimizer": stage >= 1}
     gpu = {k: math.ceil(v / gpus) if split[k] else v for k, v in states.items()}
     cpu = dict.fromkeys(states, 0)
@@ -411,5 +412,7 @@ def memory_main(argv: list[str] | None = None) -> int:
         print("\nrecommended (cheapest settings that fit, largest micro batch):\n" + memory_table(rec, a.gpu_mem))
         print(f"\n  minillm train --preset {a.preset} --micro-batch {rec['micro_batch']}" + (f" --seq-len {rec['seq_len']}" if a.seq_len else "")
               + (f" --activation-checkpointing {rec['checkpointing']}" if rec["checkpointing"] != "none" else "")
-              + (f"   (DeepSpeed: ZeRO-{rec['zero']}, offload {rec['offload']})" if rec["zero"] else ""))
+              + (f" --precision {a.precision}" if rec["zero"] else "")
+              + (f" --deepspeed --zero-stage {rec['zero']}" + (f" --offload {rec['offload']}" if rec["offload"] != "none" else "") if rec["zero"] else "")
+              + (f"   (under deepspeed --num_gpus {a.gpus})" if rec["zero"] and a.gpus > 1 else f"   (under torchrun --nproc_per_node {a.gpus})" if a.gpus > 1 else ""))
     return 0

@@ -48,6 +48,7 @@ class TrainConfig:
     schedule: str = "cosine"             # cosine | linear
     max_steps: int = 1000
     time_budget: float | None = None     # seconds of training; the schedule is fitted to it after the first steps
+    stop_at: int | None = None           # save and stop after this step (the schedule still runs to max_steps): --resume continues
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -62,6 +63,9 @@ class TrainConfig:
     device: str = "auto"
     tensorboard: bool = False
     wandb: bool = False
+    deepspeed: str | None = None         # None: no DeepSpeed; "": a ds_config built from these settings; or a ds_config.json path
+    zero_stage: int | None = None        # DeepSpeed ZeRO stage 0-3 (None: 2 when DeepSpeed is on)
+    offload: str = "none"                # DeepSpeed offload to CPU: none | optimizer | all (all: stage 3)
 
     def __post_init__(self):
         bad = []
@@ -73,6 +77,8 @@ class TrainConfig:
         if isinstance(self.activation_checkpointing, bool): self.activation_checkpointing = "full" if self.activation_checkpointing else "none"
         if self.activation_checkpointing not in ("none", "selective", "full"):
             bad.append(f"activation_checkpointing={self.activation_checkpointing!r}: use none, selective or full")
+        if self.zero_stage not in (None, 0, 1, 2, 3): bad.append(f"zero_stage={self.zero_stage!r}: use 0, 1, 2 or 3")
+        if self.offload not in ("none", "optimizer", "all"): bad.append(f"offload={self.offload!r}: use none, optimizer or all")
         if bad: raise ValueError("invalid TrainConfig:\n  - " + "\n  - ".join(bad))
 
 # %% ../nbs/09_train.ipynb #bf5b31f5
@@ -120,6 +126,13 @@ def setup_dist(device: str = "auto") -> Dist:
     "Read torchrun's environment; join the process group when there are several ranks; pick this rank's device."
     world, rank, local = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
     use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", world)))   # torchrun's, deepspeed's
+    if use_cuda and local_world > torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        raise ValueError(f"{local_world} processes on this node but {n} CUDA device(s): launch at most {n} "
+                         f"(deepspeed --num_gpus {n}, torchrun --nproc_per_node {n}).")
+    if not use_cuda and local_world > (os.cpu_count() or 1):
+        raise ValueError(f"{local_world} processes on this node but {os.cpu_count()} CPU cores: launch at most {os.cpu_count()}.")
     dev = torch.device(f"cuda:{local}" if use_cuda else "cpu")
     if use_cuda: torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized(): dist.init_process_group("nccl" if use_cuda else "gloo")
@@ -181,14 +194,7 @@ class Trainer:
         seed_everything(cfg.seed)
         self.raw = MiniLLM(model_config).to(self.d.device)
         self.raw.activation_checkpointing = cfg.activation_checkpointing
-        self.precision, self.amp_dtype = choose_amp(cfg.precision, self.d.device)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
-        self.opt = torch.optim.AdamW(param_groups(self.raw, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                                     fused=self.d.device.type == "cuda")
-        self.model = self.raw
-        if self.d.world_size > 1:
-            self.model = torch.nn.parallel.DistributedDataParallel(self.raw, device_ids=[self.d.local_rank] if self.d.device.type == "cuda" else None)
-        if cfg.compile: self.model = torch.compile(self.model)
+        self._setup_engine()
         self.train_data, self.val_data = TokenDataset(cfg.data, "train"), TokenDataset(cfg.data, "val")
         self.sampler = TrainSampler(self.train_data, self.T, cfg.micro_batch, self.d.rank, self.d.world_size, cfg.seed)
         splits = self.train_data.meta["splits"]["val"]
@@ -198,6 +204,18 @@ class Trainer:
         self.flops = flops_per_token(model_config, self.T)
         self.peak = peak_flops(torch.cuda.get_device_name(self.d.device), self.precision) if self.d.device.type == "cuda" else None
         self.writers = self._writers()
+
+    def _setup_engine(self):
+        "Precision, optimizer, and the wrapper that runs the model: DDP under torchrun (the DeepSpeed lesson overrides this)."
+        cfg = self.cfg
+        self.precision, self.amp_dtype = choose_amp(cfg.precision, self.d.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
+        self.opt = torch.optim.AdamW(param_groups(self.raw, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                                     fused=self.d.device.type == "cuda")
+        self.model = self.raw
+        if self.d.world_size > 1:
+            self.model = torch.nn.parallel.DistributedDataParallel(self.raw, device_ids=[self.d.local_rank] if self.d.device.type == "cuda" else None)
+        if cfg.compile: self.model = torch.compile(self.model)
 
     def _writers(self) -> list:
         w = []
@@ -288,7 +306,9 @@ def resume(self: Trainer, path: Path):
     "Continue from a checkpoint of the same model and tokenizer, exactly where it stopped."
     ck = load_checkpoint(path, map_location=self.d.device)
     check_compatible(ck, self.model_config, self.tok.fingerprint())
-    self.raw.load_state_dict(ck["model"]); self.opt.load_state_dict(ck["optimizer"]); self.scaler.load_state_dict(ck["scaler"])
+    self.raw.load_state_dict(ck["model"])
+    if ck.get("optimizer") is not None: self.opt.load_state_dict(ck["optimizer"]); self.scaler.load_state_dict(ck["scaler"])
+    else: self.log("this checkpoint has weights but no optimizer state (converted from DeepSpeed ZeRO): AdamW's moments start from zero")
     self.sampler.load_state_dict(ck["sampler"]); self.step, self.max_steps, self.best = ck["step"], ck["max_steps"], ck["best"]
     if self.cfg.max_steps != ck["train_config"]["max_steps"]:          # asked for another length: the schedule follows
         self.max_steps = self.cfg.max_steps; self.log(f"max_steps changed on resume: the schedule now ends at step {self.max_steps}")
@@ -324,11 +344,17 @@ def _stop_on_signals(self: Trainer):
     finally:
         for s, h in old.items(): signal.signal(s, h)
 
+def _agree_on_stop(self: Trainer):
+    "A signal may reach the ranks a step apart: stop all of them at the same step, or their collectives would deadlock."
+    flag = torch.tensor([1.0 if self.stop else 0.0], device=self.d.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if flag.item() and self.stop is None: self.stop = "SIGNAL"
+
 def threading_main() -> bool:
     import threading
     return threading.current_thread() is threading.main_thread()
 
-Trainer._write_run_files, Trainer._record, Trainer._stop_on_signals = _write_run_files, _record, _stop_on_signals
+Trainer._write_run_files, Trainer._record, Trainer._stop_on_signals, Trainer._agree_on_stop = _write_run_files, _record, _stop_on_signals, _agree_on_stop
 
 # %% ../nbs/09_train.ipynb #fe7be5dd
 def fit(self: Trainer, resume: bool = False) -> dict:
@@ -349,6 +375,7 @@ def fit(self: Trainer, resume: bool = False) -> dict:
     with self._stop_on_signals():
         while self.step < self.max_steps and self.stop is None:
             loss = self.train_step(); tokens += step_tokens
+            if self.d.world_size > 1: self._agree_on_stop()
             if t1 is None: t1 = time.perf_counter()              # the first step pays for compilation and warm-up: time the rest
             if cfg.time_budget and self.step == min(self.max_steps, max(5, cfg.warmup_steps // 2)) and not resume:
                 per_step = (time.perf_counter() - t1) / max(1, self.step - 1)
@@ -364,6 +391,7 @@ def fit(self: Trainer, resume: bool = False) -> dict:
                 if last["val_loss"] < self.best: self.best = last["val_loss"]; self.save("best.pt")
                 self.save("latest.pt")
             if self.step % cfg.log_every == 0 or "val_loss" in row: self._record(row)
+            if cfg.stop_at and self.step >= cfg.stop_at and self.stop is None: self.stop = "stop_at"
             bar.update(1)
             bar.set_postfix({k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in row.items() if k in ("loss", "lr", "tokens_per_s", "mfu", "val_bpb")})
         if self.stop: self.save("latest.pt"); self.log(f"\n{self.stop}: saved {self.out / 'latest.pt'} at step {self.step}; --resume continues it.")
@@ -452,7 +480,10 @@ def train_parser() -> argparse.ArgumentParser:
     for f in fields(TrainConfig):
         if f.name in ("data", "out"): continue
         flag = "--" + f.name.replace("_", "-")
-        if f.name == "activation_checkpointing":
+        if f.name == "deepspeed":
+            p.add_argument("--deepspeed", "--deepspeed_config", dest="deepspeed", nargs="?", const="", default=None, metavar="DS_CONFIG",
+                           help="train with DeepSpeed: a ds_config.json, or none to build one from these settings (see --zero-stage, --offload)")
+        elif f.name == "activation_checkpointing":
             p.add_argument(flag, nargs="?", const="full", default=None, choices=["none", "selective", "full"],
                            help="recompute activations in backward: full (default when given without a value) or selective")
         elif f.type in ("bool", bool): p.add_argument(flag, action="store_const", const=True, default=None)
@@ -470,7 +501,10 @@ def train_main(argv: list[str] | None = None) -> int:
         mc, tc = build_configs(args)
         if args.overwrite:
             for n in ("latest.pt", "best.pt", "metrics.jsonl"): (Path(tc.out) / n).unlink(missing_ok=True)
-        trainer = Trainer(mc, tc)
+        cls = Trainer
+        if tc.deepspeed is not None or tc.zero_stage is not None or tc.offload != "none":
+            from minillm.ds import DeepSpeedTrainer as cls                    # the DeepSpeed lesson's engine path
+        trainer = cls(mc, tc)
         final = trainer.fit(resume=args.resume)
     except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
         raise SystemExit(f"minillm train: {e}") from None
@@ -481,7 +515,7 @@ def train_main(argv: list[str] | None = None) -> int:
             model, tok = load_model(tc.out, str(trainer.d.device))
             print("sample:\n" + sample_text(model, tok, max_new_tokens=args.sample_tokens))
     if dist.is_initialized(): dist.destroy_process_group()
-    return 130 if trainer.stop else 0
+    return 130 if trainer.stop and trainer.stop != "stop_at" else 0
 
 def sample_main(argv: list[str] | None = None) -> int:
     "`minillm sample`."

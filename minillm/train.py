@@ -369,7 +369,8 @@ def fit(self: Trainer, resume: bool = False) -> dict:
         raise FileExistsError(f"{self.out} already holds a run: pass --resume to continue it, or choose another --out.")
     self._write_run_files()
     self.log(self.describe())
-    bar = tqdm(total=self.max_steps, initial=self.step, disable=not self.d.main, dynamic_ncols=True)
+    bar = tqdm(total=self.max_steps, initial=self.step, dynamic_ncols=True,       # TQDM_DISABLE=1: no bar (a launcher streaming the log)
+               disable=not self.d.main or os.environ.get("TQDM_DISABLE", "") not in ("", "0"))
     t0, tokens, last, t1 = time.perf_counter(), 0, {}, None
     step_tokens = cfg.micro_batch * self.T * self.d.world_size * self.accum
     with self._stop_on_signals():

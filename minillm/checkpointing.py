@@ -8,9 +8,18 @@ from .model import MiniLLM, ModelConfig, preset
 from .memory import activation_bytes, measured_activations, saved_tensor_bytes
 
 # %% auto #0
-__all__ = ['Recompute', 'recompute', 'checkpoint_functions', 'grads_with', 'step_time', 'tradeoff']
+__all__ = ['rerun_and_backprop', 'Recompute', 'recompute', 'checkpoint_functions', 'grads_with', 'step_time', 'tradeoff']
 
 # %% ../nbs/11_checkpointing.ipynb #5b3c15b6
+def rerun_and_backprop(fn, inputs, grads):
+    "Run fn(*inputs) again with gradients on, back-propagate `grads` (one per output) through it; return each input's gradient (None where it needs none)."
+    # hint: xs = [x.detach().requires_grad_(x.requires_grad) for x in inputs]; under torch.enable_grad(): out = fn(*xs); torch.autograd.backward(out, grads)
+    xs = [x.detach().requires_grad_(x.requires_grad) for x in inputs]
+    with torch.enable_grad(): out = fn(*xs)
+    torch.autograd.backward(out if isinstance(out, (tuple, list)) else (out,), grads)
+    return tuple(x.grad if x.requires_grad else None for x in xs)
+
+# %% ../nbs/11_checkpointing.ipynb #3dd59c50
 class Recompute(torch.autograd.Function):
     "y = fn(*args), storing only args; fn's activations are rebuilt in backward."
     @staticmethod
@@ -26,21 +35,18 @@ class Recompute(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):
-        args = [a.detach().requires_grad_(a.requires_grad) for a in ctx.saved_tensors]
         devices = [torch.cuda.current_device()] if ctx.cuda_rng is not None else []
         with torch.random.fork_rng(devices=devices):           # replay the forward's random numbers, then restore ours
             torch.set_rng_state(ctx.cpu_rng)
             if ctx.cuda_rng is not None: torch.cuda.set_rng_state(ctx.cuda_rng)
-            with torch.enable_grad(), torch.autocast(ctx.device_type, dtype=ctx.autocast[1], enabled=ctx.autocast[0]):
-                out = ctx.fn(*args)
-        torch.autograd.backward(out, grads)                    # fn's parameters accumulate their .grad here
-        return (None, *[a.grad if a.requires_grad else None for a in args])
+            with torch.autocast(ctx.device_type, dtype=ctx.autocast[1], enabled=ctx.autocast[0]):
+                return (None, *rerun_and_backprop(ctx.fn, ctx.saved_tensors, grads))   # fn's parameters accumulate their .grad
 
 def recompute(fn, *args):
     "Checkpoint `fn(*args)` with `Recompute` (the model's `checkpoint_fn` signature)."
     return Recompute.apply(fn, *args)
 
-# %% ../nbs/11_checkpointing.ipynb #ca40d06b
+# %% ../nbs/11_checkpointing.ipynb #4327bf4d
 def checkpoint_functions() -> dict:
     "The checkpoint implementations this course uses, by name (DeepSpeed's only where it is installed)."
     fns = {"recompute (from scratch)": recompute, "torch (non-reentrant)": None,
@@ -61,7 +67,7 @@ def grads_with(c: ModelConfig, mode, checkpoint_fn=None, layers: int | None = No
     loss = m(x, labels=x)[1]; loss.backward()
     return loss.item(), {n: p.grad for n, p in m.named_parameters()}
 
-# %% ../nbs/11_checkpointing.ipynb #0a2e107d
+# %% ../nbs/11_checkpointing.ipynb #6f984617
 def step_time(c: ModelConfig, micro_batch: int, seq_len: int, mode, layers: int | None = None, reps: int = 3, device: str = "cpu") -> float:
     "Median seconds of one forward + backward of MiniLLM(c) with `layers` blocks checkpointed."
     torch.manual_seed(0)

@@ -14,9 +14,9 @@ from .train import (Trainer, TrainConfig, param_groups, accumulation_steps, rng_
 from .utils import write_json
 
 # %% auto #0
-__all__ = ['BATCH_KEYS', 'SHIPPED', 'SHIPPED_FILES', 'require_deepspeed', 'ds_precision', 'build_ds_config', 'resolve_ds_config',
-           'load_ds_config', 'user_ds_config', 'DeepSpeedTrainer', 'consolidated_weights', 'rank_model_states',
-           'deepspeed_estimate', 'free_port', 'deepspeed_command']
+__all__ = ['BATCH_KEYS', 'SHIPPED', 'SHIPPED_FILES', 'require_deepspeed', 'ds_precision', 'build_ds_config', 'find_auto',
+           'resolve_ds_config', 'load_ds_config', 'user_ds_config', 'DeepSpeedTrainer', 'consolidated_weights',
+           'rank_model_states', 'deepspeed_estimate', 'free_port', 'deepspeed_command']
 
 # %% ../nbs/13_deepspeed.ipynb #81d9c1e2
 def require_deepspeed():
@@ -60,12 +60,14 @@ def build_ds_config(tc: TrainConfig, n_params: int, world_size: int, seq_len: in
     return cfg
 
 # %% ../nbs/13_deepspeed.ipynb #b758884b
-BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
-
-def _autos(d, path="") -> list[str]:
-    "Paths of every 'auto' value in a nested config."
-    if isinstance(d, dict): return [p for k, v in d.items() for p in _autos(v, f"{path}.{k}" if path else k)]
+def find_auto(d, path: str = "") -> list[str]:
+    "Dotted paths of every 'auto' value in a nested dict."
+    # hint: recurse into dict values with path f"{path}.{k}" (or k at the top); a leaf equal to "auto" gives [path]
+    if isinstance(d, dict): return [p for k, v in d.items() for p in find_auto(v, f"{path}.{k}" if path else k)]
     return [path] if d == "auto" else []
+
+# %% ../nbs/13_deepspeed.ipynb #b37c6003
+BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
 
 def resolve_ds_config(user: dict | None, tc: TrainConfig, n_params: int, world_size: int, seq_len: int,
                       device_type: str = "cuda", num_layers: int = 1) -> dict:
@@ -73,7 +75,7 @@ def resolve_ds_config(user: dict | None, tc: TrainConfig, n_params: int, world_s
     built = build_ds_config(tc, n_params, world_size, seq_len, device_type, num_layers)
     if user is None: return built
     cfg, bad = json.loads(json.dumps(user)), []
-    if autos := _autos(cfg):
+    if autos := find_auto(cfg):
         raise ValueError(f"ds_config has \"auto\" at {', '.join(autos)}: outside the Hugging Face Trainer DeepSpeed does not resolve it "
                          "(bf16/fp16 'auto' is silently ignored, batch 'auto' crashes). Remove those keys and minillm fills them from your settings.")
     if "scheduler" in cfg: bad.append("a 'scheduler' section: minillm sets the learning rate every step (--lr, --warmup-steps, --schedule); remove it")
@@ -114,7 +116,7 @@ def load_ds_config(path) -> dict:
     try: return json.loads(p.read_text())
     except json.JSONDecodeError as e: raise ValueError(f"--deepspeed {p}: not valid JSON ({e})") from None
 
-# %% ../nbs/13_deepspeed.ipynb #d65fabb9
+# %% ../nbs/13_deepspeed.ipynb #9703d079
 SHIPPED = {
     "zero2-offload": {"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu", "pin_memory": True},
                                             "contiguous_gradients": True, "overlap_comm": True},
@@ -134,7 +136,7 @@ def user_ds_config(arg: str | None) -> dict | None:
     if arg in SHIPPED: return json.loads(json.dumps(SHIPPED[arg]))
     return load_ds_config(arg)
 
-# %% ../nbs/13_deepspeed.ipynb #b6ea1ed3
+# %% ../nbs/13_deepspeed.ipynb #854362b6
 class DeepSpeedTrainer(Trainer):
     "The trainer, with a DeepSpeed engine running the model (ZeRO 0-3, optional CPU offload)."
     def _setup_engine(self):
@@ -161,7 +163,7 @@ class DeepSpeedTrainer(Trainer):
         where = [k.removeprefix("offload_") for k in ("offload_optimizer", "offload_param") if k in off]
         return super().describe() + f" | DeepSpeed ZeRO-{self.zero_stage}" + (f", {' and '.join(where)} offloaded to CPU" if where else "")
 
-# %% ../nbs/13_deepspeed.ipynb #5a81ebb8
+# %% ../nbs/13_deepspeed.ipynb #f3ff414e
 def _ds_accumulate(self: DeepSpeedTrainer) -> torch.Tensor:
     "Set this step's learning rate; forward, backward and engine.step over the micro-batches. Returns the mean loss."
     for g in self.engine.optimizer.param_groups: g["lr"] = self._lr()
@@ -178,7 +180,7 @@ def _ds_optimizer_step(self: DeepSpeedTrainer): pass     # engine.step() did it
 
 DeepSpeedTrainer.accumulate, DeepSpeedTrainer.optimizer_step = _ds_accumulate, _ds_optimizer_step
 
-# %% ../nbs/13_deepspeed.ipynb #f3ff414e
+# %% ../nbs/13_deepspeed.ipynb #51eea361
 def consolidated_weights(ds_dir: Path, tag: str, model_keys) -> dict:
     "fp32 weights merged from a DeepSpeed checkpoint's shards (ZeRO 1-3), with every key of the model's state_dict."
     import contextlib, io
@@ -223,7 +225,7 @@ def _ds_resume(self: DeepSpeedTrainer, path: Path):
 
 DeepSpeedTrainer.save, DeepSpeedTrainer.resume = _ds_save, _ds_resume
 
-# %% ../nbs/13_deepspeed.ipynb #51eea361
+# %% ../nbs/13_deepspeed.ipynb #1271042b
 def rank_model_states(engine) -> dict:
     "Bytes of weights, fp32 master partition and optimizer moments that this rank holds."
     opt = engine.optimizer
@@ -269,7 +271,7 @@ def deepspeed_estimate(model, n_params: int, stage: int, gpus: int, offload: str
 
 DeepSpeedTrainer.train_step, DeepSpeedTrainer._report_memory = _ds_train_step, _report_memory
 
-# %% ../nbs/13_deepspeed.ipynb #1271042b
+# %% ../nbs/13_deepspeed.ipynb #8d301ca3
 def free_port() -> int:
     "A TCP port nothing listens on right now."
     import socket

@@ -10,7 +10,7 @@ from .train import TrainConfig, LivePlot
 from .ds import build_ds_config, deepspeed_command
 
 # %% auto #0
-__all__ = ['probe_hardware', 'plan_run', 'write_configs', 'launch']
+__all__ = ['probe_hardware', 'plan_run', 'write_configs', 'complete_rows', 'launch']
 
 # %% ../nbs/16_launch.ipynb #60a62054
 def probe_hardware() -> dict:
@@ -53,6 +53,13 @@ def write_configs(plan: dict, run_dir, data_dir) -> tuple[list[str], Path]:
     return args, cfg_path
 
 # %% ../nbs/16_launch.ipynb #2f0fd093
+def complete_rows(text: str) -> list[dict]:
+    "The JSON records of the lines of `text` that are complete (end with a newline); the unfinished tail is left for later."
+    # hint: text.split("\n") puts the unfinished tail (or "") last; json.loads every other non-empty line
+    *done, _tail = text.split("\n")
+    return [json.loads(l) for l in done if l.strip()]
+
+# %% ../nbs/16_launch.ipynb #14c98e5a
 _NOISE = re.compile(r"^\[\d{4}-\d\d-\d\d [\d:,]+\] \[(INFO|WARNING)\]|^\s*$|real_accelerator\.py|warnings\.warn|return func\(")
 
 def _group_alive(pgid: int) -> bool:
@@ -76,12 +83,9 @@ def launch(train_args: list[str], procs: int, out, plot: bool = True, verbose: b
             l = lines.get_nowait().rstrip()
             if verbose or not _NOISE.search(l): print_fn(l)
         m = out / "metrics.jsonl"
-        if m.exists():
-            new = m.read_text().splitlines()[seen:]
-            for l in new:
-                if not l.endswith("}"): break                       # a line being written: read it next time
-                rows.append(json.loads(l)); seen += 1
-                if live: live(rows[-1])
+        for row in (complete_rows(m.read_text()) if m.exists() else [])[seen:]:
+            rows.append(row); seen += 1
+            if live: live(row)
     while True:
         try:
             while p.poll() is None or _group_alive(p.pid):          # the launcher may exit before its workers

@@ -33,14 +33,16 @@ RECIPES = {
 }
 ADAM_STEP_BYTES = 4   # torch's AdamW keeps one fp32 `step` scalar per parameter tensor
 
+# %% ../nbs/10_memory.ipynb #cd2cc764
 def model_state_bytes(n_params: int, precision: str = "bf16", n_tensors: int = 0) -> dict:
     "Bytes of weights, gradients, master weights and optimizer state for `n_params` parameters in `n_tensors` tensors."
+    # hint: r = RECIPES[precision]; dict(weights=r.weights * n_params, grads=..., master=..., optimizer=r.moments * n_params + ADAM_STEP_BYTES * n_tensors)
     if precision not in RECIPES: raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(RECIPES)}")
     r = RECIPES[precision]
     return dict(weights=r.weights * n_params, grads=r.grads * n_params, master=r.master * n_params,
                 optimizer=r.moments * n_params + ADAM_STEP_BYTES * n_tensors)
 
-# %% ../nbs/10_memory.ipynb #cd2cc764
+# %% ../nbs/10_memory.ipynb #7ed5c689
 def tensor_bytes(ts) -> int: return sum(t.numel() * t.element_size() for t in ts if t is not None)
 
 def measured_model_states(model: torch.nn.Module, opt: torch.optim.Optimizer, master=()) -> dict:
@@ -49,7 +51,7 @@ def measured_model_states(model: torch.nn.Module, opt: torch.optim.Optimizer, ma
     return dict(weights=tensor_bytes(ps), grads=tensor_bytes(p.grad for p in ps), master=tensor_bytes(master),
                 optimizer=tensor_bytes(v for s in opt.state.values() for v in s.values() if torch.is_tensor(v)))
 
-# %% ../nbs/10_memory.ipynb #7ed5c689
+# %% ../nbs/10_memory.ipynb #4a1a25b6
 def zero_bytes(n_params: int, precision: str = "bf16", stage: int = 0, gpus: int = 1, offload: str = "none", n_tensors: int = 0) -> dict:
     "Model-state bytes on each GPU, and in CPU RAM per rank, under ZeRO `stage` over `gpus` ranks with `offload` none|optimizer|all."
     if stage not in (0, 1, 2, 3): raise ValueError(f"ZeRO stage {stage}: use 0, 1, 2 or 3")
@@ -68,7 +70,7 @@ def zero_bytes(n_params: int, precision: str = "bf16", stage: int = 0, gpus: int
     if offload == "all": cpu["weights"], gpu["weights"] = gpu["weights"], 0
     return dict(gpu=gpu, cpu=cpu)
 
-# %% ../nbs/10_memory.ipynb #e866c3e8
+# %% ../nbs/10_memory.ipynb #d14519e2
 def llama8b() -> ModelConfig:
     "An 8B model of this architecture, Llama-3-8B's shape."
     return ModelConfig(vocab_size=128256, embed_dim=4096, num_heads=32, num_kv_heads=8, attention="gqa", num_layers=32,
@@ -76,7 +78,7 @@ def llama8b() -> ModelConfig:
 
 def gb(n: float) -> str: return f"{n / 1e9:,.1f} GB"
 
-# %% ../nbs/10_memory.ipynb #585f1653
+# %% ../nbs/10_memory.ipynb #356142ca
 _SCHEMES = ("fp32", "amp", "half")    # fp32 model; fp32 model under bf16/fp16 autocast; model cast to 16 bits
 
 def _norm_items(kind: str, n: int, C: int, scheme: str, consumers: int, w: int) -> list[tuple[str, int]]:
@@ -90,7 +92,7 @@ def _norm_items(kind: str, n: int, C: int, scheme: str, consumers: int, w: int) 
     else: items.append(("norm output", (2 if scheme == "half" else 4) * n * C))
     return items
 
-# %% ../nbs/10_memory.ipynb #26b7980a
+# %% ../nbs/10_memory.ipynb #c37860a6
 def attention_kernel(c: ModelConfig, device: str = "cuda", backend: str | None = None) -> str:
     "Which attention path runs in training: 'fused' (flash-attn or an SDPA kernel that keeps no t x t), 'math' (SDPA's fallback) or 'manual'."
     backend = backend or c.backend
@@ -126,7 +128,7 @@ def _core_items(kernel, b, t, h, h_kv_saved, dq, dv, s, mb, dropout, device, q_c
         if dropout: items += [("attention dropout mask", mb * att), ("dropped weights", s * att)]
     return items + [("output projection input (copy)", s_out * n * h * dv)]
 
-# %% ../nbs/10_memory.ipynb #51c4959e
+# %% ../nbs/10_memory.ipynb #ba2f44e9
 def _attention_items(c: ModelConfig, b: int, t: int, scheme: str, device: str, backend: str | None) -> list[tuple[str, int]]:
     n, h, s = b * t, c.num_heads, 4 if scheme == "fp32" else 2
     mb = 1 if device == "cuda" else s
@@ -160,7 +162,7 @@ def _ffn_items(c: ModelConfig, b: int, t: int, scheme: str, device: str) -> list
     if scheme == "amp": items.append(("ffn: 16-bit weight copies (autocast)", 2 * (2 if c.ffn == "gelu" else 3) * c.embed_dim * H))
     return items
 
-# %% ../nbs/10_memory.ipynb #356142ca
+# %% ../nbs/10_memory.ipynb #ce030419
 CHECKPOINTING = ("none", "selective", "full")
 
 def activation_inventory(c: ModelConfig, seq_len: int, micro_batch: int, scheme: str = "fp32", device: str = "cuda",
@@ -198,7 +200,7 @@ def activation_bytes(c: ModelConfig, seq_len: int, micro_batch: int, **kw) -> in
     "Total bytes saved for backward (see `activation_inventory`)."
     return sum(v for _, _, v in activation_inventory(c, seq_len, micro_batch, **kw))
 
-# %% ../nbs/10_memory.ipynb #ba2f44e9
+# %% ../nbs/10_memory.ipynb #15b0244f
 def saved_tensor_bytes(fn, exclude=()) -> tuple[int, object]:
     "Run `fn()`; return (bytes of distinct storages autograd saved for backward, not counting `exclude`'s, fn's result)."
     skip = {p.untyped_storage().data_ptr() for p in exclude}
@@ -224,7 +226,7 @@ def measured_activations(c: ModelConfig, seq_len: int, micro_batch: int, scheme:
         n, _ = saved_tensor_bytes(lambda: m(x, labels=x), exclude=m.parameters())
     return n
 
-# %% ../nbs/10_memory.ipynb #d234829c
+# %% ../nbs/10_memory.ipynb #dde4664e
 def kv_cache_bytes(c: ModelConfig, batch: int, seq_len: int, bytes_per_el: int = 2) -> int:
     "KV-cache bytes of `MiniLLM(c)` holding `seq_len` tokens for `batch` sequences."
     per_token = 0
@@ -235,7 +237,7 @@ def kv_cache_bytes(c: ModelConfig, batch: int, seq_len: int, bytes_per_el: int =
         else: per_token += 2 * lc.kv_heads * lc.head_dim
     return per_token * batch * seq_len * bytes_per_el
 
-# %% ../nbs/10_memory.ipynb #dde4664e
+# %% ../nbs/10_memory.ipynb #9a6be324
 GPU_MEMORY_GB = {"T4 16GB": 16, "A100 40GB": 40, "A100 80GB": 80, "H100 80GB": 80}
 CUDA_CONTEXT = 500 * 2**20
 MARGIN = 0.10
@@ -274,7 +276,7 @@ def estimate(c: ModelConfig, seq_len: int | None = None, micro_batch: int = 1, g
                 cpu=sum(z["cpu"].values()), num_params=n, seq_len=t, micro_batch=micro_batch, gpus=gpus, zero=zero, offload=offload,
                 precision=precision, checkpointing=checkpointing)
 
-# %% ../nbs/10_memory.ipynb #9878b229
+# %% ../nbs/10_memory.ipynb #d81e24bd
 def _options(gpus: int):
     for offload in ("none", "optimizer", "all"):
         for ck in CHECKPOINTING:
@@ -312,7 +314,7 @@ def memory_table(est: dict, gpu_mem_gb: float | None = None) -> str:
     if gpu_mem_gb: lines.append(f"  {'fits' if fits(est, gpu_mem_gb) else 'does NOT fit'} in {gpu_mem_gb:g} GB")
     return "\n".join(lines)
 
-# %% ../nbs/10_memory.ipynb #8b2c9581
+# %% ../nbs/10_memory.ipynb #f5f68c2c
 COLORS = dict(weights="#4c72b0", grads="#dd8452", master="#8172b3", optimizer="#c44e52", activations="#55a868", temporary="#937860", margin="#cccccc")
 
 def draw_bars(est: dict, gpu_mem_gb: float, ax=None):
@@ -369,7 +371,7 @@ def calculator(model: str = "small", **start):
     display(W.VBox([W.HBox(list(w.values())[:5]), W.HBox(list(w.values())[5:]), out])); redraw()
     return w
 
-# %% ../nbs/10_memory.ipynb #d1f3e241
+# %% ../nbs/10_memory.ipynb #3a768bd2
 SIZE_FLAGS = ("vocab_size", "embed_dim", "num_heads", "num_kv_heads", "num_layers", "max_seq_len", "ffn_hidden")
 
 def memory_parser() -> argparse.ArgumentParser:

@@ -85,6 +85,16 @@ def test_reference_passes_and_whole_lesson_runs(name, tmp_path):
     # Mean instead of mean of squares.
     ("07_model.ipynb", "rms_norm", "import torch\ndef rms_norm(x, weight, eps=1e-5):\n    return (x / torch.sqrt(x.mean(-1, keepdim=True) ** 2 + eps) * weight).to(x.dtype)",
      ["wrong answer", "inputs:   (tensor(shape=(2, 3, 8)"]),
+    # Seed 001's mistake: mixed precision without the fp32 master weights.
+    ("10_memory.ipynb", "model_state_bytes", "def model_state_bytes(n_params, precision='bf16', n_tensors=0):\n    r = RECIPES[precision]\n"
+     "    return dict(weights=r.weights * n_params, grads=r.grads * n_params, master=0, optimizer=r.moments * n_params + 4 * n_tensors)",
+     ["wrong answer", "inputs:   (1000, 'bf16')", "'master': 4000"]),
+    # Only the top level searched: a nested "auto" (bf16.enabled) slips through to DeepSpeed.
+    ("13_deepspeed.ipynb", "find_auto", "def find_auto(d, path=''):\n    return [k for k, v in d.items() if v == 'auto']",
+     ["wrong answer", "expected: ['bf16.enabled']", "got:      []"]),
+    # Every line parsed: the half-written last line of a growing metrics file breaks the reader.
+    ("16_launch.ipynb", "complete_rows", "import json\ndef complete_rows(text):\n    return [json.loads(l) for l in text.splitlines() if l.strip()]",
+     ["raised JSONDecodeError"]),
 ])
 def test_plausible_wrong_answer_is_rejected(name, func, wrong, shows, tmp_path):
     "A plausible mistake fails its self-check and the message shows inputs, expected and got."

@@ -17,7 +17,7 @@ from .utils import write_json
 
 # %% auto #0
 __all__ = ['VARIANT_ARGS', 'variant_config', 'train_throughput', 'generate_throughput', 'bench_model', 'bench_bpe', 'bench_train',
-           'bench_main']
+           'bench_zero', 'bench_main']
 
 # %% ../nbs/95_bench.ipynb #64feb25e
 VARIANT_ARGS = {"mha": dict(attention="mha"), "gqa": dict(attention="gqa"), "mqa": dict(attention="mqa"), "mla": dict(attention="mla")}
@@ -151,7 +151,41 @@ def bench_train(data: str, budgets=(60, 120, 300), compile_modes=(False, True), 
             log(f"{preset_name} budget {b:>4} s compile={comp!s:5}: {tr.step:>5} steps, {r['tokens_per_s']:>8,.0f} tok/s (wall, incl. eval/compile), val_bpb {final.get('val_bpb', float('nan')):.3f}")
     return res
 
-# %% ../nbs/95_bench.ipynb #dd5e1ff8
+# %% ../nbs/95_bench.ipynb #92856e74
+def _steady_tokens_per_s(rows: list[dict], tokens_per_step: int, skip: int = 5) -> float:
+    "Tokens/s between step `skip` and the last step (start-up and warm-up excluded)."
+    a, b = rows[min(skip, len(rows) - 2)], rows[-1]
+    return (b["step"] - a["step"]) * tokens_per_step / (b["elapsed_s"] - a["elapsed_s"])
+
+def bench_zero(data: str, procs: int = 2, steps: int = 30, preset_name: str = "demo", micro_batch: int = 8,
+               modes=("plain", "zero2"), precision: str = "auto", log=print) -> dict:
+    "Tokens/s (and peak GPU memory) of the plain trainer vs DeepSpeed ZeRO stages, `procs` processes each."
+    import subprocess, sys, tempfile
+    from pathlib import Path
+    from minillm.ds import deepspeed_command, free_port
+    from minillm.model import preset as get_preset
+    res = dict(benchmark="zero", preset=preset_name, procs=procs, steps=steps, micro_batch=micro_batch, hardware=asdict(detect_hardware()), runs=[])
+    T = get_preset(preset_name).max_seq_len
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode in modes:
+            out = Path(tmp) / mode
+            args = ["--data", data, "--out", str(out), "--preset", preset_name, "--micro-batch", str(micro_batch), "--max-steps", str(steps),
+                    "--eval-every", str(10 * steps), "--log-every", "1", "--sample-tokens", "0", "--precision", precision]
+            if mode == "plain":
+                cmd = ([str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", str(procs), "--master_port", str(free_port()), "-m", "minillm.train", *args]
+                       if procs > 1 else [sys.executable, "-m", "minillm.train", *args])
+            else:
+                stage, _, offload = mode.removeprefix("zero").partition("-")
+                cmd = deepspeed_command([*args, "--deepspeed", "--zero-stage", stage] + (["--offload", offload] if offload else []), procs)
+            r = subprocess.run(cmd, capture_output=True, text=True, env={**__import__("os").environ, "TQDM_DISABLE": "1"})
+            if r.returncode: raise RuntimeError(f"bench zero: {mode} failed:\n{r.stderr[-3000:]}")
+            rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+            row = dict(mode=mode, tokens_per_s=_steady_tokens_per_s(rows, micro_batch * T * procs), final_loss=rows[-1]["loss"])
+            if "mem_gb" in rows[-1]: row["peak_mem_gb"] = max(x.get("mem_gb", 0) for x in rows)
+            res["runs"].append(row)
+            log(f"{mode:14} {row['tokens_per_s']:10,.0f} tok/s   loss {row['final_loss']:.4f}" + (f"   peak {row['peak_mem_gb']:.2f} GB" if "peak_mem_gb" in row else ""))
+    return res
+#| export
 def bench_main(argv: list[str] | None = None) -> int:
     "`minillm bench`: run a benchmark, print its figures, write them as JSON."
     p = argparse.ArgumentParser(prog="minillm bench", description="Measure speed; print the figures and write them as JSON.")
@@ -178,7 +212,20 @@ def bench_main(argv: list[str] | None = None) -> int:
     t.add_argument("--compile", nargs="+", default=["off", "on"], choices=["off", "on"])
     t.add_argument("--preset", default="demo")
     t.add_argument("--json", default="bench-train.json", help="where to write the figures")
+    z = sub.add_parser("zero", help="tokens/s (and GPU peak memory) of the plain trainer vs DeepSpeed ZeRO stages")
+    z.add_argument("--data", required=True, help="shards from `minillm prepare`")
+    z.add_argument("--procs", type=int, default=None, help="processes (default: the GPUs, or 2 on a CPU)")
+    z.add_argument("--modes", nargs="+", default=None, help="plain, zero0..zero3, zero2-optimizer, zero3-all (default: plain zero2 on a CPU; plain zero0-3 on a GPU)")
+    z.add_argument("--steps", type=int, default=30)
+    z.add_argument("--preset", default="demo")
+    z.add_argument("--micro-batch", type=int, default=8)
+    z.add_argument("--json", default="bench-zero.json", help="where to write the figures")
     args = p.parse_args(argv)
+    if args.name == "zero":
+        gpus = torch.cuda.device_count()
+        res = bench_zero(args.data, args.procs or gpus or 2, args.steps, args.preset, args.micro_batch,
+                         tuple(args.modes or (["plain", "zero0", "zero1", "zero2", "zero3"] if gpus else ["plain", "zero2"])))
+        write_json(args.json, res); print(f"wrote {args.json}"); return 0
     if args.name == "train":
         res = bench_train(args.data, tuple(args.budgets), tuple(c == "on" for c in args.compile), args.preset)
         write_json(args.json, res); print(f"wrote {args.json}"); return 0

@@ -387,6 +387,7 @@ def fit(self: Trainer, resume: bool = False) -> dict:
             elapsed = time.perf_counter() - t0
             row = dict(step=self.step, loss=loss, lr=self._lr(), tokens_per_s=tokens / elapsed, elapsed_s=elapsed)
             if self.peak: row["mfu"] = row["tokens_per_s"] * self.flops / self.peak / self.d.world_size
+            if self.d.device.type == "cuda": row["mem_gb"] = torch.cuda.max_memory_allocated(self.d.device) / 1e9
             if self.step % cfg.eval_every == 0 or self.step == self.max_steps:
                 last = self.evaluate(); row.update(last)
                 if last["val_loss"] < self.best: self.best = last["val_loss"]; self.save("best.pt")
@@ -483,7 +484,7 @@ def train_parser() -> argparse.ArgumentParser:
         flag = "--" + f.name.replace("_", "-")
         if f.name == "deepspeed":
             p.add_argument("--deepspeed", "--deepspeed_config", dest="deepspeed", nargs="?", const="", default=None, metavar="DS_CONFIG",
-                           help="train with DeepSpeed: a ds_config.json, or none to build one from these settings (see --zero-stage, --offload)")
+                           help="train with DeepSpeed: a ds_config.json, a shipped one (zero2-offload, zero3-max), or nothing to build one from these settings (see --zero-stage, --offload)")
         elif f.name == "activation_checkpointing":
             p.add_argument(flag, nargs="?", const="full", default=None, choices=["none", "selective", "full"],
                            help="recompute activations in backward: full (default when given without a value) or selective")

@@ -151,3 +151,14 @@ def test_bad_input_names_the_fix(data, tmp_path):
     env = dict(os.environ, LOCAL_WORLD_SIZE=str((os.cpu_count() or 1) + 1))
     r = subprocess.run([sys.executable, "-c", cli, *args, "--deepspeed"], capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode != 0 and "processes on this node but" in r.stderr and "launch at most" in r.stderr, r.stderr[-2000:]
+
+
+def test_bench_zero_writes_figures(venv_bin, data, tmp_path):
+    "`minillm bench zero` runs each mode as its own job and writes tokens/s per mode (figures checked for shape, not speed)."
+    out = tmp_path / "bench.json"
+    r = subprocess.run([str(venv_bin / "minillm"), "bench", "zero", "--data", str(data), "--procs", "1", "--steps", "8", "--micro-batch", "2",
+                        "--modes", "plain", "zero1", "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert [x["mode"] for x in res["runs"]] == ["plain", "zero1"] and all(x["tokens_per_s"] > 0 for x in res["runs"])
+    assert abs(res["runs"][0]["final_loss"] - res["runs"][1]["final_loss"]) <= 1e-4 * res["runs"][0]["final_loss"]

@@ -1,6 +1,7 @@
 """Test flags for tests/, mirroring the notebooks' (settings.ini tst_flags): tests marked slow, gpu or
 multigpu are skipped unless MINILLM_TEST_FLAGS names the flag (`MINILLM_TEST_FLAGS="slow gpu"`)."""
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -28,3 +29,16 @@ def root() -> Path: return ROOT
 
 @pytest.fixture
 def venv_bin() -> Path: return Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def data(tmp_path_factory):
+    "Byte-token shards of a slice of the built-in corpus (one file: its last 10% of lines are val), shared by the training tests."
+    from minillm.data import BuiltinCorpus
+    d = tmp_path_factory.mktemp("data")
+    (d / "src.txt").write_text("".join(t for _, t in zip(range(40), BuiltinCorpus().split("train"))))
+    r = subprocess.run([sys.executable, "-c", "import sys; from minillm.cli import main; sys.exit(main(sys.argv[1:]))", "prepare",
+                        "--corpus", str(d / "src.txt"), "--tokenizer", "bytes", "--out", str(d / "shards"), "--workers", "1"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return d / "shards"

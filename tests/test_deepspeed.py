@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,26 +23,13 @@ TINY = ["--model", "embed_dim=32", "--model", "num_heads=4", "--model", "num_lay
         "--micro-batch", "4", "--eval-batches", "2", "--warmup-steps", "2", "--log-every", "1", "--sample-tokens", "0"]
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    "Byte-token shards of a slice of the built-in corpus."
-    from minillm.data import BuiltinCorpus
-    d = tmp_path_factory.mktemp("dsdata")
-    (d / "src.txt").write_text("".join(t for _, t in zip(range(40), BuiltinCorpus().split("train"))))
-    r = subprocess.run([sys.executable, "-c", "import sys; from minillm.cli import main; sys.exit(main(sys.argv[1:]))", "prepare",
-                        "--corpus", str(d / "src.txt"), "--tokenizer", "bytes", "--out", str(d / "shards"), "--workers", "1"],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    return d / "shards"
-
-
 def ds(data, out, *args, procs=2, timeout=600):
     cmd = deepspeed_command(["--data", str(data), "--out", str(out), *TINY, *args], procs)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
-def torchrun(venv_bin, data, out, *args):
-    return subprocess.run([str(venv_bin / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "minillm.train",
+def torchrun(data, out, *args):
+    return subprocess.run([str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "minillm.train",
                            "--data", str(data), "--out", str(out), *TINY, *args], capture_output=True, text=True, timeout=600)
 
 
@@ -49,11 +37,11 @@ def losses(out): return [json.loads(l)["loss"] for l in (out / "metrics.jsonl").
 
 
 @pytest.fixture(scope="module")
-def runs(venv_bin_module, data, tmp_path_factory):
+def runs(data, tmp_path_factory):
     """Plain DDP, ZeRO-1, ZeRO-2, ZeRO-3 and ZeRO-2 with the optimizer offloaded to CPU: 12 steps each, same seed."""
     base = tmp_path_factory.mktemp("dsruns")
     out = {}
-    r = torchrun(venv_bin_module, data, base / "ddp", "--max-steps", "12", "--eval-every", "6")
+    r = torchrun(data, base / "ddp", "--max-steps", "12", "--eval-every", "6")
     assert r.returncode == 0, r.stderr[-3000:]
     out["ddp"] = base / "ddp"
     for name, flags in (("zero1", ["--zero-stage", "1"]), ("zero2", ["--zero-stage", "2"]), ("zero3", ["--zero-stage", "3"]),
@@ -62,12 +50,6 @@ def runs(venv_bin_module, data, tmp_path_factory):
         assert r.returncode == 0, r.stderr[-3000:]
         out[name] = base / name
     return out
-
-
-@pytest.fixture(scope="module")
-def venv_bin_module():
-    from pathlib import Path
-    return Path(sys.executable).parent
 
 
 def test_zero_stages_follow_the_plain_trainer(runs):

@@ -14,16 +14,11 @@ TINY = ["--model", "embed_dim=32", "--model", "num_heads=4", "--model", "num_lay
         "--micro-batch", "4", "--eval-batches", "2", "--warmup-steps", "2", "--log-every", "1", "--sample-tokens", "0"]
 
 
-def test_kernel_interrupt_stops_cleanly_and_keeps_the_checkpoint(tmp_path):
+def test_kernel_interrupt_stops_cleanly_and_keeps_the_checkpoint(data, tmp_path):
     """A KeyboardInterrupt in the process running `launch` (what the notebook's stop button raises) reaches every rank:
     they stop at the same step, write latest.pt and the ZeRO shards, and leave no process behind; --resume continues."""
-    from minillm.data import BuiltinCorpus
-    (tmp_path / "src.txt").write_text("".join(t for _, t in zip(range(40), BuiltinCorpus().split("train"))))
-    cli = "import sys; from minillm.cli import main; sys.exit(main(sys.argv[1:]))"
-    subprocess.run([sys.executable, "-c", cli, "prepare", "--corpus", str(tmp_path / "src.txt"), "--tokenizer", "bytes", "--out",
-                    str(tmp_path / "data"), "--workers", "1"], check=True, capture_output=True, timeout=300)
     out = tmp_path / "run"
-    base = ["--data", str(tmp_path / "data"), "--out", str(out), *TINY, "--eval-every", "100000", "--deepspeed", "--zero-stage", "2"]
+    base = ["--data", str(data), "--out", str(out), *TINY, "--eval-every", "100000", "--deepspeed", "--zero-stage", "2"]
     args = [*base, "--max-steps", "100000"]
     driver = ("import json, sys; from minillm.launch import launch; "
               f"r = launch({args!r}, 2, {str(out)!r}, plot=False); "
@@ -41,6 +36,9 @@ def test_kernel_interrupt_stops_cleanly_and_keeps_the_checkpoint(tmp_path):
     ck = torch.load(out / "latest.pt", weights_only=True)
     assert ck["step"] >= 3 and (out / "deepspeed" / "latest").is_dir()
     assert "saves a checkpoint" in stdout and ": saved" in stdout
+    import psutil                                     # a DeepSpeed dependency
+    left = [q.pid for q in psutil.process_iter(["cmdline"]) if str(out) in " ".join(q.info["cmdline"] or [])]
+    assert not left, f"processes of the run still alive: {left}"
     r = subprocess.run([sys.executable, "-c", "import sys; from minillm.ds import deepspeed_command; import subprocess; "
                         f"sys.exit(subprocess.run(deepspeed_command({base + ['--max-steps', str(ck['step'] + 2), '--resume']!r}, 2)).returncode)"],
                        capture_output=True, text=True, timeout=600)

@@ -1,6 +1,7 @@
 """Generated lessons, run in a real Jupyter kernel (nbclient), as a learner runs them."""
 import copy
 import json
+import os
 import re
 from pathlib import Path
 
@@ -25,6 +26,9 @@ def reference_cell(name, func):
     "The source of the cell defining `func` in nbs/ (the reference implementation), directives removed."
     nb = json.loads((ROOT / "nbs" / name).read_text())
     return next(split_directives(src(c))[1] for c in nb["cells"] if c["cell_type"] == "code" and f"def {func}(" in src(c))
+
+
+os.environ.setdefault("MINILLM_SHORT_RUN", "1")     # the launch lesson trains 40 steps, even on a GPU
 
 
 def execute(nb, cwd):

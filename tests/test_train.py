@@ -13,19 +13,6 @@ SMALL = ["--model", "embed_dim=32", "--model", "num_heads=4", "--model", "num_la
          "--micro-batch", "4", "--eval-batches", "2", "--warmup-steps", "2", "--log-every", "1"]
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    "Byte-token shards of a slice of the built-in corpus (one file: its last 10% of lines are val)."
-    from minillm.data import BuiltinCorpus
-    d = tmp_path_factory.mktemp("data")
-    (d / "src.txt").write_text("".join(t for _, t in zip(range(40), BuiltinCorpus().split("train"))))
-    r = subprocess.run([sys.executable, "-c", "import sys; from minillm.cli import main; sys.exit(main(sys.argv[1:]))", "prepare",
-                        "--corpus", str(d / "src.txt"), "--tokenizer", "bytes", "--out", str(d / "shards"), "--workers", "1"],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    return d / "shards"
-
-
 def minillm(venv_bin, *args, timeout=600):
     return subprocess.run([str(venv_bin / "minillm"), *args], capture_output=True, text=True, timeout=timeout)
 

@@ -141,6 +141,10 @@ class DeepSpeedTrainer(Trainer):
     "The trainer, with a DeepSpeed engine running the model (ZeRO 0-3, optional CPU offload)."
     def _setup_engine(self):
         ds, cfg = require_deepspeed(), self.cfg
+        if not dist.is_initialized():       # one process, no launcher: a group of one (else DeepSpeed goes looking for MPI)
+            for k, v in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(free_port())), ("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
+                os.environ.setdefault(k, v)
+            dist.init_process_group("nccl" if self.d.device.type == "cuda" else "gloo", rank=0, world_size=1)
         n = sum(p.numel() for p in self.raw.parameters())
         self.ds_config = resolve_ds_config(user_ds_config(cfg.deepspeed), cfg, n, self.d.world_size, self.T, self.d.device.type,
                                            self.model_config.num_layers)
@@ -185,7 +189,7 @@ def consolidated_weights(ds_dir: Path, tag: str, model_keys) -> dict:
     "fp32 weights merged from a DeepSpeed checkpoint's shards (ZeRO 1-3), with every key of the model's state_dict."
     import contextlib, io
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-    with contextlib.redirect_stdout(io.StringIO()):       # it prints a progress report per call
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):   # it reports its progress on both
         sd = get_fp32_state_dict_from_zero_checkpoint(str(ds_dir), tag=tag)
     sd = {k: v.float().contiguous() for k, v in sd.items()}
     if "lm_head.weight" in model_keys and "lm_head.weight" not in sd: sd["lm_head.weight"] = sd["tok_emb.weight"]   # tied

@@ -144,3 +144,11 @@ def test_bench_zero_writes_figures(venv_bin, data, tmp_path):
     res = json.loads(out.read_text())
     assert [x["mode"] for x in res["runs"]] == ["plain", "zero1"] and all(x["tokens_per_s"] > 0 for x in res["runs"])
     assert abs(res["runs"][0]["final_loss"] - res["runs"][1]["final_loss"]) <= 1e-4 * res["runs"][0]["final_loss"]
+
+
+def test_one_process_without_the_launcher(venv_bin, data, tmp_path):
+    "`minillm train --deepspeed` from a plain shell, no launcher: a process group of one, so DeepSpeed needs no MPI."
+    r = subprocess.run([str(venv_bin / "minillm"), "train", "--data", str(data), "--out", str(tmp_path / "one"), *TINY, "--max-steps", "4",
+                        "--eval-every", "4", "--deepspeed", "--zero-stage", "1"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "DeepSpeed ZeRO-1" in r.stdout + r.stderr and "final: val_loss" in r.stdout and "mpi4py" not in r.stderr

@@ -199,10 +199,7 @@ def consolidated_weights(ds_dir: Path, tag: str, model_keys) -> dict:
 
 def _ds_save(self: DeepSpeedTrainer, name: str = "latest.pt"):
     tag = name.removesuffix(".pt")
-    rngs = [None] * self.d.world_size
-    if self.d.world_size > 1: dist.all_gather_object(rngs, rng_state())
-    else: rngs = [rng_state()]
-    client = dict(sampler=self.sampler.state_dict(), step=self.step, max_steps=self.max_steps, best=self.best, rng=rngs,
+    client = dict(sampler=self.sampler.state_dict(), step=self.step, max_steps=self.max_steps, best=self.best, rng=self._rng_states(),
                   model_config=self.model_config.to_dict(), train_config=asdict(self.cfg), tokenizer=self.tok.fingerprint())
     self.engine.save_checkpoint(str(self.out / "deepspeed"), tag=tag, client_state=client, save_latest=False)
     if self.d.world_size > 1: dist.barrier()

@@ -289,12 +289,16 @@ def evaluate(self: Trainer) -> dict:
 Trainer._lr, Trainer.accumulate, Trainer.optimizer_step, Trainer.train_step, Trainer.evaluate = _lr, accumulate, optimizer_step, train_step, evaluate
 
 # %% ../nbs/09_train.ipynb #60dd3839
+def _rng_states(self: Trainer) -> list:
+    "Every rank's random states, gathered (a collective: all ranks call it)."
+    if self.d.world_size == 1: return [rng_state()]
+    rngs = [None] * self.d.world_size
+    dist.all_gather_object(rngs, rng_state())
+    return rngs
+
 def state(self: Trainer) -> dict:
     "Everything the next step depends on, for every rank (random states gathered to rank 0)."
-    rngs = [None] * self.d.world_size
-    if self.d.world_size > 1: dist.all_gather_object(rngs, rng_state())
-    else: rngs = [rng_state()]
-    return dict(model=self.raw.state_dict(), optimizer=self.opt.state_dict(), scaler=self.scaler.state_dict(), rng=rngs,
+    return dict(model=self.raw.state_dict(), optimizer=self.opt.state_dict(), scaler=self.scaler.state_dict(), rng=self._rng_states(),
                 sampler=self.sampler.state_dict(), step=self.step, max_steps=self.max_steps, best=self.best,
                 model_config=self.model_config.to_dict(), train_config=asdict(self.cfg), tokenizer=self.tok.fingerprint())
 
@@ -315,7 +319,7 @@ def resume(self: Trainer, path: Path):
     set_rng_state(ck["rng"][self.d.rank] if self.d.rank < len(ck["rng"]) else ck["rng"][0])
     self.log(f"resumed from {path} at step {self.step}")
 
-Trainer.state, Trainer.save, Trainer.resume = state, save, resume
+Trainer._rng_states, Trainer.state, Trainer.save, Trainer.resume = _rng_states, state, save, resume
 
 # %% ../nbs/09_train.ipynb #9083b226
 def _write_run_files(self: Trainer):

@@ -26,16 +26,17 @@ def plan_run(hw: dict, steps: int | None = None, presets=("large", "medium", "sm
     if hw["device"] == "cuda" and hw["device_count"]:
         n, prec, gpu_gb = hw["device_count"], hw["precision"], min(hw["memory_gib"]) * 2**30 / 1e9
         for name in presets:
-            r = recommend(preset(name), gpu_gb, gpus=n, precision=prec, max_micro_batch=64)
-            if r and r["micro_batch"] >= 8 and r["offload"] == "none":
-                return dict(procs=n, preset=name, precision=prec, micro_batch=r["micro_batch"], zero_stage=max(1, r["zero"]),
-                            offload="none", activation_checkpointing=r["checkpointing"], max_steps=steps or 2000, gpu_gb=gpu_gb, estimate=r)
+            for stage in (1, 2, 3):                 # DeepSpeed stages, cheapest first (stage 0 is the plain trainer's estimate)
+                r = recommend(preset(name), gpu_gb, gpus=n, precision=prec, max_micro_batch=64, fixed=dict(zero=stage, offload="none"))
+                if r and r["micro_batch"] >= 8:
+                    return dict(procs=n, preset=name, precision=prec, micro_batch=r["micro_batch"], zero_stage=stage, offload="none",
+                                activation_checkpointing=r["checkpointing"], max_steps=steps or 2000, gpu_gb=gpu_gb, estimate=r)
         raise RuntimeError(f"no preset fits {n} x {gpu_gb:.0f} GB with micro batch >= 8: see `minillm memory` for offload settings")
     r = estimate(preset("demo"), None, 8, 2, 2, precision="fp32", device="cpu")
     return dict(procs=2, preset="demo", precision="fp32", micro_batch=8, zero_stage=2, offload="none", activation_checkpointing="none",
                 max_steps=steps or 40, gpu_gb=None, estimate=r)
 
-# %% ../nbs/16_launch.ipynb #0ee29561
+# %% ../nbs/16_launch.ipynb #a5009811
 def write_configs(plan: dict, run_dir, data_dir) -> tuple[list[str], Path]:
     "Write ds_config.json for `plan` into `run_dir`; return the training arguments and the config's path."
     run_dir = Path(run_dir); run_dir.mkdir(parents=True, exist_ok=True)
@@ -52,14 +53,14 @@ def write_configs(plan: dict, run_dir, data_dir) -> tuple[list[str], Path]:
             "--log-every", "1", "--warmup-steps", str(min(30, tc.max_steps // 4)), "--sample-tokens", "0"]
     return args, cfg_path
 
-# %% ../nbs/16_launch.ipynb #2f0fd093
+# %% ../nbs/16_launch.ipynb #e46e5646
 def complete_rows(text: str) -> list[dict]:
     "The JSON records of the lines of `text` that are complete (end with a newline); the unfinished tail is left for later."
     # hint: text.split("\n") puts the unfinished tail (or "") last; json.loads every other non-empty line
     *done, _tail = text.split("\n")
     return [json.loads(l) for l in done if l.strip()]
 
-# %% ../nbs/16_launch.ipynb #14c98e5a
+# %% ../nbs/16_launch.ipynb #6a61cc50
 _NOISE = re.compile(r"^\[\d{4}-\d\d-\d\d [\d:,]+\] \[(INFO|WARNING)\]|^\s*$|real_accelerator\.py|warnings\.warn|return func\(")
 
 def _group_alive(pgid: int) -> bool:

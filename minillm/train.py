@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import math
 import os
@@ -520,8 +521,12 @@ def train_main(argv: list[str] | None = None) -> int:
         if args.sample_tokens:
             model, tok = load_model(tc.out, str(trainer.d.device))
             print("sample:\n" + sample_text(model, tok, max_new_tokens=args.sample_tokens))
-    if dist.is_initialized(): dist.destroy_process_group()
-    return 130 if trainer.stop and trainer.stop != "stop_at" else 0
+    rc = 130 if trainer.stop and trainer.stop != "stop_at" else 0
+    if dist.is_initialized():
+        dist.barrier()                  # every rank is done (rank 0 has written and sampled) before the group goes
+        del trainer; gc.collect()       # DDP and DeepSpeed hold the group: free them now, not while the interpreter shuts down
+        dist.destroy_process_group()    # (a gloo group destroyed during shutdown can abort: "terminate called without an active exception")
+    return rc
 
 def sample_main(argv: list[str] | None = None) -> int:
     "`minillm sample`."

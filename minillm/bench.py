@@ -104,7 +104,7 @@ def _builtin_text(n_chars: int) -> list[str]:
 def bench_bpe(sizes_mb=(1, 10), vocabs=(1000, 8000), naive_mb: float = 1, naive_vocab: int = 1000, encode_mb: float = 1,
               prepare_cmd: bool = True, workers: int | None = None, log=print) -> dict:
     "Training and encoding speed of the from-scratch BPE (and SentencePiece), as a dict of figures."
-    import subprocess, sys, tempfile
+    import os, subprocess, sys, tempfile
     from minillm.bpe import count_pretokens_parallel, train_incremental, train_naive, train_bpe
     from minillm.tokenizer import train_sentencepiece
     res = dict(benchmark="bpe", hardware=asdict(detect_hardware()), train=[], naive_vs_incremental={}, encode={})
@@ -160,7 +160,7 @@ def _steady_tokens_per_s(rows: list[dict], tokens_per_step: int, skip: int = 5) 
 def bench_zero(data: str, procs: int = 2, steps: int = 30, preset_name: str = "demo", micro_batch: int = 8,
                modes=("plain", "zero2"), precision: str = "auto", log=print) -> dict:
     "Tokens/s (and peak GPU memory) of the plain trainer vs DeepSpeed ZeRO stages, `procs` processes each."
-    import subprocess, sys, tempfile
+    import os, subprocess, sys, tempfile
     from pathlib import Path
     from minillm.ds import deepspeed_command, free_port
     from minillm.model import preset as get_preset
@@ -177,7 +177,7 @@ def bench_zero(data: str, procs: int = 2, steps: int = 30, preset_name: str = "d
             else:
                 stage, _, offload = mode.removeprefix("zero").partition("-")
                 cmd = deepspeed_command([*args, "--deepspeed", "--zero-stage", stage] + (["--offload", offload] if offload else []), procs)
-            r = subprocess.run(cmd, capture_output=True, text=True, env={**__import__("os").environ, "TQDM_DISABLE": "1"})
+            r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
             if r.returncode: raise RuntimeError(f"bench zero: {mode} failed:\n{r.stderr[-3000:]}")
             rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
             row = dict(mode=mode, tokens_per_s=_steady_tokens_per_s(rows, micro_batch * T * procs), final_loss=rows[-1]["loss"])

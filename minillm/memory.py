@@ -392,10 +392,11 @@ def memory_parser() -> argparse.ArgumentParser:
 
 def memory_main(argv: list[str] | None = None) -> int:
     "`minillm memory`."
+    from minillm.train import _parse_value
     a = memory_parser().parse_args(argv)
     try:
         over = {k: getattr(a, k) for k in SIZE_FLAGS if getattr(a, k) is not None}
-        over |= {k: json.loads(v) if v[:1].isdigit() or v in ("true", "false", "null") else v for k, v in (kv.split("=", 1) for kv in a.model)}
+        over |= {k: _parse_value(v) for k, v in (kv.split("=", 1) for kv in a.model)}      # as `minillm train --model` reads them
         if a.preset == "llama-8b": c = ModelConfig.from_dict({**llama8b().to_dict(), **over})
         else: c = preset(a.preset, **over)
         fixed = {k: getattr(a, k) for k in ("zero", "offload", "checkpointing") if getattr(a, k) is not None}

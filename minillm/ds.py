@@ -14,9 +14,10 @@ from .train import (Trainer, TrainConfig, param_groups, accumulation_steps, rng_
 from .utils import write_json
 
 # %% auto #0
-__all__ = ['BATCH_KEYS', 'SHIPPED', 'SHIPPED_FILES', 'require_deepspeed', 'ds_precision', 'build_ds_config', 'find_auto',
-           'resolve_ds_config', 'load_ds_config', 'user_ds_config', 'DeepSpeedTrainer', 'consolidated_weights',
-           'rank_model_states', 'deepspeed_estimate', 'free_port', 'deepspeed_command']
+__all__ = ['BATCH_KEYS', 'SHIPPED', 'SHIPPED_FILES', 'SHM_ALLREDUCE', 'require_deepspeed', 'ds_precision', 'build_ds_config',
+           'find_auto', 'resolve_ds_config', 'load_ds_config', 'user_ds_config', 'skip_shm_allreduce',
+           'DeepSpeedTrainer', 'consolidated_weights', 'rank_model_states', 'deepspeed_estimate', 'free_port',
+           'deepspeed_command']
 
 # %% ../nbs/13_deepspeed.ipynb #81d9c1e2
 def require_deepspeed():
@@ -137,10 +138,19 @@ def user_ds_config(arg: str | None) -> dict | None:
     return load_ds_config(arg)
 
 # %% ../nbs/13_deepspeed.ipynb #854362b6
+SHM_ALLREDUCE = "deepspeed_shm_comm"   # DeepSpeed's op name; its segments are /dev/shm/deepspeed_allreduce_buffer_*
+
+def skip_shm_allreduce(ds):
+    "Keep DeepSpeed's CPU backend from building the inference-only shared-memory all-reduce (and leaking its /dev/shm segments)."
+    ops = getattr(ds.ops, "__compatible_ops__", None)   # DeepSpeed's own table of usable ops, probed once per process
+    if isinstance(ops, dict): ops[SHM_ALLREDUCE] = False
+
+# %% ../nbs/13_deepspeed.ipynb #f3ff414e
 class DeepSpeedTrainer(Trainer):
     "The trainer, with a DeepSpeed engine running the model (ZeRO 0-3, optional CPU offload)."
     def _setup_engine(self):
         ds, cfg = require_deepspeed(), self.cfg
+        if self.d.device.type == "cpu": skip_shm_allreduce(ds)
         if not dist.is_initialized():       # one process, no launcher: a group of one (else DeepSpeed goes looking for MPI)
             for k, v in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(free_port())), ("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
                 os.environ.setdefault(k, v)
@@ -167,7 +177,7 @@ class DeepSpeedTrainer(Trainer):
         where = [k.removeprefix("offload_") for k in ("offload_optimizer", "offload_param") if k in off]
         return super().describe() + f" | DeepSpeed ZeRO-{self.zero_stage}" + (f", {' and '.join(where)} offloaded to CPU" if where else "")
 
-# %% ../nbs/13_deepspeed.ipynb #f3ff414e
+# %% ../nbs/13_deepspeed.ipynb #393b16e4
 def _ds_accumulate(self: DeepSpeedTrainer) -> torch.Tensor:
     "Set this step's learning rate; forward, backward and engine.step over the micro-batches. Returns the mean loss."
     for g in self.engine.optimizer.param_groups: g["lr"] = self._lr()
@@ -184,7 +194,7 @@ def _ds_optimizer_step(self: DeepSpeedTrainer): pass     # engine.step() did it
 
 DeepSpeedTrainer.accumulate, DeepSpeedTrainer.optimizer_step = _ds_accumulate, _ds_optimizer_step
 
-# %% ../nbs/13_deepspeed.ipynb #51eea361
+# %% ../nbs/13_deepspeed.ipynb #4701a2e5
 def consolidated_weights(ds_dir: Path, tag: str, model_keys) -> dict:
     "fp32 weights merged from a DeepSpeed checkpoint's shards (ZeRO 1-3), with every key of the model's state_dict."
     import contextlib, io
@@ -226,7 +236,7 @@ def _ds_resume(self: DeepSpeedTrainer, path: Path):
 
 DeepSpeedTrainer.save, DeepSpeedTrainer.resume = _ds_save, _ds_resume
 
-# %% ../nbs/13_deepspeed.ipynb #1271042b
+# %% ../nbs/13_deepspeed.ipynb #3e488823
 def rank_model_states(engine) -> dict:
     "Bytes of weights, fp32 master partition and optimizer moments that this rank holds."
     opt = engine.optimizer
@@ -272,7 +282,7 @@ def deepspeed_estimate(model, n_params: int, stage: int, gpus: int, offload: str
 
 DeepSpeedTrainer.train_step, DeepSpeedTrainer._report_memory = _ds_train_step, _report_memory
 
-# %% ../nbs/13_deepspeed.ipynb #8d301ca3
+# %% ../nbs/13_deepspeed.ipynb #e13b57bd
 def free_port() -> int:
     "A TCP port nothing listens on right now."
     import socket

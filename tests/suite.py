@@ -90,7 +90,7 @@ def sync_check() -> tuple[int, list[str]]:
 def notebooks(flags: str) -> tuple[int, int, str]:
     "(notebooks passed, failed, output) from nbdev_test."
     nbs = [p for p in (ROOT / "nbs").glob("*.ipynb") if not p.name.startswith(("_", "."))]
-    r = run([str(BIN / "nbdev_test"), "--n_workers", "2", "--flags", flags], ROOT)
+    r = run([str(BIN / "nbdev_test"), "--n_workers", "2", "--timing", "--flags", flags], ROOT)
     out = r.stdout + r.stderr
     failed = 0 if r.returncode == 0 else max(1, sum(1 for p in nbs if f"\t{p.name}" in out))
     return len(nbs) - failed, failed, out
@@ -101,7 +101,7 @@ def pytest(flags: str) -> tuple[int, int, int, str]:
     with tempfile.TemporaryDirectory() as tmp:
         xml = Path(tmp) / "junit.xml"
         env = {**os.environ, "MINILLM_TEST_FLAGS": flags}
-        r = subprocess.run([sys.executable, "-m", "pytest", "tests", "-q", "-rs", "-p", "no:cacheprovider",
+        r = subprocess.run([sys.executable, "-m", "pytest", "tests", "-q", "-rs", "-p", "no:cacheprovider", "--durations=12",
                             f"--junitxml={xml}"], cwd=ROOT, env=env, text=True, capture_output=True)
         out = r.stdout + r.stderr
         if r.returncode == 5: return 0, 0, 0, out + "\n(no tests collected)"
@@ -113,6 +113,25 @@ def pytest(flags: str) -> tuple[int, int, int, str]:
         return total - fail - err - skip, failed, skip, out
 
 
+SHM = Path("/dev/shm")
+
+
+def shm_segments() -> set[Path]:
+    "DeepSpeed's shared-memory all-reduce segments now in /dev/shm (each holds RAM until unlinked)."
+    return set(SHM.glob("deepspeed_allreduce_buffer_*")) if SHM.is_dir() else set()
+
+
+def shm_check(before: set[Path]) -> list[str]:
+    """Segments this suite's runs left in /dev/shm: removed (they are its own), and reported, since each
+    run that leaves one keeps ~69 MB of RAM per rank taken on the machine until reboot."""
+    new = sorted(shm_segments() - before)
+    if not new: return []
+    mb = sum(p.stat().st_size for p in new) / 2**20
+    for p in new: p.unlink(missing_ok=True)
+    return [f"{len(new)} DeepSpeed shared-memory segment(s) ({mb:.0f} MB) were left in /dev/shm by this suite's runs "
+            f"(e.g. {new[0].name}); removed. A run built DeepSpeed's CPU all-reduce op: see minillm.ds.skip_shm_allreduce."]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", nargs="+", choices=["sync", "notebooks", "pytest"], default=["sync", "notebooks", "pytest"])
@@ -120,6 +139,7 @@ def main(argv=None) -> int:
                    help="space-separated flags to run as well (slow gpu multigpu)")
     args = p.parse_args(argv)
     t0, times, passed, failed, skipped, messages = time.time(), {}, 0, 0, 0, []
+    shm_before = shm_segments()
 
     if "sync" in args.only:
         t = time.time(); n, fails = sync_check(); times["sync"] = time.time() - t
@@ -129,6 +149,7 @@ def main(argv=None) -> int:
     if "notebooks" in args.only:
         t = time.time(); ok, bad, out = notebooks(args.flags); times["notebooks"] = time.time() - t
         print(f"== notebooks (nbdev_test --flags '{args.flags}'): {ok} passed, {bad} failed")
+        if not bad: print("\n".join("  " + l for l in out.splitlines() if l.endswith(" secs")))   # --timing: slowest first
         if bad: print(out); messages.append("notebooks failed (see above). Reproduce: nbdev_test --path nbs/NAME.ipynb")
         passed += ok; failed += bad
     if "pytest" in args.only:
@@ -137,6 +158,11 @@ def main(argv=None) -> int:
         print(f"== pytest tests/: {ok} passed, {bad} failed, {sk} skipped")
         if bad: messages.append("pytest failed (see above). Reproduce: .venv/bin/python -m pytest tests -x")
         passed += ok; failed += bad; skipped += sk
+
+    leaks = shm_check(shm_before)
+    print(f"== shared memory: {len(leaks)} problem(s)")
+    for m in leaks: print("  FAIL " + m)
+    messages += leaks; failed += 1 if leaks else 0
 
     wall = time.time() - t0
     print(f"\nsuite wall time: {wall:.1f} s (" + ", ".join(f"{k} {v:.1f} s" for k, v in times.items()) + ")")

@@ -160,9 +160,9 @@ def _steady_tokens_per_s(rows: list[dict], tokens_per_step: int, skip: int = 5) 
 def bench_zero(data: str, procs: int = 2, steps: int = 30, preset_name: str = "demo", micro_batch: int = 8,
                modes=("plain", "zero2"), precision: str = "auto", log=print) -> dict:
     "Tokens/s (and peak GPU memory) of the plain trainer vs DeepSpeed ZeRO stages, `procs` processes each."
-    import os, subprocess, sys, tempfile
+    import tempfile
     from pathlib import Path
-    from minillm.ds import deepspeed_command, free_port
+    from minillm.ds import deepspeed_command, torchrun_command, run_training
     from minillm.model import preset as get_preset
     res = dict(benchmark="zero", preset=preset_name, procs=procs, steps=steps, micro_batch=micro_batch, hardware=asdict(detect_hardware()), runs=[])
     T = get_preset(preset_name).max_seq_len
@@ -171,15 +171,12 @@ def bench_zero(data: str, procs: int = 2, steps: int = 30, preset_name: str = "d
             out = Path(tmp) / mode
             args = ["--data", data, "--out", str(out), "--preset", preset_name, "--micro-batch", str(micro_batch), "--max-steps", str(steps),
                     "--eval-every", str(10 * steps), "--log-every", "1", "--sample-tokens", "0", "--precision", precision]
-            if mode == "plain":
-                cmd = ([str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", str(procs), "--master_port", str(free_port()), "-m", "minillm.train", *args]
-                       if procs > 1 else [sys.executable, "-m", "minillm.train", *args])
+            if mode == "plain": cmd = torchrun_command(args, procs)
             else:
                 stage, _, offload = mode.removeprefix("zero").partition("-")
                 cmd = deepspeed_command([*args, "--deepspeed", "--zero-stage", stage] + (["--offload", offload] if offload else []), procs)
-            r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
-            if r.returncode: raise RuntimeError(f"bench zero: {mode} failed:\n{r.stderr[-3000:]}")
-            rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+            try: rows = run_training(cmd, out)
+            except RuntimeError as e: raise RuntimeError(f"bench zero: {mode} failed: {e}") from None
             row = dict(mode=mode, tokens_per_s=_steady_tokens_per_s(rows, micro_batch * T * procs), final_loss=rows[-1]["loss"])
             if "mem_gb" in rows[-1]: row["peak_mem_gb"] = max(x.get("mem_gb", 0) for x in rows)
             res["runs"].append(row)

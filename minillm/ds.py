@@ -14,10 +14,10 @@ from .train import (Trainer, TrainConfig, param_groups, accumulation_steps, rng_
 from .utils import write_json
 
 # %% auto #0
-__all__ = ['BATCH_KEYS', 'SHIPPED', 'SHIPPED_FILES', 'SHM_ALLREDUCE', 'require_deepspeed', 'ds_precision', 'build_ds_config',
-           'find_auto', 'resolve_ds_config', 'load_ds_config', 'user_ds_config', 'skip_shm_allreduce',
-           'DeepSpeedTrainer', 'consolidated_weights', 'rank_model_states', 'deepspeed_estimate', 'free_port',
-           'deepspeed_command']
+__all__ = ['SHIPPED', 'SHIPPED_FILES', 'SHM_ALLREDUCE', 'require_deepspeed', 'ds_precision', 'build_ds_config', 'find_auto',
+           'resolve_ds_config', 'load_ds_config', 'user_ds_config', 'skip_shm_allreduce', 'DeepSpeedTrainer',
+           'consolidated_weights', 'rank_model_states', 'deepspeed_estimate', 'free_port', 'deepspeed_command',
+           'torchrun_command', 'run_training']
 
 # %% ../nbs/13_deepspeed.ipynb #81d9c1e2
 def require_deepspeed():
@@ -68,8 +68,6 @@ def find_auto(d, path: str = "") -> list[str]:
     return [path] if d == "auto" else []
 
 # %% ../nbs/13_deepspeed.ipynb #b37c6003
-BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
-
 def resolve_ds_config(user: dict | None, tc: TrainConfig, n_params: int, world_size: int, seq_len: int,
                       device_type: str = "cuda", num_layers: int = 1) -> dict:
     "The ds_config a run uses: built from `tc`, or the user's merged with `tc` and validated. Raises ValueError naming the fix."
@@ -238,7 +236,7 @@ DeepSpeedTrainer.save, DeepSpeedTrainer.resume = _ds_save, _ds_resume
 
 # %% ../nbs/13_deepspeed.ipynb #3e488823
 def rank_model_states(engine) -> dict:
-    "Bytes of weights, fp32 master partition and optimizer moments that this rank holds."
+    "Bytes of weights, fp32 master partition and optimizer moments that this rank holds, and the moments' device."
     opt = engine.optimizer
     inner = getattr(opt, "optimizer", opt)
     params = list(engine.module.parameters())
@@ -246,8 +244,8 @@ def rank_model_states(engine) -> dict:
     if hasattr(opt, "fp32_partitioned_groups_flat"): master = tensor_bytes(opt.fp32_partitioned_groups_flat)          # ZeRO-3
     elif hasattr(opt, "single_partition_of_fp32_groups"): master = tensor_bytes(opt.single_partition_of_fp32_groups)  # ZeRO-1/2
     else: master = 0
-    moments = tensor_bytes(v for s in inner.state.values() for k, v in s.items() if torch.is_tensor(v) and k != "step")
-    return dict(weights=weights, master=master, optimizer=moments, where=str(next(iter(inner.state.values()), {}).get("exp_avg", torch.empty(0)).device))
+    moments = [v for s in inner.state.values() for k, v in s.items() if torch.is_tensor(v) and k != "step"]
+    return dict(weights=weights, master=master, optimizer=tensor_bytes(moments), optimizer_device=str(moments[0].device) if moments else None)
 
 def _ds_train_step(self: DeepSpeedTrainer) -> float:
     loss = Trainer.train_step(self)
@@ -295,3 +293,22 @@ def deepspeed_command(train_args: list[str], num_procs: int, port: int | None = 
     launcher = [str(exe)] if exe.exists() else ([shutil.which("deepspeed")] if shutil.which("deepspeed") else [sys.executable, "-m", "deepspeed.launcher.runner"])
     hosts = ["--hostfile", hostfile] if hostfile else []
     return [*launcher, *hosts, "--num_gpus", str(num_procs), "--master_port", str(port or free_port()), "--module", "minillm.train", *train_args]
+
+def torchrun_command(train_args: list[str], num_procs: int, port: int | None = None) -> list[str]:
+    "The plain trainer's command on `num_procs` processes: `torchrun` (DDP), or a bare `python -m minillm.train` for one."
+    import sys
+    if num_procs == 1: return [sys.executable, "-m", "minillm.train", *train_args]
+    torchrun = Path(sys.executable).parent / "torchrun"
+    return [str(torchrun), "--nproc_per_node", str(num_procs), "--master_port", str(port or free_port()), "-m", "minillm.train", *train_args]
+
+def run_training(cmd: list[str], out: str | Path, timeout: float | None = None, env: dict | None = None) -> list[dict]:
+    "Run a training command to its end and return the rows of `out/metrics.jsonl`; on failure raise with its stderr's tail, on timeout kill every process it started."
+    import signal, subprocess
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                         env={**os.environ, "TQDM_DISABLE": "1", **(env or {})})
+    try: _, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL); _, err = p.communicate()
+        raise TimeoutError(f"{' '.join(cmd[:6])} ... ran past {timeout} s and was killed:\n{err[-3000:]}") from None
+    if p.returncode: raise RuntimeError(f"{' '.join(cmd[:6])} ... exited with {p.returncode}:\n{err[-3000:]}")
+    return [json.loads(l) for l in (Path(out) / "metrics.jsonl").read_text().splitlines()]

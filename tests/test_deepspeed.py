@@ -17,7 +17,7 @@ import torch
 
 pytest.importorskip("deepspeed")
 
-from minillm.ds import deepspeed_command, free_port  # noqa: E402
+from minillm.ds import deepspeed_command, free_port, torchrun_command  # noqa: E402
 
 TINY = ["--model", "embed_dim=32", "--model", "num_heads=4", "--model", "num_layers=2", "--model", "max_seq_len=64",
         "--micro-batch", "4", "--eval-batches", "2", "--warmup-steps", "2", "--log-every", "1", "--sample-tokens", "0"]
@@ -33,8 +33,7 @@ def ds(data, out, *args, procs=2, timeout=600):
 
 
 def torchrun(data, out, *args):
-    return subprocess.run([str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "minillm.train",
-                           "--data", str(data), "--out", str(out), *TINY, *args], capture_output=True, text=True, timeout=600)
+    return subprocess.run(torchrun_command(["--data", str(data), "--out", str(out), *TINY, *args], 2), capture_output=True, text=True, timeout=600)
 
 
 def losses(out): return [json.loads(l)["loss"] for l in (out / "metrics.jsonl").read_text().splitlines()]

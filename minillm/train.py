@@ -134,6 +134,8 @@ def setup_dist(device: str = "auto") -> Dist:
                          f"(deepspeed --num_gpus {n}, torchrun --nproc_per_node {n}).")
     if not use_cuda and local_world > (os.cpu_count() or 1):
         raise ValueError(f"{local_world} processes on this node but {os.cpu_count()} CPU cores: launch at most {os.cpu_count()}.")
+    if not use_cuda and local_world > 1 and "OMP_NUM_THREADS" not in os.environ:   # torchrun sets it; deepspeed's launcher does not
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))         # share the cores: each rank using all of them thrashes
     dev = torch.device(f"cuda:{local}" if use_cuda else "cpu")
     if use_cuda: torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized(): dist.init_process_group("nccl" if use_cuda else "gloo")

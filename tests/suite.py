@@ -90,7 +90,9 @@ def sync_check() -> tuple[int, list[str]]:
 def notebooks(flags: str) -> tuple[int, int, str]:
     "(notebooks passed, failed, output) from nbdev_test."
     nbs = [p for p in (ROOT / "nbs").glob("*.ipynb") if not p.name.startswith(("_", "."))]
-    r = run([str(BIN / "nbdev_test"), "--n_workers", "2", "--timing", "--flags", flags], ROOT)
+    # Two notebooks at a time, each with torch's default of one thread per core, would run 2x as many threads as cores
+    # (spinning OpenMP threads halve throughput or worse: 393 s against 190 s here); one thread each fills the cores.
+    r = run([str(BIN / "nbdev_test"), "--n_workers", "2", "--timing", "--flags", flags], ROOT, {"OMP_NUM_THREADS": "1", **os.environ})
     out = r.stdout + r.stderr
     failed = 0 if r.returncode == 0 else max(1, sum(1 for p in nbs if f"\t{p.name}" in out))
     return len(nbs) - failed, failed, out

@@ -104,7 +104,7 @@ def _builtin_text(n_chars: int) -> list[str]:
 def bench_bpe(sizes_mb=(1, 10), vocabs=(1000, 8000), naive_mb: float = 1, naive_vocab: int = 1000, encode_mb: float = 1,
               prepare_cmd: bool = True, workers: int | None = None, log=print) -> dict:
     "Training and encoding speed of the from-scratch BPE (and SentencePiece), as a dict of figures."
-    import os, subprocess, sys, tempfile
+    import subprocess, sys, tempfile
     from minillm.bpe import count_pretokens_parallel, train_incremental, train_naive, train_bpe
     from minillm.tokenizer import train_sentencepiece
     res = dict(benchmark="bpe", hardware=asdict(detect_hardware()), train=[], naive_vs_incremental={}, encode={})

@@ -301,11 +301,11 @@ def torchrun_command(train_args: list[str], num_procs: int, port: int | None = N
     torchrun = Path(sys.executable).parent / "torchrun"
     return [str(torchrun), "--nproc_per_node", str(num_procs), "--master_port", str(port or free_port()), "-m", "minillm.train", *train_args]
 
-def run_training(cmd: list[str], out: str | Path, timeout: float | None = None, env: dict | None = None) -> list[dict]:
+def run_training(cmd: list[str], out: str | Path, timeout: float | None = None) -> list[dict]:
     "Run a training command to its end and return the rows of `out/metrics.jsonl`; on failure raise with its stderr's tail, on timeout kill every process it started."
     import signal, subprocess
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                         env={**os.environ, "TQDM_DISABLE": "1", **(env or {})})
+                         env={**os.environ, "TQDM_DISABLE": "1"})
     try: _, err = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(p.pid, signal.SIGKILL); _, err = p.communicate()

@@ -28,7 +28,7 @@ def usage() -> str:
 
 # %% ../nbs/91_cli.ipynb #ca60a82e
 def main(argv: list[str] | None = None) -> int:
-    "Entry point of the `minillm` console script."
+    "Entry point of the `minillm` console script. A failure a user can fix prints one line (MINILLM_DEBUG=1: the traceback)."
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage()); return 0 if argv else 2
@@ -38,5 +38,6 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] not in COMMANDS:
         print(f"minillm: unknown command '{argv[0]}'. Commands: {', '.join(COMMANDS)}. See `minillm --help`.", file=sys.stderr)
         return 2
+    from minillm.utils import run_main
     module, func, _ = COMMANDS[argv[0]]
-    return getattr(importlib.import_module(module), func)(argv[1:]) or 0
+    return run_main(f"minillm {argv[0]}", lambda a: getattr(importlib.import_module(module), func)(a), argv[1:])

@@ -553,4 +553,5 @@ def sample_main(argv: list[str] | None = None) -> int:
 # %% ../nbs/09_train.ipynb #0e98a563
 import builtins
 if __name__ == "__main__" and "__file__" in globals() and not getattr(builtins, "__IPYTHON__", False):
-    sys.exit(train_main())        # python -m minillm.train / torchrun -m minillm.train
+    from minillm.utils import run_main
+    sys.exit(run_main("minillm train", train_main))        # python -m minillm.train / torchrun -m minillm.train

@@ -3,13 +3,19 @@
 # %% ../nbs/00_utils.ipynb #fedc576c
 from __future__ import annotations
 
+import argparse
+import errno
 import json
+import math
 import os
+import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['write_atomic', 'write_json']
+__all__ = ['DEBUG_ENV', 'USER_ERRORS', 'positive_int', 'nonneg_int', 'positive_float', 'nonneg_float', 'finite_float',
+           'unit_float', 'write_atomic', 'write_json', 'UserError', 'describe_error', 'run_main']
 
 # %% ../nbs/00_utils.ipynb #5bbfc377
 def _umask() -> int:
@@ -32,3 +38,69 @@ def write_atomic(path: Path | str, data: str | bytes):
 def write_json(path: Path | str, obj, indent: int = 2):
     "`obj` as JSON (keys in the order given), written atomically, ending in a newline."
     write_atomic(path, json.dumps(obj, indent=indent) + "\n")
+
+# %% ../nbs/00_utils.ipynb #c7f04671
+class UserError(Exception):
+    "A failure the user can fix: the command line prints the message alone, without a traceback."
+
+DEBUG_ENV = "MINILLM_DEBUG"   # set to 1 to see the traceback of any failure
+
+def _free(path) -> str:
+    p = Path(path or ".").resolve()
+    while not p.exists() and p != p.parent: p = p.parent
+    try: return f"{shutil.disk_usage(p).free / 1e6:,.1f} MB free"
+    except OSError: return "free space unknown"
+
+def describe_error(e: BaseException) -> str:
+    "One line for an exception a user can meet: the file it concerns, and what to do."
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        where = e.filename or getattr(e, "minillm_path", None)
+        need = getattr(e, "minillm_needed", None)
+        return (f"disk full writing {where or 'a file'} ({_free(where)}" + (f", {need / 1e6:,.1f} MB needed" if need else "")
+                + "): free some space or choose another folder.")
+    if isinstance(e, PermissionError): return f"permission denied: {e.filename or e}: choose a folder you can write to, or fix its permissions."
+    if isinstance(e, IsADirectoryError): return f"{e.filename} is a folder, where a file was expected."
+    if isinstance(e, NotADirectoryError): return f"{e.filename} (or a folder above it) is a file, where a folder was expected: choose another path."
+    if isinstance(e, FileNotFoundError) and e.filename: return f"no such file or folder: {e.filename}"
+    if isinstance(e, OSError) and e.filename: return f"{e.filename}: {e.strerror or e}"
+    if isinstance(e, json.JSONDecodeError): return f"not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}"
+    if isinstance(e, MemoryError): return "out of memory: use a smaller model, batch or sequence length."
+    return str(e).strip() or type(e).__name__
+
+USER_ERRORS = (UserError, ValueError, OSError, ImportError, KeyError, MemoryError)
+
+def run_main(prog: str, main, argv=None) -> int:
+    "Run `main(argv)`; print a failure as one line `prog: message` on stderr (exit 1, or 130 on Ctrl-C)."
+    if os.environ.get(DEBUG_ENV, "") not in ("", "0"): return main(argv) or 0
+    try: return main(argv) or 0
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted.", file=sys.stderr); return 130
+    except SystemExit: raise
+    except USER_ERRORS as e:
+        msg = describe_error(e)
+        if isinstance(e, KeyError) and not isinstance(e, UserError): msg = f"missing entry {e}: the file is not one minillm wrote"
+        print(f"{prog}: {msg}", file=sys.stderr); return 1
+    except Exception as e:
+        print(f"{prog}: unexpected {type(e).__name__}: {describe_error(e)} (a bug: rerun with {DEBUG_ENV}=1 for the traceback "
+              "and report it)", file=sys.stderr)
+        return 1
+
+# %% ../nbs/00_utils.ipynb #6a16b409
+def _number(kind, lo=None, hi=None, lo_open=False, what=None):
+    def parse(s: str):
+        try: v = kind(s)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"{s!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if isinstance(v, float) and not math.isfinite(v): raise argparse.ArgumentTypeError(f"{s!r} is not a finite number")
+        if (lo is not None and (v < lo or (lo_open and v == lo))) or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(f"{s!r}: use {what}")
+        return v
+    parse.__name__ = what or kind.__name__
+    return parse
+
+positive_int = _number(int, 1, what="an integer >= 1")
+nonneg_int = _number(int, 0, what="an integer >= 0")
+positive_float = _number(float, 0, lo_open=True, what="a number > 0")
+nonneg_float = _number(float, 0, what="a number >= 0")
+finite_float = _number(float, what="a finite number")
+unit_float = _number(float, 0, 1, lo_open=True, what="a number in (0, 1]")

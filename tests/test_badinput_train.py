@@ -1,0 +1,263 @@
+"""Bad input to `minillm train` and `minillm sample`, as a user (or a file a user was handed) gives it.
+
+Every case runs the installed console script and asserts: a non-zero exit code (2 for argparse's usage
+errors, 1 for the rest, 130 for Ctrl-C), no traceback on either stream, a message that names the flag or
+file at fault, and (where an earlier run exists) that none of its files changed (sha256 before and after)."""
+import json
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from badinput import BIN, checksums, cli, fails_cleanly
+
+TINY = ["--model", "embed_dim=32", "--model", "num_heads=2", "--model", "num_layers=1", "--model", "max_seq_len=32",
+        "--micro-batch", "4", "--eval-batches", "1", "--warmup-steps", "1", "--sample-tokens", "0", "--device", "cpu"]
+
+
+def train(data, out, *extra, **kw):
+    return cli("train", "--data", data, "--out", out, *TINY, *extra, **kw)
+
+
+@pytest.fixture(scope="module")
+def finished(data, tmp_path_factory):
+    "A tiny finished run (4 steps, checkpoints at 2 and 4); tests copy it before touching it."
+    out = tmp_path_factory.mktemp("finished") / "run"
+    r = train(data, out, "--max-steps", "4", "--eval-every", "2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+@pytest.fixture
+def run_copy(finished, tmp_path):
+    dst = tmp_path / "run"
+    shutil.copytree(finished, dst)
+    return dst
+
+
+class Payload:
+    "A pickle that creates `marker` when unpickled: what a planted file in a run folder would do."
+    def __init__(self, marker): self.marker = str(marker)
+    def __reduce__(self): return (open, (self.marker, "w"))
+
+
+def plant(path: Path, marker: Path):
+    with open(path, "wb") as f: pickle.dump({"model": Payload(marker)}, f)
+
+
+# --- flags: type, range, one line naming the flag -------------------------------------------------------
+
+@pytest.mark.parametrize("args, flag", [
+    (["--lr", "abc"], "--lr"), (["--lr", "-1"], "--lr"), (["--lr", "nan"], "--lr"),
+    (["--micro-batch", "2.5"], "--micro-batch"), (["--micro-batch", "0"], "--micro-batch"),
+    (["--seq-len", "-5"], "--seq-len"), (["--time-budget", "-5"], "--time-budget"), (["--max-steps", "0"], "--max-steps"),
+    (["--eval-batches", "0"], "--eval-batches"), (["--eval-every", "0"], "--eval-every"), (["--beta2", "1.5"], "--beta2"),
+    (["--precision", "fp8"], "--precision"), (["--preset", "huge"], "--preset"), (["--zero-stage", "4"], "--zero-stage"),
+    (["--model", "num_heads"], "--model"), (["--epochs", "0"], "--epochs"), (["--keep-every", "-1"], "--keep-every"),
+])
+def test_train_flag_values(data, tmp_path, args, flag):
+    "argparse refuses a value of the wrong type or range before anything runs (exit 2), naming the flag; nothing is created."
+    out = tmp_path / "run"
+    fails_cleanly(train(data, out, *args), flag, rc=2)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args, names", [
+    (["--model", "num_heads=abc"], ["num_heads"]), (["--model", "num_heads=3"], ["num_heads"]),
+    (["--model", "vocab_size=5000"], ["vocab_size", "5000"]), (["--max-steps", "5", "--epochs", "1"], ["epochs", "max_steps"]),
+    (["--min-lr", "1", "--lr", "0.1"], ["min_lr"]), (["--device", "cuda"], ["--device cuda", "CUDA"]),
+    (["--device", "tpu"], ["device"]),
+])
+def test_train_settings_that_cannot_work(data, tmp_path, args, names):
+    "Values each valid alone but wrong for this model, data or machine: one line naming them; no run folder left behind."
+    if "cuda" in args and torch.cuda.is_available(): pytest.skip("this machine has a GPU")
+    out = tmp_path / "run"
+    fails_cleanly(train(data, out, *args), *names, rc=1)
+    assert not out.exists(), "a failed start leaves no half-made run folder"
+
+
+def test_sample_flag_values(finished):
+    "`minillm sample`'s numbers are typed and ranged too."
+    for args, flag in ((["--max-new-tokens", "-5"], "--max-new-tokens"), (["--temperature", "nan"], "--temperature"),
+                       (["--temperature", "-1"], "--temperature"), (["--top-k", "0"], "--top-k"), (["--top-p", "1.5"], "--top-p")):
+        fails_cleanly(cli("sample", "--run", finished, *args), flag, rc=2)
+
+
+# --- files: config, data, run folder --------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, text, names", [
+    ("c.json", '{"lr": 0.001,\n "max_steps": }', ["c.json", "line 2"]),
+    ("c.yaml", "lr: 0.001\nmodel: [1, 2\n", ["c.yaml", "line"]),
+    ("c.json", "[1, 2]", ["c.json", "object"]),
+    ("c.json", '{"learning_rate": 1}', ["c.json", "learning_rate"]),
+    ("c.json", '{"model": 5}', ["c.json", "model"]),
+    ("c.json", '{"micro_batch": "abc"}', ["micro_batch"]),
+    ("c.json", '{"model": {"layers": "../../etc/layers.jsonl", "num_layers": 1}}', ["layers"]),
+])
+def test_config_files(data, tmp_path, name, text, names):
+    "A --config file that is not valid JSON/YAML, not an object, or holds unknown or mistyped keys: its name and the line or key."
+    (tmp_path / name).write_text(text)
+    fails_cleanly(train(data, tmp_path / "run", "--config", tmp_path / name), *names, rc=1)
+
+
+def test_missing_inputs(data, tmp_path):
+    "A missing data folder, config file or tokenizer is named."
+    fails_cleanly(train(tmp_path / "nodata", tmp_path / "run"), "nodata", rc=1)
+    fails_cleanly(train(data, tmp_path / "run", "--config", tmp_path / "none.json"), "none.json", rc=1)
+    broken = tmp_path / "data"; shutil.copytree(data, broken); shutil.rmtree(broken / "tokenizer")
+    fails_cleanly(train(broken, tmp_path / "run"), "tokenizer", rc=1)
+    assert not (tmp_path / "run").exists()
+
+
+def test_data_that_does_not_match(data, tmp_path):
+    "Shards cut short, or a tokenizer swapped for another, are caught before training starts, naming the file."
+    short = tmp_path / "short"; shutil.copytree(data, short)
+    with open(short / "train.bin", "r+b") as f: f.truncate((short / "train.bin").stat().st_size - 3)
+    fails_cleanly(train(short, tmp_path / "run"), "train.bin", rc=1)
+    swapped = tmp_path / "swapped"; shutil.copytree(data, swapped)
+    meta = json.loads((swapped / "meta.json").read_text())
+    meta["tokenizer"]["fingerprint"] = "0" * len(str(meta["tokenizer"].get("fingerprint", "0" * 16)))
+    (swapped / "meta.json").write_text(json.dumps(meta))
+    fails_cleanly(train(swapped, tmp_path / "run"), "meta.json", rc=1)
+
+
+def test_out_is_a_file(data, tmp_path):
+    (tmp_path / "f").write_text("keep me")
+    fails_cleanly(train(data, tmp_path / "f"), "--out", rc=1)
+    assert (tmp_path / "f").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("keep", ["best.pt", "metrics.jsonl", "deepspeed", "step_0000002.pt"])
+def test_new_run_refuses_any_run_file(data, run_copy, keep):
+    "A folder holding any file of a run (not only latest.pt) is refused without --resume/--overwrite, and nothing in it changes."
+    for p in list(run_copy.iterdir()):
+        if p.name != keep: shutil.rmtree(p) if p.is_dir() else p.unlink()
+    if keep == "deepspeed": (run_copy / "deepspeed").mkdir(); (run_copy / "deepspeed" / "x").write_text("shard")
+    before = checksums(run_copy)
+    fails_cleanly(train(data, run_copy, "--max-steps", "2"), keep, "--resume", rc=1)
+    assert checksums(run_copy) == before
+
+
+@pytest.mark.parametrize("bad", [["--model", "num_heads=3"], ["--data", "/nonexistent/data"], ["--config", "/nonexistent.json"],
+                                 ["--micro-batch", "100000"]])
+def test_overwrite_checks_everything_before_deleting(data, run_copy, bad):
+    "--overwrite with a mistake in the model, data, config or batch: refused, and the old run is untouched."
+    before = checksums(run_copy)
+    args = ["train", "--data", data, "--out", run_copy, *TINY, "--overwrite", "--max-steps", "2", *bad]
+    fails_cleanly(cli(*args), rc=1)
+    assert checksums(run_copy) == before
+
+
+def test_overwrite_replaces_the_whole_run(data, run_copy):
+    "--overwrite clears every file of the old run (kept steps, metrics, a stale temporary) so the new one is consistent."
+    (run_copy / ".latest.pt.999.tmp").write_bytes(b"half")
+    r = train(data, run_copy, "--overwrite", "--max-steps", "1", "--eval-every", "1")
+    assert r.returncode == 0, r.stderr[-2000:]
+    names = {p.name for p in run_copy.iterdir()}
+    assert "step_0000002.pt" not in names and not any(n.endswith(".tmp") for n in names)
+    assert [json.loads(l)["step"] for l in (run_copy / "metrics.jsonl").read_text().splitlines()] == [1]
+
+
+def test_resume_problems(data, run_copy, tmp_path):
+    "--resume with nothing to resume, with --overwrite, or from a damaged latest.pt: one line, and the intact best.pt is named."
+    fails_cleanly(train(data, tmp_path / "new", "--resume"), "latest.pt", rc=1)
+    fails_cleanly(train(data, run_copy, "--resume", "--overwrite"), "--overwrite", rc=1)
+    before = checksums(run_copy / "best.pt")
+    for damage in (b"", b"PK\x03\x04 truncated", b"not a checkpoint at all"):
+        (run_copy / "latest.pt").write_bytes(damage)
+        r = fails_cleanly(train(data, run_copy, "--resume", "--max-steps", "6"), "latest.pt", "best.pt", "intact", rc=1)
+        assert "weights_only" not in r.stderr
+    assert checksums(run_copy / "best.pt") == before
+
+
+def test_resume_from_a_named_checkpoint(data, tmp_path):
+    "--keep-every keeps step files; --resume PATH continues from one of them and repeats the losses of the straight run exactly."
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert train(data, a, "--max-steps", "6", "--keep-every", "2", "--eval-every", "100", "--log-every", "1").returncode == 0
+    assert {"step_0000002.pt", "step_0000004.pt", "step_0000006.pt"} <= {p.name for p in a.iterdir()}
+    r = train(data, b, "--max-steps", "6", "--eval-every", "100", "--log-every", "1", "--resume", a / "step_0000004.pt")
+    assert r.returncode == 0, r.stderr[-2000:]
+    straight = [json.loads(l) for l in (a / "metrics.jsonl").read_text().splitlines()]
+    resumed = [json.loads(l) for l in (b / "metrics.jsonl").read_text().splitlines()]
+    assert [x["loss"] for x in resumed] == [x["loss"] for x in straight if x["step"] > 4]
+
+
+def test_epochs_set_the_length(data, tmp_path):
+    "--epochs 1 trains the steps one pass over the training windows takes (the trainer's count, checked by its sampler in the lesson)."
+    r = train(data, tmp_path / "e", "--epochs", "0.5", "--eval-every", "100000", "--log-every", "1")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [json.loads(l) for l in (tmp_path / "e" / "metrics.jsonl").read_text().splitlines()]
+    tokens = json.loads((data / "meta.json").read_text())["splits"]["train"]["tokens"]
+    windows = (tokens - 1) // 32
+    assert rows[-1]["step"] == -(-windows // 4 // 2)     # ceil(0.5 x windows / micro-batch 4)
+
+
+def test_planted_payloads_never_run(data, run_copy, tmp_path):
+    "A pickle that would run code, planted as latest.pt (resumed), best.pt (sampled) or a --checkpoint, is refused unopened."
+    marker = tmp_path / "pwned"
+    plant(run_copy / "latest.pt", marker)
+    fails_cleanly(train(data, run_copy, "--resume", "--max-steps", "6"), "latest.pt", rc=1)
+    plant(run_copy / "best.pt", marker)
+    r = fails_cleanly(cli("sample", "--run", run_copy, "--max-new-tokens", "3"), "best.pt", rc=1)
+    fails_cleanly(cli("sample", "--checkpoint", run_copy / "best.pt"), "best.pt", rc=1)
+    assert not marker.exists() and "weights_only" not in r.stderr
+
+
+def test_sample_bad_checkpoints(run_copy, tmp_path):
+    "sample refuses a missing run, a text file, and weights holding NaN, each in one line naming the file."
+    fails_cleanly(cli("sample", "--run", tmp_path / "nope"), "nope", rc=1)
+    (tmp_path / "x.pt").write_text("hello")
+    fails_cleanly(cli("sample", "--checkpoint", tmp_path / "x.pt"), "x.pt", rc=1)
+    ck = torch.load(run_copy / "best.pt", weights_only=True)
+    next(iter(ck["model"].values())).view(-1)[0] = float("nan")
+    torch.save(ck, run_copy / "best.pt")
+    fails_cleanly(cli("sample", "--run", run_copy), "best.pt", "NaN", rc=1)
+
+
+def test_failed_start_leaves_no_folder(data, tmp_path):
+    "A start that fails after the run folder was made (here: --tensorboard without the package) removes it, so a retry works."
+    pytest.importorskip("torch")
+    try: import tensorboard  # noqa: F401
+    except ImportError: pass
+    else: pytest.skip("tensorboard is installed")
+    out = tmp_path / "run"
+    fails_cleanly(train(data, out, "--tensorboard", "--max-steps", "1"), "tensorboard", rc=1)
+    assert not out.exists()
+    assert train(data, out, "--max-steps", "1", "--eval-every", "1").returncode == 0
+
+
+def test_sample_streams_and_keeps_text_on_ctrl_c(finished):
+    "Ctrl-C during sampling: exit 130, one line, and what was printed stays printed."
+    p = subprocess.Popen([str(BIN / "minillm"), "sample", "--run", str(finished), "--max-new-tokens", "100000", "--no-stop-at-eos",
+                          "--prompt", "x"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    os.set_blocking(p.stdout.fileno(), False)
+    got, deadline = b"", time.time() + 120
+    while len(got) < 20:
+        assert p.poll() is None and time.time() < deadline, p.stderr.read()
+        got += p.stdout.read() or b""; time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    rest, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and b"Traceback" not in err and b"interrupted" in err, err
+    assert (got + rest).startswith(b"x") and len(got + rest) >= 20
+
+
+def test_torchrun_ranks_refuse_alike(data, run_copy, tmp_path):
+    """Restarting a finished run under torchrun: every rank refuses with one line (rank 0 alone used to refuse while the
+    others crashed with a traceback). Then a 2-rank --time-budget run ends: the ranks agree on the fitted step count."""
+    from minillm.ds import free_port, torchrun_command
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(torchrun_command(["--data", str(data), "--out", str(run_copy), *TINY, "--max-steps", "2"], 2, free_port()),
+                       capture_output=True, text=True, timeout=300, env=env)
+    fails_cleanly(r, "--resume")
+    assert r.stderr.count("already holds a run") == 2, r.stderr[-2000:]
+    out = tmp_path / "budget"
+    r = subprocess.run(torchrun_command(["--data", str(data), "--out", str(out), *TINY, "--time-budget", "4", "--warmup-steps", "4",
+                                         "--eval-every", "100000"], 2, free_port()), capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0 and "schedule fitted to" in r.stdout + r.stderr, r.stderr[-2000:]

@@ -185,16 +185,25 @@ class BPETokenizer(Tokenizer):
         return b"".join(self.vocab[i] for i in ids).decode("utf-8", errors="replace")
 
 # %% ../nbs/03_bpe.ipynb #3ef15d1a
+_WS = regex.compile(r"\s+")
+
 def _stream_step(self: BPETokenizer, buf: str) -> tuple[list[int], int]:
-    "(ids, characters consumed) for the part of `buf` that encodes the same whatever text follows."
-    hold = max((k for s in self.special_tokens for k in range(1, len(s)) if buf.endswith(s[:k])), default=0)
-    pieces, ids, pos = split_specials(buf[: len(buf) - hold], self.special_tokens), [], 0
-    for n, (piece, special) in enumerate(pieces):
-        if special: ids.append(self.special_tokens[piece]); pos += len(piece); continue
-        matches = list(self._pat.finditer(piece))
-        if n == len(pieces) - 1: matches = matches[:-1]        # the next chunk may still extend the last pre-token
-        for m in matches: ids += self._encode_word(m.group())  # words as split in the whole buffer, not re-split
-        pos += matches[-1].end() if n == len(pieces) - 1 and matches else (len(piece) if n < len(pieces) - 1 else 0)
+    "(ids, characters consumed) for the longest prefix of `buf` whose tokens no text that follows can change."
+    limit = len(buf) - max(map(len, self.special_tokens), default=1) + 1   # a special may still start here or later
+    ids, pos = [], 0
+    for piece, special in split_specials(buf, self.special_tokens):
+        if pos >= limit: break
+        start, end = pos, pos + len(piece)
+        if special: ids.append(self.special_tokens[piece])
+        elif end < limit:                                    # text closed by a special token: all of it is settled
+            for w in self._pat.findall(piece): ids += self._encode_word(w)
+        else:                                                # the open end: keep the pre-tokens whose decision is made
+            for m in (self._pat.finditer(piece) if self._stream_safe else ()):
+                ws = _WS.match(piece, m.start())             # a run of spaces is read to its end (and one character on)
+                if max(m.start() + 2, m.end(), ws.end() if ws else 0) >= limit - start: break
+                ids += self._encode_word(m.group()); pos = start + m.end()
+            break
+        pos = end
     return ids, pos
 
 def encode_iterable(self: BPETokenizer, chunks: Iterable[str]) -> Iterator[int]:
@@ -207,6 +216,7 @@ def encode_iterable(self: BPETokenizer, chunks: Iterable[str]) -> Iterator[int]:
     if buf: yield from self.encode(buf)
 
 BPETokenizer._stream_step, BPETokenizer.encode_iterable = _stream_step, encode_iterable
+BPETokenizer._stream_safe = property(lambda self: self._pat.pattern in PATTERNS.values())
 
 # %% ../nbs/03_bpe.ipynb #0bfd5bad
 def _state(self: BPETokenizer) -> dict:

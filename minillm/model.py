@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -18,10 +19,10 @@ from .utils import write_json
 from .variants import GroupedQueryAttention, KVCache, MultiHeadLatentAttention, RoPE, sinusoidal_positions
 
 # %% auto #0
-__all__ = ['ATTENTION', 'POSITIONAL', 'NORMS', 'FFNS', 'LAYER_KEYS', 'PRESETS', 'rms_norm', 'RMSNorm', 'LayerNorm', 'make_norm',
-           'MLP', 'SwiGLU', 'ffn_hidden', 'ModelConfig', 'load_layer_configs', 'make_attention', 'make_ffn', 'Block',
-           'MiniLLM', 'sample_next', 'generate', 'num_params', 'param_formula', 'flops_per_token', 'preset',
-           'param_table']
+__all__ = ['ATTENTION', 'POSITIONAL', 'NORMS', 'FFNS', 'LAYER_KEYS', 'FIELD_RULES', 'PRESETS', 'rms_norm', 'RMSNorm', 'LayerNorm',
+           'make_norm', 'MLP', 'SwiGLU', 'ffn_hidden', 'ModelConfig', 'load_layer_configs', 'resolve_layers',
+           'make_attention', 'make_ffn', 'Block', 'MiniLLM', 'sample_next', 'generate', 'num_params', 'param_formula',
+           'flops_per_token', 'config_from_checkpoint', 'check_state_dict', 'preset', 'param_table']
 
 # %% ../nbs/07_model.ipynb #a6f82b8c
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -107,17 +108,43 @@ class ModelConfig:
     layers: list[dict] | None = None
 
     def __post_init__(self):
-        if self.layers is not None: self.layers = [dict(d) for d in self.layers]
+        if isinstance(self.layers, (list, tuple)) and all(isinstance(d, dict) for d in self.layers): self.layers = [dict(d) for d in self.layers]
         problems = self.problems()
         if problems: raise ValueError("invalid ModelConfig:\n  - " + "\n  - ".join(problems))
 
 # %% ../nbs/07_model.ipynb #08409619
+# field: (kind, lowest value, None allowed). Kinds: int, float (finite), bool; the str fields are checked against their choices.
+FIELD_RULES = {
+    "vocab_size": ("int", 1, False), "embed_dim": ("int", 1, False), "num_heads": ("int", 1, False), "num_layers": ("int", 1, False),
+    "max_seq_len": ("int", 1, False), "num_kv_heads": ("int", 1, True), "ffn_hidden": ("int", 1, True), "ffn_multiple_of": ("int", 1, False),
+    "kv_lora_rank": ("int", 1, True), "q_lora_rank": ("int", 0, False), "qk_nope_head_dim": ("int", 0, True),
+    "qk_rope_head_dim": ("int", 0, True), "v_head_dim": ("int", 1, True),
+    "rope_theta": ("float", 0, False), "norm_eps": ("float", 0, False), "init_std": ("float", 0, False), "dropout": ("float", 0, False),
+    "bias": ("bool", None, False), "tie_embeddings": ("bool", None, False),
+}
+
+def _field_problem(name: str, v, where: str = "") -> str | None:
+    "What is wrong with one field's value (type and range), with the values accepted; None when it is fine."
+    kind, lo, optional = FIELD_RULES[name]
+    if v is None and optional: return None
+    if kind == "bool":
+        return None if isinstance(v, bool) else f"{where}{name}={v!r}: use true or false"
+    if kind == "int":
+        ok = isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= lo
+        return None if ok else f"{where}{name}={v!r}: use an integer >= {lo}" + (" (or None/null for the default)" if optional else "")
+    if name == "dropout":
+        ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and 0 <= v < 1
+        return None if ok else f"{where}dropout={v!r}: use a number in [0, 1)"
+    ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and v > lo
+    return None if ok else f"{where}{name}={v!r}: use a finite number > {lo}"
+
 def _layer_problems(c: ModelConfig, where: str = "") -> list[str]:
-    p = []
+    p = [m for k in LAYER_KEYS if k in FIELD_RULES and (m := _field_problem(k, getattr(c, k), where))]
     if c.attention not in ATTENTION: p.append(f"{where}attention={c.attention!r}: use one of {ATTENTION}")
     if c.ffn not in FFNS: p.append(f"{where}ffn={c.ffn!r}: use one of {FFNS}")
     if c.backend not in ("auto", "manual", "sdpa", "flash"): p.append(f"{where}backend={c.backend!r}: use auto, manual, sdpa or flash")
-    if c.num_heads < 1 or c.embed_dim % c.num_heads:
+    if p or _field_problem("embed_dim", c.embed_dim): return p          # the checks below need well-typed sizes
+    if c.embed_dim % c.num_heads:
         return p + [f"{where}embed_dim {c.embed_dim} is not divisible by num_heads {c.num_heads}: pick num_heads that divides it"]
     hd = c.embed_dim // c.num_heads
     if c.attention == "mqa" and c.num_kv_heads not in (None, 1): p.append(f"{where}attention='mqa' has one KV head: drop num_kv_heads={c.num_kv_heads} or use 'gqa'")
@@ -126,27 +153,29 @@ def _layer_problems(c: ModelConfig, where: str = "") -> list[str]:
         if not c.num_kv_heads: p.append(f"{where}attention='gqa' needs num_kv_heads (a divisor of num_heads={c.num_heads})")
         elif c.num_heads % c.num_kv_heads: p.append(f"{where}num_heads {c.num_heads} is not divisible by num_kv_heads {c.num_kv_heads}: pick num_kv_heads that divides it")
     if c.attention == "mla":
+        if c.num_kv_heads is not None: p.append(f"{where}attention='mla' has no KV-head count (keys and values come from a shared latent): drop num_kv_heads={c.num_kv_heads}; kv_lora_rank sets the latent's size")
+        dn = hd if c.qk_nope_head_dim is None else c.qk_nope_head_dim
         dr = hd // 2 if c.qk_rope_head_dim is None else c.qk_rope_head_dim
+        if dn + dr < 1: p.append(f"{where}qk_nope_head_dim + qk_rope_head_dim is 0: queries and keys need at least one dimension")
         if c.positional == "rope" and dr % 2: p.append(f"{where}qk_rope_head_dim={dr} must be even for RoPE")
-        if c.kv_lora_rank is not None and c.kv_lora_rank < 1: p.append(f"{where}kv_lora_rank must be >= 1")
     elif c.positional == "rope" and hd % 2: p.append(f"{where}RoPE needs an even head_dim, got {hd}: change embed_dim or num_heads")
     return p
 
 def _problems(self: ModelConfig) -> list[str]:
     "Everything wrong with this config, each with its fix."
-    p = []
-    for name in ("vocab_size", "embed_dim", "num_layers", "max_seq_len"):
-        if getattr(self, name) < 1: p.append(f"{name} must be >= 1, got {getattr(self, name)}")
+    p = [m for k in FIELD_RULES if k not in LAYER_KEYS and (m := _field_problem(k, getattr(self, k)))]
     if self.positional not in POSITIONAL: p.append(f"positional={self.positional!r}: use one of {POSITIONAL}")
     if self.norm not in NORMS: p.append(f"norm={self.norm!r}: use one of {NORMS}")
-    if not 0 <= self.dropout < 1: p.append(f"dropout must be in [0, 1), got {self.dropout}")
     p += _layer_problems(self)
-    if self.layers is not None:
-        if len(self.layers) != self.num_layers: p.append(f"layers has {len(self.layers)} entries for num_layers={self.num_layers}: give one dict per layer")
-        for i, d in enumerate(self.layers):
-            bad = sorted(set(d) - set(LAYER_KEYS))
-            if bad: p.append(f"layers[{i}]: unknown keys {bad}; per-layer keys are {LAYER_KEYS}")
-            else: p += _layer_problems(_resolved(self, d), f"layers[{i}]: ")
+    if self.layers is None: return p
+    if not isinstance(self.layers, list) or not all(isinstance(d, dict) for d in self.layers):
+        return p + [f"layers={self.layers!r:.80}: use a list of dicts, one per layer (or the path of a JSONL file in a saved config)"]
+    if not _field_problem("num_layers", self.num_layers) and len(self.layers) != self.num_layers:
+        p.append(f"layers has {len(self.layers)} entries for num_layers={self.num_layers}: give one dict per layer")
+    for i, d in enumerate(self.layers):
+        bad = sorted(set(d) - set(LAYER_KEYS), key=str)
+        if bad: p.append(f"layers[{i}]: unknown keys {bad}; per-layer keys are {LAYER_KEYS}")
+        elif not _field_problem("embed_dim", self.embed_dim): p += _layer_problems(_resolved(self, d), f"layers[{i}]: ")
     return p
 
 def _resolved(cfg: ModelConfig, overrides: dict) -> ModelConfig:
@@ -172,8 +201,9 @@ def _to_dict(self: ModelConfig) -> dict: return asdict(self)
 @classmethod
 def _from_dict(cls, d: dict) -> ModelConfig:
     "A config from a dict, refusing unknown keys (a typo would otherwise be silently ignored)."
+    if not isinstance(d, dict): raise ValueError(f"a model config must be a dict of ModelConfig fields, not a {type(d).__name__}")
     known = {f.name for f in fields(cls)}
-    bad = sorted(set(d) - known)
+    bad = sorted(set(d) - known, key=str)
     if bad: raise ValueError(f"unknown ModelConfig keys {bad}; known keys: {sorted(known)}")
     return cls(**d)
 
@@ -181,10 +211,14 @@ def _save(self: ModelConfig, path): write_json(path, self.to_dict())
 
 @classmethod
 def _load(cls, path) -> ModelConfig:
-    "A config from a .json file; `layers` may also be the path of a JSONL file with one dict per layer."
-    d = json.loads(Path(path).read_text())
-    if isinstance(d.get("layers"), str): d["layers"] = load_layer_configs(Path(path).parent / d["layers"])
-    return cls.from_dict(d)
+    "A config from a .json file; `layers` may also be the path of a JSONL file with one dict per layer, inside the config's folder."
+    path = Path(path)
+    try: d = json.loads(path.read_text())
+    except json.JSONDecodeError as e: raise ValueError(f"{path}: not valid JSON at line {e.lineno}, column {e.colno} ({e.msg})") from None
+    if not isinstance(d, dict): raise ValueError(f"{path}: must hold an object of ModelConfig fields, not a {type(d).__name__}")
+    if "layers" in d: d["layers"] = resolve_layers(d["layers"], path.parent)
+    try: return cls.from_dict(d)
+    except ValueError as e: raise ValueError(f"{path}: {e}") from None
 
 ModelConfig.layer, ModelConfig.head_dim, ModelConfig.kv_heads = _layer, property(_head_dim), property(_kv_heads)
 ModelConfig.to_dict, ModelConfig.from_dict, ModelConfig.save, ModelConfig.load = _to_dict, _from_dict, _save, _load
@@ -194,9 +228,23 @@ def load_layer_configs(path) -> list[dict]:
     out = []
     for n, line in enumerate(Path(path).read_text().splitlines(), 1):
         if not line.strip(): continue
-        try: out.append(json.loads(line))
-        except json.JSONDecodeError as e: raise ValueError(f"{path}:{n}: not a JSON object ({e.msg})") from None
+        try: d = json.loads(line)
+        except json.JSONDecodeError as e: raise ValueError(f"{path}, line {n}: not valid JSON ({e.msg}): write one object per layer") from None
+        if not isinstance(d, dict): raise ValueError(f"{path}, line {n}: a {type(d).__name__}, where an object of per-layer settings was expected")
+        out.append(d)
     return out
+
+def resolve_layers(value, base: Path) -> list[dict] | None:
+    """A config's `layers`: None or a list of dicts passes through; a string is the path of a JSONL file relative to
+    `base` (the config's folder). An absolute path, or one that leaves `base` (through .. or a symlink), is refused."""
+    if value is None or isinstance(value, list): return value
+    if not isinstance(value, str): raise ValueError(f"layers={value!r:.80}: use a list of dicts, or the path of a JSONL file beside the config")
+    base = Path(base).resolve()
+    p = (base / value).resolve()
+    if Path(value).is_absolute() or not p.is_relative_to(base):
+        raise ValueError(f"layers path {value!r} is outside the config's folder {base}: put the JSONL file there and give a relative path")
+    if not p.is_file(): raise FileNotFoundError(f"layers file {p}: no such file (a path relative to the config's folder {base})")
+    return load_layer_configs(p)
 
 # %% ../nbs/07_model.ipynb #f8b551cf
 def make_attention(c: ModelConfig) -> nn.Module:
@@ -236,6 +284,19 @@ def _checkpoint_mode(v) -> str:
         raise ValueError(f"activation checkpointing {v!r}: use 'none', 'selective' (attention only) or 'full'")
     return mode
 
+def _check_ids(ids: torch.Tensor, vocab_size: int, what: str = "input_ids"):
+    "Token ids must be a (batch, tokens) integer tensor of ids in [0, vocab_size): say which id is out, not fail inside the embedding."
+    if not torch.is_tensor(ids) or ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+        raise ValueError(f"{what} must be a tensor of integer token ids, got {type(ids).__name__ if not torch.is_tensor(ids) else ids.dtype}")
+    if ids.dim() != 2: raise ValueError(f"{what} has shape {tuple(ids.shape)}: pass shape (batch, tokens), e.g. ids[None] for one sequence")
+    if ids.size(1) == 0: raise ValueError(f"{what} holds 0 tokens: give at least one (e.g. the end-of-text id to start a new document)")
+    if torch.compiler.is_compiling() or ids.numel() == 0 or ids.device.type == "meta": return
+    lo, hi = (int(v) for v in torch.aminmax(ids))                       # one cheap reduction
+    if lo < 0 or hi >= vocab_size:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"{what} holds token id {bad}, outside the vocabulary [0, {vocab_size}): "
+                         "encode with the tokenizer this model was trained with (its vocab_size must match)")
+
 class MiniLLM(nn.Module):
     "Decoder-only language model: embeddings, `num_layers` pre-norm blocks, final norm, LM head."
     def __init__(self, config: ModelConfig):
@@ -272,7 +333,9 @@ class MiniLLM(nn.Module):
         """input_ids (b, t) -> (logits (b, t, V), loss). `labels[b, t]` is the token that should follow
         `input_ids[b, t]`; positions labelled -100 are ignored. With `cache`, input_ids continue the cached
         sequence. `last_only`: logits of the last position only (generation)."""
-        c, (b, t) = self.config, input_ids.shape
+        c = self.config
+        _check_ids(input_ids, c.vocab_size)
+        b, t = input_ids.shape
         start = cache.pos if cache is not None else 0
         if t > c.max_seq_len or (c.positional in ("learned", "sinusoidal") and start + t > c.max_seq_len):
             raise ValueError(f"sequence positions {start}..{start + t - 1} exceed max_seq_len={c.max_seq_len}: "
@@ -297,9 +360,21 @@ class MiniLLM(nn.Module):
         return logits, loss
 
 # %% ../nbs/07_model.ipynb #3191520a
+def _is_int(v) -> bool: return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+def _is_num(v) -> bool: return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+def _check_sampling(temperature, top_k, top_p):
+    if not _is_num(temperature) or temperature < 0: raise ValueError(f"temperature={temperature!r}: use a finite number >= 0 (0 = greedy)")
+    if top_k is not None and not (_is_int(top_k) and top_k >= 1): raise ValueError(f"top_k={top_k!r}: use an integer >= 1, or None for no limit")
+    if top_p is not None and not (_is_num(top_p) and 0 < top_p <= 1): raise ValueError(f"top_p={top_p!r}: use a number in (0, 1], or None")
+
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                 generator: torch.Generator | None = None) -> torch.Tensor:
     "(b, V) logits -> (b,) token ids."
+    if not torch.is_tensor(logits) or logits.dim() != 2 or logits.size(-1) == 0:
+        raise ValueError(f"logits must have shape (batch, vocab), got {tuple(logits.shape) if torch.is_tensor(logits) else type(logits).__name__}: "
+                         "e.g. logits[None] for one sequence, or logits[:, -1] for the last position of a forward pass")
+    _check_sampling(temperature, top_k, top_p)
     if temperature == 0: return logits.argmax(-1)
     logits = logits.float() / temperature
     if top_k is not None:
@@ -312,34 +387,55 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
         logits = logits.scatter(-1, idx, sorted_logits.masked_fill(drop, float("-inf")))
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
 
+def _check_generate(m: MiniLLM, input_ids, max_new_tokens, temperature, top_k, top_p, stops, rolling):
+    c = m.config
+    _check_ids(input_ids, c.vocab_size)
+    if not _is_int(max_new_tokens) or max_new_tokens < 0: raise ValueError(f"max_new_tokens={max_new_tokens!r}: use an integer >= 0")
+    _check_sampling(temperature, top_k, top_p)
+    for s in stops:
+        if not (_is_int(s) and 0 <= s < c.vocab_size): raise ValueError(f"stop id {s!r} (eos_id / stop_ids) is not a token id in [0, {c.vocab_size})")
+    if c.positional == "learned" and input_ids.size(1) > c.max_seq_len:
+        raise ValueError(f"the prompt has {input_ids.size(1)} tokens, more than max_seq_len={c.max_seq_len}, and this model's learned "
+                         f"positions stop there: keep its last {c.max_seq_len} tokens (ids[:, -{c.max_seq_len}:])")
+    if rolling and c.positional in ("learned", "sinusoidal"):
+        raise ValueError("rolling=True needs positional 'rope' or 'none': absolute positions must be re-encoded (rolling=False).")
+
 @torch.no_grad()
 def generate(self: MiniLLM, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
              top_p: float | None = None, eos_id: int | None = None, use_cache: bool = True, rolling: bool = False,
-             generator: torch.Generator | None = None, return_logits: bool = False):
-    "Continue (b, t) `input_ids` by up to `max_new_tokens` tokens. Returns (b, t + n) ids (and (b, n, V) logits)."
-    if temperature < 0: raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-    if top_k is not None and top_k < 1: raise ValueError(f"top_k must be >= 1, got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1: raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if rolling and self.config.positional in ("learned", "sinusoidal"):
-        raise ValueError("rolling=True needs positional 'rope' or 'none': absolute positions must be re-encoded (rolling=False).")
+             generator: torch.Generator | None = None, return_logits: bool = False, stop_ids=None, on_token=None):
+    """Continue (b, t) `input_ids` by up to `max_new_tokens` tokens. Returns (b, t + n) ids (and (b, n, V) logits).
+    A sequence that emits `eos_id` or any of `stop_ids` is finished: later positions repeat that id, and generation
+    ends when every sequence is finished. `on_token(nxt)` is called with each step's (b,) new ids as soon as they
+    are sampled (to stream them); an exception it raises (e.g. KeyboardInterrupt) ends generation."""
+    stops = ([] if eos_id is None else [eos_id]) + list(stop_ids or [])
+    _check_generate(self, input_ids, max_new_tokens, temperature, top_k, top_p, stops, rolling)
     was_training, T = self.training, self.config.max_seq_len
     self.eval()
-    out, cache, seen, done = input_ids, None, [], torch.zeros(input_ids.size(0), dtype=torch.bool, device=input_ids.device)
-    for _ in range(max_new_tokens):
-        if not use_cache: logits = self(out[:, -T:], last_only=True)[0]
-        elif cache is None or (out.size(1) > T and not rolling):                          # (re)encode the window
-            cache = KVCache(len(self.blocks)); logits = self(out[:, -T:], cache=cache, last_only=True)[0]
-        else:
-            if len(cache) >= T: cache.trim(T - 1)
-            logits = self(out[:, -1:], cache=cache, last_only=True)[0]
-        logits = logits[:, -1]                                                            # (b, V)
-        nxt = sample_next(logits, temperature, top_k, top_p, generator)
-        if eos_id is not None: nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt); done |= nxt == eos_id
-        out = torch.cat([out, nxt[:, None]], dim=1)
-        if return_logits: seen.append(logits)
-        if eos_id is not None and done.all(): break
-    self.train(was_training)
-    return (out, torch.stack(seen, 1)) if return_logits else out
+    out, cache, seen = input_ids, None, []
+    done = torch.zeros(input_ids.size(0), dtype=torch.bool, device=input_ids.device)
+    pad, stop_t = torch.zeros_like(done, dtype=torch.long), torch.tensor(stops, device=input_ids.device)
+    try:
+        for _ in range(max_new_tokens):
+            if not use_cache: logits = self(out[:, -T:], last_only=True)[0]
+            elif cache is None or (out.size(1) > T and not rolling):                      # (re)encode the window
+                cache = KVCache(len(self.blocks)); logits = self(out[:, -T:], cache=cache, last_only=True)[0]
+            else:
+                if len(cache) >= T: cache.trim(T - 1)
+                logits = self(out[:, -1:], cache=cache, last_only=True)[0]
+            logits = logits[:, -1]                                                        # (b, V)
+            nxt = sample_next(logits, temperature, top_k, top_p, generator)
+            if stops:                                                                     # finished rows repeat their stop id
+                nxt = torch.where(done, pad, nxt)
+                new = ~done & torch.isin(nxt, stop_t)
+                pad, done = torch.where(new, nxt, pad), done | new
+            out = torch.cat([out, nxt[:, None]], dim=1)
+            if return_logits: seen.append(logits)
+            if on_token is not None: on_token(nxt)
+            if stops and done.all(): break
+    finally: self.train(was_training)
+    if not return_logits: return out
+    return out, (torch.stack(seen, 1) if seen else out.new_zeros(out.size(0), 0, self.config.vocab_size, dtype=torch.float))
 
 MiniLLM.generate = generate
 
@@ -390,6 +486,38 @@ def flops_per_token(c: ModelConfig, seq_len: int | None = None) -> int:
     return 6 * param_formula(c)["matmul"] + attn
 
 MiniLLM.num_params = num_params
+
+# %% ../nbs/07_model.ipynb #53db8f26
+def config_from_checkpoint(d: dict, source: str, state_dict: dict | None = None) -> ModelConfig:
+    "A checkpoint's model config, validated (`source` names the file in errors); with `state_dict`, also checked against its weights."
+    if not isinstance(d, dict): raise ValueError(f"{source}: the model config is a {type(d).__name__}, not a dict: the file is not a minillm checkpoint")
+    try: config = ModelConfig.from_dict(d)                  # a `layers` path is refused here: a checkpoint reads no other file
+    except (TypeError, ValueError) as e: raise ValueError(f"{source}: {e}") from None
+    if state_dict is not None: check_state_dict(config, state_dict, source)
+    return config
+
+def _numel(shape) -> int: return math.prod(shape)
+
+def check_state_dict(config: ModelConfig, state_dict: dict, source: str, show: int = 4):
+    """Raise ValueError naming `source` unless `state_dict` has exactly the keys and shapes of MiniLLM(config).
+    Nothing is allocated: a size that disagrees with the weights is caught by arithmetic, then shapes on the meta device."""
+    fix = "the config and the weights come from different models (or the file was edited): use the checkpoint as minillm saved it"
+    if not isinstance(state_dict, dict) or not all(isinstance(k, str) for k in state_dict):
+        raise ValueError(f"{source}: the weights are a {type(state_dict).__name__}, not a dict of named tensors: the file is not a minillm checkpoint")
+    got = {k: tuple(v.shape) if torch.is_tensor(v) else None for k, v in state_dict.items()}
+    layers = {int(k.split(".")[1]) for k in got if k.startswith("blocks.") and k.split(".")[1].isdigit()}
+    if config.num_layers != len(layers):                                   # checked first: the formula below loops over layers
+        raise ValueError(f"{source}: the config says num_layers={config.num_layers}, the weights hold {len(layers)} blocks: {fix}")
+    n_config, n_weights = param_formula(config)["total"], sum(_numel(s) for s in got.values() if s is not None)
+    if n_config > n_weights:
+        raise ValueError(f"{source}: the config describes {n_config:,} parameters but the weights hold {n_weights:,} numbers: {fix}")
+    with torch.device("meta"): want = {k: tuple(v.shape) for k, v in MiniLLM(config).state_dict().items()}
+    bad = [f"{k}: missing from the weights (the config expects {want[k]})" for k in want if k not in got]
+    bad += [f"{k}: not a tensor" if got[k] is None else f"{k}: config {want[k]}, weights {got[k]}" for k in want if k in got and got[k] != want[k]]
+    bad += [f"{k}: in the weights, not in the model (shape {got[k]})" for k in got if k not in want]
+    if bad:
+        more = f"; and {len(bad) - show} more" if len(bad) > show else ""
+        raise ValueError(f"{source}: the weights do not match the model config ({'; '.join(bad[:show])}{more}): {fix}")
 
 # %% ../nbs/07_model.ipynb #7a54b078
 PRESETS: dict[str, dict] = {

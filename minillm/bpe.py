@@ -14,12 +14,12 @@ from typing import Iterable, Iterator
 
 import regex
 
-from .data import EOT, Tokenizer, split_specials
+from .data import EOT, Tokenizer, file_error, read_json_file, read_text_file, split_specials
 from .utils import write_atomic, write_json
 
 # %% auto #0
 __all__ = ['PATTERNS', 'merge', 'count_pretokens', 'count_pretokens_parallel', 'train_naive', 'train_incremental',
-           'bytes_to_unicode', 'BPETokenizer', 'encode_iterable', 'from_gpt2', 'train_bpe']
+           'bytes_to_unicode', 'BPETokenizer', 'encode_iterable', 'check_pattern', 'from_gpt2', 'train_bpe']
 
 # %% ../nbs/03_bpe.ipynb #fd12ba69
 PATTERNS = {
@@ -230,24 +230,62 @@ def _save(self: BPETokenizer, path):
     write_json(path / "vocab.json", {(_show(v) if i not in self.special_tokens.values() else v.decode()): i for i, v in sorted(self.vocab.items())}, indent=0)
     write_json(path / "tokenizer.json", dict(kind=self.kind, pattern=self.pattern, special_tokens=self.special_tokens))
 
+def _unshow_in(path, where: str, t: str) -> bytes:
+    try: return _unshow(t)
+    except KeyError: raise file_error(path, f"{where}: {t[:40]!r} is not a token in GPT-2's byte-to-character form") from None
+
 def _read_merges(path) -> list[tuple[bytes, bytes]]:
-    lines = [l for l in Path(path).read_text(encoding="utf-8").splitlines() if l and not l.startswith("#version")]
-    return [tuple(_unshow(t) for t in l.split(" ")) for l in lines]
+    merges = []
+    for n, line in enumerate(read_text_file(path).split("\n"), 1):
+        line = line.rstrip("\r")
+        if not line or line.startswith("#version"): continue
+        parts = line.split(" ")
+        if len(parts) != 2 or not all(parts):
+            raise file_error(path, f"line {n}: {line[:60]!r} is not two tokens separated by one space")
+        merges.append(tuple(_unshow_in(path, f"line {n}", t) for t in parts))
+    return merges
+
+# %% ../nbs/03_bpe.ipynb #7abc85da
+def check_pattern(pattern, where, trust: bool = False) -> str:
+    "`pattern` read from `where`: one of the shipped patterns (by name or exact text), unless you `trust` it."
+    if not isinstance(pattern, str): raise file_error(where, f"'pattern' must be a string, not {type(pattern).__name__}")
+    if trust or pattern in PATTERNS or pattern in PATTERNS.values(): return pattern
+    raise file_error(where, f"pattern {pattern[:60]!r} is not a shipped one ({', '.join(PATTERNS)}); a regex from a file is code "
+                            "the tokenizer runs on every text, so only those load (BPETokenizer.load(path, trust_pattern=True) takes yours)")
 
 @classmethod
-def _load(cls, path):
-    path = Path(path)
-    meta = json.loads((path / "tokenizer.json").read_text())
-    if meta.get("kind") != "bpe": raise ValueError(f"{path} holds a {meta.get('kind')!r} tokenizer, not 'bpe'.")
-    return cls.from_gpt2(path / "vocab.json", path / "merges.txt", meta["special_tokens"], meta["pattern"])
+def _load(cls, path, trust_pattern: bool = False):
+    "The tokenizer saved in folder `path`; every file is checked (a pattern of your own loads only with `trust_pattern`)."
+    f = Path(path) / "tokenizer.json"
+    meta = read_json_file(f)
+    if not isinstance(meta, dict) or meta.get("kind") != "bpe":
+        raise file_error(f, f"holds a {meta.get('kind') if isinstance(meta, dict) else type(meta).__name__!r} tokenizer, not 'bpe'")
+    specials = meta.get("special_tokens", {})
+    if not isinstance(specials, dict) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in specials.values()):
+        raise file_error(f, "'special_tokens' must map each token's text to its id (an integer >= 0)")
+    return cls.from_gpt2(Path(path) / "vocab.json", Path(path) / "merges.txt", specials, check_pattern(meta.get("pattern", "gpt2"), f, trust_pattern))
 
 @classmethod
 def from_gpt2(cls, vocab_json, merges_txt, special_tokens: Iterable[str] | dict = (EOT,), pattern: str = "gpt2"):
-    "A tokenizer from GPT-2-format files (vocab.json maps shown tokens to ids; merges.txt lists merges by rank)."
-    raw = json.loads(Path(vocab_json).read_text(encoding="utf-8"))
-    specials = special_tokens if isinstance(special_tokens, dict) else {s: raw[s] for s in special_tokens if s in raw}
-    vocab = {i: _unshow(t) for t, i in raw.items() if t not in specials}
-    return cls(_read_merges(merges_txt), specials, pattern, vocab)
+    "A tokenizer from GPT-2-format files (vocab.json maps shown tokens to ids; merges.txt lists merges by rank), checked."
+    raw = read_json_file(vocab_json)
+    if not isinstance(raw, dict) or not all(isinstance(i, int) and not isinstance(i, bool) for i in raw.values()):
+        raise file_error(vocab_json, "not a vocabulary (a JSON object mapping each token to its integer id)")
+    specials = dict(special_tokens) if isinstance(special_tokens, dict) else {s: raw[s] for s in special_tokens if s in raw}
+    if bad := [s for s, i in specials.items() if s in raw and raw[s] != i]:
+        raise file_error(vocab_json, f"special token {bad[0]!r} has id {raw[bad[0]]}, but tokenizer.json says {specials[bad[0]]}")
+    vocab = {i: _unshow_in(vocab_json, "token", t) for t, i in raw.items() if t not in specials}
+    merges, have = _read_merges(merges_txt), set(vocab.values())
+    if missing := [b for b in range(256) if bytes([b]) not in have]:
+        raise file_error(vocab_json, f"byte {missing[0]} has no token (a byte-level vocabulary holds all 256)")
+    for n, (a, b) in enumerate(merges, 1):
+        if not {a, b, a + b} <= have:
+            raise file_error(merges_txt, f"merge {n} ({_show(a)} {_show(b)}) does not match {Path(vocab_json).name}, which lacks "
+                                         f"{_show(next(x for x in (a, b, a + b) if x not in have))!r}")
+    ids = sorted([*vocab, *specials.values()])
+    if ids != list(range(len(ids))):
+        raise file_error(vocab_json, f"the ids are not 0..{len(ids) - 1}, each once (the vocabulary and its special tokens)")
+    return cls(merges, specials, pattern, vocab)
 
 BPETokenizer.state, BPETokenizer.save, BPETokenizer.load, BPETokenizer.from_gpt2 = _state, _save, _load, from_gpt2
 

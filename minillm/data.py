@@ -25,10 +25,11 @@ import torch
 from .utils import write_atomic, write_json
 
 # %% auto #0
-__all__ = ['EOT', 'VAL_EVERY', 'SMALL_CORPUS', 'CORPORA', 'split_specials', 'Tokenizer', 'ByteTokenizer', 'Corpus',
-           'BuiltinCorpus', 'take_chars', 'read_utf8', 'text_documents', 'jsonl_documents', 'LocalCorpus', 'cache_dir',
-           'sha256_file', 'download', 'RemoteFile', 'RemoteCorpus', 'get_corpus', 'shard_dtype', 'encode_corpus',
-           'write_shards', 'TokenDataset', 'TrainSampler', 'eval_batches']
+__all__ = ['EOT', 'TOKENIZER_FIX', 'VAL_EVERY', 'SMALL_CORPUS', 'CORPORA', 'split_specials', 'Tokenizer', 'ByteTokenizer',
+           'file_error', 'read_text_file', 'read_json_file', 'Corpus', 'BuiltinCorpus', 'take_chars', 'read_utf8',
+           'text_documents', 'jsonl_documents', 'LocalCorpus', 'cache_dir', 'sha256_file', 'download', 'RemoteFile',
+           'RemoteCorpus', 'get_corpus', 'shard_dtype', 'encode_corpus', 'write_shards', 'TokenDataset', 'TrainSampler',
+           'eval_batches']
 
 # %% ../nbs/02_data.ipynb #ad5ec00e
 EOT = "<|endoftext|>"
@@ -91,6 +92,26 @@ class ByteTokenizer(Tokenizer):
     def save(self, path): write_json(Path(path) / "tokenizer.json", self.state())
     @classmethod
     def load(cls, path): return cls()
+
+# %% ../nbs/02_data.ipynb #9fa3a7f6
+TOKENIZER_FIX = "re-run `minillm prepare` (or `tokenizer.save(folder)`) to write the tokenizer again"
+
+def file_error(path, problem: str, fix: str = TOKENIZER_FIX) -> ValueError:
+    "A damaged or unexpected input file: one line naming it, what is wrong, and what to do."
+    return ValueError(f"{path}: {problem}: {fix}.")
+
+def read_text_file(path, fix: str = TOKENIZER_FIX) -> str:
+    "The UTF-8 text of `path`; a missing, non-file or non-UTF-8 file raises `file_error`."
+    path = Path(path)
+    try: return path.read_text(encoding="utf-8")
+    except FileNotFoundError: raise file_error(path, "missing", fix) from None
+    except IsADirectoryError: raise file_error(path, "a folder, where a file was expected", fix) from None
+    except UnicodeDecodeError as e: raise file_error(path, f"not UTF-8 text (byte {e.start})", fix) from None
+
+def read_json_file(path, fix: str = TOKENIZER_FIX):
+    "The JSON in `path`; a missing file or invalid JSON raises `file_error` (with the line and column)."
+    try: return json.loads(read_text_file(path, fix))
+    except json.JSONDecodeError as e: raise file_error(path, f"not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})", fix) from None
 
 # %% ../nbs/02_data.ipynb #e49ef996
 VAL_EVERY, SMALL_CORPUS = 20, 20

@@ -18,7 +18,7 @@ from typing import Iterable
 import sentencepiece as spm
 
 from .bpe import BPETokenizer, train_bpe
-from .data import EOT, ByteTokenizer, Tokenizer, get_corpus, write_shards
+from .data import CORPORA, EOT, ByteTokenizer, Tokenizer, file_error, get_corpus, read_json_file, write_shards
 from .utils import _umask, write_atomic, write_json
 
 # %% auto #0
@@ -63,8 +63,14 @@ class SentencePieceTokenizer(Tokenizer):
         write_json(Path(path) / "tokenizer.json", dict(kind=self.kind))
     @classmethod
     def load(cls, path):
-        p = Path(path)
-        return cls((p if p.suffix == ".model" else p / "tokenizer.model").read_bytes())
+        "The model in `path` (a .model file, or a folder holding tokenizer.model); a damaged one raises ValueError naming it."
+        p = Path(path); f = p if p.suffix == ".model" else p / "tokenizer.model"
+        try: proto = f.read_bytes()
+        except FileNotFoundError: raise file_error(f, "missing") from None
+        except IsADirectoryError: raise file_error(f, "a folder, where a SentencePiece model file was expected") from None
+        if not proto: raise file_error(f, "empty (0 bytes), not a SentencePiece model")
+        try: return cls(proto)
+        except RuntimeError: raise file_error(f, f"not a SentencePiece model ({len(proto):,} bytes that do not parse as one)") from None
     def __getstate__(self): return {"proto": self.proto}
     def __setstate__(self, d): self.__init__(d["proto"])
 
@@ -105,17 +111,26 @@ def bytes_per_token(tok: Tokenizer, text: str) -> float:
 
 # %% ../nbs/04_tokenizer.ipynb #49ff50dd
 TOKENIZERS = ("bytes", "bpe", "sp-bpe", "sp-unigram")
+_PASS = "pass a folder written by `minillm prepare` (its tokenizer/ folder) or by tokenizer.save(), or a SentencePiece .model file"
 
 def load_tokenizer(path) -> Tokenizer:
-    "Any saved tokenizer: a folder with tokenizer.json (bytes, bpe, sp-*), or a SentencePiece .model file."
+    "Any saved tokenizer: a folder with tokenizer.json (bytes, bpe, sp-*), or a SentencePiece .model file. Damaged files raise ValueError naming them."
     p = Path(path)
-    if p.suffix == ".model" and p.is_file(): return SentencePieceTokenizer.load(p)
-    if not (p / "tokenizer.json").exists():
-        raise FileNotFoundError(f"{p} holds no tokenizer (no tokenizer.json): pass a folder written by `minillm prepare` or tokenizer.save(), or a SentencePiece .model file.")
-    kind = json.loads((p / "tokenizer.json").read_text()).get("kind")
+    if p.is_file():
+        if p.suffix == ".model": return SentencePieceTokenizer.load(p)
+        raise file_error(p, "a file, not a tokenizer folder", _PASS)
+    if not p.exists(): raise file_error(p, "no such tokenizer folder or file", _PASS)
+    f = p / "tokenizer.json"
+    if not f.exists():
+        inner = f" (a prepared folder keeps it in {p / 'tokenizer'})" if (p / "tokenizer" / "tokenizer.json").exists() else ""
+        raise file_error(p, f"holds no tokenizer (no tokenizer.json){inner}", _PASS + "; or re-run `minillm prepare`")
+    meta = read_json_file(f)
     classes = {"bytes": ByteTokenizer, "bpe": BPETokenizer, "sp-bpe": SentencePieceTokenizer, "sp-unigram": SentencePieceTokenizer}
-    if kind not in classes: raise ValueError(f"{p}/tokenizer.json: unknown kind {kind!r}; known: {', '.join(classes)}")
-    return classes[kind].load(p)
+    if not isinstance(meta, dict): raise file_error(f, f"a JSON {type(meta).__name__}, where an object with the tokenizer's 'kind' was expected")
+    if (kind := meta.get("kind")) not in classes: raise file_error(f, f"unknown kind {kind!r}; known: {', '.join(classes)}")
+    tok = classes[kind].load(p)
+    if tok.kind != kind: raise file_error(f, f"says kind {kind!r}, but the model next to it is {tok.kind!r}")
+    return tok
 
 def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int, workers: int | None = None) -> Tokenizer:
     "A new tokenizer of `kind` ('bytes', 'bpe', 'sp-bpe', 'sp-unigram') trained on `texts`."

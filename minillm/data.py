@@ -25,11 +25,11 @@ import torch
 from .utils import write_atomic, write_json
 
 # %% auto #0
-__all__ = ['EOT', 'TOKENIZER_FIX', 'VAL_EVERY', 'SMALL_CORPUS', 'CORPORA', 'split_specials', 'Tokenizer', 'ByteTokenizer',
-           'file_error', 'read_text_file', 'read_json_file', 'Corpus', 'BuiltinCorpus', 'take_chars', 'read_utf8',
-           'text_documents', 'jsonl_documents', 'LocalCorpus', 'cache_dir', 'sha256_file', 'download', 'RemoteFile',
-           'RemoteCorpus', 'get_corpus', 'shard_dtype', 'encode_corpus', 'write_shards', 'TokenDataset', 'TrainSampler',
-           'eval_batches']
+__all__ = ['EOT', 'TOKENIZER_FIX', 'VAL_EVERY', 'SMALL_CORPUS', 'CORPORA', 'DATA_FIX', 'SHARD_DTYPES', 'split_specials',
+           'Tokenizer', 'ByteTokenizer', 'file_error', 'read_text_file', 'read_json_file', 'Corpus', 'BuiltinCorpus',
+           'take_chars', 'read_utf8', 'text_documents', 'jsonl_documents', 'LocalCorpus', 'cache_dir', 'sha256_file',
+           'download', 'RemoteFile', 'RemoteCorpus', 'get_corpus', 'shard_dtype', 'encode_corpus', 'write_shards',
+           'read_meta', 'TokenDataset', 'TrainSampler', 'eval_batches', 'verify_data']
 
 # %% ../nbs/02_data.ipynb #ad5ec00e
 EOT = "<|endoftext|>"
@@ -412,14 +412,32 @@ def write_shards(corpus: Corpus, tok: Tokenizer, out: Path | str, workers: int |
     return meta
 
 # %% ../nbs/02_data.ipynb #a179bddf
+DATA_FIX = "re-run `minillm prepare` into a new --out (shards and meta.json must come from one run)"
+SHARD_DTYPES = ("uint16", "uint32")
+
+def _prepare_first(folder) -> str: return f"prepare it first, e.g. `minillm prepare --corpus builtin --out {folder}`"
+
+def read_meta(folder) -> dict:
+    "meta.json of a prepared folder; a missing folder, a missing or malformed meta.json raise ValueError naming it and the fix."
+    folder = Path(folder); mf = folder / "meta.json"
+    if not folder.is_dir(): raise file_error(folder, "no such data folder" if not folder.exists() else "a file, where a data folder was expected", _prepare_first(folder))
+    if not mf.exists(): raise file_error(mf, "missing: the folder was not prepared, or its preparation did not finish", _prepare_first(folder))
+    meta = read_json_file(mf, DATA_FIX)
+    if not (isinstance(meta, dict) and isinstance(meta.get("splits"), dict) and isinstance(meta.get("tokenizer"), dict)):
+        raise file_error(mf, "not a meta.json that `minillm prepare` wrote (an object with 'dtype', 'splits' and 'tokenizer')", DATA_FIX)
+    if meta.get("dtype") not in SHARD_DTYPES: raise file_error(mf, f"dtype {meta.get('dtype')!r} is not one of {', '.join(SHARD_DTYPES)}", DATA_FIX)
+    return meta
+
 class TokenDataset:
     "A memmapped shard (train.bin or val.bin) with its meta.json."
     def __init__(self, folder: Path | str, split: str = "train"):
-        folder = Path(folder)
-        if not (folder / "meta.json").exists():
-            raise FileNotFoundError(f"{folder} has no meta.json: prepare it first, e.g. `minillm prepare --corpus builtin --out {folder}`.")
-        self.meta = json.loads((folder / "meta.json").read_text())
-        self.tokens = np.memmap(folder / f"{split}.bin", dtype=np.dtype(self.meta["dtype"]), mode="r")
+        if split not in ("train", "val"): raise ValueError(f"split must be 'train' or 'val', not {split!r}")
+        self.meta = read_meta(folder)
+        f, dtype = Path(folder) / f"{split}.bin", np.dtype(self.meta["dtype"])
+        if not f.is_file(): raise file_error(f, "missing", DATA_FIX)
+        if (size := f.stat().st_size) == 0 or size % dtype.itemsize:
+            raise file_error(f, f"holds {size} bytes, not a whole number (>= 1) of {dtype.name} tokens", DATA_FIX)
+        self.tokens = np.memmap(f, dtype=dtype, mode="r")
     def __len__(self): return len(self.tokens)
     def window(self, start: int, length: int) -> torch.Tensor:
         return torch.from_numpy(self.tokens[start:start + length].astype(np.int64))
@@ -473,3 +491,35 @@ def eval_batches(data: TokenDataset, seq_len: int, batch_size: int, rank: int = 
         if max_batches is not None and i >= max_batches: return
         w = torch.stack([data.window(int(s), seq_len + 1) for s in starts[b:b + batch_size]])
         yield w[:, :-1], w[:, 1:]
+
+# %% ../nbs/02_data.ipynb #4a5d2482
+def _max_id(shard: np.ndarray, chunk: int = 1 << 24) -> int:
+    "The largest id in a memmapped shard, read in chunks (memory stays bounded)."
+    return max((int(shard[i:i + chunk].max()) for i in range(0, len(shard), chunk)), default=-1)
+
+def verify_data(folder: Path | str, tok: Tokenizer) -> dict:
+    "Check prepared `folder` against `tok` before training (see above); returns meta.json's content. Failures: ValueError naming the file and the fix."
+    folder = Path(folder); meta = read_meta(folder); mf = folder / "meta.json"
+    rec = meta["tokenizer"]
+    if rec.get("fingerprint") != tok.fingerprint():
+        raise file_error(mf, f"the shards were made with tokenizer {rec.get('fingerprint')} ({rec.get('kind')}, vocab {rec.get('vocab_size')}), "
+                             f"but the tokenizer given is {tok.fingerprint()} ({tok.kind}, vocab {tok.vocab_size})",
+                         f"train with the tokenizer prepare saved ({folder / 'tokenizer'}), or re-run `minillm prepare --tokenizer PATH` "
+                         "with this one into a new --out")
+    dtype = np.dtype(meta["dtype"])
+    if tok.vocab_size > np.iinfo(dtype).max + 1:
+        raise file_error(mf, f"dtype {dtype.name} holds ids below {np.iinfo(dtype).max + 1:,}, but the vocabulary has {tok.vocab_size:,}", DATA_FIX)
+    for split in ("train", "val"):
+        f, info = folder / f"{split}.bin", meta["splits"].get(split)
+        n = info.get("tokens") if isinstance(info, dict) else None
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0: raise file_error(mf, f"no token count for the {split} split", DATA_FIX)
+        if not f.is_file(): raise file_error(f, "missing", DATA_FIX)
+        if (size := f.stat().st_size) != n * dtype.itemsize:
+            raise file_error(f, f"holds {size:,} bytes, but meta.json records {n:,} tokens x {dtype.itemsize} bytes = {n * dtype.itemsize:,} "
+                                "(a truncated copy, or a shard from another run)", DATA_FIX)
+        if n == 0:
+            raise file_error(f, f"the {split} split is empty" + (": evaluation on no tokens would be meaningless" if split == "val" else ""),
+                             "re-run `minillm prepare` with more text (a small corpus needs at least 2 lines per document)")
+        if (top := _max_id(np.memmap(f, dtype=dtype, mode="r"))) >= tok.vocab_size:
+            raise file_error(f, f"holds token id {top:,}, but the vocabulary has {tok.vocab_size:,} ids (0..{tok.vocab_size - 1:,})", DATA_FIX)
+    return meta

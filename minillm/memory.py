@@ -2,17 +2,20 @@
 
 # %% ../nbs/10_memory.ipynb #b7384522
 from __future__ import annotations
-import argparse, json, math, sys
+import argparse, json, math, shlex, sys
+from pathlib import Path
 from dataclasses import dataclass, asdict, replace
 import torch
-from .model import ModelConfig, MiniLLM, preset, param_formula, ffn_hidden, PRESETS, _attn_params
+from .model import ModelConfig, MiniLLM, preset, param_formula, ffn_hidden, PRESETS, _attn_params, resolve_layers
+from .utils import positive_int, positive_float
 
 # %% auto #0
 __all__ = ['RECIPES', 'ADAM_STEP_BYTES', 'CHECKPOINTING', 'GPU_MEMORY_GB', 'CUDA_CONTEXT', 'MARGIN', 'PARTS', 'COLORS',
-           'SIZE_FLAGS', 'Recipe', 'model_state_bytes', 'tensor_bytes', 'measured_model_states', 'zero_bytes',
-           'llama8b', 'gb', 'attention_kernel', 'activation_inventory', 'activation_bytes', 'saved_tensor_bytes',
-           'measured_activations', 'kv_cache_bytes', 'bucket_elements', 'estimate', 'fits', 'recommend', 'memory_table',
-           'draw_bars', 'calculator', 'memory_parser', 'memory_main']
+           'SIZE_FLAGS', 'MEMORY_PRESETS', 'Recipe', 'model_state_bytes', 'tensor_bytes', 'measured_model_states',
+           'zero_bytes', 'llama8b', 'gb', 'attention_kernel', 'activation_inventory', 'activation_bytes',
+           'saved_tensor_bytes', 'measured_activations', 'kv_cache_bytes', 'bucket_elements', 'estimate', 'fits',
+           'recommend', 'memory_table', 'draw_bars', 'calculator', 'memory_parser', 'memory_config', 'train_args',
+           'launch_command', 'memory_main']
 
 # %% ../nbs/10_memory.ipynb #10918958
 @dataclass(frozen=True)
@@ -253,10 +256,12 @@ def _largest_layer(c: ModelConfig) -> int:
 def estimate(c: ModelConfig, seq_len: int | None = None, micro_batch: int = 1, gpus: int = 1, zero: int = 0, offload: str = "none",
              precision: str = "bf16", checkpointing: str = "none", device: str = "cuda", backend: str | None = None) -> dict:
     "Peak training memory per GPU, in bytes, by part; plus CPU RAM per rank for offload. See the cell above for what it counts."
-    t = seq_len or c.max_seq_len
+    t = c.max_seq_len if seq_len is None else seq_len          # sizes below 1 would give negative bytes: refused here, at the source
+    if not isinstance(t, int) or t < 1: raise ValueError(f"seq_len={seq_len!r}: use an integer >= 1 (or None for the model's max_seq_len)")
     if t > c.max_seq_len: raise ValueError(f"seq_len {t} exceeds the model's max_seq_len {c.max_seq_len}")
     if precision not in ("bf16", "fp16", "fp32"): raise ValueError(f"precision {precision!r}: use bf16, fp16 or fp32")
-    if micro_batch < 1: raise ValueError("micro_batch must be >= 1")
+    for name, v in (("micro_batch", micro_batch), ("gpus", gpus)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1: raise ValueError(f"{name}={v!r}: use an integer >= 1")
     pf = param_formula(c); n = pf["total"]
     recipe = "fp32" if zero == 0 or precision == "fp32" else precision       # the plain trainer keeps fp32 weights under autocast
     scheme = "fp32" if precision == "fp32" else ("amp" if zero == 0 else "half")
@@ -364,6 +369,7 @@ def calculator(model: str = "small", **start):
         mem = v["gpu_mem"] if v["gpu"] == "custom" else GPU_MEMORY_GB[v["gpu"]]
         with out:
             out.clear_output(wait=True)
+            if not mem > 0: print(f"custom GB must be a number > 0, got {mem}"); return
             try: est = estimate(c, v["seq_len"] or None, v["micro_batch"], v["gpus"], v["zero"], v["offload"], v["precision"], v["checkpointing"])
             except ValueError as e: print(e); return
             draw_bars(est, mem); plt.show(); print(memory_table(est, mem))
@@ -373,49 +379,95 @@ def calculator(model: str = "small", **start):
 
 # %% ../nbs/10_memory.ipynb #3a768bd2
 SIZE_FLAGS = ("vocab_size", "embed_dim", "num_heads", "num_kv_heads", "num_layers", "max_seq_len", "ffn_hidden")
+MEMORY_PRESETS = {"llama-8b": llama8b}     # shapes `minillm memory` knows that `minillm train` has no preset for
 
 def memory_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="minillm memory", description="Estimate training memory per GPU and recommend settings that fit.")
-    p.add_argument("--preset", default="small", help=f"model preset: {', '.join(PRESETS)}, or llama-8b")
-    for k in SIZE_FLAGS: p.add_argument("--" + k.replace("_", "-"), type=int, help=f"override the preset's {k}")
-    p.add_argument("--model", action="append", default=[], metavar="KEY=VALUE", help="override any model field, e.g. --model attention=gqa")
-    p.add_argument("--seq-len", type=int, help="tokens per sequence (default: the model's max_seq_len)")
-    p.add_argument("--micro-batch", type=int, help="sequences per GPU per step (default: the largest that fits)")
-    p.add_argument("--gpus", type=int, default=1)
-    p.add_argument("--gpu-mem", type=float, default=80.0, help="GB per GPU (T4 16, A100 40/80, H100 80)")
+    from minillm.train import model_override          # --model values are read exactly as `minillm train` reads them
+    p = argparse.ArgumentParser(prog="minillm memory", description="Estimate training memory per GPU and recommend settings that fit, "
+                                "with the `minillm train` command that runs them.")
+    p.add_argument("--preset", default="small", help=f"model preset: {', '.join(PRESETS)}, or {', '.join(MEMORY_PRESETS)}")
+    for k in SIZE_FLAGS: p.add_argument("--" + k.replace("_", "-"), type=positive_int, metavar="N", help=f"override the preset's {k} (an integer >= 1)")
+    p.add_argument("--model", action="append", default=[], type=model_override, metavar="KEY=VALUE",
+                   help="override any model field, as `minillm train --model` does, e.g. --model attention=gqa --model num_kv_heads=2")
+    p.add_argument("--seq-len", type=positive_int, metavar="N", help="tokens per sequence, an integer >= 1 (default: the model's max_seq_len)")
+    p.add_argument("--micro-batch", type=positive_int, metavar="N", help="sequences per GPU per step, an integer >= 1 (default: the largest that fits)")
+    p.add_argument("--gpus", type=positive_int, default=1, metavar="N", help="GPUs training together, an integer >= 1 (default 1)")
+    p.add_argument("--gpu-mem", type=positive_float, default=80.0, metavar="GB", help="GB per GPU, a number > 0 (T4 16, A100 40/80, H100 80; default 80)")
     p.add_argument("--zero", type=int, choices=[0, 1, 2, 3], help="ZeRO stage (default: recommended)")
-    p.add_argument("--offload", choices=["none", "optimizer", "all"], help="offload to CPU (default: recommended)")
-    p.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default="bf16")
+    p.add_argument("--offload", choices=["none", "optimizer", "all"], help="offload to CPU: optimizer (ZeRO 1-3) or all (ZeRO 3) (default: recommended)")
+    p.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default="bf16", help="training precision (default bf16)")
     p.add_argument("--checkpointing", choices=list(CHECKPOINTING), help="activation recomputation (default: recommended)")
-    p.add_argument("--json", action="store_true", help="print every figure (bytes) as JSON")
+    p.add_argument("--json", action="store_true", help="print every figure (bytes) as JSON, with the recommended command")
     return p
 
+def memory_config(name: str, overrides: dict) -> ModelConfig:
+    "The config `minillm memory` sizes: a train preset or a memory-only shape, with overrides (a `layers` path is read as train reads it)."
+    if name not in PRESETS and name not in MEMORY_PRESETS: raise ValueError(f"--preset {name!r}: use one of {', '.join([*PRESETS, *MEMORY_PRESETS])}")
+    if isinstance(overrides.get("layers"), str):
+        path = Path(overrides["layers"]); overrides = {**overrides, "layers": resolve_layers(path.name, path.parent)}
+    try: return ModelConfig.from_dict({**(MEMORY_PRESETS[name]().to_dict() if name in MEMORY_PRESETS else PRESETS[name]), **overrides})
+    except ValueError as e: raise ValueError(f"model settings (--preset, size flags, --model): {e}") from None
+
+# %% ../nbs/10_memory.ipynb #b0699ad0
+def _base_preset(c: ModelConfig, name: str) -> str:
+    "The train preset to start from: `name` itself, or (for a memory-only shape) the one that needs the fewest overrides."
+    if name in PRESETS: return name
+    return min(PRESETS, key=lambda p: sum(getattr(c, k) != v for k, v in preset(p).to_dict().items()))
+
+def _cli_value(v) -> str:
+    "A value as `--model KEY=VALUE` reads it back: JSON, except a plain string that JSON would not parse (attention=gqa)."
+    if isinstance(v, str):
+        try: json.loads(v)
+        except json.JSONDecodeError: return v
+    return json.dumps(v)
+
+def train_args(c: ModelConfig, rec: dict, preset_name: str, seq_len: int | None = None, raw: dict | None = None) -> list[str]:
+    """`minillm train` arguments that train `c` with the settings of `rec` (an `estimate`): the preset, then a --model KEY=VALUE
+    for every field that differs from it, so train builds exactly the model that was sized. `raw`: values as the user wrote them."""
+    base = _base_preset(c, preset_name)
+    args = ["--preset", base]
+    for k, v in preset(base).to_dict().items():
+        if getattr(c, k) == v: continue
+        layers_path = k == "layers" and isinstance((raw or {}).get(k), str)        # a JSONL path: print it as given
+        args += ["--model", f"{k}={raw[k] if layers_path else _cli_value(getattr(c, k))}"]
+    args += ["--micro-batch", str(rec["micro_batch"]), "--precision", rec["precision"]]
+    if seq_len: args += ["--seq-len", str(seq_len)]
+    if rec["checkpointing"] != "none": args += ["--activation-checkpointing", rec["checkpointing"]]
+    if rec["zero"]: args += ["--deepspeed", "--zero-stage", str(rec["zero"])] + (["--offload", rec["offload"]] if rec["offload"] != "none" else [])
+    return args
+
+def launch_command(args: list[str], gpus: int, deepspeed: bool) -> str:
+    "The shell command that runs `minillm train ARGS` on `gpus` GPUs of one machine."
+    head = (["minillm", "train"] if gpus == 1 else ["deepspeed", "--num_gpus", str(gpus), "--module", "minillm.train"] if deepspeed
+            else ["torchrun", "--nproc_per_node", str(gpus), "-m", "minillm.train"])
+    return shlex.join(head + args)
+
+# %% ../nbs/10_memory.ipynb #4a0277f8
 def memory_main(argv: list[str] | None = None) -> int:
     "`minillm memory`."
-    from minillm.train import _parse_value
     a = memory_parser().parse_args(argv)
-    try:
-        over = {k: getattr(a, k) for k in SIZE_FLAGS if getattr(a, k) is not None}
-        over |= {k: _parse_value(v) for k, v in (kv.split("=", 1) for kv in a.model)}      # as `minillm train --model` reads them
-        if a.preset == "llama-8b": c = ModelConfig.from_dict({**llama8b().to_dict(), **over})
-        else: c = preset(a.preset, **over)
-        fixed = {k: getattr(a, k) for k in ("zero", "offload", "checkpointing") if getattr(a, k) is not None}
-        if a.micro_batch is not None and len(fixed) == 3:
-            est = estimate(c, a.seq_len, a.micro_batch, a.gpus, precision=a.precision, **fixed); rec = None
-        else:
-            est = estimate(c, a.seq_len, a.micro_batch or 1, a.gpus, precision=a.precision, **({"zero": 0, "offload": "none", "checkpointing": "none"} | fixed))
-            rec = recommend(c, a.gpu_mem, a.seq_len, a.gpus, a.precision, fixed=fixed, micro_batch=a.micro_batch)
-    except ValueError as e: raise SystemExit(f"minillm memory: {e}") from None
+    raw = dict(a.model)                                              # later --model KEY=VALUE wins, as in train
+    over = {k: getattr(a, k) for k in SIZE_FLAGS if getattr(a, k) is not None} | raw
+    c = memory_config(a.preset, over)
+    if a.seq_len and a.seq_len > c.max_seq_len:
+        raise ValueError(f"--seq-len {a.seq_len} exceeds the model's max_seq_len {c.max_seq_len}: shorten it, or raise --max-seq-len")
+    if a.offload not in (None, "none") and a.zero == 0: raise ValueError(f"--offload {a.offload} needs ZeRO stage 1, 2 or 3: drop --zero 0")
+    if a.offload == "all" and a.zero not in (None, 3): raise ValueError(f"--offload all (parameters too) needs ZeRO stage 3: use --zero 3")
+    fixed = {k: getattr(a, k) for k in ("zero", "offload", "checkpointing") if getattr(a, k) is not None}
+    asked = {"zero": {"all": 3, "optimizer": 1}.get(a.offload, 0), "offload": "none", "checkpointing": "none"} | fixed
+    est = estimate(c, a.seq_len, a.micro_batch or 1, a.gpus, precision=a.precision, **asked)
+    everything_fixed = a.micro_batch is not None and len(fixed) == 3
+    rec = None if everything_fixed else recommend(c, a.gpu_mem, a.seq_len, a.gpus, a.precision, fixed=fixed, micro_batch=a.micro_batch)
+    args = train_args(c, rec, a.preset, a.seq_len, raw) if rec else None
+    cmd = launch_command(args, a.gpus, rec["zero"] > 0) if rec else None
     if a.json:
-        print(json.dumps(dict(estimate=est, fits=fits(est, a.gpu_mem), gpu_mem_bytes=int(a.gpu_mem * 1e9), recommended=rec), indent=1)); return 0
+        print(json.dumps(dict(estimate=est, fits=fits(est, a.gpu_mem), gpu_mem_bytes=int(a.gpu_mem * 1e9), recommended=rec, command=cmd), indent=1))
+        return 0
     print(memory_table(est, a.gpu_mem))
-    if rec is None and not (a.micro_batch is not None and len(fixed) == 3):
+    if rec is None and not everything_fixed:
         print(f"\nnothing fits in {a.gpu_mem:g} GB x {a.gpus} GPU(s): add GPUs, shorten --seq-len, or pick a smaller model.")
     elif rec is not None:
-        print("\nrecommended (cheapest settings that fit, largest micro batch):\n" + memory_table(rec, a.gpu_mem))
-        print(f"\n  minillm train --preset {a.preset} --micro-batch {rec['micro_batch']}" + (f" --seq-len {rec['seq_len']}" if a.seq_len else "")
-              + (f" --activation-checkpointing {rec['checkpointing']}" if rec["checkpointing"] != "none" else "")
-              + (f" --precision {a.precision}" if rec["zero"] else "")
-              + (f" --deepspeed --zero-stage {rec['zero']}" + (f" --offload {rec['offload']}" if rec["offload"] != "none" else "") if rec["zero"] else "")
-              + (f"   (under deepspeed --num_gpus {a.gpus})" if rec["zero"] and a.gpus > 1 else f"   (under torchrun --nproc_per_node {a.gpus})" if a.gpus > 1 else ""))
+        print("\nrecommended (cheapest settings that fit, largest micro batch):\n" + memory_table(rec, a.gpu_mem) + f"\n\n  {cmd}")
+        if f"vocab_size={c.vocab_size}" in args:
+            print(f"  (train takes vocab_size from the --data tokenizer: prepare it with --vocab-size {c.vocab_size})")
     return 0

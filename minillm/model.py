@@ -166,7 +166,7 @@ def _problems(self: ModelConfig) -> list[str]:
     p = [m for k in FIELD_RULES if k not in LAYER_KEYS and (m := _field_problem(k, getattr(self, k)))]
     if self.positional not in POSITIONAL: p.append(f"positional={self.positional!r}: use one of {POSITIONAL}")
     if self.norm not in NORMS: p.append(f"norm={self.norm!r}: use one of {NORMS}")
-    p += _layer_problems(self)
+    top = _layer_problems(self); p += top
     if self.layers is None: return p
     if not isinstance(self.layers, list) or not all(isinstance(d, dict) for d in self.layers):
         return p + [f"layers={self.layers!r:.80}: use a list of dicts, one per layer (or the path of a JSONL file in a saved config)"]
@@ -175,7 +175,8 @@ def _problems(self: ModelConfig) -> list[str]:
     for i, d in enumerate(self.layers):
         bad = sorted(set(d) - set(LAYER_KEYS), key=str)
         if bad: p.append(f"layers[{i}]: unknown keys {bad}; per-layer keys are {LAYER_KEYS}")
-        elif not _field_problem("embed_dim", self.embed_dim): p += _layer_problems(_resolved(self, d), f"layers[{i}]: ")
+        elif not _field_problem("embed_dim", self.embed_dim):            # a problem the layer inherits is reported once, above
+            p += [m for m in _layer_problems(_resolved(self, d), f"layers[{i}]: ") if m[len(f"layers[{i}]: "):] not in top]
     return p
 
 def _resolved(cfg: ModelConfig, overrides: dict) -> ModelConfig:

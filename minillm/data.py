@@ -3,17 +3,21 @@
 # %% ../nbs/02_data.ipynb #f29354eb
 from __future__ import annotations
 
+import errno
 import glob as _glob
 import hashlib
 import json
 import multiprocessing as mp
 import os
 import re
+import signal
 import sys
 import sysconfig
+import threading
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.client import IncompleteRead
 from pathlib import Path
@@ -28,8 +32,8 @@ from .utils import write_atomic, write_json
 __all__ = ['EOT', 'TOKENIZER_FIX', 'VAL_EVERY', 'SMALL_CORPUS', 'CORPORA', 'DATA_FIX', 'SHARD_DTYPES', 'split_specials',
            'Tokenizer', 'ByteTokenizer', 'file_error', 'read_text_file', 'read_json_file', 'Corpus', 'BuiltinCorpus',
            'take_chars', 'read_utf8', 'text_documents', 'jsonl_documents', 'LocalCorpus', 'cache_dir', 'sha256_file',
-           'download', 'RemoteFile', 'RemoteCorpus', 'get_corpus', 'shard_dtype', 'encode_corpus', 'write_shards',
-           'read_meta', 'TokenDataset', 'TrainSampler', 'eval_batches', 'verify_data']
+           'download', 'RemoteFile', 'RemoteCorpus', 'get_corpus', 'shard_dtype', 'encode_corpus', 'sigint_deferred',
+           'write_shards', 'read_meta', 'TokenDataset', 'TrainSampler', 'eval_batches', 'verify_data']
 
 # %% ../nbs/02_data.ipynb #ad5ec00e
 EOT = "<|endoftext|>"
@@ -345,8 +349,13 @@ def get_corpus(spec: str, max_bytes: int | None = None) -> Corpus:
 # %% ../nbs/02_data.ipynb #0b6503b1
 _worker_tok: Tokenizer | None = None
 
+def _ignore_sigint():
+    "In a worker process: leave Ctrl-C to the parent, which stops the pool and cleans up (no traceback per worker)."
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
 def _init_worker(tok):
     global _worker_tok
+    _ignore_sigint()
     _worker_tok = tok
 
 def _encode_docs(docs: list[str]) -> np.ndarray:
@@ -379,34 +388,60 @@ def encode_corpus(texts: Iterable[str], tok: Tokenizer, workers: int | None = No
 def _check_out_dir(out: Path, meta: dict):
     old = out / "meta.json"
     if not old.exists(): return
-    prev = json.loads(old.read_text())
+    prev = read_json_file(old, f"choose another --out, or delete {out} first")
+    if not isinstance(prev, dict): raise file_error(old, "not a meta.json that `minillm prepare` wrote", f"choose another --out, or delete {out} first")
     if prev.get("corpus") != meta["corpus"] or prev.get("tokenizer", {}).get("fingerprint") != meta["tokenizer"]["fingerprint"]:
         raise FileExistsError(f"{out} holds shards of corpus {prev.get('corpus')!r} with tokenizer {prev.get('tokenizer', {}).get('kind')} "
                               f"{prev.get('tokenizer', {}).get('fingerprint')}: choose another --out, or delete {out} first.")
 
+@contextmanager
+def sigint_deferred():
+    "Hold Ctrl-C until the block ends (main thread only), so a group of renames happens whole or not at all."
+    if threading.current_thread() is not threading.main_thread(): yield; return
+    got = []
+    old = signal.signal(signal.SIGINT, lambda *a: got.append(1))
+    try: yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+        if got and old is not signal.SIG_IGN: raise KeyboardInterrupt
+
+def _write_ids(f, ids: np.ndarray):
+    f.write(ids.tobytes())          # a plain write: a full disk raises OSError(ENOSPC); numpy's tofile loses the errno
+
+def _name_full_disk(e: OSError, path: Path):
+    if e.errno == errno.ENOSPC and not e.filename: e.filename = str(path)
+
 def write_shards(corpus: Corpus, tok: Tokenizer, out: Path | str, workers: int | None = None, progress: bool = True) -> dict:
-    "Tokenise both splits of `corpus` into out/train.bin, out/val.bin and out/meta.json (atomically)."
+    "Tokenise both splits of `corpus` into out/train.bin, out/val.bin and out/meta.json, all three replaced at once at the end."
     from tqdm.auto import tqdm
+    import minillm.data as m                    # the module's _write_ids (a test can make it fail as a full disk would)
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     dtype = shard_dtype(tok.vocab_size)
     meta = dict(corpus=corpus.name, sources=corpus.sources(), tokenizer=tok.describe(), dtype=np.dtype(dtype).name, splits={})
     _check_out_dir(out, meta)
-    tmps = {s: out / f".{s}.bin.tmp" for s in ("train", "val")}
+    tmps = {s: out / f".{s}.tmp" for s in ("train.bin", "val.bin", "meta.json")}
     try:
-        for split, tmp in tmps.items():
+        for split in ("train", "val"):
             n_tok = n_docs = n_bytes = 0
             texts = corpus.split(split)
             def counted():
                 nonlocal n_docs, n_bytes
                 for t in texts: n_docs += 1; n_bytes += len(t.encode("utf-8")); yield t
-            with open(tmp, "wb") as f, tqdm(desc=f"{corpus.name} {split}", unit=" tok", unit_scale=True, disable=not progress) as bar:
-                for ids in encode_corpus(counted(), tok, workers):
-                    if ids.size and ids.max() >= tok.vocab_size: raise ValueError(f"token id {ids.max()} >= vocab_size {tok.vocab_size}")
-                    ids.astype(dtype).tofile(f); n_tok += ids.size; bar.update(ids.size)
+            try:
+                with open(tmps[f"{split}.bin"], "wb") as f, tqdm(desc=f"{corpus.name} {split}", unit=" tok", unit_scale=True, disable=not progress) as bar:
+                    for ids in encode_corpus(counted(), tok, workers):
+                        if ids.size and ids.max() >= tok.vocab_size: raise ValueError(f"token id {ids.max()} >= vocab_size {tok.vocab_size}")
+                        m._write_ids(f, ids.astype(dtype)); n_tok += ids.size; bar.update(ids.size)
+                    f.flush(); os.fsync(f.fileno())
+            except OSError as e: _name_full_disk(e, out / f"{split}.bin"); raise
             if n_tok == 0: raise ValueError(f"corpus {corpus.name!r} has no text in its {split} split: add documents (at least 2 lines of text).")
             meta["splits"][split] = dict(documents=n_docs, bytes=n_bytes, tokens=n_tok)   # bytes: for bits per byte
-        for split, tmp in tmps.items(): os.replace(tmp, out / f"{split}.bin")
-        write_json(out / "meta.json", meta)
+        try:
+            with open(tmps["meta.json"], "w", encoding="utf-8") as f:
+                f.write(json.dumps(meta, indent=2) + "\n"); f.flush(); os.fsync(f.fileno())
+        except OSError as e: _name_full_disk(e, out / "meta.json"); raise
+        with sigint_deferred():                 # renames need no space: the three files change together
+            for name, tmp in tmps.items(): os.replace(tmp, out / name)
     finally:
         for tmp in tmps.values(): tmp.unlink(missing_ok=True)
     return meta

@@ -18,12 +18,13 @@ from typing import Iterable
 import sentencepiece as spm
 
 from .bpe import BPETokenizer, train_bpe
-from .data import CORPORA, EOT, ByteTokenizer, Tokenizer, file_error, get_corpus, read_json_file, write_shards
-from .utils import _umask, write_atomic, write_json
+from .data import (CORPORA, EOT, ByteTokenizer, Tokenizer, _name_full_disk, file_error, get_corpus, read_json_file,
+                          sigint_deferred, write_shards)
+from .utils import _number, _umask, positive_int, write_atomic, write_json
 
 # %% auto #0
-__all__ = ['TOKENIZERS', 'SentencePieceTokenizer', 'train_sentencepiece', 'bytes_per_token', 'load_tokenizer', 'train_tokenizer',
-           'prepare', 'prepare_main']
+__all__ = ['TOKENIZERS', 'VOCAB_FLOOR', 'MAX_VOCAB', 'SentencePieceTokenizer', 'train_sentencepiece', 'bytes_per_token',
+           'load_tokenizer', 'train_tokenizer', 'prepare', 'prepare_main']
 
 # %% ../nbs/04_tokenizer.ipynb #a8417daf
 class SentencePieceTokenizer(Tokenizer):
@@ -140,33 +141,67 @@ def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int, workers: i
     raise ValueError(f"unknown tokenizer {kind!r}: use one of {', '.join(TOKENIZERS)}, or the path of a saved tokenizer.")
 
 # %% ../nbs/04_tokenizer.ipynb #ed601243
+VOCAB_FLOOR = {"bytes": 257, "bpe": 258, "sp-bpe": 261, "sp-unigram": 261}   # 256 bytes + special ids (+ 1 merge or piece)
+MAX_VOCAB = 2**32                                                              # uint32 shards
+_vocab_size = _number(int, min(VOCAB_FLOOR.values()), MAX_VOCAB, what=f"at least {min(VOCAB_FLOOR.values())} (bpe: 258, sp-*: 261) and at most {MAX_VOCAB}")
+
+def _out_settings_differ(out: Path, corpus: str, tokenizer: str, vocab_size: int, tok: Tokenizer | None) -> str | None:
+    "Why `out`'s earlier preparation differs from this one (None if it does not, or there is none)."
+    if not (out / "meta.json").exists(): return None
+    prev = read_json_file(out / "meta.json", f"choose another --out, or delete {out} first")
+    pt = prev.get("tokenizer") if isinstance(prev, dict) else None
+    if not isinstance(pt, dict): return "a meta.json that `minillm prepare` did not write"
+    if prev.get("corpus") != corpus: return f"shards of another corpus ({prev.get('corpus')!r})"
+    same = (pt.get("fingerprint") == tok.fingerprint() if tok is not None else
+            pt.get("kind") == tokenizer and (tokenizer == "bytes" or pt.get("vocab_size") == vocab_size))
+    return None if same else f"shards made with another tokenizer ({pt.get('kind')}, vocab {pt.get('vocab_size')}, {pt.get('fingerprint')})"
+
+def _writable_folder(out: Path):
+    "Create `out` if needed and prove a file can be written there, before any minutes are spent."
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()
+    except PermissionError: raise ValueError(f"--out {out}: not writable (permission denied): choose a folder you can write to.") from None
+    except (FileExistsError, NotADirectoryError): raise ValueError(f"--out {out}: a folder above it is a file: choose another path.") from None
+    except OSError as e: raise ValueError(f"--out {out}: cannot write there ({e.strerror or e}): choose another folder.") from None
+
 def prepare(corpus: str, tokenizer: str = "bpe", vocab_size: int = 4096, out: str | Path = "data/builtin",
             workers: int | None = None, max_bytes: int | None = None, sample_bytes: int = 20_000_000, progress: bool = True) -> dict:
     "Tokenise `corpus` into shards in `out` with a trained (or loaded) tokenizer; returns meta.json's content."
     out, t0 = Path(out), time.perf_counter()
+    if out.exists() and not out.is_dir(): raise ValueError(f"--out {out} is a file: choose a folder (it will hold train.bin, val.bin, meta.json, tokenizer/).")
     c = get_corpus(corpus, max_bytes)
-    if (out / "meta.json").exists() and json.loads((out / "meta.json").read_text()).get("corpus") != c.name:
-        raise FileExistsError(f"{out} holds shards of another corpus ({json.loads((out / 'meta.json').read_text()).get('corpus')!r}): "
-                              f"choose another --out, or delete {out} first.")
-    if Path(tokenizer).exists(): tok = load_tokenizer(tokenizer)
-    else:
-        if tokenizer not in TOKENIZERS: raise ValueError(f"--tokenizer {tokenizer!r} is neither a kind ({', '.join(TOKENIZERS)}) nor an existing path.")
+    tok = load_tokenizer(tokenizer) if Path(tokenizer).exists() else None
+    if tok is None and tokenizer not in TOKENIZERS:
+        raise ValueError(f"--tokenizer {tokenizer!r} is neither a kind ({', '.join(TOKENIZERS)}) nor an existing path.")
+    if tok is None and not VOCAB_FLOOR[tokenizer] <= vocab_size <= MAX_VOCAB:
+        raise ValueError(f"--vocab-size {vocab_size}: a {tokenizer} tokenizer needs 256 byte tokens, its special ids and at least one "
+                         f"more; use at least {VOCAB_FLOOR[tokenizer]} (and at most {MAX_VOCAB}).")
+    if why := _out_settings_differ(out, c.name, tokenizer, vocab_size, tok):
+        raise FileExistsError(f"--out {out} holds {why}: choose another --out, or delete {out} first.")
+    _writable_folder(out)
+    if next(iter(c.split("train")), None) is None:
+        raise ValueError(f"--corpus {corpus}: no text in it (its train split is empty): point it at .txt or .jsonl files that hold text.")
+    if tok is None:
         def sample():
             n = 0
             for t in c.split("train"):
                 yield t; n += len(t)
                 if n >= sample_bytes: return
         tok = train_tokenizer(tokenizer, sample(), vocab_size, workers)
-    out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out, prefix=".tokenizer."))
+    old = out / f".tokenizer.old.{os.getpid()}"
     try:
-        tok.save(tmp)
+        try: tok.save(tmp)
+        except OSError as e: _name_full_disk(e, out / "tokenizer"); raise
         meta = write_shards(c, tok, out, workers, progress)
-        if (out / "tokenizer").exists(): shutil.rmtree(out / "tokenizer")
         tmp.chmod(0o777 & ~_umask())
-        os.replace(tmp, out / "tokenizer")
+        with sigint_deferred():                                   # the tokenizer folder is swapped whole
+            if (out / "tokenizer").exists(): os.replace(out / "tokenizer", old)
+            os.replace(tmp, out / "tokenizer")
     finally:
-        if tmp.exists(): shutil.rmtree(tmp)
+        for d in (tmp, old):
+            if d.exists(): shutil.rmtree(d)
     if progress:
         s = meta["splits"]
         print(f"{c.name} -> {out}: {tok.kind} vocab {tok.vocab_size}, train {s['train']['tokens']:,} tokens, val {s['val']['tokens']:,} tokens "
@@ -174,17 +209,17 @@ def prepare(corpus: str, tokenizer: str = "bpe", vocab_size: int = 4096, out: st
     return meta
 
 def prepare_main(argv: list[str] | None = None) -> int:
-    "`minillm prepare`: corpus -> tokenizer + train.bin/val.bin/meta.json."
+    "`minillm prepare`: corpus -> tokenizer + train.bin/val.bin/meta.json. Failures raise; the console script prints them as one line."
     p = argparse.ArgumentParser(prog="minillm prepare", description="Tokenise a corpus into token shards (train.bin, val.bin, meta.json, tokenizer/).")
-    p.add_argument("--corpus", default="builtin", help="a registered corpus (builtin, tinyshakespeare, tinystories, wikitext103, fineweb-edu) or a path/glob of .txt/.jsonl files")
+    p.add_argument("--corpus", default="builtin", help=f"a registered corpus ({', '.join(CORPORA)}) or a path/glob of .txt/.jsonl files")
     p.add_argument("--tokenizer", default="bpe", help=f"one of {', '.join(TOKENIZERS)}, or the path of a saved tokenizer")
-    p.add_argument("--vocab-size", type=int, default=4096)
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: up to 8)")
-    p.add_argument("--max-bytes", type=int, default=None, help="cap on the text taken from a downloaded corpus")
-    p.add_argument("--sample-bytes", type=int, default=20_000_000, help="characters of the train split used to train the tokenizer")
+    p.add_argument("--vocab-size", type=_vocab_size, default=4096, metavar="N",
+                   help=f"vocabulary size of a trained tokenizer: bpe at least 258, sp-* at least 261, at most {MAX_VOCAB} (ignored for bytes and a saved tokenizer)")
+    p.add_argument("--out", required=True, help="output folder (created if needed; refused if it holds another preparation)")
+    p.add_argument("--workers", type=positive_int, default=None, help="tokenizer processes (default: up to 8)")
+    p.add_argument("--max-bytes", type=positive_int, default=None, help="cap on the text taken from a downloaded corpus (bytes)")
+    p.add_argument("--sample-bytes", type=positive_int, default=20_000_000, help="characters of the train split used to train the tokenizer")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show progress bars and the closing summary")
     a = p.parse_args(argv)
-    try: prepare(a.corpus, a.tokenizer, a.vocab_size, a.out, a.workers, a.max_bytes, a.sample_bytes)
-    except (ValueError, FileNotFoundError, FileExistsError, ConnectionError, ImportError) as e:
-        raise SystemExit(f"minillm prepare: {e}") from None
+    prepare(a.corpus, a.tokenizer, a.vocab_size, a.out, a.workers, a.max_bytes, a.sample_bytes, a.progress)
     return 0

@@ -22,19 +22,22 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from .core import detect_hardware, peak_flops, seed_everything
-from .data import TokenDataset, TrainSampler, eval_batches
-from .model import MiniLLM, ModelConfig, flops_per_token, preset
+from .data import TokenDataset, TrainSampler, eval_batches, verify_data
+from .model import PRESETS, MiniLLM, ModelConfig, check_state_dict, config_from_checkpoint, flops_per_token, preset
 from .tokenizer import load_tokenizer
-from .utils import write_atomic, write_json
+from .utils import UserError, nonneg_float, nonneg_int, positive_float, positive_int, write_atomic, write_json
 
 # %% auto #0
-__all__ = ['TrainConfig', 'accumulation_steps', 'param_groups', 'lr_at', 'Dist', 'setup_dist', 'choose_amp', 'rng_state',
-           'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'check_compatible', 'Trainer', 'accumulate',
-           'optimizer_step', 'train_step', 'evaluate', 'state', 'save', 'resume', 'threading_main', 'fit', 'LivePlot',
-           'load_model', 'sample_text', 'read_config_file', 'build_configs', 'train_parser', 'train_main',
-           'sample_main']
+__all__ = ['UNCAPPED', 'CHECKPOINT_KEYS', 'RUN_FILES', 'FLAGS', 'TrainConfig', 'accumulation_steps', 'param_groups', 'lr_at',
+           'Dist', 'setup_dist', 'choose_amp', 'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint',
+           'check_compatible', 'Trainer', 'accumulate', 'optimizer_step', 'train_step', 'evaluate', 'state', 'save',
+           'resume', 'run_files', 'clear_run', 'threading_main', 'Diverged', 'fit', 'LivePlot', 'load_model',
+           'sample_text', 'model_override', 'read_config_file', 'build_configs', 'train_parser', 'check_out',
+           'train_main', 'sample_parser', 'sample_main']
 
 # %% ../nbs/09_train.ipynb #9c1266ab
+UNCAPPED = 10**9        # max_steps when a time budget or --epochs decides the length
+
 @dataclass
 class TrainConfig:
     "Everything about a run except the model's shape. `batch_tokens`: tokens per optimizer step (all ranks, all micro-batches)."
@@ -47,13 +50,15 @@ class TrainConfig:
     min_lr: float | None = None          # None: lr / 10
     warmup_steps: int = 30
     schedule: str = "cosine"             # cosine | linear
-    max_steps: int = 1000
-    time_budget: float | None = None     # seconds of training; the schedule is fitted to it after the first steps
+    max_steps: int | None = None         # None: 1000, unless --time-budget or --epochs sets the length
+    epochs: float | None = None          # passes over the training tokens; sets max_steps from the data size
+    time_budget: float | None = None     # seconds of training; sets the schedule's length (capped by max_steps or epochs when given)
     stop_at: int | None = None           # save and stop after this step (the schedule still runs to max_steps): --resume continues
+    keep_every: int | None = None        # also keep step_NNNNNNN.pt every N steps (latest.pt and best.pt are always kept)
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0               # 0: no clipping
     precision: str = "auto"              # auto | bf16 | fp16 | fp32
     compile: bool = False
     activation_checkpointing: str = "none"   # none | selective (attention only) | full; True/False accepted as full/none
@@ -61,7 +66,7 @@ class TrainConfig:
     eval_batches: int = 20
     log_every: int = 10
     seed: int = 0
-    device: str = "auto"
+    device: str = "auto"                 # auto | cpu | cuda | cuda:N
     tensorboard: bool = False
     wandb: bool = False
     deepspeed: str | None = None         # None: no DeepSpeed; "": a ds_config built from these settings; or a ds_config.json path
@@ -69,18 +74,46 @@ class TrainConfig:
     offload: str = "none"                # DeepSpeed offload to CPU: none | optimizer | all (all: stage 3)
 
     def __post_init__(self):
-        bad = []
-        if self.schedule not in ("cosine", "linear"): bad.append(f"schedule={self.schedule!r}: use 'cosine' or 'linear'")
-        if self.precision not in ("auto", "bf16", "fp16", "fp32"): bad.append(f"precision={self.precision!r}: use auto, bf16, fp16 or fp32")
-        for k in ("micro_batch", "max_steps", "eval_every", "log_every"):
-            if getattr(self, k) < 1: bad.append(f"{k} must be >= 1")
-        if self.lr <= 0: bad.append("lr must be > 0")
         if isinstance(self.activation_checkpointing, bool): self.activation_checkpointing = "full" if self.activation_checkpointing else "none"
-        if self.activation_checkpointing not in ("none", "selective", "full"):
-            bad.append(f"activation_checkpointing={self.activation_checkpointing!r}: use none, selective or full")
-        if self.zero_stage not in (None, 0, 1, 2, 3): bad.append(f"zero_stage={self.zero_stage!r}: use 0, 1, 2 or 3")
-        if self.offload not in ("none", "optimizer", "all"): bad.append(f"offload={self.offload!r}: use none, optimizer or all")
+        bad = _type_problems(self)
         if bad: raise ValueError("invalid TrainConfig:\n  - " + "\n  - ".join(bad))
+        if self.max_steps is None: self.max_steps = UNCAPPED if (self.time_budget or self.epochs) else 1000
+        bad = _value_problems(self)
+        if bad: raise ValueError("invalid TrainConfig:\n  - " + "\n  - ".join(bad))
+
+# %% ../nbs/09_train.ipynb #e0bf6ca3
+_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+
+def _type_problems(c) -> list[str]:
+    "Each field must hold its declared type (a config file can hold anything: 'abc', 2.5, true)."
+    bad = []
+    for f in fields(c):
+        v, kinds = getattr(c, f.name), [k.strip() for k in str(f.type).split("|")]
+        if v is None and "None" in kinds: continue
+        ok = any(isinstance(v, _TYPES[k]) and not (isinstance(v, bool) and k in ("int", "float")) for k in kinds if k in _TYPES)
+        if not ok: bad.append(f"{f.name}={v!r}: must be {' or '.join(kinds)}")
+        elif isinstance(v, float) and not math.isfinite(v): bad.append(f"{f.name}={v!r}: must be a finite number")
+    return bad
+
+def _value_problems(c) -> list[str]:
+    "Ranges, and settings that contradict each other, each with the fix."
+    bad, choices = [], dict(schedule=("cosine", "linear"), precision=("auto", "bf16", "fp16", "fp32"),
+                             activation_checkpointing=("none", "selective", "full"), offload=("none", "optimizer", "all"))
+    for k, ok in choices.items():
+        if getattr(c, k) not in ok: bad.append(f"{k}={getattr(c, k)!r}: use {', '.join(ok)}")
+    for k in ("micro_batch", "max_steps", "eval_every", "eval_batches", "log_every", "seq_len", "batch_tokens", "stop_at", "keep_every"):
+        if getattr(c, k) is not None and getattr(c, k) < 1: bad.append(f"{k}={getattr(c, k)}: must be >= 1")
+    for k in ("lr", "epochs", "time_budget"):
+        if getattr(c, k) is not None and getattr(c, k) <= 0: bad.append(f"{k}={getattr(c, k)}: must be > 0")
+    for k in ("warmup_steps", "weight_decay", "grad_clip", "seed", "min_lr"):
+        if getattr(c, k) is not None and getattr(c, k) < 0: bad.append(f"{k}={getattr(c, k)}: must be >= 0")
+    if c.min_lr is not None and c.min_lr > c.lr: bad.append(f"min_lr {c.min_lr} is above lr {c.lr}: the schedule decays from lr to min_lr")
+    for k in ("beta1", "beta2"):
+        if not 0 <= getattr(c, k) < 1: bad.append(f"{k}={getattr(c, k)}: must be in [0, 1)")
+    if c.epochs is not None and c.max_steps != UNCAPPED: bad.append("epochs and max_steps both set the run's length: give one of them")
+    if c.zero_stage not in (None, 0, 1, 2, 3): bad.append(f"zero_stage={c.zero_stage!r}: use 0, 1, 2 or 3")
+    if not (c.device in ("auto", "cpu", "cuda") or c.device.startswith("cuda:")): bad.append(f"device={c.device!r}: use auto, cpu, cuda or cuda:N")
+    return bad
 
 # %% ../nbs/09_train.ipynb #bf5b31f5
 def accumulation_steps(batch_tokens: int | None, micro_batch: int, seq_len: int, world_size: int = 1) -> int:
@@ -127,6 +160,9 @@ def setup_dist(device: str = "auto") -> Dist:
     "Read torchrun's environment; join the process group when there are several ranks; pick this rank's device."
     world, rank, local = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
     use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    if use_cuda and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: torch sees no CUDA GPU on this machine (torch {torch.__version__}, "
+                         f"{'a CPU-only build' if torch.version.cuda is None else 'CUDA ' + torch.version.cuda}): use --device cpu or auto.")
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", world)))   # torchrun's, deepspeed's
     if use_cuda and local_world > torch.cuda.device_count():
         n = torch.cuda.device_count()
@@ -161,20 +197,59 @@ def set_rng_state(s: dict):
     torch.set_rng_state(torch.tensor(s["torch"], dtype=torch.uint8))
     if s["cuda"] and torch.cuda.is_available(): torch.cuda.set_rng_state_all([torch.tensor(t, dtype=torch.uint8) for t in s["cuda"]])
 
+def _state_bytes(state) -> int:
+    if torch.is_tensor(state): return state.numel() * state.element_size()
+    if isinstance(state, dict): return sum(map(_state_bytes, state.values()))
+    if isinstance(state, (list, tuple)): return sum(map(_state_bytes, state))
+    return 0
+
 def save_checkpoint(path: Path, state: dict):
-    "torch.save to a temporary file beside `path`, then rename."
+    "torch.save to a temporary file beside `path` (through Python's file object, so a full disk is an OSError), then rename."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try: torch.save(state, tmp); os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f: torch.save(state, f); f.flush(); os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        e.minillm_path, e.minillm_needed = str(path), _state_bytes(state)   # "disk full writing latest.pt (.. MB needed)"
+        raise
     finally: tmp.unlink(missing_ok=True)
 
-def load_checkpoint(path: Path, map_location="cpu") -> dict:
-    "A checkpoint, loaded without unpickling arbitrary objects."
-    return torch.load(path, map_location=map_location, weights_only=True)
+# %% ../nbs/09_train.ipynb #ac331c3b
+CHECKPOINT_KEYS = ("model", "model_config", "tokenizer")
+
+def _open_checkpoint(path: Path, map_location="cpu", need=CHECKPOINT_KEYS) -> tuple[dict | None, str]:
+    "(checkpoint, '') or (None, what is wrong with the file). Never unpickles anything but tensors and plain values."
+    import pickle, zipfile
+    if not path.exists(): return None, "no such file"
+    if path.is_dir(): return None, "is a folder, not a checkpoint file"
+    if path.stat().st_size == 0: return None, "is empty (0 bytes)"
+    try: ck = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError: return None, ("holds objects a minillm checkpoint never contains (code could run when such a file is "
+                                                 "unpickled), so it was not opened")
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, IndexError, KeyError):
+        return None, "is truncated or not a checkpoint (torch cannot read it)"
+    missing = [k for k in need if not isinstance(ck, dict) or k not in ck]
+    if missing: return None, f"is not a minillm checkpoint (it has no {', '.join(missing)})"
+    return ck, ""
+
+def load_checkpoint(path: Path, map_location="cpu", need=CHECKPOINT_KEYS) -> dict:
+    "A checkpoint, loaded without unpickling arbitrary objects; a damaged one is refused in one line that says which sibling is intact."
+    path = Path(path)
+    ck, problem = _open_checkpoint(path, map_location, need)
+    if ck is not None: return ck
+    others = []
+    for name in ("latest.pt", "best.pt"):
+        other = path.with_name(name)
+        if other == path or not other.exists(): continue
+        ok, _ = _open_checkpoint(other)
+        others.append(f"{name} beside it is intact (step {ok.get('step', '?')}): pass it instead" if ok else f"{name} beside it is damaged too")
+    raise ValueError(f"checkpoint {path} {problem}. " + ("; ".join(others) + "." if others else "No other checkpoint is beside it."))
 
 def check_compatible(ckpt: dict, model_config: ModelConfig, tokenizer_fp: str):
     "Refuse a checkpoint from another model config or tokenizer, naming what differs."
     old, new = ckpt["model_config"], model_config.to_dict()
+    if not isinstance(old, dict): raise ValueError("the checkpoint's model_config is not a dict: the file is not one minillm wrote.")
     diff = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
     if diff: raise ValueError("checkpoint was trained with another model config: " + ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
                               + ". Resume with the same settings, or start a new --out.")
@@ -189,7 +264,10 @@ class Trainer:
         self.d = setup_dist(cfg.device)
         self.log = log if self.d.main else (lambda *a, **k: None)
         self.tok = load_tokenizer(Path(cfg.data) / "tokenizer")
-        if model_config.vocab_size != self.tok.vocab_size: model_config = replace(model_config, vocab_size=self.tok.vocab_size)
+        verify_data(cfg.data, self.tok)          # fingerprint, shard sizes, dtype, token ids < vocab: before any weight exists
+        if model_config.vocab_size != self.tok.vocab_size:
+            self.log(f"vocab_size {model_config.vocab_size} -> {self.tok.vocab_size}: the tokenizer of {cfg.data} decides it")
+            model_config = replace(model_config, vocab_size=self.tok.vocab_size)
         self.T = cfg.seq_len or model_config.max_seq_len
         if self.T > model_config.max_seq_len: raise ValueError(f"seq_len {self.T} exceeds the model's max_seq_len {model_config.max_seq_len}.")
         self.model_config = model_config
@@ -199,14 +277,24 @@ class Trainer:
         self.raw.activation_checkpointing = cfg.activation_checkpointing
         self._setup_engine()
         self.train_data, self.val_data = TokenDataset(cfg.data, "train"), TokenDataset(cfg.data, "val")
-        self.sampler = TrainSampler(self.train_data, self.T, cfg.micro_batch, self.d.rank, self.d.world_size, cfg.seed)
+        self.sampler = TrainSampler(self.train_data, self.T, self.cfg.micro_batch, self.d.rank, self.d.world_size, cfg.seed)   # the engine's micro batch
+        if len(self.val_data) <= self.T:
+            raise ValueError(f"{Path(cfg.data) / 'val.bin'} holds {len(self.val_data)} tokens, fewer than one evaluation window of "
+                             f"seq_len + 1 = {self.T + 1}: use a shorter --seq-len, or prepare more data.")
         splits = self.train_data.meta["splits"]["val"]
         self.bytes_per_token = splits.get("bytes", 0) / splits["tokens"] if splits.get("bytes") else None
         self.step, self.best, self.max_steps, self.stop = 0, float("inf"), cfg.max_steps, None
+        if cfg.epochs: self.max_steps = self.steps_for_epochs(cfg.epochs)
         self.out = Path(cfg.out)
         self.flops = flops_per_token(model_config, self.T)
         self.peak = peak_flops(torch.cuda.get_device_name(self.d.device), self.precision) if self.d.device.type == "cuda" else None
-        self.writers = self._writers()
+        self.writers = []                        # TensorBoard / W&B: opened by fit, once the run folder is checked
+
+    def steps_for_epochs(self, epochs: float) -> int:
+        "Optimizer steps that draw `epochs` passes over the training windows (every rank, every micro-batch)."
+        windows = (len(self.train_data) - 1) // self.T // self.d.world_size          # per rank, per epoch
+        per_epoch = max(1, windows // self.cfg.micro_batch // self.accum)
+        return max(1, math.ceil(epochs * per_epoch))
 
     def _setup_engine(self):
         "Precision, optimizer, and the wrapper that runs the model: DDP under torchrun (the DeepSpeed lesson overrides this)."
@@ -312,7 +400,10 @@ def save(self: Trainer, name: str = "latest.pt"):
 def resume(self: Trainer, path: Path):
     "Continue from a checkpoint of the same model and tokenizer, exactly where it stopped."
     ck = load_checkpoint(path, map_location=self.d.device)
+    missing = [k for k in ("sampler", "step", "max_steps", "best", "train_config", "rng") if k not in ck]
+    if missing: raise ValueError(f"{path} holds weights but not a training state (no {', '.join(missing)}): it cannot be resumed; start a new --out.")
     check_compatible(ck, self.model_config, self.tok.fingerprint())
+    check_state_dict(self.model_config, ck["model"], str(path))
     self.raw.load_state_dict(ck["model"])
     if ck.get("optimizer") is not None: self.opt.load_state_dict(ck["optimizer"]); self.scaler.load_state_dict(ck["scaler"])
     else: self.log("this checkpoint has weights but no optimizer state (converted from DeepSpeed ZeRO): AdamW's moments start from zero")
@@ -325,6 +416,22 @@ def resume(self: Trainer, path: Path):
 Trainer._rng_states, Trainer.state, Trainer.save, Trainer.resume = _rng_states, state, save, resume
 
 # %% ../nbs/09_train.ipynb #9083b226
+RUN_FILES = ("latest.pt", "best.pt", "metrics.jsonl", "config.json", "tokenizer", "deepspeed", "ds_config.json", "zero_memory.json", "tensorboard")
+
+def run_files(out: Path, skip=()) -> list[str]:
+    "The names of a run's files present in `out` (RUN_FILES and kept step_*.pt checkpoints)."
+    out = Path(out)
+    if not out.is_dir(): return []
+    return [n for n in RUN_FILES if n not in skip and (out / n).exists()] + sorted(p.name for p in out.glob("step_*.pt"))
+
+def clear_run(out: Path, keep=()):
+    "Remove every file of the run in `out` (checkpoints, shards, metrics, tokenizer, logs), and half-written temporaries."
+    import shutil
+    for n in run_files(out, skip=keep):
+        p = Path(out) / n
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    for tmp in Path(out).glob(".*.tmp"): tmp.unlink(missing_ok=True)
+
 def _write_run_files(self: Trainer):
     if not self.d.main: return
     write_json(self.out / "config.json", dict(model=self.model_config.to_dict(), train=asdict(self.cfg), tokenizer=self.tok.fingerprint()))
@@ -364,17 +471,43 @@ def threading_main() -> bool:
 Trainer._write_run_files, Trainer._record, Trainer._stop_on_signals, Trainer._agree_on_stop = _write_run_files, _record, _stop_on_signals, _agree_on_stop
 
 # %% ../nbs/09_train.ipynb #fe7be5dd
-def fit(self: Trainer, resume: bool = False) -> dict:
-    "Train to max_steps (or the time budget), evaluating and saving; returns the last evaluation."
+class Diverged(UserError):
+    "The loss became NaN or infinite."
+
+def _fit_schedule(self: Trainer, t0: float, t1: float) -> int:
+    "Steps that fill the time budget at the pace of the steps after the first; every rank takes rank 0's figure."
+    per_step = (time.perf_counter() - t1) / max(1, self.step - 1)
+    fitted = max(self.step + 1, int((self.cfg.time_budget - (t1 - t0)) / per_step))
+    if self.max_steps < UNCAPPED: fitted = min(fitted, self.max_steps)           # --max-steps or --epochs cap it
+    if self.d.world_size > 1:                                                     # clocks differ: agree, or ranks stop apart and hang
+        n = torch.tensor([fitted], device=self.d.device); dist.broadcast(n, 0); fitted = int(n.item())
+    if fitted != self.max_steps: self.log(f"time budget {self.cfg.time_budget:.0f} s at {per_step * 1e3:.0f} ms/step: schedule fitted to {fitted} steps")
+    return fitted
+
+def _check_finite(self: Trainer, loss: float):
+    "Stop a diverged run before anything is saved: the last good checkpoint stays as it was."
+    if math.isfinite(loss): return
+    kept = self.out / "latest.pt"
+    raise Diverged(f"the loss is {loss} at step {self.step}: the run diverged and was stopped without saving. Likely causes: "
+                   f"the learning rate (--lr {self.cfg.lr:g}: try a third of it, or a longer --warmup-steps), the precision "
+                   f"({self.precision}: fp16 overflows where bf16 or fp32 does not), or --grad-clip {self.cfg.grad_clip:g}. "
+                   + (f"{kept} (step {load_checkpoint(kept)['step']}) is kept; --resume continues from it." if kept.exists() else "No checkpoint was written."))
+
+def fit(self: Trainer, resume: bool | str | Path = False) -> dict:
+    "Train to max_steps (or the time budget), evaluating and saving; returns the last evaluation. `resume`: True (latest.pt) or a checkpoint path."
     from tqdm.auto import tqdm
     cfg = self.cfg
-    if self.d.main: self.out.mkdir(parents=True, exist_ok=True)
+    if self.d.main:
+        self.out.mkdir(parents=True, exist_ok=True)
+        for tmp in self.out.glob(".*.tmp"): tmp.unlink(missing_ok=True)          # left by a save that was killed
     if resume:
-        if not (self.out / "latest.pt").exists(): raise FileNotFoundError(f"--resume: no {self.out / 'latest.pt'}; drop --resume to start a new run.")
-        self.resume(self.out / "latest.pt")
-    elif self.d.main and (self.out / "latest.pt").exists():
-        raise FileExistsError(f"{self.out} already holds a run: pass --resume to continue it, or choose another --out.")
+        path = self.out / "latest.pt" if resume is True else Path(resume)
+        if not path.exists(): raise FileNotFoundError(f"--resume: no {path}; drop --resume to start a new run.")
+        self.resume(path)
+    elif self.d.main and (held := run_files(self.out, skip=("ds_config.json",))):    # DeepSpeed wrote its config while starting
+        raise FileExistsError(f"{self.out} already holds a run ({', '.join(held)}): pass --resume to continue it, --overwrite to replace it, or choose another --out.")
     self._write_run_files()
+    self.writers = self._writers()
     self.log(self.describe())
     bar = tqdm(total=self.max_steps, initial=self.step, dynamic_ncols=True,       # TQDM_DISABLE=1: no bar (a launcher streaming the log)
                disable=not self.d.main or os.environ.get("TQDM_DISABLE", "") not in ("", "0"))
@@ -383,14 +516,11 @@ def fit(self: Trainer, resume: bool = False) -> dict:
     with self._stop_on_signals():
         while self.step < self.max_steps and self.stop is None:
             loss = self.train_step(); tokens += step_tokens
+            self._check_finite(loss)
             if self.d.world_size > 1: self._agree_on_stop()
             if t1 is None: t1 = time.perf_counter()              # the first step pays for compilation and warm-up: time the rest
             if cfg.time_budget and self.step == min(self.max_steps, max(5, cfg.warmup_steps // 2)) and not resume:
-                per_step = (time.perf_counter() - t1) / max(1, self.step - 1)
-                fitted = max(self.step + 1, min(self.max_steps, int((cfg.time_budget - (t1 - t0)) / per_step)))
-                if fitted != self.max_steps:
-                    self.max_steps = fitted; bar.total = fitted
-                    self.log(f"time budget {cfg.time_budget:.0f} s at {per_step * 1e3:.0f} ms/step: schedule fitted to {fitted} steps")
+                self.max_steps = self._fit_schedule(t0, t1); bar.total = self.max_steps
             elapsed = time.perf_counter() - t0
             row = dict(step=self.step, loss=loss, lr=self._lr(), tokens_per_s=tokens / elapsed, elapsed_s=elapsed)
             if self.peak: row["mfu"] = row["tokens_per_s"] * self.flops / self.peak / self.d.world_size
@@ -399,6 +529,7 @@ def fit(self: Trainer, resume: bool = False) -> dict:
                 last = self.evaluate(); row.update(last)
                 if last["val_loss"] < self.best: self.best = last["val_loss"]; self.save("best.pt")
                 self.save("latest.pt")
+            if cfg.keep_every and self.step % cfg.keep_every == 0: self.save(f"step_{self.step:07d}.pt")
             if self.step % cfg.log_every == 0 or "val_loss" in row: self._record(row)
             if cfg.stop_at and self.step >= cfg.stop_at and self.stop is None: self.stop = "stop_at"
             bar.update(1)
@@ -408,7 +539,7 @@ def fit(self: Trainer, resume: bool = False) -> dict:
     for _, w in self.writers: w.close() if hasattr(w, "close") else w.finish()
     return last
 
-Trainer.fit = fit
+Trainer._fit_schedule, Trainer._check_finite, Trainer.fit = _fit_schedule, _check_finite, fit
 
 # %% ../nbs/09_train.ipynb #2196007f
 class LivePlot:
@@ -431,61 +562,144 @@ class LivePlot:
 
 # %% ../nbs/09_train.ipynb #f1eb82f8
 def load_model(path, device: str = "cpu", checkpoint: str | None = None):
-    "(model, tokenizer) from a run folder (best.pt, else latest.pt) or a checkpoint file beside its run's tokenizer/."
+    "(model, tokenizer) from a run folder (best.pt, else latest.pt) or a checkpoint file beside its run's tokenizer/. Every part is checked first."
     path = Path(path)
+    if not path.exists(): raise FileNotFoundError(f"{path}: no such run folder or checkpoint file.")
     ck_path = path if path.is_file() else next((path / n for n in ([checkpoint] if checkpoint else ["best.pt", "latest.pt"]) if (path / n).exists()), None)
     if ck_path is None: raise FileNotFoundError(f"{path}: no best.pt or latest.pt; pass a run folder written by `minillm train`, or a checkpoint file.")
-    ck = load_checkpoint(ck_path, map_location=device)
+    ck = load_checkpoint(ck_path, map_location="cpu")
     tok_dir = ck_path.parent / "tokenizer"
     if not tok_dir.exists(): raise FileNotFoundError(f"no tokenizer/ beside {ck_path}: copy the run's tokenizer folder there.")
     tok = load_tokenizer(tok_dir)
     if tok.fingerprint() != ck["tokenizer"]: raise ValueError(f"{tok_dir} is not the tokenizer {ck_path} was trained with.")
-    model = MiniLLM(ModelConfig.from_dict(ck["model_config"])).to(device)
+    config = config_from_checkpoint(ck["model_config"], str(ck_path))      # sizes checked against the weights: nothing allocated yet
+    check_state_dict(config, ck["model"], str(ck_path))
+    bad = [k for k, v in ck["model"].items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad: raise ValueError(f"{ck_path}: weights hold NaN or inf ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): the run diverged "
+                             "before this save; use an earlier checkpoint (see --keep-every) or retrain with a lower --lr.")
+    if config.vocab_size != tok.vocab_size: raise ValueError(f"{ck_path}: the model has {config.vocab_size} token ids but {tok_dir} has {tok.vocab_size}.")
+    model = MiniLLM(config).to(device)
     model.load_state_dict(ck["model"]); model.eval()
     return model, tok
 
 def sample_text(model: MiniLLM, tok, prompt: str = "", max_new_tokens: int = 200, temperature: float = 0.8, top_k: int | None = 50,
-                top_p: float | None = None, seed: int = 0) -> str:
-    "Continue `prompt` (or start a new document when it is empty); returns prompt + continuation."
+                top_p: float | None = None, seed: int = 0, stop_at_eos: bool = True, on_text=None) -> str:
+    """Continue `prompt` (or start a new document when it is empty); returns prompt + continuation, ending before the end-of-text
+    token when `stop_at_eos`. `on_text(s)` receives each new piece of text as soon as it decodes (a character split across
+    tokens waits for its last byte)."""
     device = next(model.parameters()).device
     ids = tok.encode(prompt) if prompt else [tok.eos_id]
+    if not ids: raise ValueError("the prompt encodes to no tokens: give some text, or no --prompt to start a new document.")
+    eos = tok.eos_id if stop_at_eos else None
     g = torch.Generator(device=device).manual_seed(seed)
-    out = model.generate(torch.tensor([ids], device=device), max_new_tokens, temperature, top_k, top_p, generator=g)[0].tolist()
-    return tok.decode(out[len(ids):] if not prompt else out)
+    new, shown = [], 0
+    def stream(nxt):
+        nonlocal shown
+        if eos is not None and int(nxt[0]) == eos: return
+        new.append(int(nxt[0]))
+        text = tok.decode(new)
+        stable = len(text.rstrip("\ufffd"))                 # hold back an incomplete UTF-8 character
+        if on_text and stable > shown: on_text(text[shown:stable]); shown = stable
+    model.generate(torch.tensor([ids], device=device), max_new_tokens, temperature, top_k, top_p, eos_id=eos, generator=g, on_token=stream)
+    text = tok.decode(new)
+    if on_text and len(text) > shown: on_text(text[shown:])
+    return (prompt + text) if prompt else text
 
-# %% ../nbs/09_train.ipynb #8ee1fcc0
+# %% ../nbs/09_train.ipynb #da1ab85a
 def _parse_value(v: str):
     try: return json.loads(v)
     except json.JSONDecodeError: return v
 
+def model_override(s: str) -> tuple[str, object]:
+    "--model KEY=VALUE -> (key, value parsed as JSON where it parses)."
+    k, eq, v = s.partition("=")
+    if not eq or not k.strip(): raise argparse.ArgumentTypeError(f"{s!r} is not KEY=VALUE: write e.g. --model num_heads=8")
+    return k.strip(), _parse_value(v)
+
 def read_config_file(path) -> dict:
+    "A --config file's settings: JSON, or YAML with PyYAML. Errors name the file and the line."
     p = Path(path)
-    if not p.exists(): raise FileNotFoundError(f"--config {p}: no such file")
+    if not p.is_file(): raise FileNotFoundError(f"--config {p}: {'is a folder' if p.is_dir() else 'no such file'}")
+    text = p.read_text(errors="replace")
     if p.suffix in (".yaml", ".yml"):
         try: import yaml
         except ImportError: raise ImportError("YAML configs need PyYAML: pip install pyyaml (or use a .json config)") from None
-        return yaml.safe_load(p.read_text()) or {}
-    return json.loads(p.read_text())
+        try: d = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            raise ValueError(f"--config {p}: not valid YAML" + (f" at line {mark.line + 1}, column {mark.column + 1}" if mark else "")
+                             + f" ({getattr(e, 'problem', None) or e})") from None
+    else:
+        try: d = json.loads(text)
+        except json.JSONDecodeError as e: raise ValueError(f"--config {p}: not valid JSON at line {e.lineno}, column {e.colno} ({e.msg})") from None
+    d = {} if d is None else d
+    if not isinstance(d, dict): raise ValueError(f"--config {p}: must hold an object of settings (key: value), not a {type(d).__name__}")
+    if not isinstance(d.get("model", {}), dict): raise ValueError(f"--config {p}: 'model' must be an object of model fields")
+    return d
 
 def build_configs(args) -> tuple[ModelConfig, TrainConfig]:
-    "preset < --config file < flags."
+    "preset < --config file < flags. A `layers` value that is a path is read relative to the config file (or as given, from --model)."
     file = read_config_file(args.config) if args.config else {}
-    model_kw = {**file.get("model", {}), **dict(kv.split("=", 1) for kv in args.model)}
-    model_kw = {k: _parse_value(v) if isinstance(v, str) else v for k, v in model_kw.items()}
-    mc = preset(file.get("preset", args.preset), **model_kw)
+    overrides = dict(args.model)
+    model_kw = {**{k: _parse_value(v) if isinstance(v, str) else v for k, v in file.get("model", {}).items()}, **overrides}
+    if isinstance(model_kw.get("layers"), str):
+        from minillm.model import resolve_layers
+        path = Path(model_kw["layers"])
+        model_kw["layers"] = resolve_layers(path.name, path.parent) if "layers" in overrides else resolve_layers(str(path), Path(args.config).parent)
+    try: mc = preset(file.get("preset", args.preset), **model_kw)
+    except (TypeError, ValueError) as e: raise ValueError(f"model settings (--preset, --model, --config's 'model'): {e}") from None
     train_kw = {k: v for k, v in file.items() if k not in ("model", "preset")}
     unknown = set(train_kw) - {f.name for f in fields(TrainConfig)}
     if unknown: raise ValueError(f"--config {args.config}: unknown keys {sorted(unknown)}; train keys are {[f.name for f in fields(TrainConfig)]}, plus 'model' and 'preset'.")
     flags = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
-    return mc, TrainConfig(**{**train_kw, **flags})
+    try: return mc, TrainConfig(**{**train_kw, **flags})
+    except TypeError as e: raise ValueError(f"train settings: {e}") from None
 
+# %% ../nbs/09_train.ipynb #119e8825
+def _beta(s: str) -> float:
+    v = nonneg_float(s)
+    if not v < 1: raise argparse.ArgumentTypeError(f"{s!r}: use a number in [0, 1)")
+    return v
+
+FLAGS = {   # TrainConfig field: (argparse type or choices, help)
+    "micro_batch": (positive_int, "sequences per forward pass, per process"),
+    "batch_tokens": (positive_int, "tokens per optimizer step over all processes; accumulation makes up the rest (default: no accumulation)"),
+    "seq_len": (positive_int, "tokens per training sequence (default: the model's max_seq_len)"),
+    "lr": (positive_float, "peak learning rate"),
+    "min_lr": (nonneg_float, "learning rate at the end of the schedule (default: lr / 10)"),
+    "warmup_steps": (nonneg_int, "steps of linear warmup"),
+    "schedule": (["cosine", "linear"], "decay after warmup"),
+    "max_steps": (positive_int, "optimizer steps (default 1000; with --time-budget: fitted to the budget)"),
+    "epochs": (positive_float, "passes over the training tokens: sets max_steps from the data size"),
+    "time_budget": (positive_float, "seconds of training: sets the schedule's length (capped by --max-steps or --epochs)"),
+    "stop_at": (positive_int, "save and stop after this step (the schedule still ends at max_steps); --resume continues"),
+    "keep_every": (positive_int, "also keep a checkpoint step_NNNNNNN.pt every N steps"),
+    "weight_decay": (nonneg_float, "AdamW's decoupled weight decay (matrices only)"),
+    "beta1": (_beta, "AdamW's beta1, in [0, 1)"),
+    "beta2": (_beta, "AdamW's beta2, in [0, 1)"),
+    "grad_clip": (nonneg_float, "clip the gradient norm to this (0: no clipping)"),
+    "precision": (["auto", "bf16", "fp16", "fp32"], "auto: bf16 where native, fp16 with loss scaling on older GPUs, fp32 on a CPU"),
+    "compile": (bool, "torch.compile the model"),
+    "eval_every": (positive_int, "evaluate and save latest.pt every N steps"),
+    "eval_batches": (positive_int, "validation batches per evaluation"),
+    "log_every": (positive_int, "write a metrics row every N steps"),
+    "seed": (nonneg_int, "random seed (weights, data order, dropout)"),
+    "device": (str, "auto, cpu, cuda or cuda:N"),
+    "tensorboard": (bool, "log to TensorBoard (needs the tensorboard package)"),
+    "wandb": (bool, "log to Weights & Biases (needs the wandb package)"),
+    "zero_stage": ([0, 1, 2, 3], "DeepSpeed ZeRO stage (default 2 with DeepSpeed)"),
+    "offload": (["none", "optimizer", "all"], "DeepSpeed: offload the optimizer, or everything (stage 3), to the CPU"),
+}
+
+# %% ../nbs/09_train.ipynb #228a437b
 def train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="minillm train", description="Train a MiniLLM on shards from `minillm prepare`; also runs under torchrun.")
     p.add_argument("--data", help="folder from `minillm prepare` (default data/builtin)")
     p.add_argument("--out", help="run folder (default runs/demo)")
-    p.add_argument("--preset", default="demo", help="model preset: demo, tiny, small, medium, large, xl")
+    p.add_argument("--preset", default="demo", choices=list(PRESETS), help="model preset")
     p.add_argument("--config", help="JSON or YAML file: train keys, plus 'preset' and a 'model' dict")
-    p.add_argument("--model", action="append", default=[], metavar="KEY=VALUE", help="override a model field, e.g. --model attention=gqa --model num_kv_heads=2")
+    p.add_argument("--model", action="append", default=[], type=model_override, metavar="KEY=VALUE",
+                   help="override a model field, e.g. --model attention=gqa --model num_kv_heads=2")
     for f in fields(TrainConfig):
         if f.name in ("data", "out"): continue
         flag = "--" + f.name.replace("_", "-")
@@ -495,28 +709,60 @@ def train_parser() -> argparse.ArgumentParser:
         elif f.name == "activation_checkpointing":
             p.add_argument(flag, nargs="?", const="full", default=None, choices=["none", "selective", "full"],
                            help="recompute activations in backward: full (default when given without a value) or selective")
-        elif f.type in ("bool", bool): p.add_argument(flag, action="store_const", const=True, default=None)
-        else: p.add_argument(flag, type=_parse_value, default=None)
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from latest.pt")
-    p.add_argument("--overwrite", action="store_true", help="start afresh in --out, replacing its checkpoints")
-    p.add_argument("--sample-tokens", type=int, default=200, help="tokens to sample at the end (0: none)")
+        else:
+            kind, help = FLAGS[f.name]
+            if kind is bool: p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help)
+            elif isinstance(kind, list): p.add_argument(flag, choices=kind, type=type(kind[0]), default=None, help=help)
+            else: p.add_argument(flag, type=kind, default=None, help=help)
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
+                   help="continue the run in --out from latest.pt, or from the checkpoint file given")
+    p.add_argument("--overwrite", action="store_true", help="start afresh in --out, replacing its whole run (checks everything first)")
+    p.add_argument("--sample-tokens", type=nonneg_int, default=200, help="tokens to sample at the end (0: none)")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # appended by the deepspeed launcher
     return p
 
+def check_out(out: Path, resume, overwrite: bool) -> bool:
+    "Check the run folder before anything is built or deleted; True when it holds nothing yet (a failed start then removes it)."
+    out = Path(out)
+    if out.exists() and not out.is_dir(): raise ValueError(f"--out {out} is a file: give a folder (a new one, or one holding a run).")
+    parent = out
+    while not parent.exists(): parent = parent.parent
+    if not os.access(parent, os.W_OK): raise PermissionError(13, "Permission denied", str(parent))
+    if resume and overwrite: raise ValueError("--resume continues the run in --out and --overwrite replaces it: give one of them.")
+    held = run_files(out)
+    if resume:
+        path = out / "latest.pt" if resume is True else Path(resume)
+        if not path.exists(): raise FileNotFoundError(f"--resume: no {path}" + ("; drop --resume to start a new run." if resume is True else "."))
+        if resume is not True and path.resolve().parent != out.resolve() and held:
+            raise FileExistsError(f"--out {out} holds another run ({', '.join(held)}): resume {path} into a new --out, or into its own folder.")
+    elif held and not overwrite:
+        raise FileExistsError(f"--out {out} already holds a run ({', '.join(held)}): pass --resume to continue it, --overwrite to replace it, or choose another --out.")
+    return not out.exists() or not any(out.iterdir())
+
+# %% ../nbs/09_train.ipynb #28d58e5a
 def train_main(argv: list[str] | None = None) -> int:
-    "`minillm train`."
+    "`minillm train`: check everything, then (with --overwrite) clear the old run, then train; a failed start leaves no folder behind."
+    import shutil
     args = train_parser().parse_args(argv)
+    mc, tc = build_configs(args)
+    if any(k == "vocab_size" for k, _ in args.model):
+        n = load_tokenizer(Path(tc.data) / "tokenizer").vocab_size
+        if mc.vocab_size != n: raise ValueError(f"--model vocab_size={mc.vocab_size}, but the tokenizer of {tc.data} has {n} tokens: drop it (the tokenizer sets it).")
+    fresh = check_out(Path(tc.out), args.resume, args.overwrite)
+    trainer = None
     try:
-        mc, tc = build_configs(args)
-        if args.overwrite:
-            for n in ("latest.pt", "best.pt", "metrics.jsonl"): (Path(tc.out) / n).unlink(missing_ok=True)
         cls = Trainer
         if tc.deepspeed is not None or tc.zero_stage is not None or tc.offload != "none":
             from minillm.ds import DeepSpeedTrainer as cls                    # the DeepSpeed lesson's engine path
         trainer = cls(mc, tc)
+        if args.overwrite and trainer.d.main: clear_run(Path(tc.out), keep=("ds_config.json",))   # everything checked: now replace
+        if trainer.d.world_size > 1: dist.barrier()
         final = trainer.fit(resume=args.resume)
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
-        raise SystemExit(f"minillm train: {e}") from None
+    except BaseException:
+        out = Path(tc.out)
+        if fresh and int(os.environ.get("RANK", 0)) == 0 and out.is_dir() and not any(out.glob("*.pt")):
+            shutil.rmtree(out, ignore_errors=True)                           # nothing worth keeping: a retry starts clean
+        raise
     if trainer.d.main and final:
         msg = ", ".join(f"{k} {v:.4f}" for k, v in final.items())
         print(f"\nfinal: {msg}  (run folder: {tc.out})")
@@ -530,24 +776,34 @@ def train_main(argv: list[str] | None = None) -> int:
         dist.destroy_process_group()    # (a gloo group destroyed during shutdown can abort: "terminate called without an active exception")
     return rc
 
-def sample_main(argv: list[str] | None = None) -> int:
-    "`minillm sample`."
-    p = argparse.ArgumentParser(prog="minillm sample", description="Generate text from a trained run.")
+def sample_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="minillm sample", description="Generate text from a trained run; tokens print as they are generated.")
     p.add_argument("--run", help="run folder from `minillm train`")
     p.add_argument("--checkpoint", help="a checkpoint file (its run's tokenizer/ must sit beside it)")
     p.add_argument("--prompt", default="", help="text to continue (default: start a new document)")
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=50)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--max-new-tokens", type=nonneg_int, default=200, help="tokens to generate at most")
+    p.add_argument("--temperature", type=nonneg_float, default=0.8, help="0: greedy; higher: more random")
+    p.add_argument("--top-k", type=positive_int, default=50, help="sample among the k most likely tokens")
+    p.add_argument("--top-p", type=unit_float, default=None, help="sample among the most likely tokens holding this much probability, in (0, 1]")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="random seed")
+    p.add_argument("--stop-at-eos", action=argparse.BooleanOptionalAction, default=True, help="stop at the end-of-text token")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when there is one)")
+    return p
+
+def sample_main(argv: list[str] | None = None) -> int:
+    "`minillm sample`: streams the continuation; Ctrl-C keeps what was printed."
+    p = sample_parser()
     a = p.parse_args(argv)
     if not (a.run or a.checkpoint): p.error("give --run DIR or --checkpoint FILE")
-    try:
-        model, tok = load_model(a.checkpoint or a.run, a.device)
-        print(sample_text(model, tok, a.prompt, a.max_new_tokens, a.temperature, a.top_k, a.top_p, a.seed))
-    except (ValueError, FileNotFoundError) as e: raise SystemExit(f"minillm sample: {e}") from None
+    device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available(): raise ValueError(f"--device {device}: torch sees no CUDA GPU on this machine; use --device cpu.")
+    if device != "cpu" and not device.startswith("cuda"): raise ValueError(f"--device {device!r}: use cpu, cuda or cuda:N")
+    model, tok = load_model(a.checkpoint or a.run, device)
+    print(a.prompt, end="", flush=True)
+    try: sample_text(model, tok, a.prompt, a.max_new_tokens, a.temperature, a.top_k, a.top_p, a.seed, stop_at_eos=a.stop_at_eos,
+                     on_text=lambda s: print(s, end="", flush=True))
+    except KeyboardInterrupt: print(flush=True); raise
+    print(flush=True)
     return 0
 
 # %% ../nbs/09_train.ipynb #0e98a563

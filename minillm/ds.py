@@ -2,22 +2,23 @@
 
 # %% ../nbs/13_deepspeed.ipynb #40a8daa1
 from __future__ import annotations
-import json, math, os
+import difflib, json, math, os, shutil
 from dataclasses import asdict, replace
 from pathlib import Path
 import torch
 import torch.distributed as dist
 from .core import detect_hardware
+from .data import TrainSampler
 from .memory import bucket_elements, zero_bytes, tensor_bytes
 from .train import (Trainer, TrainConfig, param_groups, accumulation_steps, rng_state, set_rng_state, save_checkpoint,
                            load_checkpoint, check_compatible)
-from .utils import write_json
+from .utils import UserError, write_json
 
 # %% auto #0
-__all__ = ['SHIPPED', 'SHIPPED_FILES', 'SHM_ALLREDUCE', 'require_deepspeed', 'ds_precision', 'build_ds_config', 'find_auto',
-           'resolve_ds_config', 'load_ds_config', 'user_ds_config', 'skip_shm_allreduce', 'DeepSpeedTrainer',
-           'consolidated_weights', 'rank_model_states', 'deepspeed_estimate', 'free_port', 'deepspeed_command',
-           'torchrun_command', 'run_training']
+__all__ = ['SHIPPED', 'SHIPPED_FILES', 'SHM_ALLREDUCE', 'SHARD_GLOBALS', 'require_deepspeed', 'ds_precision', 'build_ds_config',
+           'find_auto', 'resolve_ds_config', 'load_ds_config', 'user_ds_config', 'skip_shm_allreduce',
+           'DeepSpeedTrainer', 'shard_globals', 'verify_shards', 'consolidated_weights', 'rank_model_states',
+           'deepspeed_estimate', 'free_port', 'deepspeed_command', 'torchrun_command', 'run_training']
 
 # %% ../nbs/13_deepspeed.ipynb #81d9c1e2
 def require_deepspeed():
@@ -68,15 +69,25 @@ def find_auto(d, path: str = "") -> list[str]:
     return [path] if d == "auto" else []
 
 # %% ../nbs/13_deepspeed.ipynb #b37c6003
+_SECTIONS = ("zero_optimization", "optimizer", "bf16", "fp16", "activation_checkpointing")      # ds_config keys whose value is an object
+_BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
+
+def _shape_errors(cfg: dict) -> list[str]:
+    "What in a ds_config has the wrong JSON type (an object where one is needed, a positive integer for each batch number)."
+    bad = [f"{k} must be an object {{...}}, not {json.dumps(cfg[k])}" for k in _SECTIONS if k in cfg and not isinstance(cfg[k], dict)]
+    return bad + [f"{k} must be a positive integer, not {json.dumps(cfg[k])}" for k in _BATCH_KEYS
+                  if k in cfg and (type(cfg[k]) is not int or cfg[k] < 1)]
+
 def resolve_ds_config(user: dict | None, tc: TrainConfig, n_params: int, world_size: int, seq_len: int,
-                      device_type: str = "cuda", num_layers: int = 1) -> dict:
-    "The ds_config a run uses: built from `tc`, or the user's merged with `tc` and validated. Raises ValueError naming the fix."
+                      device_type: str = "cuda", num_layers: int = 1, source: str = "ds_config") -> dict:
+    "The ds_config a run uses: built from `tc`, or the user's merged with `tc` and validated. Raises ValueError naming `source` and the fix."
     built = build_ds_config(tc, n_params, world_size, seq_len, device_type, num_layers)
     if user is None: return built
-    cfg, bad = json.loads(json.dumps(user)), []
+    cfg = json.loads(json.dumps(user))
     if autos := find_auto(cfg):
-        raise ValueError(f"ds_config has \"auto\" at {', '.join(autos)}: outside the Hugging Face Trainer DeepSpeed does not resolve it "
+        raise ValueError(f"{source} has \"auto\" at {', '.join(autos)}: outside the Hugging Face Trainer DeepSpeed does not resolve it "
                          "(bf16/fp16 'auto' is silently ignored, batch 'auto' crashes). Remove those keys and minillm fills them from your settings.")
+    if bad := _shape_errors(cfg): raise ValueError(f"{source} cannot work:\n  - " + "\n  - ".join(bad))
     if "scheduler" in cfg: bad.append("a 'scheduler' section: minillm sets the learning rate every step (--lr, --warmup-steps, --schedule); remove it")
     micro = cfg.get("train_micro_batch_size_per_gpu", tc.micro_batch)
     accum, tbs = cfg.get("gradient_accumulation_steps"), cfg.get("train_batch_size")
@@ -106,14 +117,24 @@ def resolve_ds_config(user: dict | None, tc: TrainConfig, n_params: int, world_s
     cfg.setdefault("gradient_clipping", tc.grad_clip)
     cfg.setdefault("zero_force_ds_cpu_optimizer", False)
     if tc.activation_checkpointing != "none": cfg.setdefault("activation_checkpointing", built["activation_checkpointing"])
-    if bad: raise ValueError("ds_config cannot work:\n  - " + "\n  - ".join(bad))
+    if bad: raise ValueError(f"{source} cannot work:\n  - " + "\n  - ".join(bad))
     return cfg
 
+def _kind(v) -> str:
+    return {list: "a list", str: "a string", bool: "true/false", type(None): "null"}.get(type(v), "a number")
+
 def load_ds_config(path) -> dict:
+    "A ds_config.json's contents: a JSON object, or an error naming the file (and the line of a syntax error)."
     p = Path(path)
     if not p.exists(): raise FileNotFoundError(f"--deepspeed {p}: no such file (leave the path out to build a config from the flags)")
-    try: return json.loads(p.read_text())
-    except json.JSONDecodeError as e: raise ValueError(f"--deepspeed {p}: not valid JSON ({e})") from None
+    try: text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError: raise ValueError(f"--deepspeed {p}: not a text file (not UTF-8): give a ds_config.json") from None
+    except OSError as e: raise ValueError(f"--deepspeed {p}: cannot read it ({e.strerror or e}): give a readable ds_config.json") from None
+    try: cfg = json.loads(text)
+    except json.JSONDecodeError as e: raise ValueError(f"--deepspeed {p}: not valid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"--deepspeed {p}: a ds_config is a JSON object ({{\"zero_optimization\": {{...}}, ...}}), but this file holds {_kind(cfg)}")
+    return cfg
 
 # %% ../nbs/13_deepspeed.ipynb #9703d079
 SHIPPED = {
@@ -133,6 +154,10 @@ def user_ds_config(arg: str | None) -> dict | None:
     "--deepspeed's value: '' (build from the flags) -> None; a shipped name; or a path to a JSON file."
     if not arg: return None
     if arg in SHIPPED: return json.loads(json.dumps(SHIPPED[arg]))
+    if not Path(arg).exists():
+        near = difflib.get_close_matches(arg, SHIPPED, n=1)
+        raise ValueError(f"--deepspeed {arg}: no such file, and not a shipped config (shipped: {', '.join(SHIPPED)})"
+                         + (f"; did you mean {near[0]}?" if near else "") + " Give a shipped name, or the path of a ds_config.json that exists.")
     return load_ds_config(arg)
 
 # %% ../nbs/13_deepspeed.ipynb #854362b6
@@ -146,34 +171,44 @@ def skip_shm_allreduce(ds):
 # %% ../nbs/13_deepspeed.ipynb #f3ff414e
 class DeepSpeedTrainer(Trainer):
     "The trainer, with a DeepSpeed engine running the model (ZeRO 0-3, optional CPU offload)."
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.sampler.batch_size != self.cfg.micro_batch:   # one micro batch: the ds_config's, which the engine was built with
+            self.sampler = TrainSampler(self.train_data, self.T, self.cfg.micro_batch, self.d.rank, self.d.world_size, self.cfg.seed)
+
     def _setup_engine(self):
-        ds, cfg = require_deepspeed(), self.cfg
+        cfg = self.cfg
+        user = user_ds_config(cfg.deepspeed)                      # a bad --deepspeed value fails before anything starts
+        ds = require_deepspeed()
         if self.d.device.type == "cpu": skip_shm_allreduce(ds)
         if not dist.is_initialized():       # one process, no launcher: a group of one (else DeepSpeed goes looking for MPI)
             for k, v in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(free_port())), ("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
                 os.environ.setdefault(k, v)
             dist.init_process_group("nccl" if self.d.device.type == "cuda" else "gloo", rank=0, world_size=1)
         n = sum(p.numel() for p in self.raw.parameters())
-        self.ds_config = resolve_ds_config(user_ds_config(cfg.deepspeed), cfg, n, self.d.world_size, self.T, self.d.device.type,
-                                           self.model_config.num_layers)
+        self.ds_config = resolve_ds_config(user, cfg, n, self.d.world_size, self.T, self.d.device.type, self.model_config.num_layers,
+                                           source=f"--deepspeed {cfg.deepspeed}" if cfg.deepspeed else "ds_config")
         c = self.ds_config
+        if c["train_micro_batch_size_per_gpu"] != cfg.micro_batch:
+            self.log(f"micro batch {c['train_micro_batch_size_per_gpu']} from {cfg.deepspeed} (its train_micro_batch_size_per_gpu), not {cfg.micro_batch}")
         self.cfg = replace(cfg, micro_batch=c["train_micro_batch_size_per_gpu"])
         self.accum = c["gradient_accumulation_steps"]
         self.precision = "bf16" if c.get("bf16", {}).get("enabled") else "fp16" if c.get("fp16", {}).get("enabled") else "fp32"
         self.amp_dtype, self.scaler = None, None                  # DeepSpeed casts the model itself: no autocast
         self.zero_stage = c["zero_optimization"].get("stage", 0)
-        if "activation_checkpointing" in c:                       # the config's section is what the model uses
-            ds.checkpointing.configure(None, deepspeed_config=c)
-            self.raw.checkpoint_fn = ds.checkpointing.checkpoint
-            if self.raw.activation_checkpointing in (False, "none"): self.raw.activation_checkpointing = "full"
         self.engine, self.opt, _, _ = ds.initialize(model=self.raw, model_parameters=param_groups(self.raw, cfg.weight_decay), config=c)
         self.model = self.engine
+        if "activation_checkpointing" in c:                       # the config's section is what the model uses
+            ds.checkpointing.configure(None, deepspeed_config=c)  # after initialize: it reads the world size from DeepSpeed's communication
+            self.raw.checkpoint_fn = ds.checkpointing.checkpoint
+            if self.raw.activation_checkpointing in (False, "none"): self.raw.activation_checkpointing = "full"
         if self.d.main: write_json(Path(cfg.out) / "ds_config.json", c)
 
     def describe(self) -> str:
         off = self.ds_config["zero_optimization"]
         where = [k.removeprefix("offload_") for k in ("offload_optimizer", "offload_param") if k in off]
-        return super().describe() + f" | DeepSpeed ZeRO-{self.zero_stage}" + (f", {' and '.join(where)} offloaded to CPU" if where else "")
+        return (super().describe() + f" | DeepSpeed ZeRO-{self.zero_stage}" + (f", {' and '.join(where)} offloaded to CPU" if where else "")
+                + (", activations recomputed (deepspeed.checkpointing)" if "activation_checkpointing" in self.ds_config else ""))
 
 # %% ../nbs/13_deepspeed.ipynb #393b16e4
 def _ds_accumulate(self: DeepSpeedTrainer) -> torch.Tensor:
@@ -193,10 +228,39 @@ def _ds_optimizer_step(self: DeepSpeedTrainer): pass     # engine.step() did it
 DeepSpeedTrainer.accumulate, DeepSpeedTrainer.optimizer_step = _ds_accumulate, _ds_optimizer_step
 
 # %% ../nbs/13_deepspeed.ipynb #4701a2e5
+SHARD_GLOBALS = ("deepspeed.runtime.zero.config.ZeroStageEnum",          # the stage, in every optimizer shard
+                 "deepspeed.runtime.fp16.loss_scaler.LossScaler",          # the static loss scaler (fp32, bf16)
+                 "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",   # the dynamic one (fp16)
+                 "deepspeed.utils.tensor_fragment.fragment_address")      # where each ZeRO-1/2 partition starts
+
+def shard_globals() -> list:
+    "The classes of SHARD_GLOBALS: all a DeepSpeed shard minillm writes holds besides tensors and plain containers."
+    import importlib
+    return [getattr(importlib.import_module(m), n) for m, n in (g.rsplit(".", 1) for g in SHARD_GLOBALS)]
+
+def verify_shards(folder, expected=None):
+    "Load every file of a DeepSpeed tag folder with weights_only=True (SHARD_GLOBALS allowed) before DeepSpeed, which unpickles anything, reads one."
+    folder, fix = Path(folder), "remove it, or train into a new --out"
+    if folder.is_symlink() or not folder.is_dir():
+        raise UserError(f"{folder}: the run folder holds something minillm did not write (not a folder of DeepSpeed shards); {fix}")
+    files = sorted(folder.iterdir())
+    if expected is not None and {p.name for p in files} != set(expected):
+        raise UserError(f"{folder}: holds {sorted(p.name for p in files)} where this run wrote {sorted(expected)}: "
+                        "a file minillm did not write appeared during the save; check who else writes to this run folder")
+    with torch.serialization.safe_globals(shard_globals()):
+        for p in files:
+            try:
+                if p.is_symlink() or not p.is_file(): raise ValueError("not a plain file")
+                torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+            except Exception:
+                raise UserError(f"{p}: refused: the run folder contains a file minillm did not write (or a damaged one): "
+                                f"it does not load safely as a DeepSpeed shard; {fix}") from None
+
 def consolidated_weights(ds_dir: Path, tag: str, model_keys) -> dict:
-    "fp32 weights merged from a DeepSpeed checkpoint's shards (ZeRO 1-3), with every key of the model's state_dict."
+    "fp32 weights merged from a DeepSpeed checkpoint's shards (ZeRO 1-3), with every key of the model's state_dict; each shard is verified first."
     import contextlib, io
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    verify_shards(Path(ds_dir) / tag)                          # the merge reads every *_states.pt of this tag folder, and no other
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):   # it reports its progress on both
         sd = get_fp32_state_dict_from_zero_checkpoint(str(ds_dir), tag=tag)
     sd = {k: v.float().contiguous() for k, v in sd.items()}
@@ -205,17 +269,38 @@ def consolidated_weights(ds_dir: Path, tag: str, model_keys) -> dict:
     if missing: raise ValueError(f"{ds_dir / tag}: the merged weights lack {sorted(missing)}")
     return sd
 
+def _clear(p: Path):
+    "Remove whatever is at `p`: a file, a link (not what it points to) or a folder tree."
+    if p.is_symlink() or p.is_file(): p.unlink()
+    elif p.is_dir(): shutil.rmtree(p)
+
+def _written(engine, ds_dir: Path, tag: str) -> set[str]:
+    "The names of the files this rank's engine.save_checkpoint writes into the tag folder."
+    names = {Path(engine._get_ckpt_name(str(ds_dir), tag)).name}
+    if engine.save_zero_checkpoint: names.add(Path(engine._get_zero_ckpt_name(str(ds_dir), tag)).name)
+    return names
+
 def _ds_save(self: DeepSpeedTrainer, name: str = "latest.pt"):
-    tag = name.removesuffix(".pt")
+    tag, ds_dir = name.removesuffix(".pt"), self.out / "deepspeed"
+    new, old = ds_dir / f"{tag}.tmp", ds_dir / f"{tag}.old"
     client = dict(sampler=self.sampler.state_dict(), step=self.step, max_steps=self.max_steps, best=self.best, rng=self._rng_states(),
                   model_config=self.model_config.to_dict(), train_config=asdict(self.cfg), tokenizer=self.tok.fingerprint())
-    self.engine.save_checkpoint(str(self.out / "deepspeed"), tag=tag, client_state=client, save_latest=False)
+    if self.d.main: _clear(new)                                # DeepSpeed writes only into an emptied folder
     if self.d.world_size > 1: dist.barrier()
+    self.engine.save_checkpoint(str(ds_dir), tag=new.name, client_state=client, save_latest=False)
+    names = [None] * self.d.world_size
+    if self.d.world_size > 1: dist.all_gather_object(names, _written(self.engine, ds_dir, new.name))
+    else: names = [_written(self.engine, ds_dir, new.name)]
     if self.d.main:
+        verify_shards(new, expected=set().union(*names))       # exactly the files this run wrote, each loading safely
         if self.zero_stage == 0: weights = {k: v.float().clone() for k, v in self.raw.state_dict().items()}
-        else: weights = consolidated_weights(self.out / "deepspeed", tag, self.raw.state_dict().keys())
+        else: weights = consolidated_weights(ds_dir, new.name, self.raw.state_dict().keys())
+        _clear(old)
+        if (ds_dir / tag).exists() or (ds_dir / tag).is_symlink(): (ds_dir / tag).rename(old)
+        new.rename(ds_dir / tag)                               # the previous shards stay whole until the new ones are complete
         save_checkpoint(self.out / name, dict(client, model=weights, optimizer=None, scaler=None,
                                               deepspeed=dict(dir="deepspeed", tag=tag, zero_stage=self.zero_stage)))
+        _clear(old)
     if self.d.world_size > 1: dist.barrier()
 
 def _ds_resume(self: DeepSpeedTrainer, path: Path):
@@ -225,6 +310,7 @@ def _ds_resume(self: DeepSpeedTrainer, path: Path):
         raise FileNotFoundError(f"{ds_dir / tag}: no DeepSpeed checkpoint to resume (was this run trained without --deepspeed? "
                                 "Resume it the same way it was trained, or start a new --out).")
     check_compatible(load_checkpoint(path), self.model_config, self.tok.fingerprint())
+    verify_shards(ds_dir / tag)                                # every rank, before DeepSpeed unpickles any of them
     _, client = self.engine.load_checkpoint(str(ds_dir), tag=tag)
     self.sampler.load_state_dict(client["sampler"]); self.step, self.max_steps, self.best = client["step"], client["max_steps"], client["best"]
     if self.cfg.max_steps != client["train_config"]["max_steps"]:

@@ -17,6 +17,7 @@ import torch
 
 pytest.importorskip("deepspeed")
 
+from badinput import checksums, cli, fails_cleanly  # noqa: E402
 from minillm.ds import deepspeed_command, free_port, torchrun_command  # noqa: E402
 
 TINY = ["--model", "embed_dim=32", "--model", "num_heads=4", "--model", "num_layers=2", "--model", "max_seq_len=64",
@@ -48,9 +49,13 @@ def runs(data, tmp_path_factory):
     assert r.returncode == 0, r.stderr[-3000:]
     out["ddp"] = base / "ddp"
     for name, flags in (("zero1", ["--zero-stage", "1"]), ("zero2", ["--zero-stage", "2"]), ("zero3", ["--zero-stage", "3"]),
-                        ("zero2-offload", ["--zero-stage", "2", "--offload", "optimizer"])):
+                        ("zero2-offload", ["--zero-stage", "2", "--offload", "optimizer"]),
+                        ("zero2-recompute", ["--zero-stage", "2", "--activation-checkpointing"]),
+                        ("zero3-recompute", ["--zero-stage", "3", "--activation-checkpointing"]),
+                        ("zero3-max", ["zero3-max"])):
         r = ds(data, base / name, "--max-steps", "12", "--eval-every", "6", "--deepspeed", *flags)
         assert r.returncode == 0, r.stderr[-3000:]
+        (base / f"{name}.log").write_text(r.stdout + r.stderr)
         out[name] = base / name
     return out
 
@@ -62,6 +67,20 @@ def test_zero_stages_follow_the_plain_trainer(runs):
     for name, out in runs.items():
         got = losses(out)
         assert len(got) == 12 and all(abs(a - b) <= 1e-4 * abs(a) for a, b in zip(ref, got)), (name, ref, got)
+
+
+def test_recompute_gives_the_same_losses(runs):
+    """ZeRO-2 and ZeRO-3 with activations recomputed by deepspeed.checkpointing (--activation-checkpointing, and the
+    shipped zero3-max: stage 3, everything offloaded to CPU, recompute) give the losses of the same runs without it:
+    recomputing a forward changes no number. deepspeed.checkpointing.configure must run after DeepSpeed's communication
+    starts: before, two processes stopped on a batch-size mismatch and one on "backend not set"."""
+    for name, ref in (("zero2-recompute", "zero2"), ("zero3-recompute", "zero3"), ("zero3-max", "zero3")):
+        a, b = losses(runs[ref]), losses(runs[name])
+        assert len(b) == 12 and all(abs(x - y) <= 1e-4 * abs(x) for x, y in zip(a, b)), (name, a, b)
+        assert "activation_checkpointing" in json.loads((runs[name] / "ds_config.json").read_text())
+        assert "activations recomputed (deepspeed.checkpointing)" in (runs[name].parent / f"{name}.log").read_text(), name
+    assert "activations recomputed" not in (runs["zero2"].parent / "zero2.log").read_text()
+    assert "offload_param" in json.loads((runs["zero3-max"] / "ds_config.json").read_text())["zero_optimization"]
 
 
 def test_each_rank_holds_half_the_optimizer_state(runs):
@@ -165,3 +184,134 @@ def test_one_process_without_the_launcher(venv_bin, data, tmp_path):
                         "--eval-every", "4", "--deepspeed", "--zero-stage", "1"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "DeepSpeed ZeRO-1" in r.stdout + r.stderr and "final: val_loss" in r.stdout and "mpi4py" not in r.stderr
+
+
+# --- a run folder is data, never code -----------------------------------------------------------------------------
+
+def plant(path: Path, marker: Path, raw_pickle: bool = False):
+    "A file that creates `marker` when unpickled without restriction (torch.load(weights_only=False), pickle.load)."
+    import pickle
+
+    class Payload:
+        def __reduce__(self): return (open, (str(marker), "w"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if raw_pickle: path.write_bytes(pickle.dumps({"optimizer_state_dict": Payload()}))
+    else: torch.save({"optimizer_state_dict": Payload()}, path)
+
+
+def test_planted_shards_in_a_fresh_out_are_never_read(data, tmp_path):
+    """A new --out whose deepspeed/latest/ and deepspeed/latest.tmp/ already hold shard-named payloads (rank 0's and an
+    extra rank's optimizer shard, the model states): after each save rank 0 merges every *_optim_states.pt of the tag
+    folder, so a planted one ran. The trainer saves into an emptied folder, merges only the files this run wrote, and
+    clears the old ones unread: the run either trains or refuses cleanly, and the marker is never created."""
+    out, marker = tmp_path / "fresh", tmp_path / "pwned"
+    for tag in ("latest", "latest.tmp", "best"):
+        for f in ("zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_2_mp_rank_00_optim_states.pt", "mp_rank_00_model_states.pt"):
+            plant(out / "deepspeed" / tag / f, marker)
+    r = ds(data, out, "--max-steps", "3", "--eval-every", "3", "--deepspeed", "--zero-stage", "2")
+    assert not marker.exists()
+    if r.returncode == 0:
+        assert sorted(p.name for p in (out / "deepspeed" / "latest").iterdir()) == [
+            "mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+        assert torch.load(out / "latest.pt", weights_only=True)["step"] == 3
+    else: fails_cleanly(r, str(out))
+
+
+@pytest.fixture(scope="module")
+def stopped(data, tmp_path_factory):
+    "A ZeRO-2 run on 2 processes, stopped at step 3 of 6: its deepspeed/latest/ holds a model and two optimizer shards."
+    out = tmp_path_factory.mktemp("stopped") / "run"
+    r = ds(data, out, "--max-steps", "6", "--eval-every", "100", "--stop-at", "3", "--deepspeed", "--zero-stage", "2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+@pytest.mark.parametrize("how", ["replace rank 1's optimizer shard", "add a raw pickle", "add a torch.save file"])
+def test_resume_refuses_a_planted_shard(stopped, tmp_path, how):
+    """--resume: every rank loads each file of the tag folder with weights_only=True (only SHARD_GLOBALS allowed) before
+    DeepSpeed's load_checkpoint (weights_only=False) sees any. A planted file ends the command with one line naming it;
+    the marker is never created, and the run's other files are unchanged."""
+    import shutil
+    out, marker = tmp_path / "run", tmp_path / "pwned"
+    shutil.copytree(stopped, out)
+    tag = out / "deepspeed" / "latest"
+    bad = {"replace rank 1's optimizer shard": tag / "zero_pp_rank_1_mp_rank_00_optim_states.pt",
+           "add a raw pickle": tag / "extra_optim_states.pt", "add a torch.save file": tag / "a_model_states.pt"}[how]
+    plant(bad, marker, raw_pickle=how == "add a raw pickle")
+    before = checksums(out)
+    r = ds(json.loads((out / "config.json").read_text())["train"]["data"], out, "--max-steps", "6", "--eval-every", "100", "--resume",
+           "--deepspeed", "--zero-stage", "2")
+    assert not marker.exists()
+    fails_cleanly(r, str(bad), "did not write")
+    assert checksums(out) == before
+
+
+def test_safe_load_accepts_every_shard_deepspeed_writes(runs):
+    """The allow-list is enough: every file of every run above (ZeRO 1-3, offload, recompute; model and optimizer
+    shards) passes verify_shards, and a check that it can fail: a file holding a class outside it is refused."""
+    from minillm.ds import verify_shards
+    from minillm.utils import UserError
+    for name, out in runs.items():
+        if name == "ddp": continue
+        for tag in ("latest", "best"): verify_shards(out / "deepspeed" / tag)
+    import argparse, tempfile
+    with tempfile.TemporaryDirectory() as d:
+        torch.save({"x": argparse.Namespace(a=1)}, Path(d) / "mp_rank_00_model_states.pt")   # harmless, but not a type DeepSpeed writes
+        with pytest.raises(UserError, match="did not write"): verify_shards(Path(d))
+
+
+# --- one micro batch ---------------------------------------------------------------------------------------------
+
+def test_the_sampler_draws_the_engines_micro_batch(data, tmp_path):
+    """A ds_config's train_micro_batch_size_per_gpu (2) wins over --micro-batch (4), and the sampler must draw what the
+    engine was built for: the Trainer builds its sampler from the config it was given, so the DeepSpeed trainer
+    rebuilds it from the resolved one. Before, the engine expected 2 while every batch held 4."""
+    cfg = tmp_path / "ds.json"
+    cfg.write_text(json.dumps({"train_micro_batch_size_per_gpu": 2, "zero_optimization": {"stage": 1}}))
+    code = ("import json, sys\nfrom minillm.train import build_configs, train_parser\nfrom minillm.ds import DeepSpeedTrainer\n"
+            "mc, tc = build_configs(train_parser().parse_args(sys.argv[1:]))\nt = DeepSpeedTrainer(mc, tc)\nx, y = t.sampler.next_batch()\n"
+            "print(json.dumps(dict(sampler=x.shape[0], engine=t.engine.train_micro_batch_size_per_gpu(), cfg=t.cfg.micro_batch)))")
+    r = subprocess.run([sys.executable, "-c", code, "--data", str(data), "--out", str(tmp_path / "o"), *TINY, "--deepspeed", str(cfg)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got == dict(sampler=2, engine=2, cfg=2), got
+    assert "micro batch 2 from" in r.stdout
+
+
+# --- bad --deepspeed values: one line, before anything starts -----------------------------------------------------
+
+def _unreadable(p: Path) -> Path:
+    p.write_text("{}"); p.chmod(0); return p
+
+
+BAD_DS = {   # name: (write the value into folder d -> the --deepspeed argument, strings stderr must hold)
+    "misspelled shipped name": (lambda d: "zero3max", ["--deepspeed zero3max", "zero2-offload", "zero3-max", "did you mean zero3-max"]),
+    "missing file": (lambda d: str(d / "nope.json"), ["nope.json", "no such file", "shipped"]),
+    "a JSON list": (lambda d: (d / "l.json").write_text("[1, 2]") and str(d / "l.json"), ["l.json", "JSON object", "a list"]),
+    "a JSON number": (lambda d: (d / "n.json").write_text("3") and str(d / "n.json"), ["n.json", "JSON object", "a number"]),
+    "a syntax error": (lambda d: (d / "s.json").write_text('{\n  "zero_optimization": {"stage": 2},\n  "bf16": {enabled: true}\n}') and str(d / "s.json"),
+                       ["s.json", "not valid JSON at line 3"]),
+    "an empty file": (lambda d: (d / "e.json").write_text("") is not None and str(d / "e.json"), ["e.json", "not valid JSON at line 1"]),
+    "a folder": (lambda d: str(d), [" cannot read it", "give a readable ds_config.json"]),
+    "not UTF-8": (lambda d: (d / "b.json").write_bytes(b"\xff\xfe\x00{") and str(d / "b.json"), ["b.json", "not UTF-8"]),
+    "a section that is not an object": (lambda d: (d / "z.json").write_text('{"zero_optimization": 2}') and str(d / "z.json"),
+                                        ["z.json", "zero_optimization must be an object"]),
+    "a batch size that is a string": (lambda d: (d / "m.json").write_text('{"train_micro_batch_size_per_gpu": "4"}') and str(d / "m.json"),
+                                      ["m.json", "train_micro_batch_size_per_gpu must be a positive integer"]),
+    "unreadable": (lambda d: str(_unreadable(d / "u.json")), ["u.json", "cannot read it"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_DS))
+def test_bad_deepspeed_value_fails_cleanly(data, tmp_path, case):
+    """Each bad --deepspeed value ends `minillm train` (one process, no launcher) with one line naming the value or the
+    file and what to give instead, before DeepSpeed starts: exit 1, no traceback, no run folder made."""
+    if case == "unreadable" and os.geteuid() == 0: pytest.skip("root reads a file without read permission")
+    d = tmp_path / "cfg"; d.mkdir()
+    make, names = BAD_DS[case]
+    out = tmp_path / "out"
+    r = cli("train", "--data", data, "--out", out, *TINY, "--max-steps", "2", "--deepspeed", make(d))
+    fails_cleanly(r, "minillm train", *names, rc=1)
+    assert len(r.stderr.strip().splitlines()) <= 3 and "DeepSpeed ZeRO" not in r.stdout
+    assert not out.exists()

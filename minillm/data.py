@@ -355,8 +355,9 @@ def _ignore_sigint():
 
 def _init_worker(tok):
     global _worker_tok
-    _ignore_sigint()
     _worker_tok = tok
+
+def _init_pool_worker(tok): _ignore_sigint(); _init_worker(tok)
 
 def _encode_docs(docs: list[str]) -> np.ndarray:
     ids = []
@@ -381,7 +382,7 @@ def encode_corpus(texts: Iterable[str], tok: Tokenizer, workers: int | None = No
     if method == "spawn" and type(tok).__module__ == "__main__": workers = 1   # a notebook-defined class can't reach spawned workers
     if workers == 1:
         m._init_worker(tok); yield from map(m._encode_docs, _batches(texts, docs_per_task)); return
-    with mp.get_context(method).Pool(workers, initializer=m._init_worker, initargs=(tok,)) as pool:
+    with mp.get_context(method).Pool(workers, initializer=m._init_pool_worker, initargs=(tok,)) as pool:
         yield from pool.imap(m._encode_docs, _batches(texts, docs_per_task), chunksize=1)
 
 # %% ../nbs/02_data.ipynb #2ce45e1d

@@ -32,7 +32,7 @@ from .utils import write_atomic, write_json
 __all__ = ['EOT', 'TOKENIZER_FIX', 'VAL_EVERY', 'SMALL_CORPUS', 'CORPORA', 'DATA_FIX', 'SHARD_DTYPES', 'split_specials',
            'Tokenizer', 'ByteTokenizer', 'file_error', 'read_text_file', 'read_json_file', 'Corpus', 'BuiltinCorpus',
            'take_chars', 'read_utf8', 'text_documents', 'jsonl_documents', 'LocalCorpus', 'cache_dir', 'sha256_file',
-           'download', 'RemoteFile', 'RemoteCorpus', 'get_corpus', 'shard_dtype', 'encode_corpus', 'sigint_deferred',
+           'download', 'RemoteFile', 'RemoteCorpus', 'get_corpus', 'sigint_deferred', 'shard_dtype', 'encode_corpus',
            'write_shards', 'read_meta', 'TokenDataset', 'TrainSampler', 'eval_batches', 'verify_data']
 
 # %% ../nbs/02_data.ipynb #ad5ec00e
@@ -353,6 +353,17 @@ def _ignore_sigint():
     "In a worker process: leave Ctrl-C to the parent, which stops the pool and cleans up (no traceback per worker)."
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
+@contextmanager
+def sigint_deferred():
+    "Hold Ctrl-C until the block ends (main thread only): renames that must happen together, forking workers."
+    if threading.current_thread() is not threading.main_thread(): yield; return
+    got = []
+    old = signal.signal(signal.SIGINT, lambda *a: got.append(1))
+    try: yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+        if got and old is not signal.SIG_IGN: raise KeyboardInterrupt
+
 def _init_worker(tok):
     global _worker_tok
     _worker_tok = tok
@@ -382,7 +393,9 @@ def encode_corpus(texts: Iterable[str], tok: Tokenizer, workers: int | None = No
     if method == "spawn" and type(tok).__module__ == "__main__": workers = 1   # a notebook-defined class can't reach spawned workers
     if workers == 1:
         m._init_worker(tok); yield from map(m._encode_docs, _batches(texts, docs_per_task)); return
-    with mp.get_context(method).Pool(workers, initializer=m._init_pool_worker, initargs=(tok,)) as pool:
+    with sigint_deferred():                     # a Ctrl-C during the fork would be lost (swallowed in fork hooks)
+        pool = mp.get_context(method).Pool(workers, initializer=m._init_pool_worker, initargs=(tok,))
+    with pool:
         yield from pool.imap(m._encode_docs, _batches(texts, docs_per_task), chunksize=1)
 
 # %% ../nbs/02_data.ipynb #2ce45e1d
@@ -394,17 +407,6 @@ def _check_out_dir(out: Path, meta: dict):
     if prev.get("corpus") != meta["corpus"] or prev.get("tokenizer", {}).get("fingerprint") != meta["tokenizer"]["fingerprint"]:
         raise FileExistsError(f"{out} holds shards of corpus {prev.get('corpus')!r} with tokenizer {prev.get('tokenizer', {}).get('kind')} "
                               f"{prev.get('tokenizer', {}).get('fingerprint')}: choose another --out, or delete {out} first.")
-
-@contextmanager
-def sigint_deferred():
-    "Hold Ctrl-C until the block ends (main thread only), so a group of renames happens whole or not at all."
-    if threading.current_thread() is not threading.main_thread(): yield; return
-    got = []
-    old = signal.signal(signal.SIGINT, lambda *a: got.append(1))
-    try: yield
-    finally:
-        signal.signal(signal.SIGINT, old)
-        if got and old is not signal.SIG_IGN: raise KeyboardInterrupt
 
 def _write_ids(f, ids: np.ndarray):
     f.write(ids.tobytes())          # a plain write: a full disk raises OSError(ENOSPC); numpy's tofile loses the errno

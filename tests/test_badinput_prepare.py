@@ -194,7 +194,7 @@ def test_ctrl_c_keeps_the_previous_preparation(work, tmp_path, workers):
     while not (out / ".train.bin.tmp").exists():
         assert p.poll() is None and time.time() < deadline, "prepare ended before writing shards"
         time.sleep(0.005)
-    time.sleep(0.2)
+    time.sleep(0.01)                                       # about when the worker processes are forked: the riskiest moment
     os.killpg(p.pid, signal.SIGINT)
     _, err = p.communicate(timeout=120)
     r = subprocess.CompletedProcess(cmd, p.returncode, "", err)

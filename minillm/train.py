@@ -25,7 +25,7 @@ from .core import detect_hardware, peak_flops, seed_everything
 from .data import TokenDataset, TrainSampler, eval_batches, verify_data
 from .model import PRESETS, MiniLLM, ModelConfig, check_state_dict, config_from_checkpoint, flops_per_token, preset
 from .tokenizer import load_tokenizer
-from .utils import UserError, nonneg_float, nonneg_int, positive_float, positive_int, write_atomic, write_json
+from .utils import UserError, nonneg_float, nonneg_int, positive_float, positive_int, unit_float, write_atomic, write_json
 
 # %% auto #0
 __all__ = ['UNCAPPED', 'CHECKPOINT_KEYS', 'RUN_FILES', 'FLAGS', 'TrainConfig', 'accumulation_steps', 'param_groups', 'lr_at',
@@ -224,7 +224,10 @@ def _open_checkpoint(path: Path, map_location="cpu", need=CHECKPOINT_KEYS) -> tu
     if not path.exists(): return None, "no such file"
     if path.is_dir(): return None, "is a folder, not a checkpoint file"
     if path.stat().st_size == 0: return None, "is empty (0 bytes)"
-    try: ck = torch.load(path, map_location=map_location, weights_only=True)
+    import warnings
+    try:
+        with warnings.catch_warnings():            # torch warns about a file's pickle protocol while refusing it: the line below says it all
+            warnings.simplefilter("ignore"); ck = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError: return None, ("holds objects a minillm checkpoint never contains (code could run when such a file is "
                                                  "unpickled), so it was not opened")
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, IndexError, KeyError):

@@ -13,11 +13,11 @@ import torch
 
 from .core import detect_hardware, peak_flops, seed_everything
 from .model import MiniLLM, flops_per_token, preset
-from .utils import write_json
+from .utils import positive_float, positive_int, write_json
 
 # %% auto #0
-__all__ = ['VARIANT_ARGS', 'variant_config', 'train_throughput', 'generate_throughput', 'bench_model', 'bench_bpe', 'bench_train',
-           'bench_zero', 'bench_main']
+__all__ = ['VARIANT_ARGS', 'ZERO_MODES', 'variant_config', 'train_throughput', 'generate_throughput', 'bench_model', 'bench_bpe',
+           'bench_train', 'bench_zero', 'bench_main']
 
 # %% ../nbs/95_bench.ipynb #64feb25e
 VARIANT_ARGS = {"mha": dict(attention="mha"), "gqa": dict(attention="gqa"), "mqa": dict(attention="mqa"), "mla": dict(attention="mla")}
@@ -185,37 +185,38 @@ def bench_zero(data: str, procs: int = 2, steps: int = 30, preset_name: str = "d
 #| export
 def bench_main(argv: list[str] | None = None) -> int:
     "`minillm bench`: run a benchmark, print its figures, write them as JSON."
+    from minillm.model import PRESETS
     p = argparse.ArgumentParser(prog="minillm bench", description="Measure speed; print the figures and write them as JSON.")
     sub = p.add_subparsers(dest="name", required=True)
     m = sub.add_parser("model", help="forward+backward and generation throughput per preset, attention variant and backend")
-    m.add_argument("--presets", nargs="+", default=["demo", "tiny"])
-    m.add_argument("--variants", nargs="+", default=list(VARIANT_ARGS), choices=list(VARIANT_ARGS))
-    m.add_argument("--backends", nargs="+", default=["manual", "sdpa"], choices=["manual", "sdpa", "flash", "auto"])
-    m.add_argument("--device", default=None, help="cpu or cuda (default: the best available)")
-    m.add_argument("--batch", type=int, default=8)
-    m.add_argument("--seq-len", type=int, default=None, help="default: the preset's max_seq_len")
-    m.add_argument("--steps", type=int, default=3, help="timed training steps (after 2 warm-up steps)")
-    m.add_argument("--new-tokens", type=int, default=64)
+    m.add_argument("--presets", nargs="+", default=["demo", "tiny"], choices=list(PRESETS), help="model presets to time")
+    m.add_argument("--variants", nargs="+", default=list(VARIANT_ARGS), choices=list(VARIANT_ARGS), help="attention variants")
+    m.add_argument("--backends", nargs="+", default=["manual", "sdpa"], choices=["manual", "sdpa", "flash", "auto"], help="attention kernels")
+    m.add_argument("--device", default=None, choices=["cpu", "cuda"], help="cpu or cuda (default: the best available)")
+    m.add_argument("--batch", type=positive_int, default=8, help="sequences per step")
+    m.add_argument("--seq-len", type=positive_int, default=None, help="default: the preset's max_seq_len")
+    m.add_argument("--steps", type=positive_int, default=3, help="timed training steps (after 2 warm-up steps)")
+    m.add_argument("--new-tokens", type=positive_int, default=64, help="tokens generated per timing")
     m.add_argument("--json", default="bench-model.json", help="where to write the figures")
     b = sub.add_parser("bpe", help="BPE training (incremental vs naive) and encode throughput vs SentencePiece; prepare wall time")
-    b.add_argument("--sizes-mb", nargs="+", type=float, default=[1, 10])
-    b.add_argument("--vocabs", nargs="+", type=int, default=[1000, 8000])
-    b.add_argument("--workers", type=int, default=None)
+    b.add_argument("--sizes-mb", nargs="+", type=positive_float, default=[1, 10], help="MB of the built-in corpus to train on")
+    b.add_argument("--vocabs", nargs="+", type=_vocab, default=[1000, 8000], help="vocabulary sizes (>= 258)")
+    b.add_argument("--workers", type=positive_int, default=None, help="processes for encoding (default: the cores)")
     b.add_argument("--no-prepare", action="store_true", help="skip timing `minillm prepare --corpus builtin`")
     b.add_argument("--json", default="bench-bpe.json", help="where to write the figures")
     t = sub.add_parser("train", help="demo preset: tokens/s and val bits per byte after 1, 2, 5 minutes, with and without torch.compile")
     t.add_argument("--data", required=True, help="shards from `minillm prepare` (e.g. data/builtin-4096)")
-    t.add_argument("--budgets", nargs="+", type=float, default=[60, 120, 300])
-    t.add_argument("--compile", nargs="+", default=["off", "on"], choices=["off", "on"])
-    t.add_argument("--preset", default="demo")
+    t.add_argument("--budgets", nargs="+", type=positive_float, default=[60, 120, 300], help="seconds of training per run")
+    t.add_argument("--compile", nargs="+", default=["off", "on"], choices=["off", "on"], help="with and/or without torch.compile")
+    t.add_argument("--preset", default="demo", choices=list(PRESETS), help="model preset")
     t.add_argument("--json", default="bench-train.json", help="where to write the figures")
     z = sub.add_parser("zero", help="tokens/s (and GPU peak memory) of the plain trainer vs DeepSpeed ZeRO stages")
     z.add_argument("--data", required=True, help="shards from `minillm prepare`")
-    z.add_argument("--procs", type=int, default=None, help="processes (default: the GPUs, or 2 on a CPU)")
-    z.add_argument("--modes", nargs="+", default=None, help="plain, zero0..zero3, zero2-optimizer, zero3-all (default: plain zero2 on a CPU; plain zero0-3 on a GPU)")
-    z.add_argument("--steps", type=int, default=30)
-    z.add_argument("--preset", default="demo")
-    z.add_argument("--micro-batch", type=int, default=8)
+    z.add_argument("--procs", type=positive_int, default=None, help="processes (default: the GPUs, or 2 on a CPU)")
+    z.add_argument("--modes", nargs="+", default=None, choices=ZERO_MODES, help="plain, zero0..zero3, zero2-optimizer, zero3-all (default: plain zero2 on a CPU; plain zero0-3 on a GPU)")
+    z.add_argument("--steps", type=_min_steps, default=30, help="optimizer steps per mode (>= 7: tokens/s is timed after step 5)")
+    z.add_argument("--preset", default="demo", choices=list(PRESETS), help="model preset")
+    z.add_argument("--micro-batch", type=positive_int, default=8, help="sequences per process per step")
     z.add_argument("--json", default="bench-zero.json", help="where to write the figures")
     args = p.parse_args(argv)
     if args.name == "zero":
@@ -233,3 +234,16 @@ def bench_main(argv: list[str] | None = None) -> int:
     write_json(args.json, res)
     print(f"wrote {args.json}")
     return 0
+
+# %% ../nbs/95_bench.ipynb #f3b39116
+ZERO_MODES = ["plain", "zero0", "zero1", "zero2", "zero3", "zero2-optimizer", "zero3-optimizer", "zero3-all"]
+
+def _vocab(s: str) -> int:
+    v = positive_int(s)
+    if v < 258: raise argparse.ArgumentTypeError(f"{s!r}: a BPE vocabulary needs at least 258 entries (256 bytes, one special, one merge)")
+    return v
+
+def _min_steps(s: str) -> int:
+    v = positive_int(s)
+    if v < 7: raise argparse.ArgumentTypeError(f"{s!r}: use at least 7 (tokens/s is measured after step 5)")
+    return v

@@ -1,0 +1,24 @@
+"""Bad input to the smaller commands (`minillm bench`, `env`, `lessons`, the command itself): typed values
+with ranges, one line naming the flag, no traceback."""
+import pytest
+
+from badinput import cli, fails_cleanly
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["bench", "model", "--presets", "huge"], "--presets"), (["bench", "model", "--batch", "0"], "--batch"),
+    (["bench", "model", "--device", "tpu"], "--device"), (["bench", "model", "--steps", "2.5"], "--steps"),
+    (["bench", "bpe", "--vocabs", "100"], "--vocabs"), (["bench", "bpe", "--sizes-mb", "-1"], "--sizes-mb"),
+    (["bench", "train", "--data", "d", "--budgets", "0"], "--budgets"), (["bench", "zero", "--data", "d", "--steps", "3"], "--steps"),
+    (["bench", "zero", "--data", "d", "--modes", "zero9"], "--modes"), (["bench", "zero", "--data", "d", "--procs", "0"], "--procs"),
+    (["bench", "flops"], "flops"), (["env", "--jsn"], "--jsn"),
+])
+def test_bench_and_env_flags(args, flag):
+    "argparse refuses each before any work starts (exit 2), naming the flag or the unknown choice."
+    fails_cleanly(cli(*args), flag, rc=2)
+
+
+def test_bench_missing_data(tmp_path):
+    "A benchmark pointed at a missing data folder fails in one line naming it, and writes no JSON."
+    r = fails_cleanly(cli("bench", "train", "--data", tmp_path / "none", "--budgets", "1", "--compile", "off", "--json", tmp_path / "b.json"), "none")
+    assert not (tmp_path / "b.json").exists(), r.stderr

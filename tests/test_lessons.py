@@ -93,6 +93,9 @@ def test_reference_passes_and_whole_lesson_runs(name, tmp_path):
     ("10_memory.ipynb", "model_state_bytes", "def model_state_bytes(n_params, precision='bf16', n_tensors=0):\n    r = RECIPES[precision]\n"
      "    return dict(weights=r.weights * n_params, grads=r.grads * n_params, master=0, optimizer=r.moments * n_params + 4 * n_tensors)",
      ["wrong answer", "inputs:   (1000, 'bf16')", "'master': 4000"]),
+    # The bias moved with the load instead of against it: an overloaded expert gets chosen even more often.
+    ("08_moe.ipynb", "aux_free_update", "import torch\ndef aux_free_update(bias, loads, rate):\n    loads = loads.to(bias.dtype)\n"
+     "    return bias + rate * torch.sign(loads - loads.mean())", ["wrong answer"]),
     # Only the top level searched: a nested "auto" (bf16.enabled) slips through to DeepSpeed.
     ("13_deepspeed.ipynb", "find_auto", "def find_auto(d, path=''):\n    return [k for k, v in d.items() if v == 'auto']",
      ["wrong answer", "expected: ['bf16.enabled']", "got:      []"]),

@@ -74,9 +74,11 @@ def ffn_hidden(kind: str, dim: int, hidden: int | None = None, multiple_of: int 
     return multiple_of * math.ceil(8 * dim / 3 / multiple_of)
 
 # %% ../nbs/07_model.ipynb #2089e968
-ATTENTION, POSITIONAL, NORMS, FFNS = ("mha", "mqa", "gqa", "mla"), ("learned", "sinusoidal", "rope", "none"), ("layernorm", "rmsnorm"), ("gelu", "swiglu")
+ATTENTION, POSITIONAL, NORMS, FFNS = ("mha", "mqa", "gqa", "mla"), ("learned", "sinusoidal", "rope", "none"), ("layernorm", "rmsnorm"), ("gelu", "swiglu", "moe")
 LAYER_KEYS = ("attention", "num_heads", "num_kv_heads", "ffn", "ffn_hidden", "ffn_multiple_of", "backend",
-              "kv_lora_rank", "q_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
+              "kv_lora_rank", "q_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim",
+              "num_experts", "top_k", "num_shared_experts", "expert_hidden", "router", "balance", "aux_loss_coef",
+              "bias_update_rate", "capacity_factor", "z_loss_coef", "seq_aux_loss_coef")
 
 @dataclass
 class ModelConfig:
@@ -92,7 +94,7 @@ class ModelConfig:
     rope_theta: float = 10000.0
     norm: str = "rmsnorm"               # layernorm | rmsnorm
     norm_eps: float = 1e-5
-    ffn: str = "swiglu"                 # gelu | swiglu  (a later lesson adds moe)
+    ffn: str = "swiglu"                 # gelu | swiglu | moe (mixture of experts: lesson 08)
     ffn_hidden: int | None = None       # None: 4C (gelu) or 8/3 C rounded up to ffn_multiple_of (swiglu)
     ffn_multiple_of: int = 64
     dropout: float = 0.0
@@ -104,6 +106,17 @@ class ModelConfig:
     qk_nope_head_dim: int | None = None # MLA; None: head_dim
     qk_rope_head_dim: int | None = None # MLA decoupled RoPE dims; None: head_dim // 2
     v_head_dim: int | None = None       # MLA; None: head_dim
+    num_experts: int = 8                # MoE (ffn='moe', lesson 08): routed experts
+    top_k: int = 2                      # MoE: experts per token
+    num_shared_experts: int = 0         # MoE: experts every token uses
+    expert_hidden: int | None = None    # MoE: an expert's hidden size; None: the dense SwiGLU's
+    router: str = "softmax"             # MoE: softmax | sigmoid scores
+    balance: str = "aux_loss"           # MoE: none | aux_loss | aux_free
+    aux_loss_coef: float = 0.01         # MoE: weight of the load-balancing loss (balance='aux_loss')
+    bias_update_rate: float = 1e-3      # MoE: the aux-free bias step per optimizer step
+    capacity_factor: float | None = None  # MoE: slots per expert x (tokens x top_k / experts); None: no dropping
+    z_loss_coef: float = 1e-3           # MoE: router z-loss weight
+    seq_aux_loss_coef: float = 0.0      # MoE: sequence-wise balance loss weight
     init_std: float = 0.02
     layers: list[dict] | None = None
 
@@ -143,6 +156,8 @@ def _layer_problems(c: ModelConfig, where: str = "") -> list[str]:
     if c.attention not in ATTENTION: p.append(f"{where}attention={c.attention!r}: use one of {ATTENTION}")
     if c.ffn not in FFNS: p.append(f"{where}ffn={c.ffn!r}: use one of {FFNS}")
     if c.backend not in ("auto", "manual", "sdpa", "flash"): p.append(f"{where}backend={c.backend!r}: use auto, manual, sdpa or flash")
+    from minillm.moe import moe_problems       # here, not at the top: minillm.moe imports this module
+    p += [where + m for m in moe_problems(c)]  # the MoE fields' types and ranges, checked for every layer (dense ones too)
     if p or _field_problem("embed_dim", c.embed_dim): return p          # the checks below need well-typed sizes
     if c.embed_dim % c.num_heads:
         return p + [f"{where}embed_dim {c.embed_dim} is not divisible by num_heads {c.num_heads}: pick num_heads that divides it"]
@@ -258,6 +273,10 @@ def make_attention(c: ModelConfig) -> nn.Module:
     return GroupedQueryAttention(c.embed_dim, c.num_heads, c.kv_heads, c.bias, c.dropout, c.backend, rope)
 
 def make_ffn(c: ModelConfig) -> nn.Module:
+    "The feed-forward layer a (resolved, per-layer) config asks for: GELU MLP, SwiGLU, or a mixture of SwiGLU experts."
+    if c.ffn == "moe":
+        from minillm.moe import MoE
+        return MoE.from_config(c)
     hidden = ffn_hidden(c.ffn, c.embed_dim, c.ffn_hidden, c.ffn_multiple_of)
     return (MLP if c.ffn == "gelu" else SwiGLU)(c.embed_dim, hidden, c.bias, c.dropout)
 
@@ -316,6 +335,8 @@ class MiniLLM(nn.Module):
         self.apply(self._init_weights)
         for name, p in self.named_parameters():   # projections into the residual stream
             if name.endswith(("attn.o_proj.weight", "ffn.proj.weight")): nn.init.normal_(p, 0.0, c.init_std / math.sqrt(2 * c.num_layers))
+        for blk in self.blocks:                   # MoE layers hold their experts as raw tensors: they initialise themselves
+            if hasattr(blk.ffn, "init_weights"): blk.ffn.init_weights(c.init_std, c.init_std / math.sqrt(2 * c.num_layers))
 
     def _checkpoint(self, fn, *args):
         if self.checkpoint_fn is None: return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
@@ -442,11 +463,14 @@ MiniLLM.generate = generate
 
 # %% ../nbs/07_model.ipynb #5470886b
 def num_params(self: MiniLLM, kind: str = "total") -> int:
-    "'total' (unique tensors), 'non_embedding' (without the token and learned-position tables) or 'active' (per token)."
+    "'total' (unique tensors), 'non_embedding' (without the token and learned-position tables) or 'active' (per token: MoE layers count top_k experts)."
     if kind not in ("total", "non_embedding", "active"): raise ValueError(f"kind={kind!r}: use 'total', 'non_embedding' or 'active'")
     total = sum(p.numel() for p in self.parameters())
     if kind == "non_embedding":
         return total - self.tok_emb.weight.numel() - (self.pos_emb.weight.numel() if self.pos_emb is not None else 0)
+    if kind == "active":                          # a MoE layer's token uses top_k of its num_experts experts
+        from minillm.moe import moe_layers
+        return total - sum((m.num_experts - m.top_k) * 3 * m.dim * m.expert_hidden for _, m in moe_layers(self))
     return total
 
 def _attn_params(c: ModelConfig) -> tuple[int, int, int, int]:
@@ -466,19 +490,26 @@ def _attn_params(c: ModelConfig) -> tuple[int, int, int, int]:
     return w + b * (h * hd + 2 * kv * hd + C), w, hd, hd
 
 def param_formula(c: ModelConfig) -> dict:
-    "Closed-form parameter counts from the config alone: total, non_embedding, and `matmul`, the weights N used for FLOPs."
+    """Closed-form parameter counts from the config alone: total, non_embedding, active (per token: a MoE layer's unused
+    experts left out), and `matmul`, the weights N used for FLOPs (active ones only)."""
+    from minillm.moe import moe_params
     C, norm = c.embed_dim, c.embed_dim * (2 if c.norm == "layernorm" and c.bias else 1)
-    layers, matmul = 0, c.vocab_size * C                      # the LM head multiplies, tied or not
+    layers, matmul, inactive = 0, c.vocab_size * C, 0         # the LM head multiplies, tied or not
     for i in range(c.num_layers):
         lc = c.layer(i)
         attn, attn_w, _, _ = _attn_params(lc)
+        if lc.ffn == "moe":
+            H = lc.expert_hidden or ffn_hidden("swiglu", C, lc.ffn_hidden, lc.ffn_multiple_of)
+            mp = moe_params(C, lc.num_experts, lc.top_k, H, lc.num_shared_experts, c.bias)
+            layers, matmul, inactive = layers + attn + mp["total"] + 2 * norm, matmul + attn_w + mp["matmul"], inactive + mp["total"] - mp["active"]
+            continue
         H = ffn_hidden(lc.ffn, C, lc.ffn_hidden, lc.ffn_multiple_of)
         ffn_w = (2 if lc.ffn == "gelu" else 3) * C * H
         layers += attn + ffn_w + c.bias * ((H if lc.ffn == "gelu" else 2 * H) + C) + 2 * norm
         matmul += attn_w + ffn_w
     emb = c.vocab_size * C + (c.max_seq_len * C if c.positional == "learned" else 0)
     total = emb + layers + norm + (0 if c.tie_embeddings else c.vocab_size * C)
-    return {"total": total, "non_embedding": total - emb, "matmul": matmul}
+    return {"total": total, "non_embedding": total - emb, "active": total - inactive, "matmul": matmul}
 
 def flops_per_token(c: ModelConfig, seq_len: int | None = None) -> int:
     "Training FLOPs per token (forward + backward), PaLM convention: 6N + 6 L T h (d_qk + d_v)."
@@ -528,6 +559,8 @@ PRESETS: dict[str, dict] = {
     "medium": dict(vocab_size=50304, embed_dim=768,  num_heads=12, num_layers=12, max_seq_len=1024),
     "large":  dict(vocab_size=50304, embed_dim=1024, num_heads=16, num_layers=24, max_seq_len=1024),
     "xl":     dict(vocab_size=50304, embed_dim=1600, num_heads=25, num_layers=48, max_seq_len=1024),
+    # demo's attention and embeddings; 8 experts of hidden 192, 2 per token: the active parameters of demo's SwiGLU (hidden 384)
+    "moe":    dict(vocab_size=4096,  embed_dim=128,  num_heads=4,  num_layers=4,  max_seq_len=128, ffn="moe", num_experts=8, top_k=2, expert_hidden=192),
 }
 
 def preset(name: str, **overrides) -> ModelConfig:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from .core import detect_hardware, peak_flops, seed_everything
 from .data import TokenDataset, TrainSampler, eval_batches, verify_data
+from .moe import moe_layers, moe_losses, moe_metrics, moe_step
 from .model import PRESETS, MiniLLM, ModelConfig, check_state_dict, config_from_checkpoint, flops_per_token, preset
 from .tokenizer import load_tokenizer
 from .utils import UserError, nonneg_float, nonneg_int, positive_float, positive_int, unit_float, write_atomic, write_json
@@ -278,6 +279,7 @@ class Trainer:
         seed_everything(cfg.seed)
         self.raw = MiniLLM(model_config).to(self.d.device)
         self.raw.activation_checkpointing = cfg.activation_checkpointing
+        self.moe = bool(moe_layers(self.raw))    # MoE layers: balancing losses join the loss, loads are counted per optimizer step
         self._setup_engine()
         self.train_data, self.val_data = TokenDataset(cfg.data, "train"), TokenDataset(cfg.data, "val")
         self.sampler = TrainSampler(self.train_data, self.T, self.cfg.micro_batch, self.d.rank, self.d.world_size, cfg.seed)   # the engine's micro batch
@@ -325,8 +327,9 @@ class Trainer:
         return w
 
     def describe(self) -> str:
-        n = self.raw.num_params()
-        return (f"model {n / 1e6:.2f}M params ({self.model_config.num_layers} layers, dim {self.model_config.embed_dim}, {self.model_config.attention}, "
+        n, active = self.raw.num_params(), self.raw.num_params("active")
+        moe = f", {active / 1e6:.2f}M active per token" if active != n else ""
+        return (f"model {n / 1e6:.2f}M params{moe} ({self.model_config.num_layers} layers, dim {self.model_config.embed_dim}, {self.model_config.attention}, "
                 f"{self.model_config.positional}) | {self.d.world_size} x {self.d.device.type} | precision {self.precision} | "
                 f"batch {self.cfg.micro_batch} x {self.T} x {self.d.world_size} ranks x {self.accum} accumulation = "
                 f"{self.cfg.micro_batch * self.T * self.d.world_size * self.accum:,} tokens/step")
@@ -343,9 +346,10 @@ def accumulate(self: Trainer) -> torch.Tensor:
         x, y = (t.to(self.d.device, non_blocking=True) for t in self.sampler.next_batch())
         sync = contextlib.nullcontext() if i == self.accum - 1 or self.d.world_size == 1 else self.model.no_sync()
         with sync, torch.autocast(self.d.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            loss = self.model(x, labels=y)[1] / self.accum
+            lm = self.model(x, labels=y)[1]
+            loss = (lm + moe_losses(self.raw)) / self.accum if self.moe else lm / self.accum   # balancing losses: trained, not logged
             self.scaler.scale(loss).backward()
-        total += loss.detach()
+        total += lm.detach() / self.accum
     return total
 
 def optimizer_step(self: Trainer):
@@ -360,6 +364,7 @@ def train_step(self: Trainer) -> float:
     "One optimizer step; returns the mean loss (averaged across ranks)."
     total = self.accumulate()
     self.optimizer_step()
+    if self.moe: moe_step(self.raw)          # once per optimizer step, every rank: loads summed across ranks, aux-free biases move
     if self.d.world_size > 1: dist.all_reduce(total, op=dist.ReduceOp.AVG)
     self.step += 1
     return total.item()
@@ -528,8 +533,11 @@ def fit(self: Trainer, resume: bool | str | Path = False) -> dict:
             row = dict(step=self.step, loss=loss, lr=self._lr(), tokens_per_s=tokens / elapsed, elapsed_s=elapsed)
             if self.peak: row["mfu"] = row["tokens_per_s"] * self.flops / self.peak / self.d.world_size
             if self.d.device.type == "cuda": row["mem_gb"] = torch.cuda.max_memory_allocated(self.d.device) / 1e9
+            moe = moe_metrics(self.raw) if self.moe else {}
+            row.update({k: v for k, v in moe.items() if k != "moe_load"})
             if self.step % cfg.eval_every == 0 or self.step == self.max_steps:
                 last = self.evaluate(); row.update(last)
+                if "moe_load" in moe: row["moe_load"] = moe["moe_load"]       # per layer, per expert: at evaluations only
                 if last["val_loss"] < self.best: self.best = last["val_loss"]; self.save("best.pt")
                 self.save("latest.pt")
             if cfg.keep_every and self.step % cfg.keep_every == 0: self.save(f"step_{self.step:07d}.pt")

@@ -158,7 +158,22 @@ def _attention_items(c: ModelConfig, b: int, t: int, scheme: str, device: str, b
     if scheme == "amp": items.append(("16-bit weight copies (autocast)", 2 * _attn_params(c)[1]))
     return [("attention: " + k, v) for k, v in items if v]
 
+def _moe_items(c: ModelConfig, b: int, t: int, scheme: str, device: str) -> list[tuple[str, int]]:
+    "Saved bytes of one MoE layer in training (no capacity dropping: all N x top_k slots run; dropping only lowers it)."
+    N, C, E, k, S = b * t, c.embed_dim, c.num_experts, c.top_k, c.num_shared_experts
+    H, s, slots = c.expert_hidden or ffn_hidden("swiglu", C, c.ffn_hidden, c.ffn_multiple_of), 4 if scheme == "fp32" else 2, N * c.top_k
+    items = [("moe: router logits, probabilities (fp32, N x E)", 4 * N * E * (2 if c.z_loss_coef or c.router == "sigmoid" else 1) + (4 * N if c.z_loss_coef else 0)),
+             ("moe: chosen ids, gates (N x top_k)", 8 * slots + (4 * slots + 4 * N if k > 1 else 0)),
+             ("moe: sorted slots' token ids and order (int64)", 2 * 8 * slots),
+             ("moe: routed tokens (16-bit: one copy per input projection), expert outputs, gated (top_k x N x C each)", (6 if scheme == "half" else 12) * slots * C + 4 * slots),
+             ("moe: experts' gate, up, silu(gate), product (4 x top_k x N x H)", 4 * s * slots * H)]
+    if S: items.append(("moe: shared experts' gate, up, silu(gate), product", 4 * s * N * S * H))
+    if c.dropout: items.append(("moe: dropout mask", (1 if device == "cuda" else s) * N * C))
+    if scheme == "amp": items.append(("moe: 16-bit weight copies (autocast)", 2 * (3 * (E + S) * C * H + C * E)))
+    return items
+
 def _ffn_items(c: ModelConfig, b: int, t: int, scheme: str, device: str) -> list[tuple[str, int]]:
+    if c.ffn == "moe": return _moe_items(c, b, t, scheme, device)
     n, s, H = b * t, 4 if scheme == "fp32" else 2, ffn_hidden(c.ffn, c.embed_dim, c.ffn_hidden, c.ffn_multiple_of)
     items = [("ffn: gate, up, silu(gate), product (4H)", 4 * s * n * H)] if c.ffn == "swiglu" else [("ffn: fc output, gelu output (2H)", 2 * s * n * H)]
     if c.dropout: items.append(("ffn: dropout mask", (1 if device == "cuda" else s) * n * c.embed_dim))
@@ -167,6 +182,10 @@ def _ffn_items(c: ModelConfig, b: int, t: int, scheme: str, device: str) -> list
 
 # %% ../nbs/10_memory.ipynb #ce030419
 CHECKPOINTING = ("none", "selective", "full")
+
+def _ffn_consumers(c: ModelConfig) -> int:
+    "Linears that read the FFN's input: GELU's fc; SwiGLU's gate and up; a MoE's router and its shared experts' gate and up."
+    return {"gelu": 1, "swiglu": 2}.get(c.ffn, 1 + 2 * c.num_shared_experts)
 
 def activation_inventory(c: ModelConfig, seq_len: int, micro_batch: int, scheme: str = "fp32", device: str = "cuda",
                          backend: str | None = None, checkpointing: str = "none", checkpoint_layers: int | None = None) -> list[tuple[str, str, int]]:
@@ -192,7 +211,7 @@ def activation_inventory(c: ModelConfig, seq_len: int, micro_batch: int, scheme:
             norm1 = norm1[:-1] + [("output (kept by the checkpoint)", r * n * C if scheme != "amp" else 4 * n * C)]
         out += [(w, "norm1 " + k, v) for k, v in norm1]
         if ck == "none": out += [(w, k, v) for k, v in _attention_items(lc, b, t, scheme, device, backend)]
-        out += [(w, "norm2 " + k, v) for k, v in _norm_items(lc.norm, n, C, scheme, 1 if lc.ffn == "gelu" else 2, lc.embed_dim)]
+        out += [(w, "norm2 " + k, v) for k, v in _norm_items(lc.norm, n, C, scheme, _ffn_consumers(lc), lc.embed_dim)]
         out += [(w, k, v) for k, v in _ffn_items(lc, b, t, scheme, device)]
     out += [("head", "final norm " + k, v) for k, v in _norm_items(c.norm, n, C, scheme, 1, C)]
     if scheme == "amp": out.append(("head", "16-bit LM-head weight copy (autocast)", 2 * V * C))

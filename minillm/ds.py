@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 from .core import detect_hardware
 from .data import TrainSampler
+from .moe import moe_losses
 from .memory import bucket_elements, zero_bytes, tensor_bytes
 from .train import (Trainer, TrainConfig, param_groups, accumulation_steps, rng_state, set_rng_state, save_checkpoint,
                            load_checkpoint, check_compatible)
@@ -200,7 +201,7 @@ class DeepSpeedTrainer(Trainer):
         self.model = self.engine
         if "activation_checkpointing" in c:                       # the config's section is what the model uses
             ds.checkpointing.configure(None, deepspeed_config=c)  # after initialize: it reads the world size from DeepSpeed's communication
-            self.raw.checkpoint_fn = ds.checkpointing.checkpoint
+            if not self.moe: self.raw.checkpoint_fn = ds.checkpointing.checkpoint   # MoE: torch's non-reentrant one keeps the balancing losses' graph
             if self.raw.activation_checkpointing in (False, "none"): self.raw.activation_checkpointing = "full"
         if self.d.main: write_json(Path(cfg.out) / "ds_config.json", c)
 
@@ -208,7 +209,8 @@ class DeepSpeedTrainer(Trainer):
         off = self.ds_config["zero_optimization"]
         where = [k.removeprefix("offload_") for k in ("offload_optimizer", "offload_param") if k in off]
         return (super().describe() + f" | DeepSpeed ZeRO-{self.zero_stage}" + (f", {' and '.join(where)} offloaded to CPU" if where else "")
-                + (", activations recomputed (deepspeed.checkpointing)" if "activation_checkpointing" in self.ds_config else ""))
+                + (f", activations recomputed ({'torch non-reentrant checkpoint: MoE' if self.moe else 'deepspeed.checkpointing'})"
+                   if "activation_checkpointing" in self.ds_config else ""))
 
 # %% ../nbs/13_deepspeed.ipynb #393b16e4
 def _ds_accumulate(self: DeepSpeedTrainer) -> torch.Tensor:
@@ -218,9 +220,9 @@ def _ds_accumulate(self: DeepSpeedTrainer) -> torch.Tensor:
     for _ in range(self.accum):
         x, y = (t.to(self.d.device, non_blocking=True) for t in self.sampler.next_batch())
         loss = self.engine(x, labels=y)[1]
-        self.engine.backward(loss)           # scaled by 1/accum inside; gradients reduced across ranks at the boundary
+        self.engine.backward(loss + moe_losses(self.raw) if self.moe else loss)   # scaled by 1/accum inside; reduced at the boundary
         self.engine.step()                   # the optimizer steps (after clipping) only at the accumulation boundary
-        total += loss.detach().float() / self.accum
+        total += loss.detach().float() / self.accum   # MoE: the trainer's train_step calls moe_step after this whole step
     return total
 
 def _ds_optimizer_step(self: DeepSpeedTrainer): pass     # engine.step() did it

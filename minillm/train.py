@@ -604,14 +604,18 @@ def sample_text(model: MiniLLM, tok, prompt: str = "", max_new_tokens: int = 200
     eos = tok.eos_id if stop_at_eos else None
     g = torch.Generator(device=device).manual_seed(seed)
     new, shown = [], 0
+    class _End(Exception): pass
     def stream(nxt):
         nonlocal shown
-        if eos is not None and int(nxt[0]) == eos: return
+        if eos is not None and int(nxt[0]) == eos:
+            if new: raise _End                               # the document ended (an empty one is skipped: a new one starts)
+            return
         new.append(int(nxt[0]))
         text = tok.decode(new)
         stable = len(text.rstrip("\ufffd"))                 # hold back an incomplete UTF-8 character
         if on_text and stable > shown: on_text(text[shown:stable]); shown = stable
-    model.generate(torch.tensor([ids], device=device), max_new_tokens, temperature, top_k, top_p, eos_id=eos, generator=g, on_token=stream)
+    try: model.generate(torch.tensor([ids], device=device), max_new_tokens, temperature, top_k, top_p, generator=g, on_token=stream)
+    except _End: pass
     text = tok.decode(new)
     if on_text and len(text) > shown: on_text(text[shown:])
     return (prompt + text) if prompt else text

@@ -86,4 +86,4 @@ def test_main_job_short(venv_bin, root, tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "precision" in r.stdout and "val_bpb" in r.stdout and "sample:" in r.stdout and "time budget 15 s" in r.stdout
     s = minillm(venv_bin, "sample", "--run", str(tmp_path / "run"), "--max-new-tokens", "10")
-    assert s.returncode == 0 and s.stdout.strip(), s.stderr
+    assert s.returncode == 0 and len(s.stdout) >= 2, s.stderr     # a token at least (15 s of training may give only newlines), then the closing newline

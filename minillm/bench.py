@@ -17,7 +17,7 @@ from .utils import positive_float, positive_int, write_json
 
 # %% auto #0
 __all__ = ['VARIANT_ARGS', 'ZERO_MODES', 'variant_config', 'train_throughput', 'generate_throughput', 'bench_model', 'bench_bpe',
-           'bench_train', 'bench_zero', 'bench_main']
+           'bench_train', 'bench_zero', 'bench_main', 'dense_like_total', 'bench_moe']
 
 # %% ../nbs/95_bench.ipynb #64feb25e
 VARIANT_ARGS = {"mha": dict(attention="mha"), "gqa": dict(attention="gqa"), "mqa": dict(attention="mqa"), "mla": dict(attention="mla")}
@@ -218,11 +218,19 @@ def bench_main(argv: list[str] | None = None) -> int:
     z.add_argument("--preset", default="demo", choices=list(PRESETS), help="model preset")
     z.add_argument("--micro-batch", type=positive_int, default=8, help="sequences per process per step")
     z.add_argument("--json", default="bench-zero.json", help="where to write the figures")
+    e = sub.add_parser("moe", help="moe preset (per balancing method) vs demo (equal active params) vs a dense model of equal total params")
+    e.add_argument("--data", required=True, help="shards from `minillm prepare` (e.g. data/builtin-4096)")
+    e.add_argument("--budget", type=positive_float, default=300, help="seconds of training per run")
+    e.add_argument("--balance", nargs="+", default=["none", "aux_loss", "aux_free"], choices=["none", "aux_loss", "aux_free"], help="MoE balancing methods to run")
+    e.add_argument("--json", default="bench-moe.json", help="where to write the figures")
     args = p.parse_args(argv)
     if args.name == "zero":
         gpus = torch.cuda.device_count()
         res = bench_zero(args.data, args.procs or gpus or 2, args.steps, args.preset, args.micro_batch,
                          tuple(args.modes or (["plain", "zero0", "zero1", "zero2", "zero3"] if gpus else ["plain", "zero2"])))
+        write_json(args.json, res); print(f"wrote {args.json}"); return 0
+    if args.name == "moe":
+        res = bench_moe(args.data, args.budget, tuple(args.balance))
         write_json(args.json, res); print(f"wrote {args.json}"); return 0
     if args.name == "train":
         res = bench_train(args.data, tuple(args.budgets), tuple(c == "on" for c in args.compile), args.preset)
@@ -234,6 +242,43 @@ def bench_main(argv: list[str] | None = None) -> int:
     write_json(args.json, res)
     print(f"wrote {args.json}")
     return 0
+
+# %% ../nbs/95_bench.ipynb #8acd1327
+def dense_like_total(name: str = "moe", base: str = "demo", multiple_of: int = 64) -> tuple[int, int]:
+    "(ffn_hidden, total params) of `base` with the SwiGLU width whose total parameters are closest to preset `name`'s (meta device)."
+    from minillm.model import MiniLLM, preset
+    def total(**kw):
+        with torch.device("meta"): return MiniLLM(preset(**kw)).num_params("total")
+    target, lo = total(name=name), total(name=base, ffn_hidden=multiple_of)
+    per = (total(name=base, ffn_hidden=2 * multiple_of) - lo) / multiple_of        # parameters per unit of hidden width
+    h = max(multiple_of, multiple_of * round((multiple_of + (target - lo) / per) / multiple_of))
+    return h, total(name=base, ffn_hidden=h)
+
+def bench_moe(data: str, budget: float = 300, balances=("none", "aux_loss", "aux_free"), out: str | None = None, log=print) -> dict:
+    "The moe preset (per balancing method) vs demo (equal active params) vs a wide demo (equal total params), same time budget each."
+    import tempfile
+    from minillm.train import TrainConfig, Trainer
+    h, _ = dense_like_total("moe", "demo")
+    runs = [(f"moe balance={b}", "moe", dict(balance=b)) for b in balances]
+    runs += [("demo (equal active)", "demo", {}), (f"demo ffn_hidden={h} (equal total)", "demo", dict(ffn_hidden=h))]
+    res = dict(benchmark="moe", budget_s=budget, dense_total_ffn_hidden=h, hardware=asdict(detect_hardware()), runs=[])
+    for label, name, kw in runs:
+        rows = []
+        with tempfile.TemporaryDirectory() as d:
+            cfg = TrainConfig(data=data, out=out or d, time_budget=budget, max_steps=1_000_000, eval_every=10**6, eval_batches=20, log_every=1)
+            tr = Trainer(preset(name, **kw), cfg, log=lambda *a: None, callbacks=[rows.append]); final = tr.fit()
+        step_tokens = cfg.micro_batch * tr.T * tr.accum * tr.d.world_size
+        tps = _steady_tokens_per_s(rows, step_tokens) if len(rows) > 1 else rows[-1]["tokens_per_s"]
+        r = dict(run=label, preset=name, overrides=kw, steps=tr.step, tokens_per_s=tps, val_bpb=final.get("val_bpb"),
+                 total_params=tr.raw.num_params("total"), active_params=tr.raw.num_params("active"))
+        if "moe_maxvio" in rows[-1]:
+            tail = [x["moe_maxvio"] for x in rows[-50:]]
+            r.update(maxvio_run=rows[-1]["moe_maxvio_run"], maxvio_last50=sum(tail) / len(tail))
+        res["runs"].append(r)
+        mv = f"  MaxVio run {r['maxvio_run']:.2f}, last 50 {r['maxvio_last50']:.2f}" if "maxvio_run" in r else ""
+        log(f"{label:32} {r['steps']:>6} steps {tps:>9,.0f} tok/s  val_bpb {r['val_bpb']:.3f}  "
+            f"params {r['total_params'] / 1e6:.2f}M total, {r['active_params'] / 1e6:.2f}M active{mv}")
+    return res
 
 # %% ../nbs/95_bench.ipynb #f3b39116
 ZERO_MODES = ["plain", "zero0", "zero1", "zero2", "zero3", "zero2-optimizer", "zero3-optimizer", "zero3-all"]

@@ -254,7 +254,7 @@ def dense_like_total(name: str = "moe", base: str = "demo", multiple_of: int = 6
     h = max(multiple_of, multiple_of * round((multiple_of + (target - lo) / per) / multiple_of))
     return h, total(name=base, ffn_hidden=h)
 
-def bench_moe(data: str, budget: float = 300, balances=("none", "aux_loss", "aux_free"), out: str | None = None, log=print) -> dict:
+def bench_moe(data: str, budget: float = 300, balances=("none", "aux_loss", "aux_free"), out: str | None = None, eval_batches: int = 20, log=print) -> dict:
     "The moe preset (per balancing method) vs demo (equal active params) vs a wide demo (equal total params), same time budget each."
     import tempfile
     from minillm.train import TrainConfig, Trainer
@@ -265,8 +265,9 @@ def bench_moe(data: str, budget: float = 300, balances=("none", "aux_loss", "aux
     for label, name, kw in runs:
         rows = []
         with tempfile.TemporaryDirectory() as d:
-            cfg = TrainConfig(data=data, out=out or d, time_budget=budget, max_steps=1_000_000, eval_every=10**6, eval_batches=20, log_every=1)
+            cfg = TrainConfig(data=data, out=out or d, time_budget=budget, max_steps=1_000_000, eval_every=10**6, eval_batches=eval_batches, log_every=1)
             tr = Trainer(preset(name, **kw), cfg, log=lambda *a: None, callbacks=[rows.append]); final = tr.fit()
+            if "val_loss" not in final: final = tr.evaluate()     # a budget shorter than the first steps ends before the schedule's last step
         step_tokens = cfg.micro_batch * tr.T * tr.accum * tr.d.world_size
         tps = _steady_tokens_per_s(rows, step_tokens) if len(rows) > 1 else rows[-1]["tokens_per_s"]
         r = dict(run=label, preset=name, overrides=kw, steps=tr.step, tokens_per_s=tps, val_bpb=final.get("val_bpb"),
@@ -276,7 +277,7 @@ def bench_moe(data: str, budget: float = 300, balances=("none", "aux_loss", "aux
             r.update(maxvio_run=rows[-1]["moe_maxvio_run"], maxvio_last50=sum(tail) / len(tail))
         res["runs"].append(r)
         mv = f"  MaxVio run {r['maxvio_run']:.2f}, last 50 {r['maxvio_last50']:.2f}" if "maxvio_run" in r else ""
-        log(f"{label:32} {r['steps']:>6} steps {tps:>9,.0f} tok/s  val_bpb {r['val_bpb']:.3f}  "
+        log(f"{label:34} {r['steps']:>6} steps {tps:>9,.0f} tok/s  val_bpb {r['val_bpb']:.3f}  "
             f"params {r['total_params'] / 1e6:.2f}M total, {r['active_params'] / 1e6:.2f}M active{mv}")
     return res
 

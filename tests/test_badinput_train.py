@@ -239,14 +239,18 @@ def test_failed_start_leaves_no_folder(data, tmp_path):
 def test_sample_streams_and_keeps_text_on_ctrl_c(finished):
     "Ctrl-C during sampling: exit 130, one line, and what was printed stays printed."
     p = subprocess.Popen([str(BIN / "minillm"), "sample", "--run", str(finished), "--max-new-tokens", "100000", "--no-stop-at-eos",
-                          "--prompt", "x"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    os.set_blocking(p.stdout.fileno(), False)
-    got, deadline = b"", time.time() + 120
-    while len(got) < 20:
-        assert p.poll() is None and time.time() < deadline, p.stderr.read()
-        got += p.stdout.read() or b""; time.sleep(0.05)
-    p.send_signal(signal.SIGINT)
-    rest, err = p.communicate(timeout=60)
+                          "--prompt", "x"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))   # as a terminal gives it, even when the suite runs in the background
+    try:
+        os.set_blocking(p.stdout.fileno(), False)
+        got, deadline = b"", time.time() + 120
+        while len(got) < 20:
+            assert p.poll() is None and time.time() < deadline, p.stderr.read()
+            got += p.stdout.read() or b""; time.sleep(0.05)
+        p.send_signal(signal.SIGINT)
+        rest, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None: p.kill(); p.wait()
     assert p.returncode == 130 and b"Traceback" not in err and b"interrupted" in err, err
     assert (got + rest).startswith(b"x") and len(got + rest) >= 20
 

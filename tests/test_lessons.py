@@ -42,10 +42,14 @@ def exercise_index(nb, func):
     return i
 
 
-def upto_selfcheck(nb, func):
-    "The lesson up to the self-check of exercise `func`, and the index of the exercise cell."
+def upto_selfcheck(nb, func, name=None):
+    "The lesson up to the self-check of exercise `func`, and the index of the exercise cell; with `name`, earlier exercises hold the reference."
     i = exercise_index(nb, func)
     out = copy.deepcopy(nb); out.cells = out.cells[: i + 2]
+    for lesson, other in EXERCISES if name else ():
+        if lesson != name or other == func: continue
+        j = next((k for k, c in enumerate(out.cells) if c.cell_type == "code" and f"def {other}(" in c.source and "✏️" in c.source), None)
+        if j is not None: out.cells[j].source = reference_cell(name, other)     # an earlier exercise: solved, so its check passes
     return out, i
 
 
@@ -105,7 +109,7 @@ def test_reference_passes_and_whole_lesson_runs(name, tmp_path):
 ])
 def test_plausible_wrong_answer_is_rejected(name, func, wrong, shows, tmp_path):
     "A plausible mistake fails its self-check and the message shows inputs, expected and got."
-    nb, i = upto_selfcheck(load(name), func)
+    nb, i = upto_selfcheck(load(name), func, name)
     nb.cells[i].source = wrong
     with pytest.raises(CellExecutionError) as e: execute(nb, tmp_path)
     for s in shows: assert s in str(e.value), (s, str(e.value)[-1500:])

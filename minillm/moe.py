@@ -188,7 +188,7 @@ def load_balance_loss(probs: torch.Tensor, idx: torch.Tensor, num_experts: int) 
 # %% ../nbs/08_moe.ipynb #2a1d0e1d
 def aux_free_update(bias: torch.Tensor, loads: torch.Tensor, rate: float) -> torch.Tensor:
     "The new (E,) bias: bias_i + rate x sign(mean(loads) - loads_i), for float (E,) loads; of bias's dtype."
-    # hint: torch.sign of (the mean load minus each load): overloaded experts go down, an expert exactly at the mean stays.
+    # hint: an overloaded expert's bias goes down, an underloaded one's up, each by the same fixed step (not by how far off it is); one exactly at the mean stays.
     loads = loads.to(bias.dtype)
     return bias + rate * torch.sign(loads.mean() - loads)
 

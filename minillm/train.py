@@ -29,12 +29,13 @@ from .tokenizer import load_tokenizer
 from .utils import UserError, nonneg_float, nonneg_int, positive_float, positive_int, unit_float, write_atomic, write_json
 
 # %% auto #0
-__all__ = ['UNCAPPED', 'CHECKPOINT_KEYS', 'RUN_FILES', 'FLAGS', 'TrainConfig', 'accumulation_steps', 'param_groups', 'lr_at',
-           'Dist', 'setup_dist', 'choose_amp', 'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint',
-           'check_compatible', 'Trainer', 'accumulate', 'optimizer_step', 'train_step', 'evaluate', 'state', 'save',
-           'resume', 'run_files', 'clear_run', 'threading_main', 'Diverged', 'fit', 'LivePlot', 'load_model',
-           'sample_text', 'model_override', 'read_config_file', 'build_configs', 'train_parser', 'check_out',
-           'train_main', 'sample_parser', 'sample_main']
+__all__ = ['UNCAPPED', 'CHECKPOINT_KEYS', 'ENGINES', 'RUN_FILES', 'FLAGS', 'TrainConfig', 'accumulation_steps', 'param_groups',
+           'lr_at', 'Dist', 'setup_dist', 'choose_amp', 'rng_state', 'set_rng_state', 'save_checkpoint',
+           'load_checkpoint', 'check_compatible', 'engine_class', 'held_bytes', 'Engine', 'DDPEngine', 'Trainer',
+           'accumulate', 'train_step', 'evaluate', 'state', 'save', 'resume', 'run_files', 'clear_run',
+           'threading_main', 'Diverged', 'fit', 'LivePlot', 'load_model', 'sample_text', 'model_override',
+           'read_config_file', 'build_configs', 'train_parser', 'check_out', 'train_main', 'sample_parser',
+           'sample_main']
 
 # %% ../nbs/09_train.ipynb #9c1266ab
 UNCAPPED = 10**9        # max_steps when a time budget or --epochs decides the length
@@ -70,6 +71,8 @@ class TrainConfig:
     device: str = "auto"                 # auto | cpu | cuda | cuda:N
     tensorboard: bool = False
     wandb: bool = False
+    engine: str | None = None            # single | ddp | zero1 | zero2 | zero3 | fsdp | deepspeed (None: see Trainer.engine_name)
+    prefetch: bool = False               # zero3: gather the next block's weights while this one computes
     deepspeed: str | None = None         # None: no DeepSpeed; "": a ds_config built from these settings; or a ds_config.json path
     zero_stage: int | None = None        # DeepSpeed ZeRO stage 0-3 (None: 2 when DeepSpeed is on)
     offload: str = "none"                # DeepSpeed offload to CPU: none | optimizer | all (all: stage 3)
@@ -112,6 +115,11 @@ def _value_problems(c) -> list[str]:
     for k in ("beta1", "beta2"):
         if not 0 <= getattr(c, k) < 1: bad.append(f"{k}={getattr(c, k)}: must be in [0, 1)")
     if c.epochs is not None and c.max_steps != UNCAPPED: bad.append("epochs and max_steps both set the run's length: give one of them")
+    if c.engine is not None and c.engine not in ENGINES: bad.append(f"engine={c.engine!r}: use {', '.join(ENGINES)}")
+    ds_only = [f for f, on in (("deepspeed", c.deepspeed is not None), ("zero_stage", c.zero_stage is not None), ("offload", c.offload != "none")) if on]
+    if c.engine not in (None, "deepspeed") and ds_only:
+        bad.append(f"{', '.join(ds_only)}: DeepSpeed's settings, but engine={c.engine!r}: drop them, or use engine deepspeed")
+    if c.prefetch and c.engine != "zero3": bad.append(f"prefetch: only the zero3 engine prefetches (engine={c.engine!r}): drop it, or use engine zero3")
     if c.zero_stage not in (None, 0, 1, 2, 3): bad.append(f"zero_stage={c.zero_stage!r}: use 0, 1, 2 or 3")
     if not (c.device in ("auto", "cpu", "cuda") or c.device.startswith("cuda:")): bad.append(f"device={c.device!r}: use auto, cpu, cuda or cuda:N")
     return bad
@@ -260,9 +268,126 @@ def check_compatible(ckpt: dict, model_config: ModelConfig, tokenizer_fp: str):
     if ckpt["tokenizer"] != tokenizer_fp:
         raise ValueError(f"checkpoint was trained with tokenizer {ckpt['tokenizer']}, but --data uses {tokenizer_fp}: use the data it was trained on, or start a new --out.")
 
+# %% ../nbs/09_train.ipynb #2c0141cf
+ENGINES = {"single": "minillm.train.Engine", "ddp": "minillm.train.DDPEngine",
+           "zero1": "minillm.zero.Zero1Engine", "zero2": "minillm.zero.Zero2Engine", "zero3": "minillm.zero.Zero3Engine",
+           "fsdp": "minillm.zero.FSDPEngine", "deepspeed": "minillm.ds.DeepSpeedEngine"}
+
+def engine_class(name: str) -> type:
+    "The engine class registered as `name` in ENGINES, imported on first use."
+    import importlib
+    if name not in ENGINES: raise ValueError(f"--engine {name!r}: use one of {', '.join(ENGINES)}")
+    module, cls = ENGINES[name].rsplit(".", 1)
+    return getattr(importlib.import_module(module), cls)
+
+def held_bytes(tensors) -> int:
+    "Bytes held by `tensors` (each counted once by its storage)."
+    seen, total = set(), 0
+    for x in tensors:
+        if x is None: continue
+        x = x.to_local() if hasattr(x, "to_local") else x                   # a DTensor: this rank's piece
+        key = (x.untyped_storage().data_ptr(), x.device)
+        if key not in seen: seen.add(key); total += x.untyped_storage().nbytes()
+    return total
+
+# %% ../nbs/09_train.ipynb #aadb428e
+class Engine:
+    """How one optimizer step runs across the ranks. The contract every engine keeps (`t` is the trainer):
+
+    - `setup()`: choose precision (`t.precision`), wrap `t.raw` as `self.model`, build the optimizer from
+      `param_groups(t.raw, weight_decay)`.
+    - `backward(x, y, last) -> loss`: forward and backward of one micro-batch, its loss divided by `t.accum`;
+      `last` marks the accumulation boundary, where gradients cross ranks. Returns the LM loss, detached.
+    - `step(lr)`: clip to `grad_clip` (the norm of the whole model's gradient), update at `lr`, zero the gradients.
+    - `model_state()`, `optimizer_state()`: full fp32 weights, and the optimizer state in torch AdamW's layout
+      with full tensors. Collectives: every rank calls them; rank 0's result is saved.
+      `load_model_state(sd)`, `load_optimizer_state(sd)`: every rank is given those full dicts.
+    - `save(path, state)`, `load(path, ck) -> state`: write and read a checkpoint; `state` is the trainer's part.
+    - `describe()`: one line for the start-up log. `rank_bytes()`: bytes of weights, gradients and optimizer
+      state this rank holds right now.
+
+    This class is itself the `single` engine: one process, torch's AdamW."""
+    name = "single"
+    def __init__(self, trainer): self.t = trainer
+
+    def setup(self):
+        t, c = self.t, self.t.cfg
+        t.precision, self.amp_dtype = choose_amp(c.precision, t.d.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=t.precision == "fp16")
+        self.model = self.wrap(t.raw)
+        self.opt = self.build_optimizer(param_groups(t.raw, c.weight_decay))
+        if c.compile: self.model = torch.compile(self.model)
+
+    def wrap(self, raw: torch.nn.Module) -> torch.nn.Module: return raw
+    def build_optimizer(self, groups: list[dict]) -> torch.optim.Optimizer:
+        c = self.t.cfg
+        return torch.optim.AdamW(groups, lr=c.lr, betas=(c.beta1, c.beta2), fused=self.t.d.device.type == "cuda")
+    def no_sync(self): return contextlib.nullcontext()      # DDP: hold the gradient all-reduce until the last micro-batch
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        "(the loss to backpropagate: LM plus MoE balancing terms, the LM loss) of one micro-batch, under autocast."
+        t = self.t
+        with torch.autocast(t.d.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            lm = self.model(x, labels=y)[1]
+            return (lm + moe_losses(t.raw) if t.moe else lm), lm
+
+    def backward(self, x: torch.Tensor, y: torch.Tensor, last: bool) -> torch.Tensor:
+        with contextlib.nullcontext() if last else self.no_sync():
+            loss, lm = self.loss(x, y)
+            self.scaler.scale(loss / self.t.accum).backward()
+        return lm.detach()
+
+    def clip(self, max_norm: float): torch.nn.utils.clip_grad_norm_(self.t.raw.parameters(), max_norm)
+
+    def step(self, lr: float):
+        for g in self.opt.param_groups: g["lr"] = lr
+        if self.t.cfg.grad_clip:
+            self.scaler.unscale_(self.opt)                   # fp16: clip the true gradients, not the scaled ones
+            self.clip(self.t.cfg.grad_clip)
+        self.scaler.step(self.opt); self.scaler.update(); self.opt.zero_grad(set_to_none=True)
+
+    def model_state(self) -> dict: return self.t.raw.state_dict()
+    def optimizer_state(self) -> dict: return self.opt.state_dict()
+    def load_model_state(self, sd: dict): self.t.raw.load_state_dict(sd)
+    def load_optimizer_state(self, sd: dict): self.opt.load_state_dict(sd)
+
+    def save(self, path: Path, state: dict):
+        "Collective: the trainer's `state` with weights, optimizer and loss scaler, written by rank 0."
+        s = dict(state, model=self.model_state(), optimizer=self.optimizer_state(), scaler=self.scaler.state_dict(), engine=self.name)
+        if self.t.d.main: save_checkpoint(path, s)
+
+    def load(self, path: Path, ck: dict) -> dict:
+        "Weights and optimizer from `ck` (read from `path`); returns the trainer's part of the state."
+        self.load_model_state(ck["model"])
+        if ck.get("optimizer") is None:
+            self.t.log(f"{path} has weights but no optimizer state (written by DeepSpeed): AdamW's moments start from zero")
+            return ck
+        self.load_optimizer_state(ck["optimizer"])
+        if ck.get("scaler"): self.scaler.load_state_dict(ck["scaler"])
+        return ck
+
+    def describe(self) -> str: return "engine single: one process"
+
+    def rank_bytes(self) -> dict:
+        "Bytes of weights, gradients and optimizer state (moments, not the step counters) on this rank."
+        params = list(self.t.raw.parameters())
+        moments = [v for s in self.opt.state.values() for k, v in s.items() if torch.is_tensor(v) and k != "step"]
+        return dict(params=held_bytes(params), grads=held_bytes(p.grad for p in params), optimizer=held_bytes(moments))
+
+class DDPEngine(Engine):
+    "torch's DistributedDataParallel: every rank holds everything; gradients are all-reduced in buckets during backward."
+    name = "ddp"
+    def wrap(self, raw):
+        d = self.t.d
+        if d.world_size == 1: self.ddp = None; return raw
+        self.ddp = torch.nn.parallel.DistributedDataParallel(raw, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
+        return self.ddp
+    def no_sync(self): return self.ddp.no_sync() if self.ddp is not None else contextlib.nullcontext()
+    def describe(self) -> str: return f"engine ddp: torch DistributedDataParallel over {self.t.d.world_size} ranks"
+
 # %% ../nbs/09_train.ipynb #14cca068
 class Trainer:
-    "The loop every path shares: plain, DDP (under torchrun), and later DeepSpeed."
+    "The loop every engine shares: data, schedule, evaluation, logging, signals, checkpoints."
     def __init__(self, model_config: ModelConfig, cfg: TrainConfig, log=print, callbacks=()):
         self.cfg, self.callbacks = cfg, list(callbacks)
         self.d = setup_dist(cfg.device)
@@ -280,7 +405,8 @@ class Trainer:
         self.raw = MiniLLM(model_config).to(self.d.device)
         self.raw.activation_checkpointing = cfg.activation_checkpointing
         self.moe = bool(moe_layers(self.raw))    # MoE layers: balancing losses join the loss, loads are counted per optimizer step
-        self._setup_engine()
+        self.engine = engine_class(self.engine_name())(self)
+        self.engine.setup()                      # sets self.precision; DeepSpeed's config may set micro_batch and accum
         self.train_data, self.val_data = TokenDataset(cfg.data, "train"), TokenDataset(cfg.data, "val")
         self.sampler = TrainSampler(self.train_data, self.T, self.cfg.micro_batch, self.d.rank, self.d.world_size, cfg.seed)   # the engine's micro batch
         if len(self.val_data) <= self.T:
@@ -301,17 +427,12 @@ class Trainer:
         per_epoch = max(1, windows // self.cfg.micro_batch // self.accum)
         return max(1, math.ceil(epochs * per_epoch))
 
-    def _setup_engine(self):
-        "Precision, optimizer, and the wrapper that runs the model: DDP under torchrun (the DeepSpeed lesson overrides this)."
-        cfg = self.cfg
-        self.precision, self.amp_dtype = choose_amp(cfg.precision, self.d.device)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
-        self.opt = torch.optim.AdamW(param_groups(self.raw, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                                     fused=self.d.device.type == "cuda")
-        self.model = self.raw
-        if self.d.world_size > 1:
-            self.model = torch.nn.parallel.DistributedDataParallel(self.raw, device_ids=[self.d.local_rank] if self.d.device.type == "cuda" else None)
-        if cfg.compile: self.model = torch.compile(self.model)
+    def engine_name(self) -> str:
+        "--engine, or the default: deepspeed when a DeepSpeed setting is given, ddp under a launcher, single otherwise."
+        c = self.cfg
+        if c.engine: return c.engine
+        if c.deepspeed is not None or c.zero_stage is not None or c.offload != "none": return "deepspeed"
+        return "ddp" if self.d.world_size > 1 else "single"
 
     def _writers(self) -> list:
         w = []
@@ -332,7 +453,7 @@ class Trainer:
         return (f"model {n / 1e6:.2f}M params{moe} ({self.model_config.num_layers} layers, dim {self.model_config.embed_dim}, {self.model_config.attention}, "
                 f"{self.model_config.positional}) | {self.d.world_size} x {self.d.device.type} | precision {self.precision} | "
                 f"batch {self.cfg.micro_batch} x {self.T} x {self.d.world_size} ranks x {self.accum} accumulation = "
-                f"{self.cfg.micro_batch * self.T * self.d.world_size * self.accum:,} tokens/step")
+                f"{self.cfg.micro_batch * self.T * self.d.world_size * self.accum:,} tokens/step | {self.engine.describe()}")
 
 # %% ../nbs/09_train.ipynb #8e02fc7d
 def _lr(self: Trainer) -> float:
@@ -340,30 +461,17 @@ def _lr(self: Trainer) -> float:
     return lr_at(self.step, self.max_steps, c.lr, c.lr / 10 if c.min_lr is None else c.min_lr, c.warmup_steps, c.schedule)
 
 def accumulate(self: Trainer) -> torch.Tensor:
-    "Forward and backward over `accum` micro-batches; gradients are summed (each loss divided by accum). Returns the mean loss."
+    "Forward and backward of `accum` micro-batches through the engine (gradients summed); returns this rank's mean loss."
     total = torch.zeros((), device=self.d.device)
     for i in range(self.accum):
         x, y = (t.to(self.d.device, non_blocking=True) for t in self.sampler.next_batch())
-        sync = contextlib.nullcontext() if i == self.accum - 1 or self.d.world_size == 1 else self.model.no_sync()
-        with sync, torch.autocast(self.d.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            lm = self.model(x, labels=y)[1]
-            loss = (lm + moe_losses(self.raw)) / self.accum if self.moe else lm / self.accum   # balancing losses: trained, not logged
-            self.scaler.scale(loss).backward()
-        total += lm.detach() / self.accum
+        total += self.engine.backward(x, y, last=i == self.accum - 1).float() / self.accum
     return total
 
-def optimizer_step(self: Trainer):
-    "Clip (after unscaling fp16 gradients), step AdamW at this step's learning rate, clear the gradients."
-    for g in self.opt.param_groups: g["lr"] = self._lr()
-    if self.cfg.grad_clip:
-        self.scaler.unscale_(self.opt)
-        torch.nn.utils.clip_grad_norm_(self.raw.parameters(), self.cfg.grad_clip)
-    self.scaler.step(self.opt); self.scaler.update(); self.opt.zero_grad(set_to_none=True)
-
 def train_step(self: Trainer) -> float:
-    "One optimizer step; returns the mean loss (averaged across ranks)."
+    "One optimizer step: accumulate, then the engine's update. Returns the mean loss (averaged across ranks)."
     total = self.accumulate()
-    self.optimizer_step()
+    self.engine.step(self._lr())
     if self.moe: moe_step(self.raw)          # once per optimizer step, every rank: loads summed across ranks, aux-free biases move
     if self.d.world_size > 1: dist.all_reduce(total, op=dist.ReduceOp.AVG)
     self.step += 1
@@ -372,20 +480,21 @@ def train_step(self: Trainer) -> float:
 @torch.no_grad()
 def evaluate(self: Trainer) -> dict:
     "Validation loss over fixed windows (shared across ranks), perplexity, and bits per byte."
-    self.model.eval()
+    self.raw.eval()
     s = torch.zeros(2, device=self.d.device)
+    amp = self.engine.amp_dtype
     for x, y in eval_batches(self.val_data, self.T, self.cfg.micro_batch, self.d.rank, self.d.world_size, self.cfg.eval_batches):
-        with torch.autocast(self.d.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+        with torch.autocast(self.d.device.type, dtype=amp, enabled=amp is not None):
             logits = self.raw(x.to(self.d.device))[0]
         s += torch.stack([F.cross_entropy(logits.float().flatten(0, 1), y.to(self.d.device).flatten(), reduction="sum"), torch.tensor(float(y.numel()), device=self.d.device)])
     if self.d.world_size > 1: dist.all_reduce(s)
-    self.model.train()
+    self.raw.train()
     loss = (s[0] / s[1]).item()
     out = dict(val_loss=loss, val_ppl=math.exp(min(loss, 50)))
     if self.bytes_per_token: out["val_bpb"] = loss / math.log(2) / self.bytes_per_token
     return out
 
-Trainer._lr, Trainer.accumulate, Trainer.optimizer_step, Trainer.train_step, Trainer.evaluate = _lr, accumulate, optimizer_step, train_step, evaluate
+Trainer._lr, Trainer.accumulate, Trainer.train_step, Trainer.evaluate = _lr, accumulate, train_step, evaluate
 
 # %% ../nbs/09_train.ipynb #60dd3839
 def _rng_states(self: Trainer) -> list:
@@ -396,25 +505,21 @@ def _rng_states(self: Trainer) -> list:
     return rngs
 
 def state(self: Trainer) -> dict:
-    "Everything the next step depends on, for every rank (random states gathered to rank 0)."
-    return dict(model=self.raw.state_dict(), optimizer=self.opt.state_dict(), scaler=self.scaler.state_dict(), rng=self._rng_states(),
-                sampler=self.sampler.state_dict(), step=self.step, max_steps=self.max_steps, best=self.best,
+    "The trainer's part of a checkpoint, for every rank (random states gathered to rank 0); the engine adds weights and optimizer."
+    return dict(rng=self._rng_states(), sampler=self.sampler.state_dict(), step=self.step, max_steps=self.max_steps, best=self.best,
                 model_config=self.model_config.to_dict(), train_config=asdict(self.cfg), tokenizer=self.tok.fingerprint())
 
 def save(self: Trainer, name: str = "latest.pt"):
-    s = self.state()                                      # every rank takes part in the gather
-    if self.d.main: save_checkpoint(self.out / name, s)
+    self.engine.save(self.out / name, self.state())       # every rank takes part: gathers, and sharded engines' collectives
 
 def resume(self: Trainer, path: Path):
     "Continue from a checkpoint of the same model and tokenizer, exactly where it stopped."
-    ck = load_checkpoint(path, map_location=self.d.device)
+    ck = load_checkpoint(path, map_location="cpu")
     missing = [k for k in ("sampler", "step", "max_steps", "best", "train_config", "rng") if k not in ck]
     if missing: raise ValueError(f"{path} holds weights but not a training state (no {', '.join(missing)}): it cannot be resumed; start a new --out.")
     check_compatible(ck, self.model_config, self.tok.fingerprint())
     check_state_dict(self.model_config, ck["model"], str(path))
-    self.raw.load_state_dict(ck["model"])
-    if ck.get("optimizer") is not None: self.opt.load_state_dict(ck["optimizer"]); self.scaler.load_state_dict(ck["scaler"])
-    else: self.log("this checkpoint has weights but no optimizer state (converted from DeepSpeed ZeRO): AdamW's moments start from zero")
+    ck = self.engine.load(Path(path), ck)
     self.sampler.load_state_dict(ck["sampler"]); self.step, self.max_steps, self.best = ck["step"], ck["max_steps"], ck["best"]
     if self.cfg.max_steps != ck["train_config"]["max_steps"]:          # asked for another length: the schedule follows
         self.max_steps = self.cfg.max_steps; self.log(f"max_steps changed on resume: the schedule now ends at step {self.max_steps}")
@@ -702,6 +807,9 @@ FLAGS = {   # TrainConfig field: (argparse type or choices, help)
     "device": (str, "auto, cpu, cuda or cuda:N"),
     "tensorboard": (bool, "log to TensorBoard (needs the tensorboard package)"),
     "wandb": (bool, "log to Weights & Biases (needs the wandb package)"),
+    "engine": (list(ENGINES), "what runs a step across processes: single, ddp (torch DDP), zero1/zero2/zero3 (lesson 12's), "
+                              "fsdp (torch FSDP2), deepspeed (default: ddp under torchrun, deepspeed with a DeepSpeed flag, else single)"),
+    "prefetch": (bool, "zero3: gather the next block's weights while this one computes"),
     "zero_stage": ([0, 1, 2, 3], "DeepSpeed ZeRO stage (default 2 with DeepSpeed)"),
     "offload": (["none", "optimizer", "all"], "DeepSpeed: offload the optimizer, or everything (stage 3), to the CPU"),
 }
@@ -766,10 +874,7 @@ def train_main(argv: list[str] | None = None) -> int:
     fresh = check_out(Path(tc.out), args.resume, args.overwrite)
     trainer = None
     try:
-        cls = Trainer
-        if tc.deepspeed is not None or tc.zero_stage is not None or tc.offload != "none":
-            from minillm.ds import DeepSpeedTrainer as cls                    # the DeepSpeed lesson's engine path
-        trainer = cls(mc, tc)
+        trainer = Trainer(mc, tc)
         if args.overwrite and trainer.d.main: clear_run(Path(tc.out), keep=("ds_config.json",))   # everything checked: now replace
         if trainer.d.world_size > 1: dist.barrier()
         final = trainer.fit(resume=args.resume)

@@ -3,22 +3,21 @@
 # %% ../nbs/13_deepspeed.ipynb #40a8daa1
 from __future__ import annotations
 import difflib, json, math, os, shutil
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 import torch
 import torch.distributed as dist
 from .core import detect_hardware
-from .data import TrainSampler
 from .moe import moe_losses
 from .memory import bucket_elements, zero_bytes, tensor_bytes
-from .train import (Trainer, TrainConfig, param_groups, accumulation_steps, rng_state, set_rng_state, save_checkpoint,
+from .train import (Engine, TrainConfig, param_groups, accumulation_steps, set_rng_state, save_checkpoint,
                            load_checkpoint, check_compatible)
-from .utils import UserError, write_json
+from .utils import UserError, patch, write_json
 
 # %% auto #0
 __all__ = ['SHIPPED', 'SHIPPED_FILES', 'SHM_ALLREDUCE', 'SHARD_GLOBALS', 'require_deepspeed', 'ds_precision', 'build_ds_config',
            'find_auto', 'resolve_ds_config', 'load_ds_config', 'user_ds_config', 'skip_shm_allreduce',
-           'DeepSpeedTrainer', 'shard_globals', 'verify_shards', 'consolidated_weights', 'rank_model_states',
+           'DeepSpeedEngine', 'shard_globals', 'verify_shards', 'consolidated_weights', 'rank_model_states',
            'deepspeed_estimate', 'free_port', 'deepspeed_command', 'torchrun_command', 'run_training']
 
 # %% ../nbs/13_deepspeed.ipynb #81d9c1e2
@@ -170,64 +169,58 @@ def skip_shm_allreduce(ds):
     if isinstance(ops, dict): ops[SHM_ALLREDUCE] = False
 
 # %% ../nbs/13_deepspeed.ipynb #f3ff414e
-class DeepSpeedTrainer(Trainer):
-    "The trainer, with a DeepSpeed engine running the model (ZeRO 0-3, optional CPU offload)."
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if self.sampler.batch_size != self.cfg.micro_batch:   # one micro batch: the ds_config's, which the engine was built with
-            self.sampler = TrainSampler(self.train_data, self.T, self.cfg.micro_batch, self.d.rank, self.d.world_size, self.cfg.seed)
-
-    def _setup_engine(self):
-        cfg = self.cfg
+class DeepSpeedEngine(Engine):
+    "DeepSpeed's engine runs the model: ZeRO 0-3 from a ds_config, optional CPU offload."
+    name = "deepspeed"
+    def setup(self):
+        t, cfg = self.t, self.t.cfg
         user = user_ds_config(cfg.deepspeed)                      # a bad --deepspeed value fails before anything starts
         ds = require_deepspeed()
-        if self.d.device.type == "cpu": skip_shm_allreduce(ds)
+        if t.d.device.type == "cpu": skip_shm_allreduce(ds)
         if not dist.is_initialized():       # one process, no launcher: a group of one (else DeepSpeed goes looking for MPI)
             for k, v in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(free_port())), ("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
                 os.environ.setdefault(k, v)
-            dist.init_process_group("nccl" if self.d.device.type == "cuda" else "gloo", rank=0, world_size=1)
-        n = sum(p.numel() for p in self.raw.parameters())
-        self.ds_config = resolve_ds_config(user, cfg, n, self.d.world_size, self.T, self.d.device.type, self.model_config.num_layers,
-                                           source=f"--deepspeed {cfg.deepspeed}" if cfg.deepspeed else "ds_config")
-        c = self.ds_config
+            dist.init_process_group("nccl" if t.d.device.type == "cuda" else "gloo", rank=0, world_size=1)
+        n = sum(p.numel() for p in t.raw.parameters())
+        self.ds_config = c = resolve_ds_config(user, cfg, n, t.d.world_size, t.T, t.d.device.type, t.model_config.num_layers,
+                                               source=f"--deepspeed {cfg.deepspeed}" if cfg.deepspeed else "ds_config")
         if c["train_micro_batch_size_per_gpu"] != cfg.micro_batch:
-            self.log(f"micro batch {c['train_micro_batch_size_per_gpu']} from {cfg.deepspeed} (its train_micro_batch_size_per_gpu), not {cfg.micro_batch}")
-        self.cfg = replace(cfg, micro_batch=c["train_micro_batch_size_per_gpu"])
-        self.accum = c["gradient_accumulation_steps"]
-        self.precision = "bf16" if c.get("bf16", {}).get("enabled") else "fp16" if c.get("fp16", {}).get("enabled") else "fp32"
+            t.log(f"micro batch {c['train_micro_batch_size_per_gpu']} from {cfg.deepspeed} (its train_micro_batch_size_per_gpu), not {cfg.micro_batch}")
+        t.cfg = replace(cfg, micro_batch=c["train_micro_batch_size_per_gpu"])   # the sampler draws the engine's micro batch
+        t.accum = c["gradient_accumulation_steps"]
+        t.precision = "bf16" if c.get("bf16", {}).get("enabled") else "fp16" if c.get("fp16", {}).get("enabled") else "fp32"
         self.amp_dtype, self.scaler = None, None                  # DeepSpeed casts the model itself: no autocast
         self.zero_stage = c["zero_optimization"].get("stage", 0)
-        self.engine, self.opt, _, _ = ds.initialize(model=self.raw, model_parameters=param_groups(self.raw, cfg.weight_decay), config=c)
+        self.engine, self.opt, _, _ = ds.initialize(model=t.raw, model_parameters=param_groups(t.raw, cfg.weight_decay), config=c)
         self.model = self.engine
         if "activation_checkpointing" in c:                       # the config's section is what the model uses
             ds.checkpointing.configure(None, deepspeed_config=c)  # after initialize: it reads the world size from DeepSpeed's communication
-            if not self.moe: self.raw.checkpoint_fn = ds.checkpointing.checkpoint   # MoE: torch's non-reentrant one keeps the balancing losses' graph
-            if self.raw.activation_checkpointing in (False, "none"): self.raw.activation_checkpointing = "full"
-        if self.d.main: write_json(Path(cfg.out) / "ds_config.json", c)
+            if not t.moe: t.raw.checkpoint_fn = ds.checkpointing.checkpoint   # MoE: torch's non-reentrant one keeps the balancing losses' graph
+            if t.raw.activation_checkpointing in (False, "none"): t.raw.activation_checkpointing = "full"
+        if t.d.main: write_json(Path(cfg.out) / "ds_config.json", c)
 
     def describe(self) -> str:
         off = self.ds_config["zero_optimization"]
         where = [k.removeprefix("offload_") for k in ("offload_optimizer", "offload_param") if k in off]
-        return (super().describe() + f" | DeepSpeed ZeRO-{self.zero_stage}" + (f", {' and '.join(where)} offloaded to CPU" if where else "")
-                + (f", activations recomputed ({'torch non-reentrant checkpoint: MoE' if self.moe else 'deepspeed.checkpointing'})"
+        return (f"engine deepspeed: ZeRO-{self.zero_stage}" + (f", {' and '.join(where)} offloaded to CPU" if where else "")
+                + (f", activations recomputed ({'torch non-reentrant checkpoint: MoE' if self.t.moe else 'deepspeed.checkpointing'})"
                    if "activation_checkpointing" in self.ds_config else ""))
 
 # %% ../nbs/13_deepspeed.ipynb #393b16e4
-def _ds_accumulate(self: DeepSpeedTrainer) -> torch.Tensor:
-    "Set this step's learning rate; forward, backward and engine.step over the micro-batches. Returns the mean loss."
-    for g in self.engine.optimizer.param_groups: g["lr"] = self._lr()
-    total = torch.zeros((), device=self.d.device)
-    for _ in range(self.accum):
-        x, y = (t.to(self.d.device, non_blocking=True) for t in self.sampler.next_batch())
-        loss = self.engine(x, labels=y)[1]
-        self.engine.backward(loss + moe_losses(self.raw) if self.moe else loss)   # scaled by 1/accum inside; reduced at the boundary
-        self.engine.step()                   # the optimizer steps (after clipping) only at the accumulation boundary
-        total += loss.detach().float() / self.accum   # MoE: the trainer's train_step calls moe_step after this whole step
-    return total
+@patch
+def backward(self: DeepSpeedEngine, x: torch.Tensor, y: torch.Tensor, last: bool) -> torch.Tensor:
+    "Forward and backward through DeepSpeed's engine, which divides the loss by the accumulation steps itself."
+    loss = self.engine(x, labels=y)[1]
+    self.engine.backward(loss + moe_losses(self.t.raw) if self.t.moe else loss)
+    if not last: self.engine.step()          # not the boundary: DeepSpeed only counts the micro-batch
+    return loss.detach().float()
 
-def _ds_optimizer_step(self: DeepSpeedTrainer): pass     # engine.step() did it
-
-DeepSpeedTrainer.accumulate, DeepSpeedTrainer.optimizer_step = _ds_accumulate, _ds_optimizer_step
+@patch
+def step(self: DeepSpeedEngine, lr: float):
+    "The accumulation boundary: DeepSpeed clips (gradient_clipping), updates and zeroes the gradients."
+    for g in self.engine.optimizer.param_groups: g["lr"] = lr
+    self.engine.step()
+    if not hasattr(self, "memory_report"): self.report_memory()     # after the first step every state exists
 
 # %% ../nbs/13_deepspeed.ipynb #4701a2e5
 SHARD_GLOBALS = ("deepspeed.runtime.zero.config.ZeroStageEnum",          # the stage, in every optimizer shard
@@ -282,45 +275,46 @@ def _written(engine, ds_dir: Path, tag: str) -> set[str]:
     if engine.save_zero_checkpoint: names.add(Path(engine._get_zero_ckpt_name(str(ds_dir), tag)).name)
     return names
 
-def _ds_save(self: DeepSpeedTrainer, name: str = "latest.pt"):
-    tag, ds_dir = name.removesuffix(".pt"), self.out / "deepspeed"
+@patch
+def save(self: DeepSpeedEngine, path: Path, state: dict):
+    "Every rank writes its shards into deepspeed/<tag>.tmp, swapped in whole; rank 0 then writes `path` with the merged fp32 weights."
+    d, tag, ds_dir = self.t.d, path.stem, path.parent / "deepspeed"
     new, old = ds_dir / f"{tag}.tmp", ds_dir / f"{tag}.old"
-    client = dict(sampler=self.sampler.state_dict(), step=self.step, max_steps=self.max_steps, best=self.best, rng=self._rng_states(),
-                  model_config=self.model_config.to_dict(), train_config=asdict(self.cfg), tokenizer=self.tok.fingerprint())
-    if self.d.main: _clear(new)                                # DeepSpeed writes only into an emptied folder
-    if self.d.world_size > 1: dist.barrier()
-    self.engine.save_checkpoint(str(ds_dir), tag=new.name, client_state=client, save_latest=False)
-    names = [None] * self.d.world_size
-    if self.d.world_size > 1: dist.all_gather_object(names, _written(self.engine, ds_dir, new.name))
+    if d.main: _clear(new)                                     # DeepSpeed writes only into an emptied folder
+    if d.world_size > 1: dist.barrier()
+    self.engine.save_checkpoint(str(ds_dir), tag=new.name, client_state=state, save_latest=False)
+    names = [None] * d.world_size
+    if d.world_size > 1: dist.all_gather_object(names, _written(self.engine, ds_dir, new.name))
     else: names = [_written(self.engine, ds_dir, new.name)]
-    if self.d.main:
+    if d.main:
         verify_shards(new, expected=set().union(*names))       # exactly the files this run wrote, each loading safely
-        if self.zero_stage == 0: weights = {k: v.float().clone() for k, v in self.raw.state_dict().items()}
-        else: weights = consolidated_weights(ds_dir, new.name, self.raw.state_dict().keys())
+        if self.zero_stage == 0: weights = {k: v.float().clone() for k, v in self.t.raw.state_dict().items()}
+        else: weights = consolidated_weights(ds_dir, new.name, self.t.raw.state_dict().keys())
         _clear(old)
         if (ds_dir / tag).exists() or (ds_dir / tag).is_symlink(): (ds_dir / tag).rename(old)
         new.rename(ds_dir / tag)                               # the previous shards stay whole until the new ones are complete
-        save_checkpoint(self.out / name, dict(client, model=weights, optimizer=None, scaler=None,
-                                              deepspeed=dict(dir="deepspeed", tag=tag, zero_stage=self.zero_stage)))
+        save_checkpoint(path, dict(state, model=weights, optimizer=None, scaler=None, engine=self.name,
+                                   deepspeed=dict(dir="deepspeed", tag=tag, zero_stage=self.zero_stage)))
         _clear(old)
-    if self.d.world_size > 1: dist.barrier()
+    if d.world_size > 1: dist.barrier()
 
-def _ds_resume(self: DeepSpeedTrainer, path: Path):
-    "Continue from the DeepSpeed shards saved beside `path`: weights, optimizer, step, data position, random states."
-    tag, ds_dir = Path(path).stem, self.out / "deepspeed"
+@patch
+def load(self: DeepSpeedEngine, path: Path, ck: dict) -> dict:
+    "Weights and optimizer from the DeepSpeed shards saved beside `path`; returns the trainer's state they were saved with."
+    tag, ds_dir = path.stem, path.parent / "deepspeed"
     if not (ds_dir / tag).is_dir():
-        raise FileNotFoundError(f"{ds_dir / tag}: no DeepSpeed checkpoint to resume (was this run trained without --deepspeed? "
-                                "Resume it the same way it was trained, or start a new --out).")
-    check_compatible(load_checkpoint(path), self.model_config, self.tok.fingerprint())
+        raise FileNotFoundError(f"{ds_dir / tag}: no DeepSpeed checkpoint to resume (was this run trained with another --engine? "
+                                "Resume it the way it was trained, or start a new --out).")
     verify_shards(ds_dir / tag)                                # every rank, before DeepSpeed unpickles any of them
     _, client = self.engine.load_checkpoint(str(ds_dir), tag=tag)
-    self.sampler.load_state_dict(client["sampler"]); self.step, self.max_steps, self.best = client["step"], client["max_steps"], client["best"]
-    if self.cfg.max_steps != client["train_config"]["max_steps"]:
-        self.max_steps = self.cfg.max_steps; self.log(f"max_steps changed on resume: the schedule now ends at step {self.max_steps}")
-    set_rng_state(client["rng"][self.d.rank] if self.d.rank < len(client["rng"]) else client["rng"][0])
-    self.log(f"resumed from {ds_dir / tag} at step {self.step}")
+    return client
 
-DeepSpeedTrainer.save, DeepSpeedTrainer.resume = _ds_save, _ds_resume
+@patch
+def model_state(self: DeepSpeedEngine) -> dict:
+    raise NotImplementedError("DeepSpeed's weights are merged from its saved shards: call save()")
+
+@patch
+def optimizer_state(self: DeepSpeedEngine): return None        # the moments stay in DeepSpeed's shards
 
 # %% ../nbs/13_deepspeed.ipynb #3e488823
 def rank_model_states(engine) -> dict:
@@ -335,24 +329,27 @@ def rank_model_states(engine) -> dict:
     moments = [v for s in inner.state.values() for k, v in s.items() if torch.is_tensor(v) and k != "step"]
     return dict(weights=weights, master=master, optimizer=tensor_bytes(moments), optimizer_device=str(moments[0].device) if moments else None)
 
-def _ds_train_step(self: DeepSpeedTrainer) -> float:
-    loss = Trainer.train_step(self)
-    if not hasattr(self, "memory_report"): self._report_memory()
-    return loss
+@patch
+def rank_bytes(self: DeepSpeedEngine) -> dict:
+    "This rank's bytes in the contract's terms (the fp32 master partition counts as optimizer state) and DeepSpeed's own split."
+    r = rank_model_states(self.engine)
+    return dict(params=r["weights"], grads=0, optimizer=r["master"] + r["optimizer"], **r)
 
-def _report_memory(self: DeepSpeedTrainer):
+@patch
+def report_memory(self: DeepSpeedEngine):
+    "Every rank's model-state bytes after the first step, beside the memory lesson's formula and DeepSpeed's estimator (zero_memory.json)."
+    t = self.t
     mine = rank_model_states(self.engine)
-    ranks = [None] * self.d.world_size
-    if self.d.world_size > 1: dist.all_gather_object(ranks, mine)
+    ranks = [None] * t.d.world_size
+    if t.d.world_size > 1: dist.all_gather_object(ranks, mine)
     else: ranks = [mine]
-    n = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in self.raw.parameters())
+    n = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in t.raw.parameters())
     off = self.ds_config["zero_optimization"]
     offload = "all" if "offload_param" in off else "optimizer" if "offload_optimizer" in off else "none"
-    recipe = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16"}[self.precision]
-    formula = zero_bytes(n, recipe, self.zero_stage, self.d.world_size, offload if self.zero_stage else "none")
-    self.memory_report = dict(num_params=n, zero_stage=self.zero_stage, world_size=self.d.world_size, precision=self.precision, offload=offload,
-                              ranks=ranks, formula=formula, deepspeed_estimate=deepspeed_estimate(self.raw, n, self.zero_stage, self.d.world_size, offload))
-    if self.d.main: write_json(self.out / "zero_memory.json", self.memory_report)
+    formula = zero_bytes(n, t.precision, self.zero_stage, t.d.world_size, offload if self.zero_stage else "none")
+    self.memory_report = dict(num_params=n, zero_stage=self.zero_stage, world_size=t.d.world_size, precision=t.precision, offload=offload,
+                              ranks=ranks, formula=formula, deepspeed_estimate=deepspeed_estimate(t.raw, n, self.zero_stage, t.d.world_size, offload))
+    if t.d.main: write_json(t.out / "zero_memory.json", self.memory_report)
 
 def deepspeed_estimate(model, n_params: int, stage: int, gpus: int, offload: str) -> dict | None:
     "DeepSpeed's own model-state estimator for this run (bytes per GPU and CPU), where it has one (stages 2 and 3)."
@@ -366,7 +363,6 @@ def deepspeed_estimate(model, n_params: int, stage: int, gpus: int, offload: str
     else: return None
     return dict(gpu=int(gpu), cpu=int(cpu))
 
-DeepSpeedTrainer.train_step, DeepSpeedTrainer._report_memory = _ds_train_step, _report_memory
 
 # %% ../nbs/13_deepspeed.ipynb #e13b57bd
 def free_port() -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['DEBUG_ENV', 'USER_ERRORS', 'positive_int', 'nonneg_int', 'positive_float', 'nonneg_float', 'finite_float',
-           'unit_float', 'write_atomic', 'write_json', 'UserError', 'describe_error', 'run_main']
+           'unit_float', 'write_atomic', 'write_json', 'UserError', 'describe_error', 'run_main', 'patch']
 
 # %% ../nbs/00_utils.ipynb #5bbfc377
 def _umask() -> int:
@@ -104,3 +104,14 @@ positive_float = _number(float, 0, lo_open=True, what="a number > 0")
 nonneg_float = _number(float, 0, what="a number >= 0")
 finite_float = _number(float, what="a finite number")
 unit_float = _number(float, 0, 1, lo_open=True, what="a number in (0, 1]")
+
+# %% ../nbs/00_utils.ipynb #322c0894
+def patch(f):
+    "Make `f` a method of the class its first parameter is annotated with: `@patch def step(self: Engine, lr): ...`."
+    import inspect
+    first = next(iter(inspect.signature(f).parameters))
+    cls = f.__annotations__[first]
+    if isinstance(cls, str): cls = eval(cls, f.__globals__)    # `from __future__ import annotations` keeps it as text
+    f.__qualname__ = f"{cls.__name__}.{f.__name__}"
+    setattr(cls, f.__name__, f)
+    return f

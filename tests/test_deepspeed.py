@@ -183,7 +183,7 @@ def test_one_process_without_the_launcher(venv_bin, data, tmp_path):
     r = subprocess.run([str(venv_bin / "minillm"), "train", "--data", str(data), "--out", str(tmp_path / "one"), *TINY, "--max-steps", "4",
                         "--eval-every", "4", "--deepspeed", "--zero-stage", "1"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "DeepSpeed ZeRO-1" in r.stdout + r.stderr and "final: val_loss" in r.stdout and "mpi4py" not in r.stderr
+    assert "engine deepspeed: ZeRO-1" in r.stdout + r.stderr and "final: val_loss" in r.stdout and "mpi4py" not in r.stderr
 
 
 # --- a run folder is data, never code -----------------------------------------------------------------------------
@@ -264,13 +264,13 @@ def test_safe_load_accepts_every_shard_deepspeed_writes(runs):
 
 def test_the_sampler_draws_the_engines_micro_batch(data, tmp_path):
     """A ds_config's train_micro_batch_size_per_gpu (2) wins over --micro-batch (4), and the sampler must draw what the
-    engine was built for: the Trainer builds its sampler from the config it was given, so the DeepSpeed trainer
-    rebuilds it from the resolved one. Before, the engine expected 2 while every batch held 4."""
+    engine was built for: the Trainer builds its sampler after the engine's setup, from the config the DeepSpeed engine
+    resolved. Before, the engine expected 2 while every batch held 4."""
     cfg = tmp_path / "ds.json"
     cfg.write_text(json.dumps({"train_micro_batch_size_per_gpu": 2, "zero_optimization": {"stage": 1}}))
-    code = ("import json, sys\nfrom minillm.train import build_configs, train_parser\nfrom minillm.ds import DeepSpeedTrainer\n"
-            "mc, tc = build_configs(train_parser().parse_args(sys.argv[1:]))\nt = DeepSpeedTrainer(mc, tc)\nx, y = t.sampler.next_batch()\n"
-            "print(json.dumps(dict(sampler=x.shape[0], engine=t.engine.train_micro_batch_size_per_gpu(), cfg=t.cfg.micro_batch)))")
+    code = ("import json, sys\nfrom minillm.train import Trainer, build_configs, train_parser\n"
+            "mc, tc = build_configs(train_parser().parse_args(sys.argv[1:]))\nt = Trainer(mc, tc)\nx, y = t.sampler.next_batch()\n"
+            "print(json.dumps(dict(sampler=x.shape[0], engine=t.engine.engine.train_micro_batch_size_per_gpu(), cfg=t.cfg.micro_batch)))")
     r = subprocess.run([sys.executable, "-c", code, "--data", str(data), "--out", str(tmp_path / "o"), *TINY, "--deepspeed", str(cfg)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]

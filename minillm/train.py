@@ -405,6 +405,7 @@ class Trainer:
         self.raw = MiniLLM(model_config).to(self.d.device)
         self.raw.activation_checkpointing = cfg.activation_checkpointing
         self.moe = bool(moe_layers(self.raw))    # MoE layers: balancing losses join the loss, loads are counted per optimizer step
+        self.n_params, self.n_active = self.raw.num_params(), self.raw.num_params("active")   # before an engine shards the weights
         self.engine = engine_class(self.engine_name())(self)
         self.engine.setup()                      # sets self.precision; DeepSpeed's config may set micro_batch and accum
         self.train_data, self.val_data = TokenDataset(cfg.data, "train"), TokenDataset(cfg.data, "val")
@@ -448,7 +449,7 @@ class Trainer:
         return w
 
     def describe(self) -> str:
-        n, active = self.raw.num_params(), self.raw.num_params("active")
+        n, active = self.n_params, self.n_active
         moe = f", {active / 1e6:.2f}M active per token" if active != n else ""
         return (f"model {n / 1e6:.2f}M params{moe} ({self.model_config.num_layers} layers, dim {self.model_config.embed_dim}, {self.model_config.attention}, "
                 f"{self.model_config.positional}) | {self.d.world_size} x {self.d.device.type} | precision {self.precision} | "
@@ -475,7 +476,18 @@ def train_step(self: Trainer) -> float:
     if self.moe: moe_step(self.raw)          # once per optimizer step, every rank: loads summed across ranks, aux-free biases move
     if self.d.world_size > 1: dist.all_reduce(total, op=dist.ReduceOp.AVG)
     self.step += 1
+    if not hasattr(self, "rank_bytes"): self._write_rank_bytes()     # after the first step every state exists
     return total.item()
+
+def _write_rank_bytes(self: Trainer):
+    "Every rank's bytes of weights, gradients and optimizer state after the first step, gathered into memory.json."
+    mine = self.engine.rank_bytes()
+    self.rank_bytes = [mine] * self.d.world_size
+    if self.d.world_size > 1: dist.all_gather_object(self.rank_bytes, mine)
+    if self.d.main:
+        self.out.mkdir(parents=True, exist_ok=True)
+        write_json(self.out / "memory.json", dict(engine=self.engine.name, world_size=self.d.world_size, precision=self.precision,
+                                                   num_params=self.n_params, ranks=self.rank_bytes))
 
 @torch.no_grad()
 def evaluate(self: Trainer) -> dict:
@@ -494,7 +506,7 @@ def evaluate(self: Trainer) -> dict:
     if self.bytes_per_token: out["val_bpb"] = loss / math.log(2) / self.bytes_per_token
     return out
 
-Trainer._lr, Trainer.accumulate, Trainer.train_step, Trainer.evaluate = _lr, accumulate, train_step, evaluate
+Trainer._lr, Trainer.accumulate, Trainer.train_step, Trainer._write_rank_bytes, Trainer.evaluate = _lr, accumulate, train_step, _write_rank_bytes, evaluate
 
 # %% ../nbs/09_train.ipynb #60dd3839
 def _rng_states(self: Trainer) -> list:
@@ -529,7 +541,7 @@ def resume(self: Trainer, path: Path):
 Trainer._rng_states, Trainer.state, Trainer.save, Trainer.resume = _rng_states, state, save, resume
 
 # %% ../nbs/09_train.ipynb #9083b226
-RUN_FILES = ("latest.pt", "best.pt", "metrics.jsonl", "config.json", "tokenizer", "deepspeed", "ds_config.json", "zero_memory.json", "tensorboard")
+RUN_FILES = ("latest.pt", "best.pt", "metrics.jsonl", "config.json", "tokenizer", "deepspeed", "ds_config.json", "zero_memory.json", "memory.json", "tensorboard")
 
 def run_files(out: Path, skip=()) -> list[str]:
     "The names of a run's files present in `out` (RUN_FILES and kept step_*.pt checkpoints)."

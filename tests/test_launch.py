@@ -23,7 +23,8 @@ def test_kernel_interrupt_stops_cleanly_and_keeps_the_checkpoint(data, tmp_path)
     driver = ("import json, sys; from minillm.launch import launch; "
               f"r = launch({args!r}, 2, {str(out)!r}, plot=False); "
               "print('RESULT', json.dumps(dict(returncode=r['returncode'], interrupted=r['interrupted'], steps=len(r['rows']))))")
-    p = subprocess.Popen([sys.executable, "-c", driver], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen([sys.executable, "-c", driver], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))   # as a kernel has it, even under a background suite
     deadline = time.time() + 300
     while not (out / "metrics.jsonl").exists() or len((out / "metrics.jsonl").read_text().splitlines()) < 3:
         assert p.poll() is None and time.time() < deadline, p.communicate()[1][-3000:]

@@ -18,8 +18,9 @@ from .data import EOT, Tokenizer, _ignore_sigint, file_error, read_json_file, re
 from .utils import write_atomic, write_json
 
 # %% auto #0
-__all__ = ['PATTERNS', 'merge', 'count_pretokens', 'count_pretokens_parallel', 'train_naive', 'train_incremental',
-           'bytes_to_unicode', 'BPETokenizer', 'encode_iterable', 'check_pattern', 'from_gpt2', 'train_bpe']
+__all__ = ['PATTERNS', 'merge', 'count_pretokens', 'count_pretokens_parallel', 'count_pairs', 'best_pair', 'train_naive',
+           'train_incremental', 'encode_by_rank', 'bytes_to_unicode', 'BPETokenizer', 'encode_iterable',
+           'check_pattern', 'from_gpt2', 'train_bpe']
 
 # %% ../nbs/03_bpe.ipynb #fd12ba69
 PATTERNS = {
@@ -30,7 +31,9 @@ PATTERNS = {
 # %% ../nbs/03_bpe.ipynb #69fd0e93
 def merge(parts: list[bytes], pair: tuple[bytes, bytes]) -> list[bytes]:
     "Replace non-overlapping occurrences of `pair` in `parts` (scanning left to right) by pair[0] + pair[1]."
-    # hint: walk with an index i; when parts[i], parts[i+1] == pair, emit the joined token and jump by 2, else emit parts[i] and step 1.
+    # hint: scan left to right; where the pair starts at the current position, emit its two parts joined and skip past both, otherwise emit the part and move on by one.
+    # hint2: walk an index with a while loop (the step is 1 or 2), and check that a next part exists before comparing; "aaa" with the pair (a, a) gives [aa, a], never [a, aa] or [aa, aa].
+    # hint3: if i + 1 < len(parts) and parts[i] == pair[0] and parts[i + 1] == pair[1]: out.append(pair[0] + pair[1]); i += 2
     out, i = [], 0
     while i < len(parts):
         if i + 1 < len(parts) and parts[i] == pair[0] and parts[i + 1] == pair[1]: out.append(pair[0] + pair[1]); i += 2
@@ -69,21 +72,36 @@ def count_pretokens_parallel(texts: Iterable[str], pattern: str = "gpt2", specia
         for c in pool.imap_unordered(m._count_batch, chunks()): total.update(c)
     return total
 
-# %% ../nbs/03_bpe.ipynb #3c9cc5d1
-def _best(counts: dict) -> tuple[bytes, bytes]:
-    "The most frequent pair; ties go to the lexicographically greatest pair of byte strings."
+# %% ../nbs/03_bpe.ipynb #9ba9d698
+def count_pairs(words: dict[bytes, list[bytes]], word_counts: dict[bytes, int]) -> Counter:
+    """How often each adjacent pair of parts occurs in the corpus: `words` maps each pre-token to its current parts,
+    `word_counts` maps it to how often it occurs. Every adjacent position counts, overlapping ones included."""
+    # hint: for every pre-token, take each adjacent pair of its current parts and add the pre-token's count to that pair's total.
+    # hint2: a pre-token of n parts has n - 1 adjacent pairs (zip the parts with the parts shifted by one); count the parts, not the bytes of the pre-token.
+    # hint3: for w, parts in words.items(): for pair in zip(parts, parts[1:]): counts[pair] += word_counts[w]
+    counts = Counter()
+    for w, parts in words.items():
+        for pair in zip(parts, parts[1:]): counts[pair] += word_counts[w]
+    return counts
+
+# %% ../nbs/03_bpe.ipynb #37d06d09
+def best_pair(counts: dict[tuple[bytes, bytes], int]) -> tuple[bytes, bytes]:
+    """The most frequent pair in `counts`; among equally frequent pairs, the greatest as a (first, second) tuple of
+    bytes, whatever order `counts` holds them in."""
+    # hint: rank the pairs by count first; among the pairs with the top count, return the one that compares greatest as a tuple.
+    # hint2: one max() over the items, with a key that is (count, pair): tuples compare item by item, so the pair only breaks ties; the joined bytes first + second would not.
+    # hint3: max(counts.items(), key=lambda kv: (kv[1], kv[0]))[0]
     return max(counts.items(), key=lambda kv: (kv[1], kv[0]))[0]
 
+# %% ../nbs/03_bpe.ipynb #3c9cc5d1
 def train_naive(word_counts: dict[bytes, int], num_merges: int) -> list[tuple[bytes, bytes]]:
     "Merges learned by recounting all pairs before each merge."
     words = {w: [bytes([b]) for b in w] for w in word_counts}
     merges = []
     for _ in range(num_merges):
-        counts = Counter()
-        for w, parts in words.items():
-            for pair in zip(parts, parts[1:]): counts[pair] += word_counts[w]
+        counts = count_pairs(words, word_counts)
         if not counts: break
-        pair = _best(counts)
+        pair = best_pair(counts)
         merges.append(pair)
         words = {w: merge(parts, pair) for w, parts in words.items()}
     return merges
@@ -125,6 +143,20 @@ def train_incremental(word_counts: dict[bytes, int], num_merges: int) -> list[tu
             else: counts.pop(p, None)
     return merges
 
+# %% ../nbs/03_bpe.ipynb #751e8554
+def encode_by_rank(word: bytes, ranks: dict[tuple[bytes, bytes], int]) -> list[bytes]:
+    """`word` split into single bytes, then merged as training merged: repeatedly merge (every occurrence of) the
+    adjacent pair with the lowest rank in `ranks`, until no adjacent pair has a rank. Returns the parts."""
+    # hint: start from the single bytes; each round, among the adjacent pairs that have a rank pick the one learned earliest and merge it everywhere, and stop when no adjacent pair has a rank.
+    # hint2: a pair missing from `ranks` was never learned (rank it as infinity); the leftmost learned pair, or the last learned, is the wrong pick; `merge` does one round.
+    # hint3: while len(parts) > 1: rank, pair = min((ranks.get(p, float("inf")), p) for p in zip(parts, parts[1:])); stop when rank is infinite, else parts = merge(parts, pair)
+    parts = [bytes([b]) for b in word]
+    while len(parts) > 1:
+        rank, pair = min((ranks.get(p, float("inf")), p) for p in zip(parts, parts[1:]))
+        if rank == float("inf"): break
+        parts = merge(parts, pair)
+    return parts
+
 # %% ../nbs/03_bpe.ipynb #ccf27215
 def bytes_to_unicode() -> dict[int, str]:
     "GPT-2's table: printable bytes map to themselves, the others to unused code points from 256 on."
@@ -165,12 +197,7 @@ class BPETokenizer(Tokenizer):
 
     def _encode_word(self, word: str) -> list[int]:
         if (ids := self._cache.get(word)) is not None: return ids
-        parts = [bytes([b]) for b in word.encode("utf-8")]
-        while len(parts) > 1:
-            rank, pair = min((self.ranks.get(p, 1 << 62), p) for p in zip(parts, parts[1:]))
-            if rank == 1 << 62: break
-            parts = merge(parts, pair)
-        ids = [self.token_id[p] for p in parts]
+        ids = [self.token_id[p] for p in encode_by_rank(word.encode("utf-8"), self.ranks)]
         if len(self._cache) > 200_000: self._cache.clear()                        # bounded memory
         self._cache[word] = ids
         return ids

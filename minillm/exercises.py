@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import copy
 import importlib
+import inspect
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 # %% auto #0
-__all__ = ['ExerciseFailed', 'case', 'same', 'check']
+__all__ = ['ExerciseFailed', 'case', 'same', 'check', 'hint_tiers', 'hint']
 
 # %% ../nbs/00_exercises.ipynb #82f83a14
 class ExerciseFailed(AssertionError):
@@ -67,18 +69,66 @@ def _resolve(reference) -> Callable:
 def check(fn: Callable, cases: Iterable, reference: Callable | str, rtol: float = 1e-5, atol: float = 1e-6) -> int:
     "Run `fn` and `reference` on each case; print a pass, or raise `ExerciseFailed` with inputs, expected and got."
     ref, name = _resolve(reference), getattr(fn, "__name__", repr(fn))
+    if name.isidentifier(): _REFERENCES[name] = ref               # so that `hint(fn)` finds this exercise's hints
     cases = [c if isinstance(c, case) else case(*c) for c in cases]
     for c in cases:
         expected = ref(*copy.deepcopy(c.args), **copy.deepcopy(c.kwargs))
         try: got = fn(*copy.deepcopy(c.args), **copy.deepcopy(c.kwargs))
         except NotImplementedError as e:
             raise ExerciseFailed(f"`{name}` is not implemented yet: replace the `raise NotImplementedError` in its cell.\n"
-                                 f"  hint: {e}") from None
+                                 f"  hint: {e}{_next_hint(name, ref)}") from None
         except Exception as e:
             raise ExerciseFailed(f"`{name}{c!r}` raised {type(e).__name__}: {e}\n"
-                                 f"  inputs:   {c!r}\n  expected: {_short(expected)}") from e
+                                 f"  inputs:   {c!r}\n  expected: {_short(expected)}{_next_hint(name, ref)}") from e
         if not same(expected, got, rtol, atol):
             raise ExerciseFailed(f"`{name}` gave a wrong answer.\n  inputs:   {c!r}\n"
-                                 f"  expected: {_short(expected)}\n  got:      {_short(got)}")
+                                 f"  expected: {_short(expected)}\n  got:      {_short(got)}{_next_hint(name, ref)}")
     print(f"✓ {name}: all {len(cases)} checks passed")
     return len(cases)
+
+# %% ../nbs/00_exercises.ipynb #69f5840f
+_HINT = re.compile(r"^\s*# hint(\d*):(.*)$")
+_REFERENCES: dict[str, Callable] = {}     # exercise name -> the reference its last `check` used
+_SEEN: dict[str, int] = {}                # exercise name -> the highest tier shown (the stub's error is tier 1)
+
+def hint_tiers(source: str) -> dict[int, str]:
+    "{tier: text} from the `# hint:` (tier 1), `# hint2:`, `# hint3:`... comments in `source`; lines of a tier are joined."
+    tiers = {}
+    for line in source.split("\n"):
+        if m := _HINT.match(line): t = int(m.group(1) or 1); tiers[t] = f"{tiers.get(t, '')} {m.group(2).strip()}".strip()
+    return dict(sorted(tiers.items()))
+
+def _find_reference(fn) -> Callable | None:
+    "The reference of exercise `fn` (a function, its name, or a dotted path), or None."
+    if isinstance(fn, str) and "." in fn: return _resolve(fn)
+    name = fn if isinstance(fn, str) else getattr(fn, "__name__", "")
+    if name in _REFERENCES: return _REFERENCES[name]
+    if not isinstance(fn, str) and str(getattr(fn, "__module__", "")).startswith("minillm."): return fn
+    from minillm._modidx import d
+    found = [_resolve(f"{m}.{name}") for m, syms in d["syms"].items() if f"{m}.{name}" in syms]
+    found = [f for f in found if _tiers(f)] or found
+    return found[0] if len(found) == 1 else None
+
+def _tiers(ref) -> dict[int, str]:
+    try: return hint_tiers(inspect.getsource(ref))
+    except (TypeError, OSError): return {}
+
+def _next_hint(name: str, ref) -> str:
+    "The last line of a failure message: the call that prints the next hint, while there is one."
+    tiers, nxt = _tiers(ref), _SEEN.get(name, 1) + 1
+    return f"\n  next hint: hint({name})  (hint {nxt} of {max(tiers)})" if name.isidentifier() and nxt in tiers else ""
+
+def hint(fn, tier: int | None = None) -> None:
+    "Print hint `tier` of exercise `fn` (a function, its name, or 'minillm.mod.name'); by default the next one not yet shown."
+    name = fn.rpartition(".")[2] if isinstance(fn, str) else getattr(fn, "__name__", repr(fn))
+    ref = _find_reference(fn)
+    if ref is None: print(f"No exercise named `{name}` found in minillm: pass its path, e.g. hint('minillm.bpe.merge')."); return
+    tiers = _tiers(ref)
+    t = _SEEN.get(name, 1) + 1 if tier is None else tier
+    if t not in tiers:
+        top = max(tiers, default=0)
+        more = f"it has {top}, and hint({name}, {top}) shows the last again" if top > 1 else "the stub's error was the only one"
+        print(f"No further hints for `{name}`: {more}. The docstring and the self-check's expected values say the rest.")
+        return
+    _SEEN[name] = max(_SEEN.get(name, 1), t)
+    print(f"hint {t} of {max(tiers)} for `{name}`: {tiers[t]}")

@@ -103,6 +103,19 @@ def test_reference_passes_and_whole_lesson_runs(name, tmp_path):
     # Only the top level searched: a nested "auto" (bf16.enabled) slips through to DeepSpeed.
     ("13_deepspeed.ipynb", "find_auto", "def find_auto(d, path=''):\n    return [k for k, v in d.items() if v == 'auto']",
      ["wrong answer", "expected: ['bf16.enabled']", "got:      []"]),
+    # Every complete bucket launched at once: a rank whose earlier bucket still waits for a gradient starts its collectives
+    # in another order than the other ranks (they sum unrelated tensors, or deadlock).
+    ("12_zero.ipynb", "buckets_to_launch", "def buckets_to_launch(buckets, ready, launched):\n"
+     "    return [b for b in range(launched, len(buckets)) if all(i in ready for i in buckets[b])]",
+     ["wrong answer", "inputs:   ([[0, 1], [2], [3, 4]], {2, 3, 4}, 0)", "expected: []", "got:      [1, 2]"]),
+    # Floor division: the last numel % world elements belong to no rank.
+    ("12_zero.ipynb", "shard_bounds", "def shard_bounds(numel, world, rank):\n    size = numel // world\n    return rank * size, (rank + 1) * size, size * world",
+     ["wrong answer", "inputs:   (10, 4, 3)", "expected: (9, 12, 12)", "got:      (6, 8, 8)"]),
+    # The shard updated but never gathered: the other ranks' slices of the weights stay stale on this rank.
+    ("12_zero.ipynb", "zero1_step", "def zero1_step(flat, grad_shard, exp_avg, exp_avg_sq, step, rank, world, lr, weight_decay, betas=(0.9, 0.95), eps=1e-8, gather=None):\n"
+     "    s = flat.numel() // world\n    adamw_(flat[rank * s:(rank + 1) * s], grad_shard, exp_avg, exp_avg_sq, step, lr, weight_decay, betas, eps)\n"
+     "    return flat, exp_avg, exp_avg_sq",
+     ["wrong answer", "inputs:   (tensor(shape=(6,)", "FakeGather(rank=1)"]),
     # Every line parsed: the half-written last line of a growing metrics file breaks the reader.
     ("16_launch.ipynb", "complete_rows", "import json\ndef complete_rows(text):\n    return [json.loads(l) for l in text.splitlines() if l.strip()]",
      ["raised JSONDecodeError"]),

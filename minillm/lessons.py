@@ -14,12 +14,13 @@ import re
 import textwrap
 from pathlib import Path
 
+from .exercises import hint_tiers
 from .utils import write_atomic
 
 # %% auto #0
-__all__ = ['find_root', 'read_settings', 'read_nb', 'src', 'split_directives', 'frontmatter', 'stub_exercise', 'urls',
-           'setup_cell', 'make_lesson', 'lesson_sources', 'course_map_markdown', 'readme_from_index', 'lessons_readme',
-           'dumps_nb', 'generated_files', 'stale_lessons', 'lessons_main']
+__all__ = ['find_root', 'read_settings', 'read_nb', 'src', 'split_directives', 'frontmatter', 'stub_exercise', 'pasteable',
+           'exercise_hints', 'urls', 'setup_cell', 'make_lesson', 'lesson_sources', 'course_map_markdown',
+           'readme_from_index', 'lessons_readme', 'dumps_nb', 'generated_files', 'stale_lessons', 'lessons_main']
 
 # %% ../nbs/90_lessons.ipynb #267572ac
 _DIRECTIVE = re.compile(r"^\s*#\|\s*([\w-]+):?\s*(.*?)\s*$")
@@ -60,7 +61,7 @@ def frontmatter(nb: dict) -> dict:
 
 # %% ../nbs/90_lessons.ipynb #93f52332
 def stub_exercise(code: str, where: str = "cell") -> str:
-    "`code` with the body of each top-level function replaced by a `NotImplementedError` stub."
+    "`code` with the body of each top-level function replaced by a `NotImplementedError` stub raising its tier-1 hint."
     tree, lines = ast.parse(code), code.split("\n")
     funcs = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
     if not funcs: raise ValueError(f"{where}: an `#| exercise` cell must define at least one function.")
@@ -72,11 +73,31 @@ def stub_exercise(code: str, where: str = "cell") -> str:
         if first.lineno == fn.lineno: raise ValueError(f"{where}: put the body of exercise `{fn.name}` on its own lines.")
         start = body[0].end_lineno if has_doc else first.lineno - 1   # 0-based index of the first body line
         indent = " " * first.col_offset
-        hints = [m.group(1).strip() for l in lines[start:fn.end_lineno] if (m := re.match(r"\s*# hint:(.*)", l))]
-        hint = " ".join(hints) or f"implement {fn.name} as its docstring says"
+        hint = hint_tiers("\n".join(lines[start:fn.end_lineno])).get(1) or f"implement {fn.name} as its docstring says"
         stub = [f"{indent}# Your code here (replace the line below).", f"{indent}raise NotImplementedError({hint!r})"]
         lines[start:fn.end_lineno] = stub
     return "\n".join(lines)
+
+# %% ../nbs/90_lessons.ipynb #87dbd910
+_PASTEABLE = [(re.compile(p), why) for p, why in [
+    (r"[\w\])]\(", "a call"), (r"\w\[", "indexing"), (r"(?<![=<>!])=(?![=])", "an assignment"),
+    (r"[\w)\]]\s*(==|!=|>=|<=)\s*[\w(]", "a comparison"), (r"\{\w[^}]*\}", "a format string"),
+    (r"\w(//|\*\*|[+*%@])[\w(]|\w\s(//|\*\*|[-+*/%@])\s[\w(]", "arithmetic between names"),   # spaced alike; top-k, fp32/bf16 are words
+    (r"\w\.\w+\(", "a method call")]]
+
+def pasteable(hint: str) -> list[str]:
+    "What in a tier-1 hint is code a learner could paste instead of thinking: e.g. ['a call'] for 'use -(-n // k)'."
+    return [why for pat, why in _PASTEABLE if pat.search(hint)]
+
+def exercise_hints(nb: dict) -> dict[str, dict[int, str]]:
+    "{function name: {tier: text}} for the exercises of notebook `nb`."
+    out = {}
+    for c in nb["cells"]:
+        d, code = split_directives(src(c)) if c["cell_type"] == "code" else ({}, "")
+        if "exercise" not in d: continue
+        for fn in ast.parse(code).body:
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)): out[fn.name] = hint_tiers(ast.get_source_segment(code, fn))
+    return out
 
 # %% ../nbs/90_lessons.ipynb #f8d84531
 _GUARDS = {"gpu": ("torch.cuda.is_available()", "Needs a CUDA GPU", "no CUDA GPU here"),

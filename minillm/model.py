@@ -21,13 +21,16 @@ from .variants import GroupedQueryAttention, KVCache, MultiHeadLatentAttention, 
 # %% auto #0
 __all__ = ['ATTENTION', 'POSITIONAL', 'NORMS', 'FFNS', 'LAYER_KEYS', 'FIELD_RULES', 'PRESETS', 'rms_norm', 'RMSNorm', 'LayerNorm',
            'make_norm', 'MLP', 'SwiGLU', 'ffn_hidden', 'ModelConfig', 'load_layer_configs', 'resolve_layers',
-           'make_attention', 'make_ffn', 'Block', 'MiniLLM', 'sample_next', 'generate', 'num_params', 'param_formula',
-           'flops_per_token', 'config_from_checkpoint', 'check_state_dict', 'preset', 'param_table']
+           'pre_norm_block', 'make_attention', 'make_ffn', 'Block', 'lm_loss', 'MiniLLM', 'filter_logits',
+           'sample_next', 'generate', 'num_params', 'param_formula', 'flops_per_token', 'config_from_checkpoint',
+           'check_state_dict', 'preset', 'param_table']
 
 # %% ../nbs/07_model.ipynb #a6f82b8c
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     "x / sqrt(mean(x^2 over the last dim) + eps) * weight, computed in fp32, returned in x's dtype."
-    # hint: xf = x.float(); xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps), then scale by weight and cast back.
+    # hint: square every feature, average the squares over the last dimension, add eps, divide x by the square root of that and scale by weight; do the arithmetic in fp32 and return x's dtype.
+    # hint2: keep the averaged dimension (keepdim) so that it broadcasts back over the features; torch.rsqrt is one over the square root; upcast with .float() first, cast back with .to(x.dtype) last.
+    # hint3: xf = x.float(); (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * weight.float()).to(x.dtype)
     xf = x.float()
     return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * weight.float()).to(x.dtype)
 
@@ -262,6 +265,17 @@ def resolve_layers(value, base: Path) -> list[dict] | None:
     if not p.is_file(): raise FileNotFoundError(f"layers file {p}: no such file (a path relative to the config's folder {base})")
     return load_layer_configs(p)
 
+# %% ../nbs/07_model.ipynb #94296bef
+def pre_norm_block(x: torch.Tensor, norm1, attn, norm2, ffn) -> torch.Tensor:
+    """A pre-norm block on the (b, t, C) residual stream `x`: attention reads norm1 of the stream and its output is
+    added to the stream; then the feed-forward layer reads norm2 of the *updated* stream and its output is added.
+    Each part is a function (b, t, C) -> (b, t, C). The returned stream is not normalised."""
+    # hint: two residual steps in order: add attention's output, computed on the first norm of the stream, to the stream; then add the feed-forward output, computed on the second norm of the updated stream.
+    # hint2: the additions go to x itself, never to the normalised x; the second step reads the stream after the first (not the block's input, as a parallel block would); nothing normalises the result.
+    # hint3: x = x + attn(norm1(x)); return x + ffn(norm2(x))
+    x = x + attn(norm1(x))
+    return x + ffn(norm2(x))
+
 # %% ../nbs/07_model.ipynb #f8b551cf
 def make_attention(c: ModelConfig) -> nn.Module:
     "The attention layer a (resolved, per-layer) config asks for."
@@ -287,14 +301,24 @@ class Block(nn.Module):
         self.norm1, self.attn = make_norm(c.norm, c.embed_dim, c.norm_eps, c.bias), make_attention(c)
         self.norm2, self.ffn = make_norm(c.norm, c.embed_dim, c.norm_eps, c.bias), make_ffn(c)
     def forward(self, x, cache=None, start_pos: int = 0):
-        x = x + self.attn(self.norm1(x), cache, start_pos)
-        return x + self.ffn(self.norm2(x))
+        return pre_norm_block(x, self.norm1, lambda h: self.attn(h, cache, start_pos), self.norm2, self.ffn)
 
     def recomputed(self, x, mode: str, checkpoint):
         "Forward whose activations are recomputed in backward: 'full' keeps only x, 'selective' keeps the attention's input."
         if mode == "full": return checkpoint(self, x)
-        x = x + checkpoint(self.attn, self.norm1(x))
-        return x + self.ffn(self.norm2(x))
+        return pre_norm_block(x, self.norm1, lambda h: checkpoint(self.attn, h), self.norm2, self.ffn)
+
+# %% ../nbs/07_model.ipynb #12d44313
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Mean cross-entropy of (b, t, V) `logits` against (b, t) `labels` (already shifted: labels[b, t] is the target of
+    position t), over the positions whose label is not `ignore_index`. A 0-dim float32 tensor, computed in fp32."""
+    # hint: take the log-softmax over the vocabulary in fp32, pick each position's log-probability of its label, and average minus that over the positions whose label is kept.
+    # hint2: the vocabulary is the last dimension; gather needs a valid index even where the label is ignore_index (put 0 there, then mask those positions out); divide by the number of kept positions, not by b * t.
+    # hint3: logp = logits.float().log_softmax(-1); keep = labels != ignore_index; nll = -logp.gather(-1, labels.masked_fill(~keep, 0)[..., None])[..., 0]; (nll * keep).sum() / keep.sum()
+    logp = logits.float().log_softmax(-1)
+    keep = labels != ignore_index
+    nll = -logp.gather(-1, labels.masked_fill(~keep, 0).unsqueeze(-1)).squeeze(-1)
+    return (nll * keep).sum() / keep.sum()
 
 # %% ../nbs/07_model.ipynb #be428a6b
 def _checkpoint_mode(v) -> str:
@@ -378,8 +402,28 @@ class MiniLLM(nn.Module):
         logits = self.lm_head(x)                                                          # (b, t, V)
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100)
+            loss = lm_loss(logits, labels)
         return logits, loss
+
+# %% ../nbs/07_model.ipynb #68666015
+def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+    """(b, V) logits with the tokens sampling must not pick set to -inf. top_k keeps each row's k largest logits and any
+    tied with the k-th; then top_p keeps each token whose strictly more likely tokens hold less than top_p of the
+    probability left after top_k (so the token that crosses top_p is kept, and ties with it). None, or top_p=1,
+    filters nothing."""
+    # hint: per row, find the smallest logit that survives (for top_k the k-th largest; for top_p the last token, in descending order, whose more likely tokens still hold less than top_p) and mask every logit below it; top_k first.
+    # hint2: sort each row in descending order; for top_p take the softmax of the sorted row (after top_k's mask) and the probability *before* each token (the cumulative sum shifted by one): tokens are kept while it is below top_p, and the first always is. k may exceed V.
+    # hint3: kth = logits.topk(min(top_k, V)).values[:, -1:]; s = logits.sort(-1, descending=True).values; p = s.softmax(-1); n = ((p.cumsum(-1) - p) < top_p).sum(-1, keepdim=True); keep logits >= s.gather(-1, n - 1)
+    if top_k is not None:
+        kth = logits.topk(min(top_k, logits.size(-1)), dim=-1).values[:, -1:]               # (b, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        s = logits.sort(dim=-1, descending=True).values                                     # (b, V)
+        probs = s.softmax(-1)
+        before = torch.cat([torch.zeros_like(probs[:, :1]), probs.cumsum(-1)[:, :-1]], -1)  # mass of the tokens ahead
+        last = s.gather(-1, (before < top_p).sum(-1, keepdim=True) - 1)                     # the smallest logit kept
+        logits = logits.masked_fill(logits < last, float("-inf"))
+    return logits
 
 # %% ../nbs/07_model.ipynb #3191520a
 def _is_int(v) -> bool: return isinstance(v, numbers.Integral) and not isinstance(v, bool)
@@ -398,15 +442,7 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
                          "e.g. logits[None] for one sequence, or logits[:, -1] for the last position of a forward pass")
     _check_sampling(temperature, top_k, top_p)
     if temperature == 0: return logits.argmax(-1)
-    logits = logits.float() / temperature
-    if top_k is not None:
-        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]             # (b, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, idx = logits.sort(dim=-1, descending=True)                        # (b, V)
-        probs = sorted_logits.softmax(-1)
-        drop = probs.cumsum(-1) - probs > top_p                                          # mass before this token already reaches top_p
-        logits = logits.scatter(-1, idx, sorted_logits.masked_fill(drop, float("-inf")))
+    logits = filter_logits(logits.float() / temperature, top_k, top_p)
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
 
 def _check_generate(m: MiniLLM, input_ids, max_new_tokens, temperature, top_k, top_p, stops, rolling):

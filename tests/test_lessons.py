@@ -93,6 +93,49 @@ def test_reference_passes_and_whole_lesson_runs(name, tmp_path):
     # Mean instead of mean of squares.
     ("07_model.ipynb", "rms_norm", "import torch\ndef rms_norm(x, weight, eps=1e-5):\n    return (x / torch.sqrt(x.mean(-1, keepdim=True) ** 2 + eps) * weight).to(x.dtype)",
      ["wrong answer", "inputs:   (tensor(shape=(2, 3, 8)"]),
+    # Lesson 03. Each pre-token's pair counted once: "aaa" holds (a, a) twice.
+    ("03_bpe.ipynb", "count_pairs", "from collections import Counter\ndef count_pairs(words, word_counts):\n    c = Counter()\n"
+     "    for w, parts in words.items():\n        for pair in set(zip(parts, parts[1:])): c[pair] += word_counts[w]\n    return c",
+     ["wrong answer", "inputs:   ({b'aaa': [b'a', b'a', b'a']}, {b'aaa': 1})", "expected: Counter({(b'a', b'a'): 2})", "got:      Counter({(b'a', b'a'): 1})"]),
+    # Every position counted once, whatever the pre-token's count.
+    ("03_bpe.ipynb", "count_pairs", "from collections import Counter\ndef count_pairs(words, word_counts):\n"
+     "    return Counter(p for parts in words.values() for p in zip(parts, parts[1:]))", ["wrong answer", "{b'the': 5, b'then': 2}"]),
+    # Ties broken by the joined bytes: (ab, c) and (a, bc) are both "abc".
+    ("03_bpe.ipynb", "best_pair", "def best_pair(counts):\n    return max(counts, key=lambda p: (counts[p], p[0] + p[1]))",
+     ["wrong answer", "expected: (b'ab', b'c')", "got:      (b'a', b'bc')"]),
+    # No tie-break: the first pair counted wins.
+    ("03_bpe.ipynb", "best_pair", "def best_pair(counts):\n    return max(counts, key=counts.get)", ["wrong answer", "expected: (b'c', b'd')", "got:      (b'a', b'b')"]),
+    # The leftmost learned pair merged first, not the earliest learned.
+    ("03_bpe.ipynb", "encode_by_rank", "def encode_by_rank(word, ranks):\n    parts = [bytes([b]) for b in word]\n    while True:\n"
+     "        learned = [p for p in zip(parts, parts[1:]) if p in ranks]\n        if not learned: return parts\n        parts = merge(parts, learned[0])",
+     ["inputs:   (b'abc', {(b'b', b'c'): 0, (b'a', b'b'): 1})", "expected: [b'a', b'bc']", "got:      [b'ab', b'c']"]),
+    # The merges applied in the order the dict stores them, not by rank.
+    ("03_bpe.ipynb", "encode_by_rank", "def encode_by_rank(word, ranks):\n    parts = [bytes([b]) for b in word]\n"
+     "    for pair in ranks: parts = merge(parts, pair)\n    return parts", ["inputs:   (b'abc', {(b'a', b'b'): 1, (b'b', b'c'): 0})", "got:      [b'ab', b'c']"]),
+    # Lesson 07. Post-norm (the original Transformer's) instead of pre-norm.
+    ("07_model.ipynb", "pre_norm_block", "def pre_norm_block(x, norm1, attn, norm2, ffn):\n    x = norm1(x + attn(x))\n    return norm2(x + ffn(x))",
+     ["wrong answer", "inputs:   (tensor(shape=(2, 3, 8)"]),
+    # A parallel block: the feed-forward layer reads the block's input, not the stream attention updated.
+    ("07_model.ipynb", "pre_norm_block", "def pre_norm_block(x, norm1, attn, norm2, ffn):\n    return x + attn(norm1(x)) + ffn(norm2(x))",
+     ["wrong answer", "expected: tensor(shape=(2, 3, 8)"]),
+    # Ignored positions counted as zeros in the mean.
+    ("07_model.ipynb", "lm_loss", "def lm_loss(logits, labels, ignore_index=-100):\n    logp = logits.float().log_softmax(-1)\n    keep = labels != ignore_index\n"
+     "    nll = -logp.gather(-1, labels.masked_fill(~keep, 0).unsqueeze(-1)).squeeze(-1)\n    return (nll * keep).sum() / labels.numel()",
+     ["wrong answer", "inputs:   (tensor(shape=(2, 5, 11)"]),
+    # The labels shifted again, although the data pipeline already did.
+    ("07_model.ipynb", "lm_loss", "import torch.nn.functional as F\ndef lm_loss(logits, labels, ignore_index=-100):\n"
+     "    return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(), ignore_index=ignore_index)", ["wrong answer"]),
+    # top_p drops the token that crosses the threshold (off by one).
+    ("07_model.ipynb", "filter_logits", "def filter_logits(logits, top_k=None, top_p=None):\n    if top_k is not None:\n"
+     "        kth = logits.topk(min(top_k, logits.size(-1))).values[:, -1:]\n        logits = logits.masked_fill(logits < kth, float('-inf'))\n"
+     "    if top_p is not None and top_p < 1:\n        s, idx = logits.sort(-1, descending=True)\n"
+     "        logits = logits.scatter(-1, idx, s.masked_fill(s.softmax(-1).cumsum(-1) > top_p, float('-inf')))\n    return logits",
+     ["wrong answer", "top_p=0.6)", "got:      tensor(shape=(1, 3), dtype=float32, values=[[-inf, -0.69"]),
+    # top_k keeps exactly k tokens: one of two tied logits is dropped.
+    ("07_model.ipynb", "filter_logits", "import torch\ndef filter_logits(logits, top_k=None, top_p=None):\n    if top_k is not None:\n"
+     "        idx = logits.topk(min(top_k, logits.size(-1))).indices\n"
+     "        logits = torch.full_like(logits, float('-inf')).scatter(-1, idx, logits.gather(-1, idx))\n    return logits",
+     ["wrong answer", "inputs:   (tensor(shape=(1, 5), dtype=float32, values=[[3.0, 2.0, 2.0, 1.0, 0.0]]), top_k=2)"]),
     # Seed 001's mistake: mixed precision without the fp32 master weights.
     ("10_memory.ipynb", "model_state_bytes", "def model_state_bytes(n_params, precision='bf16', n_tensors=0):\n    r = RECIPES[precision]\n"
      "    return dict(weights=r.weights * n_params, grads=r.grads * n_params, master=0, optimizer=r.moments * n_params + 4 * n_tensors)",

@@ -523,8 +523,11 @@ class TrainSampler:
 
 def eval_batches(data: TokenDataset, seq_len: int, batch_size: int, rank: int = 0, world_size: int = 1,
                  max_batches: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    "Fixed, non-overlapping windows covering the split once (this rank's share), as (x, y) batches."
-    starts = np.arange(0, len(data) - seq_len, seq_len)[rank::world_size]
+    """Fixed, non-overlapping windows covering the split once (this rank's share), as (x, y) batches. Every rank gets
+    the same number of windows (up to world_size - 1 left over are dropped): with sharded weights each forward is a
+    collective, and a rank with one batch more would wait forever."""
+    starts = np.arange(0, len(data) - seq_len, seq_len)
+    starts = starts[:len(starts) - len(starts) % world_size][rank::world_size]
     for i, b in enumerate(range(0, len(starts), batch_size)):
         if max_batches is not None and i >= max_batches: return
         w = torch.stack([data.window(int(s), seq_len + 1) for s in starts[b:b + batch_size]])

@@ -269,7 +269,7 @@ def check_compatible(ckpt: dict, model_config: ModelConfig, tokenizer_fp: str):
         raise ValueError(f"checkpoint was trained with tokenizer {ckpt['tokenizer']}, but --data uses {tokenizer_fp}: use the data it was trained on, or start a new --out.")
 
 # %% ../nbs/09_train.ipynb #2c0141cf
-ENGINES = {"single": "minillm.train.Engine", "ddp": "minillm.train.DDPEngine",
+ENGINES = {"single": "minillm.train.Engine", "ddp": "minillm.train.DDPEngine", "ddp-scratch": "minillm.zero.ScratchDDPEngine",
            "zero1": "minillm.zero.Zero1Engine", "zero2": "minillm.zero.Zero2Engine", "zero3": "minillm.zero.Zero3Engine",
            "fsdp": "minillm.zero.FSDPEngine", "deepspeed": "minillm.ds.DeepSpeedEngine"}
 
@@ -410,9 +410,9 @@ class Trainer:
         self.engine.setup()                      # sets self.precision; DeepSpeed's config may set micro_batch and accum
         self.train_data, self.val_data = TokenDataset(cfg.data, "train"), TokenDataset(cfg.data, "val")
         self.sampler = TrainSampler(self.train_data, self.T, self.cfg.micro_batch, self.d.rank, self.d.world_size, cfg.seed)   # the engine's micro batch
-        if len(self.val_data) <= self.T:
-            raise ValueError(f"{Path(cfg.data) / 'val.bin'} holds {len(self.val_data)} tokens, fewer than one evaluation window of "
-                             f"seq_len + 1 = {self.T + 1}: use a shorter --seq-len, or prepare more data.")
+        if (len(self.val_data) - 1) // self.T < self.d.world_size:        # every rank evaluates at least one window
+            raise ValueError(f"{Path(cfg.data) / 'val.bin'} holds {len(self.val_data)} tokens, fewer than {self.d.world_size} evaluation "
+                             f"window(s) of seq_len + 1 = {self.T + 1} (one per rank): use a shorter --seq-len, or prepare more data.")
         splits = self.train_data.meta["splits"]["val"]
         self.bytes_per_token = splits.get("bytes", 0) / splits["tokens"] if splits.get("bytes") else None
         self.step, self.best, self.max_steps, self.stop = 0, float("inf"), cfg.max_steps, None

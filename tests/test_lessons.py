@@ -159,6 +159,19 @@ def test_reference_passes_and_whole_lesson_runs(name, tmp_path):
      "    s = flat.numel() // world\n    adamw_(flat[rank * s:(rank + 1) * s], grad_shard, exp_avg, exp_avg_sq, step, lr, weight_decay, betas, eps)\n"
      "    return flat, exp_avg, exp_avg_sq",
      ["wrong answer", "inputs:   (tensor(shape=(6,)", "FakeGather(rank=1)"]),
+    # The running sum not rescaled when the max moves: each chunk's terms are summed against different maxima.
+    ("14_flash.ipynb", "online_softmax_update", "import torch\ndef online_softmax_update(m, l, s):\n    m_new = torch.maximum(m, s.amax(-1))\n"
+     "    return m_new, l + torch.exp(s - m_new[..., None]).sum(-1)", ["wrong answer", "values=[0.5, 2.0, -1.0]"]),
+    # The causal mask aligned top-left inside a tile: queries that are the last t_q of t_k keys see too few keys.
+    ("14_flash.ipynb", "forward_tile", "import torch\ndef forward_tile(q, k, v, m, l, acc, i0, j0, t_q, t_k, scale, causal=True):\n"
+     "    s = (q @ k.transpose(-2, -1)) * scale\n    if causal:\n        i = torch.arange(i0, i0 + q.size(-2))[:, None]\n"
+     "        j = torch.arange(j0, j0 + k.size(-2))\n        s = s.masked_fill(j > i, float('-inf'))\n"
+     "    m_new = torch.maximum(m, s.amax(-1))\n    m_safe = torch.where(m_new == float('-inf'), 0.0, m_new)\n"
+     "    alpha, p = torch.exp(m - m_safe), torch.exp(s - m_safe[..., None])\n    return m_new, alpha * l + p.sum(-1), alpha[..., None] * acc + p @ v",
+     ["wrong answer", "4, 6, 8, 12, 0.35)"]),
+    # D = rowsum(dO) instead of rowsum(dO * O): the softmax's backward subtracts the wrong per-row term.
+    ("14_flash.ipynb", "softmax_backward_tile", "def softmax_backward_tile(p, do, v, o):\n    D = do.sum(-1)\n"
+     "    return D, p * (do @ v.transpose(-2, -1) - D[..., None])", ["wrong answer", "inputs:   (tensor(shape=(3, 5)"]),
     # Every line parsed: the half-written last line of a growing metrics file breaks the reader.
     ("16_launch.ipynb", "complete_rows", "import json\ndef complete_rows(text):\n    return [json.loads(l) for l in text.splitlines() if l.strip()]",
      ["raised JSONDecodeError"]),

@@ -18,6 +18,7 @@ TINY = ["--model", "embed_dim=32", "--model", "num_heads=4", "--model", "num_lay
 STEPS = 6
 SHARDED = ("zero1", "zero2", "zero3", "zero3-prefetch", "fsdp")     # engines that keep 1/N of the optimizer state per rank
 ENGINES = ("ddp", *SHARDED)
+VENV_BIN = Path(sys.executable).parent
 
 
 def flags(engine: str) -> list[str]:
@@ -40,10 +41,10 @@ def losses(out: Path) -> dict[int, float]:
 
 
 @pytest.fixture(scope="module")
-def straight(venv_bin, data, tmp_path_factory):
+def straight(data, tmp_path_factory):
     "Each engine's uninterrupted run of STEPS steps: {engine: run folder}."
     root = tmp_path_factory.mktemp("engines")
-    for e in ENGINES: torchrun(venv_bin, root / e, data, *flags(e), "--max-steps", str(STEPS))
+    for e in ENGINES: torchrun(VENV_BIN, root / e, data, *flags(e), "--max-steps", str(STEPS))
     return {e: root / e for e in ENGINES}
 
 
@@ -59,15 +60,18 @@ def test_every_engine_follows_ddp(straight, engine):
 
 @pytest.mark.parametrize("engine", SHARDED)
 def test_each_rank_keeps_its_share_of_the_optimizer(straight, engine):
-    """memory.json, written after the first step: each rank of a sharded engine holds 1/N of DDP's AdamW moments
-    (plus at most one padding element per flat buffer per moment), and the two ranks hold the same."""
+    """memory.json, written after the first step: each rank of a sharded engine holds 1/N of DDP's AdamW moments,
+    give or take padding (zero1-3 pad each flat buffer to a multiple of N; FSDP2 splits each parameter's first
+    dimension, so the last rank may hold a row less): within 1% of a share here, where a rank holding everything would
+    be 100% over. Together the ranks hold all of it."""
     full = json.loads((straight["ddp"] / "memory.json").read_text())
     mine = json.loads((straight[engine] / "memory.json").read_text())
     assert mine["engine"] == engine.removesuffix("-prefetch") and mine["world_size"] == 2
     total = full["ranks"][0]["optimizer"]
     assert total == 2 * 4 * full["num_params"], full                     # exp_avg and exp_avg_sq, fp32, on every ddp rank
     for r in mine["ranks"]:
-        assert total / 2 <= r["optimizer"] <= total / 2 + 2 * 4 * 2 * 2, (engine, r, total)
+        assert abs(r["optimizer"] / (total / 2) - 1) <= 0.01, (engine, r, total)
+    assert sum(r["optimizer"] for r in mine["ranks"]) >= total
 
 
 @pytest.mark.parametrize("engine", ENGINES)

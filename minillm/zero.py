@@ -15,7 +15,7 @@ from .ds import free_port
 # %% auto #0
 __all__ = ['spawn', 'bare_trainer', 'bookkeeping', 'reduce_scatter_flat', 'all_gather_flat', 'ring_bytes', 'CommCounter',
            'buckets_to_launch', 'ScratchDDPEngine', 'shard_bounds', 'adamw_', 'zero1_step', 'FlatUnit', 'Zero1Engine',
-           'Zero2Engine', 'Zero3Engine', 'FSDPEngine']
+           'Zero2Engine', 'Zero3Engine', 'FSDPEngine', 'sent_per_step']
 
 # %% ../nbs/12_zero.ipynb #5989ae36
 def _rank_main(fn, rank: int, world: int, port: int, args: tuple, kwargs: dict, conn, threads: int):
@@ -651,3 +651,19 @@ class FSDPEngine(Engine):
         set_optimizer_state_dict(self.t.raw, self.opt, named, options=self._options())
 
     def describe(self) -> str: return f"engine fsdp: torch FSDP2 fully_shard per block and root over {self.t.d.world_size} ranks"
+
+# %% ../nbs/12_zero.ipynb #8c5e38d2
+def sent_per_step(model: torch.nn.Module, engine: str, world: int, weight_decay: float = 0.1) -> int:
+    """The bytes of weights and gradients one rank sends in one optimizer step of one micro-batch, in theory (ring
+    collectives, fp32): what `CommCounter` counts as payload. Engines: ddp, ddp-scratch, zero1, zero2, zero3."""
+    ring = lambda b: (world - 1) * b // world
+    padded = lambda n: shard_bounds(n, world, 0)[2]
+    trainable = lambda ps: sum(p.numel() for p in ps if p.requires_grad)
+    if engine in ("ddp", "ddp-scratch"): return 2 * ring(4 * trainable(model.parameters()))
+    if engine in ("zero1", "zero2"):          # reduce-scatter the gradients, all-gather the weights: one flat buffer per group
+        return sum(2 * ring(4 * padded(trainable(g["params"]))) for g in param_groups(model, weight_decay))
+    if engine == "zero3":                     # as zero1, per unit; and each block gathered again for its backward
+        blocks = [trainable(b.parameters()) for b in model.blocks]
+        root = trainable(model.parameters()) - sum(blocks)
+        return sum(2 * ring(4 * padded(n)) for n in blocks + [root]) + sum(ring(4 * padded(n)) for n in blocks)
+    raise ValueError(f"sent_per_step: no theory for engine {engine!r} (ddp, ddp-scratch, zero1, zero2, zero3)")

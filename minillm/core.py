@@ -24,7 +24,9 @@ __all__ = ['PEAK_TFLOPS', 'bf16_capable', 'fp16_tensor_cores', 'choose_precision
 # %% ../nbs/01_core.ipynb #af3561f2
 def bf16_capable(capability: tuple[int, int]) -> bool:
     "Does a GPU of compute capability `(major, minor)` do bf16 natively (Ampere, 8.0, and newer)?"
-    # hint: Python compares tuples element by element, so (8, 6) >= (8, 0) and (7, 5) < (8, 0).
+    # hint: bf16 needs compute capability 8.0 or newer; compare (major, minor) as a whole.
+    # hint2: Python compares tuples element by element, so (8, 6) >= (8, 0) and (7, 5) < (8, 0); 8.0 itself counts.
+    # hint3: tuple(capability) >= (8, 0)
     return tuple(capability) >= (8, 0)
 
 # %% ../nbs/01_core.ipynb #09bbd77d

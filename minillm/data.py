@@ -41,7 +41,9 @@ EOT = "<|endoftext|>"
 # %% ../nbs/02_data.ipynb #7f5b8751
 def split_specials(text: str, specials: Iterable[str]) -> list[tuple[str, bool]]:
     "Split `text` into (piece, is_special) runs, in order, no empty pieces; where special tokens overlap, the longest match wins."
-    # hint: a regex alternation of re.escape(s) for the specials sorted longest first; walk pat.finditer(text), emitting the text between matches.
+    # hint: find each special (longest wins where two overlap) and emit the plain text between them.
+    # hint2: one regex alternation of the specials, each escaped (they hold |, which regex reads as "or"), sorted longest first so that the longer of two overlapping specials matches; no specials at all is its own case.
+    # hint3: pat = re.compile("|".join(map(re.escape, sorted(set(specials), key=len, reverse=True)))); walk pat.finditer(text), appending text[pos:m.start()] when non-empty, then (m.group(), True), and the tail after the last match.
     specials = sorted(set(specials), key=len, reverse=True)
     if not specials: return [(text, False)] if text else []
     pat = re.compile("|".join(map(re.escape, specials)))

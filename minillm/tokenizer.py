@@ -107,7 +107,9 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_type: str =
 # %% ../nbs/04_tokenizer.ipynb #e4091ba7
 def bytes_per_token(tok: Tokenizer, text: str) -> float:
     "UTF-8 bytes of `text` per token that `tok` produces for it."
-    # hint: len(text.encode("utf-8")) / len(tok.encode(text)); characters are not bytes once text leaves ASCII.
+    # hint: the text's size in UTF-8 bytes divided by its number of tokens.
+    # hint2: characters are not bytes once text leaves ASCII: encode the string to UTF-8 before counting; the tokens are what the tokenizer's encode returns.
+    # hint3: len(text.encode("utf-8")) / len(tok.encode(text))
     return len(text.encode("utf-8")) / len(tok.encode(text))
 
 # %% ../nbs/04_tokenizer.ipynb #49ff50dd

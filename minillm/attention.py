@@ -12,17 +12,25 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['causal_mask', 'manual_attention', 'repeat_kv', 'resolve_backend', 'attend', 'MultiHeadAttention']
+__all__ = ['causal_mask', 'manual_attention', 'repeat_kv', 'resolve_backend', 'attend', 'split_heads', 'merge_heads',
+           'MultiHeadAttention']
 
 # %% ../nbs/05_attention.ipynb #3907f0a3
 def causal_mask(t_q: int, t_k: int, device=None) -> torch.Tensor:
     "A (t_q, t_k) bool mask, True where query i (the last t_q of t_k positions) may attend key j."
-    # hint: torch.ones(t_q, t_k, dtype=torch.bool).tril(diagonal=...) keeps j <= i + diagonal; queries are the last t_q positions.
+    # hint: a query sees its own position and earlier; queries are the last t_q of t_k positions.
+    # hint2: query i sits at absolute position t_k - t_q + i, so it may attend keys j <= t_k - t_q + i; a lower-triangular mask with a diagonal offset says exactly that.
+    # hint3: torch.ones(t_q, t_k, dtype=torch.bool, device=device).tril(diagonal=t_k - t_q)
     return torch.ones(t_q, t_k, dtype=torch.bool, device=device).tril(diagonal=t_k - t_q)
 
 # %% ../nbs/05_attention.ipynb #581f3e7e
 def manual_attention(q, k, v, causal: bool = True, scale: float | None = None, dropout_p: float = 0.0):
-    "softmax(q k^T * scale + mask) v for q (b, h, t_q, d), k (b, h, t_k, d), v (b, h, t_k, d_v). Returns (out, weights)."
+    """softmax(q k^T * scale + mask) v for q (b, h, t_q, d), k (b, h, t_k, d), v (b, h, t_k, d_v). `scale` defaults to
+    1/sqrt(d); with `causal`, query i sees the keys `causal_mask` allows. The softmax runs in fp32 (then back to q's
+    dtype); dropout at rate `dropout_p` applies to the weights. Returns (out, weights): (b, h, t_q, d_v), (b, h, t_q, t_k)."""
+    # hint: score every query against every key and scale the scores; hide the keys the mask forbids before a softmax over the keys; the output is the weighted sum of the values.
+    # hint2: the scores are q times k with k's last two dims swapped, shape (b, h, t_q, t_k); the scale is one over the square root of d, not over d; forbidden scores become -inf, so their weight is exactly 0 and each row still sums to 1 (zeroing weights after the softmax leaves rows that do not); softmax over the last dim in fp32; dropout applies to the weights before they multiply v.
+    # hint3: scores = (q @ k.transpose(-2, -1)) * scale; scores = scores.masked_fill(~causal_mask(q.size(-2), k.size(-2), q.device), float("-inf")); weights = torch.softmax(scores.float(), dim=-1).to(q.dtype); weights = F.dropout(weights, dropout_p); return weights @ v, weights
     scale = 1 / math.sqrt(q.size(-1)) if scale is None else scale
     scores = (q @ k.transpose(-2, -1)) * scale                        # (b, h, t_q, t_k)
     if causal: scores = scores.masked_fill(~causal_mask(q.size(-2), k.size(-2), q.device), float("-inf"))
@@ -80,6 +88,24 @@ def attend(q, k, v, causal: bool = True, dropout_p: float = 0.0, backend: str = 
     with _sdpa_context(q):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale)
 
+# %% ../nbs/05_attention.ipynb #d0ed995c
+def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    "(b, t, C) -> (b, h, t, d) with d = C / h: head i holds features i*d to (i+1)*d - 1 of each token."
+    # hint: cut each token's features into h consecutive groups of d, then move the head axis in front of the time axis.
+    # hint2: a view to (b, t, h, d) cuts each token's features into heads; swapping dims 1 and 2 then gives (b, h, t, d). A view straight to (b, h, t, d) has the right shape and mixes tokens into heads.
+    # hint3: b, t, c = x.shape; return x.view(b, t, num_heads, c // num_heads).transpose(1, 2)
+    b, t, c = x.shape
+    return x.view(b, t, num_heads, c // num_heads).transpose(1, 2)              # (b, h, t, d)
+
+# %% ../nbs/05_attention.ipynb #7cfc21ab
+def merge_heads(y: torch.Tensor) -> torch.Tensor:
+    "(b, h, t, d) -> (b, t, h * d): the inverse of `split_heads`, each token's heads side by side again."
+    # hint: move the head axis back behind the time axis, then join each token's heads into one row of features.
+    # hint2: swap dims 1 and 2 to get (b, t, h, d), then reshape (a view fails: the swapped tensor is not contiguous) to (b, t, h * d). Reshaping (b, h, t, d) directly has the right shape and mixes tokens.
+    # hint3: b, h, t, d = y.shape; return y.transpose(1, 2).reshape(b, t, h * d)
+    b, h, t, d = y.shape
+    return y.transpose(1, 2).reshape(b, t, h * d)                                # (b, t, C)
+
 # %% ../nbs/05_attention.ipynb #7f78f4f0
 class MultiHeadAttention(nn.Module):
     "Causal multi-head self-attention with a fused qkv projection (GPT-2 style): x (b, t, C) -> (b, t, C)."
@@ -93,8 +119,6 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x):
         b, t, c = x.shape
-        q, k, v = self.qkv(x).split(c, dim=-1)                           # 3 x (b, t, C)
-        q, k, v = (z.view(b, t, self.num_heads, self.head_dim).transpose(1, 2) for z in (q, k, v))  # (b, h, t, d)
+        q, k, v = (split_heads(z, self.num_heads) for z in self.qkv(x).split(c, dim=-1))  # 3 x (b, h, t, d)
         y = attend(q, k, v, dropout_p=self.dropout if self.training else 0.0, backend=self.backend)  # (b, h, t, d)
-        y = y.transpose(1, 2).reshape(b, t, c)                           # (b, t, C)
-        return self.resid_drop(self.o_proj(y))
+        return self.resid_drop(self.o_proj(merge_heads(y)))              # (b, t, C)

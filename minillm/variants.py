@@ -8,11 +8,11 @@ import math
 import torch
 import torch.nn as nn
 
-from .attention import attend
+from .attention import attend, merge_heads, split_heads
 
 # %% auto #0
-__all__ = ['sinusoidal_positions', 'apply_rotary', 'RoPE', 'LayerCache', 'KVCache', 'GroupedQueryAttention',
-           'MultiHeadLatentAttention', 'cache_bytes_per_token']
+__all__ = ['sinusoidal_positions', 'apply_rotary', 'RoPE', 'cache_append', 'LayerCache', 'KVCache', 'GroupedQueryAttention',
+           'absorb_query', 'MultiHeadLatentAttention', 'cache_bytes_per_token']
 
 # %% ../nbs/06_variants.ipynb #57c45c10
 def sinusoidal_positions(positions: torch.Tensor, dim: int, base: float = 10000.0) -> torch.Tensor:
@@ -23,8 +23,10 @@ def sinusoidal_positions(positions: torch.Tensor, dim: int, base: float = 10000.
 
 # %% ../nbs/06_variants.ipynb #f1bbaea1
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    "Rotate feature pairs (i, i + d/2) of x (..., t, d) by the angles whose cos and sin (t, d/2) are given."
-    # hint: x1, x2 = x.chunk(2, dim=-1); the result is cat([x1*cos - x2*sin, x1*sin + x2*cos], dim=-1).
+    "Rotate feature pairs (i, i + d/2) of x (..., t, d) (the half-split layout) by the angles whose cos and sin (t, d/2) are given."
+    # hint: pair feature i with the feature half a head later (index i plus d/2) and rotate each pair by its angle.
+    # hint2: split the last dim into its two halves x1, x2 (not even/odd features: that is the interleaved layout); a point (x1, x2) rotated by an angle with cosine c and sine s is (x1 c - x2 s, x1 s + x2 c); put the halves back in order.
+    # hint3: x1, x2 = x.chunk(2, dim=-1); return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
     x1, x2 = x.chunk(2, dim=-1)                                                   # 2 x (..., t, d/2)
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
@@ -42,6 +44,15 @@ class RoPE(nn.Module):
         ang = torch.arange(start_pos, start_pos + t, device=x.device, dtype=torch.float32)[:, None] * inv_freq  # (t, d/2)
         return apply_rotary(x.float(), ang.cos(), ang.sin()).to(x.dtype)
 
+# %% ../nbs/06_variants.ipynb #0873a36e
+def cache_append(cached: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:
+    """The cache after one decoding step: the `cached` steps, then the `new` ones, along time (dim -2, whatever the
+    number of dims: (b, h, t, d) keys and values, (b, t, r) latents). With nothing cached yet (None), just `new`."""
+    # hint: join the new steps after the old ones along the time axis, which is the second-to-last one; the first step starts the cache.
+    # hint2: the time axis is dim -2 for every tensor a layer caches (counting from the end, so 3-d latents and 4-d keys both work); old steps first, then new: the last position of the cache is the newest token.
+    # hint3: return new if cached is None else torch.cat([cached, new], dim=-2)
+    return new if cached is None else torch.cat([cached, new], dim=-2)
+
 # %% ../nbs/06_variants.ipynb #301ee530
 class LayerCache:
     "The tensors one attention layer keeps between decoding steps, by name; time is dim -2 of each."
@@ -50,7 +61,7 @@ class LayerCache:
     def update(self, **new: torch.Tensor) -> tuple[torch.Tensor, ...]:
         "Append the new steps to each named tensor; return the full tensors, in the order given."
         for name, x in new.items():
-            self.tensors[name] = torch.cat([self.tensors[name], x], dim=-2) if name in self.tensors else x
+            self.tensors[name] = cache_append(self.tensors.get(name), x)
         return tuple(self.tensors[name] for name in new)
 
     def __len__(self): return next(iter(self.tensors.values())).size(-2) if self.tensors else 0
@@ -86,13 +97,22 @@ class GroupedQueryAttention(nn.Module):
 
     def forward(self, x, cache: LayerCache | None = None, start_pos: int = 0):
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)      # (b, h, t, d)
-        k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)   # (b, h_kv, t, d)
-        v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)   # (b, h_kv, t, d)
+        q = split_heads(self.q_proj(x), self.num_heads)                                   # (b, h, t, d)
+        k, v = (split_heads(p(x), self.num_kv_heads) for p in (self.k_proj, self.v_proj))  # 2 x (b, h_kv, t, d)
         if self.rope is not None: q, k = self.rope(q, start_pos), self.rope(k, start_pos)
         if cache is not None: k, v = cache.update(k=k, v=v)                               # (b, h_kv, t_k, d)
         y = attend(q, k, v, dropout_p=self.dropout if self.training else 0.0, backend=self.backend)  # (b, h, t, d)
-        return self.resid_drop(self.o_proj(y.transpose(1, 2).reshape(b, t, -1)))          # (b, t, C)
+        return self.resid_drop(self.o_proj(merge_heads(y)))                               # (b, t, C)
+
+# %% ../nbs/06_variants.ipynb #3e5a0988
+def absorb_query(q_nope: torch.Tensor, w_uk: torch.Tensor) -> torch.Tensor:
+    """MLA's absorbed query. q_nope (b, h, t, dn) are the queries' non-rotary features; w_uk (h, dn, r) holds each head's key
+    up-projection: head h's key for a latent c (r) is w_uk[h] @ c. Returns q_lat (b, h, t, r) with q_lat[b, h, t] . c ==
+    q_nope[b, h, t] . (w_uk[h] @ c) for every latent c: the scores against the cached latents directly."""
+    # hint: the score of a query against an up-projected key equals the score of a new query against the latent itself: carry each head's query through the transpose of its own key up-projection, from key space (dn) into latent space (r).
+    # hint2: per head h, the row vector q (dn) times the matrix w_uk[h] (dn, r) is that new query (r); batched matrix products broadcast the (h, dn, r) weights over the batch. Multiplying by w_uk[h] transposed has the same shape when dn == r, and the wrong values.
+    # hint3: return q_nope @ w_uk    (the same as torch.einsum("bhtn,hnr->bhtr", q_nope, w_uk))
+    return torch.einsum("bhtn,hnr->bhtr", q_nope, w_uk)                                 # (b, h, t, r)
 
 # %% ../nbs/06_variants.ipynb #547d2a1c
 class MultiHeadLatentAttention(nn.Module):
@@ -122,14 +142,14 @@ class MultiHeadLatentAttention(nn.Module):
     def forward(self, x, cache: LayerCache | None = None, start_pos: int = 0):
         b, t, _ = x.shape
         q = self.q_up(self.q_norm(self.q_down(x))) if self.rq else self.q_proj(x)          # (b, t, h*(dn+dr))
-        q_nope, q_rope = q.view(b, t, self.h, self.dn + self.dr).transpose(1, 2).split([self.dn, self.dr], -1)  # (b, h, t, dn), (b, h, t, dr)
+        q_nope, q_rope = split_heads(q, self.h).split([self.dn, self.dr], -1)  # (b, h, t, dn), (b, h, t, dr)
         c_kv, k_rope = self.kv_down(x).split([self.r, self.dr], -1)                          # (b, t, r), (b, t, dr)
         c_kv, k_rope = self.kv_norm(c_kv), k_rope.unsqueeze(1)                               # (b, t, r), (b, 1, t, dr)
         if self.rope is not None: q_rope, k_rope = self.rope(q_rope, start_pos), self.rope(k_rope, start_pos)
         if cache is not None: c_kv, k_rope = cache.update(c_kv=c_kv, k_rope=k_rope)         # (b, t_k, r), (b, 1, t_k, dr)
         absorb = cache is not None if self.absorb == "auto" else self.absorb
         y = (self._absorbed if absorb else self._naive)(q_nope, q_rope, c_kv, k_rope)       # (b, h, t, dv)
-        return self.resid_drop(self.o_proj(y.transpose(1, 2).reshape(b, t, -1)))            # (b, t, C)
+        return self.resid_drop(self.o_proj(merge_heads(y)))                                  # (b, t, C)
 
     def _attend(self, q, k, v):
         return attend(q, k, v, dropout_p=self.dropout if self.training else 0.0, backend=self.backend,
@@ -138,14 +158,14 @@ class MultiHeadLatentAttention(nn.Module):
     def _naive(self, q_nope, q_rope, c_kv, k_rope):
         "Up-project the latent to per-head keys and values, then attend as usual."
         b, t_k, _ = c_kv.shape
-        k_nope, v = self.kv_up(c_kv).view(b, t_k, self.h, self.dn + self.dv).transpose(1, 2).split([self.dn, self.dv], -1)  # (b, h, t_k, dn), (b, h, t_k, dv)
+        k_nope, v = split_heads(self.kv_up(c_kv), self.h).split([self.dn, self.dv], -1)  # (b, h, t_k, dn), (b, h, t_k, dv)
         k = torch.cat([k_nope, k_rope.expand(b, self.h, t_k, self.dr)], -1)                 # (b, h, t_k, dn+dr)
         return self._attend(torch.cat([q_nope, q_rope], -1), k, v)                           # (b, h, t, dv)
 
     def _absorbed(self, q_nope, q_rope, c_kv, k_rope):
         "Fold W_UK into the query and apply W_UV after attending: MQA over the cached latents."
         w_uk, w_uv = self.kv_up.weight.view(self.h, self.dn + self.dv, self.r).split([self.dn, self.dv], 1)  # (h, dn, r), (h, dv, r)
-        q_lat = torch.einsum("bhtn,hnr->bhtr", q_nope, w_uk)                                  # (b, h, t, r)
+        q_lat = absorb_query(q_nope, w_uk)                                                    # (b, h, t, r)
         k = torch.cat([c_kv.unsqueeze(1), k_rope], -1)                                        # (b, 1, t_k, r+dr)
         o_lat = self._attend(torch.cat([q_lat, q_rope], -1), k, c_kv.unsqueeze(1))             # (b, h, t, r)
         y = torch.einsum("bhtr,hvr->bhtv", o_lat, w_uv)                                       # (b, h, t, dv)

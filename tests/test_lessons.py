@@ -90,6 +90,50 @@ def test_reference_passes_and_whole_lesson_runs(name, tmp_path):
     # The square mask aligned top-left: a single cached query would see only key 0.
     ("05_attention.ipynb", "causal_mask", "import torch\ndef causal_mask(t_q, t_k, device=None):\n    return torch.ones(t_q, t_k, dtype=torch.bool).tril()",
      ["inputs:   (1, 5)", "expected: tensor(shape=(1, 5)", "got:      tensor(shape=(1, 5), dtype=bool, values=[[True, False"]),
+    # Lesson 05. Scores scaled by 1/d instead of 1/sqrt(d): the softmax is too flat.
+    ("05_attention.ipynb", "manual_attention", "import math, torch\ndef manual_attention(q, k, v, causal=True, scale=None, dropout_p=0.0):\n"
+     "    scale = 1 / q.size(-1) if scale is None else scale\n    scores = (q @ k.transpose(-2, -1)) * scale\n"
+     "    if causal: scores = scores.masked_fill(~causal_mask(q.size(-2), k.size(-2)), float('-inf'))\n"
+     "    w = torch.softmax(scores.float(), -1).to(q.dtype)\n    if dropout_p: w = torch.nn.functional.dropout(w, dropout_p)\n    return w @ v, w",
+     ["wrong answer", "inputs:   (tensor(shape=(1, 1, 4, 8)"]),
+    # The mask applied after the softmax: masked weights are zeroed, and the rows no longer sum to 1.
+    ("05_attention.ipynb", "manual_attention", "import math, torch\ndef manual_attention(q, k, v, causal=True, scale=None, dropout_p=0.0):\n"
+     "    scale = 1 / math.sqrt(q.size(-1)) if scale is None else scale\n    w = torch.softmax(((q @ k.transpose(-2, -1)) * scale).float(), -1).to(q.dtype)\n"
+     "    if causal: w = w.masked_fill(~causal_mask(q.size(-2), k.size(-2)), 0.0)\n"
+     "    if dropout_p: w = torch.nn.functional.dropout(w, dropout_p)\n    return w @ v, w",
+     ["wrong answer", "inputs:   (tensor(shape=(1, 1, 4, 8)"]),
+    # The square mask aligned top-left: right when t_q == t_k, wrong for queries that are the last t_q of t_k positions.
+    ("05_attention.ipynb", "manual_attention", "import math, torch\ndef manual_attention(q, k, v, causal=True, scale=None, dropout_p=0.0):\n"
+     "    scale = 1 / math.sqrt(q.size(-1)) if scale is None else scale\n    scores = (q @ k.transpose(-2, -1)) * scale\n"
+     "    if causal: scores = scores.masked_fill(~torch.ones(q.size(-2), k.size(-2), dtype=torch.bool).tril(), float('-inf'))\n"
+     "    w = torch.softmax(scores.float(), -1).to(q.dtype)\n    if dropout_p: w = torch.nn.functional.dropout(w, dropout_p)\n    return w @ v, w",
+     ["wrong answer", "inputs:   (tensor(shape=(2, 3, 2, 16)"]),
+    # Dropout ignored: the weights a training step uses are never dropped.
+    ("05_attention.ipynb", "manual_attention", "import math, torch\ndef manual_attention(q, k, v, causal=True, scale=None, dropout_p=0.0):\n"
+     "    scale = 1 / math.sqrt(q.size(-1)) if scale is None else scale\n    scores = (q @ k.transpose(-2, -1)) * scale\n"
+     "    if causal: scores = scores.masked_fill(~causal_mask(q.size(-2), k.size(-2)), float('-inf'))\n"
+     "    w = torch.softmax(scores.float(), -1).to(q.dtype)\n    return w @ v, w", ["wrong answer", "dropout_p=1.0)"]),
+    # A view straight to (b, h, t, d): the right shape, but head 0 gets the first tokens' features, not every token's first d.
+    ("05_attention.ipynb", "split_heads", "def split_heads(x, num_heads):\n    b, t, c = x.shape\n    return x.view(b, num_heads, t, c // num_heads)",
+     ["wrong answer", "expected: tensor(shape=(1, 2, 3, 2), dtype=float32, values=[[[[0.0, 1.0], [4.0, 5.0]",
+      "got:      tensor(shape=(1, 2, 3, 2), dtype=float32, values=[[[[0.0, 1.0], [2.0, 3.0]"]),
+    # A reshape without the transpose back: each token's row mixes features of several tokens of one head.
+    ("05_attention.ipynb", "merge_heads", "def merge_heads(y):\n    b, h, t, d = y.shape\n    return y.reshape(b, t, h * d)",
+     ["wrong answer", "expected: tensor(shape=(1, 3, 4), dtype=float32, values=[[[0.0, 1.0, 6.0, 7.0]",
+      "got:      tensor(shape=(1, 3, 4), dtype=float32, values=[[[0.0, 1.0, 2.0, 3.0]"]),
+    # Lesson 06. The interleaved RoPE layout (pairs 2i, 2i+1): a valid RoPE, but not the half-split one the package uses.
+    ("06_variants.ipynb", "apply_rotary", "import torch\ndef apply_rotary(x, cos, sin):\n    x1, x2 = x[..., 0::2], x[..., 1::2]\n"
+     "    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)",
+     ["wrong answer", "inputs:   (tensor(shape=(5, 8)"]),
+    # New steps put before the cached ones: the newest token is no longer last.
+    ("06_variants.ipynb", "cache_append", "import torch\ndef cache_append(cached, new):\n    return new if cached is None else torch.cat([new, cached], dim=-2)",
+     ["wrong answer", "inputs:   (tensor(shape=(2, 3, 3, 8)"]),
+    # Time hard-coded as dim 2 (right for 4-d keys): an MLA latent (b, t, r) is joined on its feature axis.
+    ("06_variants.ipynb", "cache_append", "import torch\ndef cache_append(cached, new):\n    return new if cached is None else torch.cat([cached, new], dim=2)",
+     ["raised RuntimeError", "inputs:   (tensor(shape=(2, 5, 6)"]),
+    # The key up-projection applied untransposed: the same shape when dn == r, and the wrong scores.
+    ("06_variants.ipynb", "absorb_query", "def absorb_query(q_nope, w_uk):\n    return q_nope @ w_uk.transpose(-2, -1)",
+     ["wrong answer", "inputs:   (tensor(shape=(2, 3, 4, 6)"]),
     # Mean instead of mean of squares.
     ("07_model.ipynb", "rms_norm", "import torch\ndef rms_norm(x, weight, eps=1e-5):\n    return (x / torch.sqrt(x.mean(-1, keepdim=True) ** 2 + eps) * weight).to(x.dtype)",
      ["wrong answer", "inputs:   (tensor(shape=(2, 3, 8)"]),

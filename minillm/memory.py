@@ -39,7 +39,9 @@ ADAM_STEP_BYTES = 4   # torch's AdamW keeps one fp32 `step` scalar per parameter
 # %% ../nbs/10_memory.ipynb #cd2cc764
 def model_state_bytes(n_params: int, precision: str = "bf16", n_tensors: int = 0) -> dict:
     "Bytes of weights, gradients, master weights and optimizer state for `n_params` parameters in `n_tensors` tensors."
-    # hint: r = RECIPES[precision]; dict(weights=r.weights * n_params, grads=..., master=..., optimizer=r.moments * n_params + ADAM_STEP_BYTES * n_tensors)
+    # hint: bytes per parameter from the precision's recipe for weights, gradients, fp32 master and moments, plus Adam's step per tensor
+    # hint2: the recipe is RECIPES[precision] (a Recipe); each state is its bytes per parameter times n_params; the optimizer state adds ADAM_STEP_BYTES for each of the n_tensors tensors.
+    # hint3: r = RECIPES[precision]; return dict(weights=r.weights * n_params, grads=r.grads * n_params, master=r.master * n_params, optimizer=r.moments * n_params + ADAM_STEP_BYTES * n_tensors)
     if precision not in RECIPES: raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(RECIPES)}")
     r = RECIPES[precision]
     return dict(weights=r.weights * n_params, grads=r.grads * n_params, master=r.master * n_params,
@@ -57,6 +59,9 @@ def measured_model_states(model: torch.nn.Module, opt: torch.optim.Optimizer, ma
 # %% ../nbs/10_memory.ipynb #4a1a25b6
 def zero_bytes(n_params: int, precision: str = "bf16", stage: int = 0, gpus: int = 1, offload: str = "none", n_tensors: int = 0) -> dict:
     "Model-state bytes on each GPU, and in CPU RAM per rank, under ZeRO `stage` over `gpus` ranks with `offload` none|optimizer|all."
+    # hint: start from model_state_bytes; from stage 1 on there is always an fp32 master copy; split what the stage partitions (stage 1 master and optimizer, stage 2 the gradients too, stage 3 the weights too) over the GPUs, rounding up; offload moves the optimizer's share to the CPU with an fp32 copy of the gradient share, and offload all the weights' share too.
+    # hint2: the master copy at stage 1 or more is 4 bytes per parameter even when the recipe has none (fp32, bf16-pure). A partitioned state holds math.ceil(bytes / gpus) on each GPU. Return dict(gpu={state: bytes}, cpu={state: bytes}) with the same four keys.
+    # hint3: split = {"weights": stage >= 3, "grads": stage >= 2, "master": stage >= 1, "optimizer": stage >= 1}; offload: cpu master and optimizer take the GPU's (which become 0) and cpu["grads"] = math.ceil(4 * n_params / gpus); offload all: cpu weights take the GPU's.
     if stage not in (0, 1, 2, 3): raise ValueError(f"ZeRO stage {stage}: use 0, 1, 2 or 3")
     if offload not in ("none", "optimizer", "all"): raise ValueError(f"offload {offload!r}: use none, optimizer or all")
     if offload != "none" and stage == 0: raise ValueError("offload needs ZeRO stage 1, 2 or 3")
@@ -251,6 +256,9 @@ def measured_activations(c: ModelConfig, seq_len: int, micro_batch: int, scheme:
 # %% ../nbs/10_memory.ipynb #dde4664e
 def kv_cache_bytes(c: ModelConfig, batch: int, seq_len: int, bytes_per_el: int = 2) -> int:
     "KV-cache bytes of `MiniLLM(c)` holding `seq_len` tokens for `batch` sequences."
+    # hint: per token and layer, a key and a value for each KV head (not each query head), or for an MLA layer its latent and its shared RoPE key; add up the layers, then multiply by the tokens, the sequences and the bytes per element.
+    # hint2: layer i's config is c.layer(i): kv_heads and head_dim for MHA/GQA/MQA; for attention == "mla", _mla_dims(lc) returns (qk head dim, v head dim, no-RoPE dim, RoPE dim d_rope, latent rank r, q rank).
+    # hint3: per_token += 2 * lc.kv_heads * lc.head_dim, or r + dr from _, _, _, dr, r, _ = _mla_dims(lc); return per_token * batch * seq_len * bytes_per_el
     per_token = 0
     for i in range(c.num_layers):
         lc = c.layer(i)

@@ -30,7 +30,7 @@ from .utils import UserError, nonneg_float, nonneg_int, positive_float, positive
 
 # %% auto #0
 __all__ = ['UNCAPPED', 'CHECKPOINT_KEYS', 'ENGINES', 'RUN_FILES', 'FLAGS', 'TrainConfig', 'accumulation_steps', 'param_groups',
-           'lr_at', 'Dist', 'setup_dist', 'choose_amp', 'rng_state', 'set_rng_state', 'save_checkpoint',
+           'lr_at', 'adamw_update', 'Dist', 'setup_dist', 'choose_amp', 'rng_state', 'set_rng_state', 'save_checkpoint',
            'load_checkpoint', 'check_compatible', 'engine_class', 'held_bytes', 'Engine', 'DDPEngine', 'Trainer',
            'accumulate', 'train_step', 'evaluate', 'state', 'save', 'resume', 'run_files', 'clear_run',
            'threading_main', 'Diverged', 'fit', 'LivePlot', 'load_model', 'sample_text', 'model_override',
@@ -127,7 +127,9 @@ def _value_problems(c) -> list[str]:
 # %% ../nbs/09_train.ipynb #bf5b31f5
 def accumulation_steps(batch_tokens: int | None, micro_batch: int, seq_len: int, world_size: int = 1) -> int:
     "Micro-batches per optimizer step: batch_tokens / (micro_batch * seq_len * world_size), which must be a positive integer."
-    # hint: per = micro_batch * seq_len * world_size; None means 1; raise ValueError(f"... {batch_tokens} / {per} ...") unless batch_tokens % per == 0 and batch_tokens >= per.
+    # hint: tokens per micro-step over all ranks; the batch must be a whole multiple, else a ValueError naming both
+    # hint2: None means one micro-step per optimizer step; a batch smaller than one micro-step is refused too.
+    # hint3: per = micro_batch * seq_len * world_size; raise ValueError(f"batch_tokens {batch_tokens} is not a multiple of ... = {per}") unless batch_tokens % per == 0 and batch_tokens >= per; return batch_tokens // per.
     per = micro_batch * seq_len * world_size
     if batch_tokens is None: return 1
     if batch_tokens < per or batch_tokens % per:
@@ -147,12 +149,30 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
         (decay if p.dim() >= 2 and id(p) not in emb else no_decay).append(p)
     return [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
 
+# %% ../nbs/09_train.ipynb #70de86db
 def lr_at(step: int, max_steps: int, lr: float, min_lr: float, warmup: int, kind: str = "cosine") -> float:
-    "Linear warmup over `warmup` steps, then cosine or linear decay from lr to min_lr at max_steps."
+    "Linear warmup over `warmup` steps (step counts from 0), then cosine or linear decay from lr to min_lr at max_steps, min_lr after."
+    # hint: the first step already gets a share of lr and the last warmup step all of it; after warmup, track the fraction of the decay done (capped at one) and move from lr to min_lr along half a cosine period, or a straight line for the linear kind.
+    # hint2: warmup: lr times (step + 1) / warmup while step < warmup. Decay: progress = (step - warmup) / (max_steps - warmup), at most 1 (guard a zero denominator with max(1, ...)).
+    # hint3: cosine: min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (lr - min_lr); linear: lr + (min_lr - lr) * progress.
     if step < warmup: return lr * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
     if kind == "linear": return lr + (min_lr - lr) * progress
     return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (lr - min_lr)
+
+# %% ../nbs/09_train.ipynb #fb7c0fc3
+def adamw_update(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, step: int, lr: float, weight_decay: float,
+                 betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    "AdamW's step number `step` (1, 2, ...) of weights `p` with gradient `g` and moments `m`, `v`, in place; returns (p, m, v)."
+    # hint: shrink the weights by a fraction proportional to lr, apart from the gradient (decoupled decay); update the two moments as running averages of the gradient and of its square; correct each for its start at zero; step the weights against the corrected mean over the root of the corrected square, plus eps.
+    # hint2: the decay comes first and never enters the moments: p shrinks by the factor 1 - lr * weight_decay. The corrections divide m by 1 - beta1 ** step and v by 1 - beta2 ** step.
+    # hint3: p.mul_(1 - lr * weight_decay); m.lerp_(g, 1 - b1); v.mul_(b2).addcmul_(g, g, value=1 - b2); p.sub_(lr * (m / (1 - b1 ** step)) / ((v / (1 - b2 ** step)).sqrt() + eps))
+    b1, b2 = betas
+    p.mul_(1 - lr * weight_decay)
+    m.lerp_(g, 1 - b1)
+    v.mul_(b2).addcmul_(g, g, value=1 - b2)
+    p.sub_(lr * (m / (1 - b1 ** step)) / ((v / (1 - b2 ** step)).sqrt() + eps))
+    return p, m, v
 
 # %% ../nbs/09_train.ipynb #4c2ebbf0
 @dataclass

@@ -56,7 +56,9 @@ def write_configs(plan: dict, run_dir, data_dir) -> tuple[list[str], Path]:
 # %% ../nbs/16_launch.ipynb #e46e5646
 def complete_rows(text: str) -> list[dict]:
     "The JSON records of the lines of `text` that are complete (end with a newline); the unfinished tail is left for later."
-    # hint: text.split("\n") puts the unfinished tail (or "") last; json.loads every other non-empty line
+    # hint: only newline-terminated lines are complete: parse those (non-empty) as JSON, leave the tail.
+    # hint2: splitting on newlines leaves the unfinished tail (or an empty string, when the text ends with a newline) as the last piece: drop it, and skip blank lines.
+    # hint3: *done, _tail = text.split("\n"); return [json.loads(l) for l in done if l.strip()]
     *done, _tail = text.split("\n")
     return [json.loads(l) for l in done if l.strip()]
 

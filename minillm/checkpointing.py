@@ -5,19 +5,34 @@ from __future__ import annotations
 import time
 import torch
 from .model import MiniLLM, ModelConfig, preset
-from .memory import activation_bytes, measured_activations, saved_tensor_bytes
+from .memory import activation_inventory, activation_bytes, measured_activations, saved_tensor_bytes
 
 # %% auto #0
-__all__ = ['rerun_and_backprop', 'Recompute', 'recompute', 'checkpoint_functions', 'grads_with', 'step_time', 'tradeoff']
+__all__ = ['rerun_and_backprop', 'replay_rng', 'Recompute', 'recompute', 'checkpoint_functions', 'grads_with', 'step_time',
+           'tradeoff', 'blocks_to_checkpoint', 'checkpoint_layers_for']
 
 # %% ../nbs/11_checkpointing.ipynb #5b3c15b6
 def rerun_and_backprop(fn, inputs, grads):
     "Run fn(*inputs) again with gradients on, back-propagate `grads` (one per output) through it; return each input's gradient (None where it needs none)."
-    # hint: xs = [x.detach().requires_grad_(x.requires_grad) for x in inputs]; under torch.enable_grad(): out = fn(*xs); torch.autograd.backward(out, grads)
+    # hint: rerun fn on detached copies of the inputs with gradients on, then backpropagate the incoming gradients
+    # hint2: this runs inside autograd's backward pass, where gradients are off and the saved inputs are still joined to the forward's graph: cut each input loose (keeping whether it requires grad) and turn gradients back on for the rerun. fn may return one tensor or a tuple.
+    # hint3: xs = [x.detach().requires_grad_(x.requires_grad) for x in inputs]; with torch.enable_grad(): out = fn(*xs); torch.autograd.backward(out if isinstance(out, tuple) else (out,), grads); return tuple(x.grad if x.requires_grad else None for x in xs)
     xs = [x.detach().requires_grad_(x.requires_grad) for x in inputs]
     with torch.enable_grad(): out = fn(*xs)
     torch.autograd.backward(out if isinstance(out, (tuple, list)) else (out,), grads)
     return tuple(x.grad if x.requires_grad else None for x in xs)
+
+# %% ../nbs/11_checkpointing.ipynb #2a19db7f
+def replay_rng(cpu_state: torch.Tensor, cuda_state: torch.Tensor | None, fn, *args):
+    "fn(*args) drawing the forward's random numbers: torch's CPU generator (and the current CUDA device's, when `cuda_state` is given) set to the saved states during the call, then restored to the caller's."
+    # hint: remember the caller's generator states, install the saved ones, run fn, and put the caller's back even when fn raises; torch has a context manager that does the remembering and restoring.
+    # hint2: torch.random.fork_rng(devices=...) restores on exit the states of the CPU generator and of the CUDA devices listed; inside it, torch.set_rng_state and torch.cuda.set_rng_state install the saved ones.
+    # hint3: with torch.random.fork_rng(devices=[torch.cuda.current_device()] if cuda_state is not None else []): torch.set_rng_state(cpu_state); (torch.cuda.set_rng_state(cuda_state) when given); return fn(*args)
+    devices = [torch.cuda.current_device()] if cuda_state is not None else []
+    with torch.random.fork_rng(devices=devices):
+        torch.set_rng_state(cpu_state)
+        if cuda_state is not None: torch.cuda.set_rng_state(cuda_state)
+        return fn(*args)
 
 # %% ../nbs/11_checkpointing.ipynb #3dd59c50
 class Recompute(torch.autograd.Function):
@@ -35,12 +50,10 @@ class Recompute(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):
-        devices = [torch.cuda.current_device()] if ctx.cuda_rng is not None else []
-        with torch.random.fork_rng(devices=devices):           # replay the forward's random numbers, then restore ours
-            torch.set_rng_state(ctx.cpu_rng)
-            if ctx.cuda_rng is not None: torch.cuda.set_rng_state(ctx.cuda_rng)
+        def rerun():                # the forward's autocast state; replay_rng gives it the forward's random numbers
             with torch.autocast(ctx.device_type, dtype=ctx.autocast[1], enabled=ctx.autocast[0]):
-                return (None, *rerun_and_backprop(ctx.fn, ctx.saved_tensors, grads))   # fn's parameters accumulate their .grad
+                return rerun_and_backprop(ctx.fn, ctx.saved_tensors, grads)   # fn's parameters accumulate their .grad
+        return (None, *replay_rng(ctx.cpu_rng, ctx.cuda_rng, rerun))
 
 def recompute(fn, *args):
     "Checkpoint `fn(*args)` with `Recompute` (the model's `checkpoint_fn` signature)."
@@ -92,3 +105,22 @@ def tradeoff(c: ModelConfig, micro_batch: int, seq_len: int, backend: str = "sdp
                              formula=activation_bytes(c, seq_len, micro_batch, device="cpu", checkpointing=mode if k else "none", checkpoint_layers=k),
                              seconds=step_time(c, micro_batch, seq_len, mode if k else False, k, reps)))
     return rows
+
+# %% ../nbs/11_checkpointing.ipynb #f8d9ad27
+def blocks_to_checkpoint(saved: list[int], kept: list[int], budget: int) -> int | None:
+    "The fewest leading blocks (0..k-1) to checkpoint so the blocks save at most `budget` bytes; None if all of them are not enough."
+    # hint: try zero, one, two and more leading blocks checkpointed, up to every block: the first count whose total is within the budget (equal fits), or None when none is.
+    # hint2: with k leading blocks checkpointed the total is the kept bytes of blocks 0..k-1 plus the saved bytes of the others; k runs from 0 to len(saved), both included.
+    # hint3: for k in range(len(saved) + 1): if sum(kept[:k]) + sum(saved[k:]) <= budget: return k; then return None
+    for k in range(len(saved) + 1):
+        if sum(kept[:k]) + sum(saved[k:]) <= budget: return k
+    return None
+
+# %% ../nbs/11_checkpointing.ipynb #a735704a
+def checkpoint_layers_for(c: ModelConfig, seq_len: int, micro_batch: int, budget: int, mode: str = "full", **kw) -> int | None:
+    "The fewest leading blocks to checkpoint (`mode`) so one forward saves at most `budget` bytes by the memory lesson's formula; None if none fits."
+    def per_block(ck):
+        rows = activation_inventory(c, seq_len, micro_batch, checkpointing=ck, **kw)
+        return [sum(v for w, _, v in rows if w == f"layer {i}") for i in range(c.num_layers)], sum(v for w, _, v in rows if not w.startswith("layer "))
+    (saved, rest), (kept, _) = per_block("none"), per_block(mode)
+    return blocks_to_checkpoint(saved, kept, budget - rest)

@@ -15,10 +15,29 @@ from .train import (Engine, TrainConfig, param_groups, accumulation_steps, set_r
 from .utils import UserError, patch, write_json
 
 # %% auto #0
-__all__ = ['SHIPPED', 'SHIPPED_FILES', 'SHM_ALLREDUCE', 'SHARD_GLOBALS', 'require_deepspeed', 'ds_precision', 'build_ds_config',
-           'find_auto', 'resolve_ds_config', 'load_ds_config', 'user_ds_config', 'skip_shm_allreduce',
-           'DeepSpeedEngine', 'shard_globals', 'verify_shards', 'consolidated_weights', 'rank_model_states',
-           'deepspeed_estimate', 'free_port', 'deepspeed_command', 'torchrun_command', 'run_training']
+__all__ = ['SHIPPED', 'SHIPPED_FILES', 'SHM_ALLREDUCE', 'SHARD_GLOBALS', 'zero_section', 'require_deepspeed', 'ds_precision',
+           'build_ds_config', 'find_auto', 'batch_triple', 'resolve_ds_config', 'load_ds_config', 'user_ds_config',
+           'skip_shm_allreduce', 'DeepSpeedEngine', 'shard_globals', 'verify_shards', 'consolidated_weights',
+           'rank_model_states', 'deepspeed_estimate', 'free_port', 'deepspeed_command', 'torchrun_command',
+           'run_training']
+
+# %% ../nbs/13_deepspeed.ipynb #9405362f
+def zero_section(stage: int, offload: str, bucket: int, persistence: int, on_gpu: bool) -> dict:
+    """ds_config's zero_optimization for ZeRO `stage` and `offload` none|optimizer|all. Always: stage, contiguous_gradients True,
+    overlap_comm (on a GPU only), reduce_bucket_size = bucket. Stages 1-2: allgather_bucket_size = bucket, reduce_scatter True.
+    Stage 3: stage3_prefetch_bucket_size = bucket, stage3_param_persistence_threshold = persistence, stage3_max_live_parameters =
+    2 x bucket, stage3_gather_16bit_weights_on_model_save False. Offload optimizer or all: offload_optimizer; all: offload_param too;
+    each {"device": "cpu", "pin_memory": on a GPU only}."""
+    # hint: start from the keys every stage has, add the keys only stages one and two use or only stage three uses, then the offload entries: the optimizer's for either offload, the parameters' for all only.
+    # hint2: stage 0 adds nothing to the keys every stage has; pinned memory and overlapping communication need a GPU, so both follow on_gpu.
+    # hint3: z = {"stage": stage, "contiguous_gradients": True, "overlap_comm": on_gpu, "reduce_bucket_size": bucket}; if stage in (1, 2): z |= {...}; if offload in ("optimizer", "all"): z["offload_optimizer"] = {"device": "cpu", "pin_memory": on_gpu}
+    zero = {"stage": stage, "contiguous_gradients": True, "overlap_comm": on_gpu, "reduce_bucket_size": bucket}
+    if stage in (1, 2): zero |= {"allgather_bucket_size": bucket, "reduce_scatter": True}
+    if stage == 3: zero |= {"stage3_prefetch_bucket_size": bucket, "stage3_param_persistence_threshold": persistence,
+                            "stage3_max_live_parameters": 2 * bucket, "stage3_gather_16bit_weights_on_model_save": False}
+    if offload in ("optimizer", "all"): zero["offload_optimizer"] = {"device": "cpu", "pin_memory": on_gpu}
+    if offload == "all": zero["offload_param"] = {"device": "cpu", "pin_memory": on_gpu}
+    return zero
 
 # %% ../nbs/13_deepspeed.ipynb #81d9c1e2
 def require_deepspeed():
@@ -41,12 +60,7 @@ def build_ds_config(tc: TrainConfig, n_params: int, world_size: int, seq_len: in
     stage = 2 if tc.zero_stage is None else tc.zero_stage
     accum = accumulation_steps(tc.batch_tokens, tc.micro_batch, seq_len, world_size)
     prec, bucket = ds_precision(tc.precision, device_type), bucket_elements(n_params)
-    zero = {"stage": stage, "contiguous_gradients": True, "overlap_comm": device_type == "cuda", "reduce_bucket_size": bucket}
-    if stage in (1, 2): zero |= {"allgather_bucket_size": bucket, "reduce_scatter": True}
-    if stage == 3: zero |= {"stage3_prefetch_bucket_size": bucket, "stage3_param_persistence_threshold": int(min(1e5, max(1e3, n_params // 1000))),
-                            "stage3_max_live_parameters": 2 * bucket, "stage3_gather_16bit_weights_on_model_save": False}
-    if tc.offload in ("optimizer", "all"): zero["offload_optimizer"] = {"device": "cpu", "pin_memory": device_type == "cuda"}
-    if tc.offload == "all": zero["offload_param"] = {"device": "cpu", "pin_memory": device_type == "cuda"}
+    zero = zero_section(stage, tc.offload, bucket, int(min(1e5, max(1e3, n_params // 1000))), device_type == "cuda")
     cfg = {"train_batch_size": tc.micro_batch * world_size * accum, "train_micro_batch_size_per_gpu": tc.micro_batch,
            "gradient_accumulation_steps": accum, "gradient_clipping": tc.grad_clip,
            "optimizer": {"type": "AdamW", "params": {"lr": tc.lr, "betas": [tc.beta1, tc.beta2], "eps": 1e-8,
@@ -64,9 +78,28 @@ def build_ds_config(tc: TrainConfig, n_params: int, world_size: int, seq_len: in
 # %% ../nbs/13_deepspeed.ipynb #b758884b
 def find_auto(d, path: str = "") -> list[str]:
     "Dotted paths of every 'auto' value in a nested dict."
-    # hint: recurse into dict values with path f"{path}.{k}" (or k at the top); a leaf equal to "auto" gives [path]
+    # hint: walk the nested dicts carrying the dotted key path; collect paths whose value is "auto"
+    # hint2: recurse into each dict value with the path f"{path}.{k}" (just k at the top level); a value that is not a dict gives [path] when it equals "auto", else [].
     if isinstance(d, dict): return [p for k, v in d.items() for p in find_auto(v, f"{path}.{k}" if path else k)]
     return [path] if d == "auto" else []
+
+# %% ../nbs/13_deepspeed.ipynb #0998375e
+def batch_triple(train_batch_size: int | None, micro: int, accum: int | None, world_size: int) -> tuple[int, int, int]:
+    """(train_batch_size, micro, accum) with train_batch_size = micro x world_size x accum; whichever of train_batch_size and accum
+    is None is computed (not both). ValueError when train_batch_size is not a multiple of micro x world_size, or the three disagree."""
+    # hint: the sequences of one micro-step over all processes; a global batch given alone must be a whole multiple of it (else a ValueError naming both), and one given with the accumulation must equal the product (else a ValueError showing it).
+    # hint2: the messages the trainer prints: "train_batch_size T is not a multiple of micro batch M x W processes = MW", and "train_batch_size T != train_micro_batch_size_per_gpu M x W processes x gradient_accumulation_steps A = MWA; fix one of them (or drop train_batch_size and it is computed)".
+    # hint3: per = micro * world_size; accum None: raise unless train_batch_size % per == 0, then accum = train_batch_size // per; train_batch_size None: micro * world_size * accum; both given: raise if train_batch_size != per * accum.
+    per = micro * world_size
+    if accum is None:
+        if train_batch_size % per or train_batch_size < per:
+            raise ValueError(f"train_batch_size {train_batch_size} is not a multiple of micro batch {micro} x {world_size} processes = {per}")
+        accum = train_batch_size // per
+    if train_batch_size is None: train_batch_size = per * accum
+    if train_batch_size != per * accum:
+        raise ValueError(f"train_batch_size {train_batch_size} != train_micro_batch_size_per_gpu {micro} x {world_size} processes x "
+                         f"gradient_accumulation_steps {accum} = {per * accum}; fix one of them (or drop train_batch_size and it is computed)")
+    return train_batch_size, micro, accum
 
 # %% ../nbs/13_deepspeed.ipynb #b37c6003
 _SECTIONS = ("zero_optimization", "optimizer", "bf16", "fp16", "activation_checkpointing")      # ds_config keys whose value is an object
@@ -92,13 +125,9 @@ def resolve_ds_config(user: dict | None, tc: TrainConfig, n_params: int, world_s
     micro = cfg.get("train_micro_batch_size_per_gpu", tc.micro_batch)
     accum, tbs = cfg.get("gradient_accumulation_steps"), cfg.get("train_batch_size")
     if accum is None and tbs is None: accum = accumulation_steps(tc.batch_tokens, micro, seq_len, world_size)
-    if accum is None:
-        if tbs % (micro * world_size): bad.append(f"train_batch_size {tbs} is not a multiple of micro batch {micro} x {world_size} processes = {micro * world_size}")
-        accum = max(1, tbs // (micro * world_size))
-    tbs = micro * world_size * accum if tbs is None else tbs
-    if tbs != micro * world_size * accum:
-        bad.append(f"train_batch_size {tbs} != train_micro_batch_size_per_gpu {micro} x {world_size} processes x gradient_accumulation_steps {accum} "
-                   f"= {micro * world_size * accum}; fix one of them (or drop train_batch_size and it is computed)")
+    try: tbs, micro, accum = batch_triple(tbs, micro, accum, world_size)
+    except ValueError as e:
+        bad.append(str(e)); accum = accum or max(1, tbs // (micro * world_size)); tbs = micro * world_size * accum
     cfg.update(train_batch_size=tbs, train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=accum)
     zero = cfg.setdefault("zero_optimization", {"stage": 0})
     if tc.zero_stage is not None: zero["stage"] = tc.zero_stage
@@ -333,7 +362,7 @@ def rank_model_states(engine) -> dict:
 def rank_bytes(self: DeepSpeedEngine) -> dict:
     "This rank's bytes in the contract's terms (the fp32 master partition counts as optimizer state) and DeepSpeed's own split."
     r = rank_model_states(self.engine)
-    return dict(params=r["weights"], grads=0, optimizer=r["master"] + r["optimizer"], **r)
+    return dict(params=r["weights"], grads=0, optimizer=r["master"] + r["optimizer"], deepspeed=r)
 
 @patch
 def report_memory(self: DeepSpeedEngine):

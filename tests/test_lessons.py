@@ -190,6 +190,111 @@ def test_reference_passes_and_whole_lesson_runs(name, tmp_path):
     # Only the top level searched: a nested "auto" (bf16.enabled) slips through to DeepSpeed.
     ("13_deepspeed.ipynb", "find_auto", "def find_auto(d, path=''):\n    return [k for k, v in d.items() if v == 'auto']",
      ["wrong answer", "expected: ['bf16.enabled']", "got:      []"]),
+    # Lesson 09. Floor division and no check: a batch that is not a whole multiple is silently truncated.
+    ("09_train.ipynb", "accumulation_steps", "def accumulation_steps(batch_tokens, micro_batch, seq_len, world_size=1):\n"
+     "    return 1 if batch_tokens is None else max(1, batch_tokens // (micro_batch * seq_len * world_size))", ["should raise a ValueError"]),
+    # Warmup off by one: step 0 gets a learning rate of zero (a wasted step).
+    ("09_train.ipynb", "lr_at", "import math\ndef lr_at(step, max_steps, lr, min_lr, warmup, kind='cosine'):\n    if step < warmup: return lr * step / warmup\n"
+     "    p = min(1.0, (step - warmup) / max(1, max_steps - warmup))\n"
+     "    return lr + (min_lr - lr) * p if kind == 'linear' else min_lr + 0.5 * (1 + math.cos(math.pi * p)) * (lr - min_lr)",
+     ["wrong answer", "inputs:   (0, 100, 1.0, 0.1, 10)", "expected: 0.1", "got:      0.0"]),
+    # Cosine decay to zero instead of min_lr.
+    ("09_train.ipynb", "lr_at", "import math\ndef lr_at(step, max_steps, lr, min_lr, warmup, kind='cosine'):\n    if step < warmup: return lr * (step + 1) / warmup\n"
+     "    p = min(1.0, (step - warmup) / max(1, max_steps - warmup))\n"
+     "    return lr + (min_lr - lr) * p if kind == 'linear' else 0.5 * (1 + math.cos(math.pi * p)) * lr",
+     ["wrong answer", "inputs:   (55, 100, 1.0, 0.1, 10)"]),
+    # The linear variant ignored: always cosine.
+    ("09_train.ipynb", "lr_at", "import math\ndef lr_at(step, max_steps, lr, min_lr, warmup, kind='cosine'):\n    if step < warmup: return lr * (step + 1) / warmup\n"
+     "    p = min(1.0, (step - warmup) / max(1, max_steps - warmup))\n    return min_lr + 0.5 * (1 + math.cos(math.pi * p)) * (lr - min_lr)",
+     ["wrong answer", "inputs:   (35, 110, 1.0, 0.0, 10, 'linear')"]),
+    # Adam with L2: the decay added to the gradient, so Adam's normalisation scales it away.
+    ("09_train.ipynb", "adamw_update", "def adamw_update(p, g, m, v, step, lr, weight_decay, betas=(0.9, 0.95), eps=1e-8):\n    b1, b2 = betas\n"
+     "    g = g + weight_decay * p\n    m.lerp_(g, 1 - b1); v.mul_(b2).addcmul_(g, g, value=1 - b2)\n"
+     "    p.sub_(lr * (m / (1 - b1 ** step)) / ((v / (1 - b2 ** step)).sqrt() + eps))\n    return p, m, v",
+     ["wrong answer", "inputs:   (tensor(shape=(4,)"]),
+    # No bias correction: the first steps are far too small (moments start at zero).
+    ("09_train.ipynb", "adamw_update", "def adamw_update(p, g, m, v, step, lr, weight_decay, betas=(0.9, 0.95), eps=1e-8):\n    b1, b2 = betas\n"
+     "    p.mul_(1 - lr * weight_decay); m.lerp_(g, 1 - b1); v.mul_(b2).addcmul_(g, g, value=1 - b2)\n    p.sub_(lr * m / (v.sqrt() + eps))\n    return p, m, v",
+     ["wrong answer", "inputs:   (tensor(shape=(4,)"]),
+    # The decay applied after the update: it shrinks the step too.
+    ("09_train.ipynb", "adamw_update", "def adamw_update(p, g, m, v, step, lr, weight_decay, betas=(0.9, 0.95), eps=1e-8):\n    b1, b2 = betas\n"
+     "    m.lerp_(g, 1 - b1); v.mul_(b2).addcmul_(g, g, value=1 - b2)\n"
+     "    p.sub_(lr * (m / (1 - b1 ** step)) / ((v / (1 - b2 ** step)).sqrt() + eps)); p.mul_(1 - lr * weight_decay)\n    return p, m, v",
+     ["wrong answer", "inputs:   (tensor(shape=(4,)"]),
+    # Lesson 10. ZeRO-2 taken to shard the weights (only stage 3 does: every GPU runs the whole model).
+    ("10_memory.ipynb", "zero_bytes", "import math\ndef zero_bytes(n_params, precision='bf16', stage=0, gpus=1, offload='none', n_tensors=0):\n"
+     "    s = model_state_bytes(n_params, precision, n_tensors)\n    if stage >= 1 and not s['master']: s['master'] = 4 * n_params\n"
+     "    split = {'weights': stage >= 2, 'grads': stage >= 2, 'master': stage >= 1, 'optimizer': stage >= 1}\n"
+     "    gpu = {k: math.ceil(v / gpus) if split[k] else v for k, v in s.items()}\n    cpu = dict.fromkeys(s, 0)\n"
+     "    if offload != 'none':\n        for k in ('master', 'optimizer'): cpu[k], gpu[k] = gpu[k], 0\n        cpu['grads'] = math.ceil(4 * n_params / gpus)\n"
+     "    if offload == 'all': cpu['weights'], gpu['weights'] = gpu['weights'], 0\n    return dict(gpu=gpu, cpu=cpu)",
+     ["wrong answer", "inputs:   (1000, 'bf16', 2, 4)"]),
+    # No fp32 master for an fp32 model: DeepSpeed's ZeRO still steps a flat fp32 copy of each partition.
+    ("10_memory.ipynb", "zero_bytes", "import math\ndef zero_bytes(n_params, precision='bf16', stage=0, gpus=1, offload='none', n_tensors=0):\n"
+     "    s = model_state_bytes(n_params, precision, n_tensors)\n"
+     "    split = {'weights': stage >= 3, 'grads': stage >= 2, 'master': stage >= 1, 'optimizer': stage >= 1}\n"
+     "    gpu = {k: math.ceil(v / gpus) if split[k] else v for k, v in s.items()}\n    cpu = dict.fromkeys(s, 0)\n"
+     "    if offload != 'none':\n        for k in ('master', 'optimizer'): cpu[k], gpu[k] = gpu[k], 0\n        cpu['grads'] = math.ceil(4 * n_params / gpus)\n"
+     "    if offload == 'all': cpu['weights'], gpu['weights'] = gpu['weights'], 0\n    return dict(gpu=gpu, cpu=cpu)",
+     ["wrong answer", "inputs:   (1000, 'fp32', 1, 2)"]),
+    # Query heads instead of KV heads: GQA's and MQA's saving is lost.
+    ("10_memory.ipynb", "kv_cache_bytes", "def kv_cache_bytes(c, batch, seq_len, bytes_per_el=2):\n    per = 0\n    for i in range(c.num_layers):\n"
+     "        lc = c.layer(i)\n        if lc.attention == 'mla': _, _, _, dr, r, _ = _mla_dims(lc); per += r + dr\n"
+     "        else: per += 2 * lc.num_heads * lc.head_dim\n    return per * batch * seq_len * bytes_per_el", ["wrong answer"]),
+    # MLA cached as full keys and values: the latent is the whole point.
+    ("10_memory.ipynb", "kv_cache_bytes", "def kv_cache_bytes(c, batch, seq_len, bytes_per_el=2):\n"
+     "    return sum(2 * c.layer(i).kv_heads * c.layer(i).head_dim for i in range(c.num_layers)) * batch * seq_len * bytes_per_el", ["wrong answer"]),
+    # Lesson 11. No detach: inside backward the rerun reaches back into the forward's graph (and a leaf's .grad counts twice).
+    ("11_checkpointing.ipynb", "rerun_and_backprop", "import torch\ndef rerun_and_backprop(fn, inputs, grads):\n"
+     "    xs = [x.requires_grad_(x.requires_grad) for x in inputs]\n    with torch.enable_grad(): out = fn(*xs)\n"
+     "    torch.autograd.backward(out if isinstance(out, tuple) else (out,), grads)\n    return tuple(x.grad if x.requires_grad else None for x in xs)",
+     ["inside backward", "raised RuntimeError"]),
+    # No enable_grad: autograd runs backward with gradients off, so the rerun records no graph.
+    ("11_checkpointing.ipynb", "rerun_and_backprop", "import torch\ndef rerun_and_backprop(fn, inputs, grads):\n"
+     "    xs = [x.detach().requires_grad_(x.requires_grad) for x in inputs]\n    out = fn(*xs)\n"
+     "    torch.autograd.backward(out if isinstance(out, tuple) else (out,), grads)\n    return tuple(x.grad if x.requires_grad else None for x in xs)",
+     ["inside backward", "raised RuntimeError", "does not require grad"]),
+    # The saved state set but the caller's never restored: the training loop's later draws change.
+    ("11_checkpointing.ipynb", "replay_rng", "import torch\ndef replay_rng(cpu_state, cuda_state, fn, *args):\n    torch.set_rng_state(cpu_state)\n    return fn(*args)",
+     ["wrong answer", "the caller's next draw"]),
+    # The caller's state kept but the forward's never set: the rerun drops other units than the forward did.
+    ("11_checkpointing.ipynb", "replay_rng", "import torch\ndef replay_rng(cpu_state, cuda_state, fn, *args):\n    with torch.random.fork_rng():\n        return fn(*args)",
+     ["wrong answer", "inputs:"]),
+    # Strictly under the budget: a total equal to it fits.
+    ("11_checkpointing.ipynb", "blocks_to_checkpoint", "def blocks_to_checkpoint(saved, kept, budget):\n    for k in range(len(saved) + 1):\n"
+     "        if sum(kept[:k]) + sum(saved[k:]) < budget: return k\n    return None",
+     ["inputs:   ([10, 10, 10, 10], [2, 2, 2, 2], 40)", "expected: 0", "got:      1"]),
+    # The last k blocks counted instead of the first k the model checkpoints.
+    ("11_checkpointing.ipynb", "blocks_to_checkpoint", "def blocks_to_checkpoint(saved, kept, budget):\n    n = len(saved)\n    for k in range(n + 1):\n"
+     "        if sum(saved[:n - k]) + sum(kept[n - k:]) <= budget: return k\n    return None",
+     ["inputs:   ([5, 20, 8], [1, 2, 1], 27)", "expected: 2", "got:      1"]),
+    # Every block when nothing fits, instead of saying so.
+    ("11_checkpointing.ipynb", "blocks_to_checkpoint", "def blocks_to_checkpoint(saved, kept, budget):\n    for k in range(len(saved) + 1):\n"
+     "        if sum(kept[:k]) + sum(saved[k:]) <= budget: return k\n    return len(saved)",
+     ["inputs:   ([10, 10, 10, 10], [2, 2, 2, 2], 7)", "expected: None", "got:      4"]),
+    # Lesson 13. offload_param for an optimizer offload: the weights leave the GPU too.
+    ("13_deepspeed.ipynb", "zero_section", "def zero_section(stage, offload, bucket, persistence, on_gpu):\n"
+     "    z = {'stage': stage, 'contiguous_gradients': True, 'overlap_comm': on_gpu, 'reduce_bucket_size': bucket}\n"
+     "    if stage in (1, 2): z |= {'allgather_bucket_size': bucket, 'reduce_scatter': True}\n"
+     "    if stage == 3: z |= {'stage3_prefetch_bucket_size': bucket, 'stage3_param_persistence_threshold': persistence, 'stage3_max_live_parameters': 2 * bucket, 'stage3_gather_16bit_weights_on_model_save': False}\n"
+     "    if offload != 'none': z['offload_optimizer'] = z['offload_param'] = {'device': 'cpu', 'pin_memory': on_gpu}\n    return z",
+     ["wrong answer", "inputs:   (2, 'optimizer', 500, 10, True)"]),
+    # Stage 3 given the stage 1-2 keys as well.
+    ("13_deepspeed.ipynb", "zero_section", "def zero_section(stage, offload, bucket, persistence, on_gpu):\n"
+     "    z = {'stage': stage, 'contiguous_gradients': True, 'overlap_comm': on_gpu, 'reduce_bucket_size': bucket}\n"
+     "    if stage >= 1: z |= {'allgather_bucket_size': bucket, 'reduce_scatter': True}\n"
+     "    if stage == 3: z |= {'stage3_prefetch_bucket_size': bucket, 'stage3_param_persistence_threshold': persistence, 'stage3_max_live_parameters': 2 * bucket, 'stage3_gather_16bit_weights_on_model_save': False}\n"
+     "    if offload != 'none': z['offload_optimizer'] = {'device': 'cpu', 'pin_memory': on_gpu}\n"
+     "    if offload == 'all': z['offload_param'] = {'device': 'cpu', 'pin_memory': on_gpu}\n    return z",
+     ["wrong answer", "inputs:   (3, 'none', 64, 7, True)"]),
+    # Floor division: a global batch that is not a multiple is silently rounded down.
+    ("13_deepspeed.ipynb", "batch_triple", "def batch_triple(train_batch_size, micro, accum, world_size):\n"
+     "    if accum is None: accum = train_batch_size // (micro * world_size)\n"
+     "    return micro * world_size * accum if train_batch_size is None else train_batch_size, micro, accum", ["should raise a ValueError"]),
+    # The processes forgotten: each one's micro-batches counted as if it were alone.
+    ("13_deepspeed.ipynb", "batch_triple", "def batch_triple(train_batch_size, micro, accum, world_size):\n"
+     "    if accum is None: accum = train_batch_size // micro\n    return micro * accum if train_batch_size is None else train_batch_size, micro, accum",
+     ["inputs:   (32, 4, None, 2)", "expected: (32, 4, 4)", "got:      (32, 4, 8)"]),
     # Every complete bucket launched at once: a rank whose earlier bucket still waits for a gradient starts its collectives
     # in another order than the other ranks (they sum unrelated tensors, or deadlock).
     ("12_zero.ipynb", "buckets_to_launch", "def buckets_to_launch(buckets, ready, launched):\n"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import time
 from dataclasses import asdict
 
@@ -16,8 +17,9 @@ from .model import MiniLLM, flops_per_token, preset
 from .utils import positive_float, positive_int, write_json
 
 # %% auto #0
-__all__ = ['VARIANT_ARGS', 'ZERO_MODES', 'variant_config', 'train_throughput', 'generate_throughput', 'bench_model', 'bench_bpe',
-           'bench_train', 'bench_zero', 'bench_main', 'dense_like_total', 'bench_moe']
+__all__ = ['VARIANT_ARGS', 'ENGINE_MODES', 'ZERO_MODES', 'variant_config', 'train_throughput', 'generate_throughput',
+           'bench_model', 'bench_bpe', 'bench_train', 'bench_zero', 'bench_main', 'bench_engines', 'dense_like_total',
+           'bench_moe']
 
 # %% ../nbs/95_bench.ipynb #64feb25e
 VARIANT_ARGS = {"mha": dict(attention="mha"), "gqa": dict(attention="gqa"), "mqa": dict(attention="mqa"), "mla": dict(attention="mla")}
@@ -218,6 +220,14 @@ def bench_main(argv: list[str] | None = None) -> int:
     z.add_argument("--preset", default="demo", choices=list(PRESETS), help="model preset")
     z.add_argument("--micro-batch", type=positive_int, default=8, help="sequences per process per step")
     z.add_argument("--json", default="bench-zero.json", help="where to write the figures")
+    g = sub.add_parser("engines", help="every trainer engine on N CPU processes: tokens/s, per-rank bytes and peak memory, bytes sent per step vs theory")
+    g.add_argument("--data", required=True, help="shards from `minillm prepare`")
+    g.add_argument("--engines", nargs="+", default=ENGINE_MODES, choices=ENGINE_MODES, help="engines to run (zero3-prefetch: zero3 with --prefetch)")
+    g.add_argument("--procs", type=positive_int, default=2, help="CPU processes")
+    g.add_argument("--steps", type=_min_steps, default=12, help="optimizer steps per engine (>= 7; tokens/s is timed after step 2)")
+    g.add_argument("--preset", default="demo", choices=list(PRESETS), help="model preset")
+    g.add_argument("--micro-batch", type=positive_int, default=8, help="sequences per process per step")
+    g.add_argument("--json", default="bench-engines.json", help="where to write the figures")
     e = sub.add_parser("moe", help="moe preset (per balancing method) vs demo (equal active params) vs a dense model of equal total params")
     e.add_argument("--data", required=True, help="shards from `minillm prepare` (e.g. data/builtin-4096)")
     e.add_argument("--budget", type=positive_float, default=300, help="seconds of training per run")
@@ -228,6 +238,14 @@ def bench_main(argv: list[str] | None = None) -> int:
         gpus = torch.cuda.device_count()
         res = bench_zero(args.data, args.procs or gpus or 2, args.steps, args.preset, args.micro_batch,
                          tuple(args.modes or (["plain", "zero0", "zero1", "zero2", "zero3"] if gpus else ["plain", "zero2"])))
+        write_json(args.json, res); print(f"wrote {args.json}"); return 0
+    if args.name == "engines":
+        if args.procs > (os.cpu_count() or 1): raise ValueError(f"--procs {args.procs}: this machine has {os.cpu_count()} cores; use at most that")
+        from pathlib import Path
+        from minillm.data import verify_data
+        from minillm.tokenizer import load_tokenizer
+        verify_data(args.data, load_tokenizer(Path(args.data) / "tokenizer"))   # a bad folder fails here, in one line, not in N ranks
+        res = bench_engines(args.data, tuple(args.engines), args.procs, args.steps, args.preset, args.micro_batch)
         write_json(args.json, res); print(f"wrote {args.json}"); return 0
     if args.name == "moe":
         res = bench_moe(args.data, args.budget, tuple(args.balance))
@@ -242,6 +260,51 @@ def bench_main(argv: list[str] | None = None) -> int:
     write_json(args.json, res)
     print(f"wrote {args.json}")
     return 0
+
+# %% ../nbs/95_bench.ipynb #b9e05b23
+ENGINE_MODES = ["ddp", "ddp-scratch", "zero1", "zero2", "zero3", "zero3-prefetch", "fsdp"]
+
+def _engine_rank(rank: int, world: int, data: str, mode: str, steps: int, preset_name: str, micro_batch: int, out: str) -> dict:
+    "One rank of one engine's run: tokens/s after step 2, bytes sent in step 2, model-state bytes and peak RSS."
+    import resource
+    from minillm.train import Trainer, TrainConfig
+    from minillm.zero import CommCounter, sent_per_step
+    engine, prefetch = ("zero3", True) if mode == "zero3-prefetch" else (mode, False)
+    cfg = TrainConfig(data=data, out=out, micro_batch=micro_batch, max_steps=steps, device="cpu", engine=engine, prefetch=prefetch)
+    tr = Trainer(preset(preset_name), cfg, log=lambda *a, **k: None)
+    losses, t1 = [], None
+    for s in range(steps):
+        if s == 1:
+            with CommCounter() as cc: losses.append(tr.train_step())
+        else: losses.append(tr.train_step())
+        if s == 1: t1 = time.perf_counter()
+    per_s = (steps - 2) * micro_batch * tr.T * world * tr.accum / (time.perf_counter() - t1)
+    loss_avg = 2 * (world - 1) * 4 // world                  # the trainer's own all-reduce of the step's loss (one fp32)
+    theory = sent_per_step(MiniLLM(tr.model_config), engine, world) + loss_avg if engine in ("ddp-scratch", "zero1", "zero2", "zero3") else None
+    return dict(tokens_per_s=per_s, sent=cc.total("payload"), theory=theory, bookkeeping=cc.total("bookkeeping"), rank_bytes=tr.engine.rank_bytes(),
+                peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, losses=losses, describe=tr.engine.describe())
+
+def bench_engines(data: str, modes=tuple(ENGINE_MODES), world: int = 2, steps: int = 12, preset_name: str = "demo",
+                  micro_batch: int = 8, timeout: float = 900, log=print) -> dict:
+    "Each engine on `world` CPU processes: tokens/s, per-rank bytes and peak memory, bytes sent per step measured vs theory."
+    import tempfile
+    from minillm.zero import spawn
+    res = dict(benchmark="engines", preset=preset_name, world=world, steps=steps, micro_batch=micro_batch,
+               hardware=asdict(detect_hardware()), runs=[])
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode in modes:
+            ranks = spawn(_engine_rank, data, mode, steps, preset_name, micro_batch, f"{tmp}/{mode}", world=world, timeout=timeout)
+            theory = ranks[0]["theory"]                       # for the model the trainer built (its vocabulary is the data's)
+            row = dict(mode=mode, tokens_per_s=ranks[0]["tokens_per_s"], final_loss=ranks[0]["losses"][-1],
+                       sent_per_step=None if mode == "ddp" else ranks[0]["sent"], sent_theory=theory, bookkeeping=ranks[0]["bookkeeping"],
+                       rank_bytes=[r["rank_bytes"] for r in ranks], peak_rss_mb=[round(r["peak_rss_mb"], 1) for r in ranks])
+            res["runs"].append(row)
+            b = row["rank_bytes"][0]
+            sent = "not counted (C++)" if row["sent_per_step"] is None else f"{row['sent_per_step'] / 1e6:8.2f} MB sent" + (
+                f" (theory {theory / 1e6:.2f})" if theory is not None else "")
+            log(f"{mode:15} {row['tokens_per_s']:9,.0f} tok/s  loss {row['final_loss']:.4f}  rank 0: weights {b['params'] / 1e6:.2f} MB, "
+                f"optimizer {b['optimizer'] / 1e6:.2f} MB, peak RSS {row['peak_rss_mb'][0]:.0f} MB  {sent}")
+    return res
 
 # %% ../nbs/95_bench.ipynb #8acd1327
 def dense_like_total(name: str = "moe", base: str = "demo", multiple_of: int = 64) -> tuple[int, int]:

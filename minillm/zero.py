@@ -113,8 +113,11 @@ class CommCounter:
     def __exit__(self, *exc):
         for op, f in self.saved.items(): setattr(dist, op, f)
     def _wrap(self, op, f):
+        import inspect
+        sig = inspect.signature(f)
         def counted(*args, **kw):
-            self.calls.append((self.OPS[op], _KIND[-1], ring_bytes(op, *args)))
+            tensors = list(sig.bind(*args, **kw).arguments.values())[:2]     # FSDP2 passes them by keyword
+            self.calls.append((self.OPS[op], _KIND[-1], ring_bytes(op, *tensors)))
             return f(*args, **kw)
         return counted
     def total(self, kind: str = "payload") -> int: return sum(b for _, k, b in self.calls if k == kind)

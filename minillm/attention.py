@@ -12,8 +12,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['causal_mask', 'manual_attention', 'repeat_kv', 'resolve_backend', 'attend', 'split_heads', 'merge_heads',
-           'MultiHeadAttention']
+__all__ = ['LATER_KERNELS', 'BACKENDS', 'causal_mask', 'manual_attention', 'repeat_kv', 'resolve_backend', 'attend',
+           'split_heads', 'merge_heads', 'MultiHeadAttention']
 
 # %% ../nbs/05_attention.ipynb #3907f0a3
 def causal_mask(t_q: int, t_k: int, device=None) -> torch.Tensor:
@@ -53,12 +53,20 @@ def _flash_usable(device_type: str, index, dtype: torch.dtype) -> tuple[bool, st
     _, ok, why = flash_attn_status("cuda", tuple(torch.cuda.get_device_capability(index)), dtype)
     return ok, why
 
+LATER_KERNELS = {"tiled": "minillm.flash", "triton": "minillm.flash"}   # lesson 14's kernels, imported when asked for
+BACKENDS = ("auto", "manual", "sdpa", "flash", *LATER_KERNELS)
+
 def resolve_backend(backend: str, device, dtype: torch.dtype) -> tuple[str, str]:
-    "The backend that will run for `backend` ('auto', 'manual', 'sdpa', 'flash') on (device, dtype), and why."
-    if backend not in ("auto", "manual", "sdpa", "flash"):
-        raise ValueError(f"unknown attention backend {backend!r}: use 'auto', 'manual', 'sdpa' or 'flash'.")
+    "The backend that will run for `backend` (one of BACKENDS; `auto` picks flash or sdpa) on (device, dtype), and why."
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}: use {', '.join(repr(b) for b in BACKENDS)}.")
     device = torch.device(device)
-    if backend in ("manual", "sdpa"): return backend, "requested"
+    if backend in ("manual", "sdpa", "tiled"): return backend, "requested"
+    if backend == "triton":
+        import importlib
+        ok, why = importlib.import_module(LATER_KERNELS["triton"]).triton_status(device, dtype)
+        if not ok: raise RuntimeError(f"attention backend 'triton' unavailable: {why}. Use backend='tiled' or 'sdpa'.")
+        return "triton", why
     ok, why = _flash_usable(device.type, device.index, dtype)
     if backend == "flash" and not ok: raise RuntimeError(f"attention backend 'flash' unavailable: {why}. Use backend='auto' or 'sdpa'.")
     return ("flash", why) if ok else ("sdpa", f"auto: {why}")
@@ -73,6 +81,9 @@ def _sdpa_context(q):
 def attend(q, k, v, causal: bool = True, dropout_p: float = 0.0, backend: str = "auto", scale: float | None = None):
     "Attention for q (b, h, t_q, d), k (b, h_kv, t_k, d), v (b, h_kv, t_k, d_v); queries are the last t_q positions. -> (b, h, t_q, d_v)"
     name, _ = resolve_backend(backend, q.device, q.dtype)
+    if name in LATER_KERNELS:                                         # lesson 14's tiled kernels: no t x t tensor, GQA without copies
+        import importlib
+        return importlib.import_module(LATER_KERNELS[name]).flash_attend(q, k, v, causal, dropout_p, name, scale)
     if name == "flash" and q.size(-1) == v.size(-1):
         from flash_attn import flash_attn_func   # takes (b, t, h, d) and aligns the causal mask bottom-right
         out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=dropout_p,

@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from .attention import resolve_backend
+from .attention import BACKENDS, LATER_KERNELS, resolve_backend
 from .utils import write_json
 from .variants import GroupedQueryAttention, KVCache, MultiHeadLatentAttention, RoPE, sinusoidal_positions
 
@@ -103,7 +103,7 @@ class ModelConfig:
     dropout: float = 0.0
     bias: bool = False
     tie_embeddings: bool = True
-    backend: str = "auto"               # auto | manual | sdpa | flash
+    backend: str = "auto"               # auto | manual | sdpa | flash | tiled | triton (lesson 14's kernels; auto never picks them)
     kv_lora_rank: int | None = None     # MLA latent rank; None: 4 * head_dim
     q_lora_rank: int = 0                # MLA query compression; 0: none
     qk_nope_head_dim: int | None = None # MLA; None: head_dim
@@ -158,7 +158,9 @@ def _layer_problems(c: ModelConfig, where: str = "") -> list[str]:
     p = [m for k in LAYER_KEYS if k in FIELD_RULES and (m := _field_problem(k, getattr(c, k), where))]
     if c.attention not in ATTENTION: p.append(f"{where}attention={c.attention!r}: use one of {ATTENTION}")
     if c.ffn not in FFNS: p.append(f"{where}ffn={c.ffn!r}: use one of {FFNS}")
-    if c.backend not in ("auto", "manual", "sdpa", "flash"): p.append(f"{where}backend={c.backend!r}: use auto, manual, sdpa or flash")
+    if c.backend not in BACKENDS: p.append(f"{where}backend={c.backend!r}: use {', '.join(BACKENDS)}")
+    elif c.backend in LATER_KERNELS and c.dropout:
+        p.append(f"{where}backend={c.backend!r} has no attention dropout: set dropout=0, or use backend sdpa")
     from minillm.moe import moe_problems       # here, not at the top: minillm.moe imports this module
     p += [where + m for m in moe_problems(c)]  # the MoE fields' types and ranges, checked for every layer (dense ones too)
     if p or _field_problem("embed_dim", c.embed_dim): return p          # the checks below need well-typed sizes

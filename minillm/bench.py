@@ -262,7 +262,7 @@ def bench_main(argv: list[str] | None = None) -> int:
     return 0
 
 # %% ../nbs/95_bench.ipynb #b9e05b23
-ENGINE_MODES = ["ddp", "ddp-scratch", "zero1", "zero2", "zero3", "zero3-prefetch", "fsdp"]
+ENGINE_MODES = ["ddp", "ddp-scratch", "zero1", "zero2", "zero3", "zero3-prefetch", "fsdp", "deepspeed-1", "deepspeed-2", "deepspeed-3"]
 
 def _engine_rank(rank: int, world: int, data: str, mode: str, steps: int, preset_name: str, micro_batch: int, out: str) -> dict:
     "One rank of one engine's run: tokens/s after step 2, bytes sent in step 2, model-state bytes and peak RSS."
@@ -270,7 +270,8 @@ def _engine_rank(rank: int, world: int, data: str, mode: str, steps: int, preset
     from minillm.train import Trainer, TrainConfig
     from minillm.zero import CommCounter, sent_per_step
     engine, prefetch = ("zero3", True) if mode == "zero3-prefetch" else (mode, False)
-    cfg = TrainConfig(data=data, out=out, micro_batch=micro_batch, max_steps=steps, device="cpu", engine=engine, prefetch=prefetch)
+    engine, stage = ("deepspeed", int(mode[-1])) if mode.startswith("deepspeed-") else (engine, None)
+    cfg = TrainConfig(data=data, out=out, micro_batch=micro_batch, max_steps=steps, device="cpu", engine=engine, prefetch=prefetch, zero_stage=stage)
     tr = Trainer(preset(preset_name), cfg, log=lambda *a, **k: None)
     losses, t1 = [], None
     for s in range(steps):
@@ -296,11 +297,11 @@ def bench_engines(data: str, modes=tuple(ENGINE_MODES), world: int = 2, steps: i
             ranks = spawn(_engine_rank, data, mode, steps, preset_name, micro_batch, f"{tmp}/{mode}", world=world, timeout=timeout)
             theory = ranks[0]["theory"]                       # for the model the trainer built (its vocabulary is the data's)
             row = dict(mode=mode, tokens_per_s=ranks[0]["tokens_per_s"], final_loss=ranks[0]["losses"][-1],
-                       sent_per_step=None if mode == "ddp" else ranks[0]["sent"], sent_theory=theory, bookkeeping=ranks[0]["bookkeeping"],
+                       sent_per_step=None if mode == "ddp" or mode.startswith("deepspeed") else ranks[0]["sent"], sent_theory=theory, bookkeeping=ranks[0]["bookkeeping"],
                        rank_bytes=[r["rank_bytes"] for r in ranks], peak_rss_mb=[round(r["peak_rss_mb"], 1) for r in ranks])
             res["runs"].append(row)
             b = row["rank_bytes"][0]
-            sent = "not counted (C++)" if row["sent_per_step"] is None else f"{row['sent_per_step'] / 1e6:8.2f} MB sent" + (
+            sent = "not counted (C++, or DeepSpeed's own comm)" if row["sent_per_step"] is None else f"{row['sent_per_step'] / 1e6:8.2f} MB sent" + (
                 f" (theory {theory / 1e6:.2f})" if theory is not None else "")
             log(f"{mode:15} {row['tokens_per_s']:9,.0f} tok/s  loss {row['final_loss']:.4f}  rank 0: weights {b['params'] / 1e6:.2f} MB, "
                 f"optimizer {b['optimizer'] / 1e6:.2f} MB, peak RSS {row['peak_rss_mb'][0]:.0f} MB  {sent}")

@@ -69,20 +69,21 @@ def _resolve(reference) -> Callable:
 def check(fn: Callable, cases: Iterable, reference: Callable | str, rtol: float = 1e-5, atol: float = 1e-6) -> int:
     "Run `fn` and `reference` on each case; print a pass, or raise `ExerciseFailed` with inputs, expected and got."
     ref, name = _resolve(reference), getattr(fn, "__name__", repr(fn))
-    if name.isidentifier(): _REFERENCES[name] = ref               # so that `hint(fn)` finds this exercise's hints
+    hinted = ref if _tiers(ref) else _find_reference(name) if name.isidentifier() else None   # an independent reference has no hints:
+    if hinted is not None and name.isidentifier(): _REFERENCES[name] = hinted                # the package's function of that name has them
     cases = [c if isinstance(c, case) else case(*c) for c in cases]
     for c in cases:
         expected = ref(*copy.deepcopy(c.args), **copy.deepcopy(c.kwargs))
         try: got = fn(*copy.deepcopy(c.args), **copy.deepcopy(c.kwargs))
         except NotImplementedError as e:
             raise ExerciseFailed(f"`{name}` is not implemented yet: replace the `raise NotImplementedError` in its cell.\n"
-                                 f"  hint: {e}{_next_hint(name, ref)}") from None
+                                 f"  hint: {e}{_next_hint(name, hinted)}") from None
         except Exception as e:
             raise ExerciseFailed(f"`{name}{c!r}` raised {type(e).__name__}: {e}\n"
-                                 f"  inputs:   {c!r}\n  expected: {_short(expected)}{_next_hint(name, ref)}") from e
+                                 f"  inputs:   {c!r}\n  expected: {_short(expected)}{_next_hint(name, hinted)}") from e
         if not same(expected, got, rtol, atol):
             raise ExerciseFailed(f"`{name}` gave a wrong answer.\n  inputs:   {c!r}\n"
-                                 f"  expected: {_short(expected)}\n  got:      {_short(got)}{_next_hint(name, ref)}")
+                                 f"  expected: {_short(expected)}\n  got:      {_short(got)}{_next_hint(name, hinted)}")
     print(f"✓ {name}: all {len(cases)} checks passed")
     return len(cases)
 

@@ -105,6 +105,7 @@ def attention_kernel(c: ModelConfig, device: str = "cuda", backend: str | None =
     "Which attention path runs in training: 'fused' (flash-attn or an SDPA kernel that keeps no t x t), 'math' (SDPA's fallback) or 'manual'."
     backend = backend or c.backend
     if backend == "manual": return "manual"
+    if backend in ("tiled", "triton"): return "fused"                 # lesson 14's kernels keep only the output and the logsumexp
     dq, dv = (c.head_dim, c.head_dim) if c.attention != "mla" else _mla_dims(c)[:2]
     if device == "cpu" and (dq != dv or c.dropout > 0): return "math"   # the CPU flash kernel needs equal head dims and no dropout
     return "fused"

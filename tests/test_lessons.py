@@ -1,5 +1,4 @@
 """Generated lessons, run in a real Jupyter kernel (nbclient), as a learner runs them."""
-import copy
 import json
 import os
 import re
@@ -31,59 +30,12 @@ def reference_cell(name, func):
 os.environ.setdefault("MINILLM_SHORT_RUN", "1")     # the launch lesson trains 40 steps, even on a GPU
 
 
-def execute(nb, cwd):
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
-    return nb
-
-
-def exercise_index(nb, func):
-    i = next(k for k, c in enumerate(nb.cells) if c.cell_type == "code" and f"def {func}(" in c.source and "✏️" in c.source)
-    assert nb.cells[i + 1].source.startswith("# Self-check"), "an exercise must be followed by its self-check"
-    return i
-
-
-def upto_selfcheck(nb, func, name=None):
-    "The lesson up to the self-check of exercise `func`, and the index of the exercise cell; with `name`, earlier exercises hold the reference."
-    i = exercise_index(nb, func)
-    out = copy.deepcopy(nb); out.cells = out.cells[: i + 2]
-    for lesson, other in EXERCISES if name else ():
-        if lesson != name or other == func: continue
-        j = next((k for k, c in enumerate(out.cells) if c.cell_type == "code" and f"def {other}(" in c.source and "✏️" in c.source), None)
-        if j is not None: out.cells[j].source = reference_cell(name, other)     # an earlier exercise: solved, so its check passes
-    return out, i
-
-
-def text(cell): return "".join(o.get("text", "") for o in cell.get("outputs", []))
-
-
 def test_every_lesson_has_an_exercise():
     "Each lesson must give the learner at least one self-checking exercise."
     assert LESSONS and {n for n, _ in EXERCISES} == set(LESSONS)
 
 
-@pytest.mark.parametrize("name,func", EXERCISES)
-def test_stub_fails_its_selfcheck(name, func, tmp_path):
-    "The lesson as shipped: each stub fails its self-check, saying it is not implemented and giving the hint."
-    nb, _ = upto_selfcheck(load(name), func)
-    with pytest.raises(CellExecutionError) as e: execute(nb, tmp_path)
-    assert "ExerciseFailed" in str(e.value) and "not implemented yet" in str(e.value) and "hint:" in str(e.value)
-
-
-@pytest.mark.parametrize("name", LESSONS)
-def test_reference_passes_and_whole_lesson_runs(name, tmp_path):
-    "With every exercise filled in with the reference, each self-check passes and the whole lesson runs top to bottom."
-    nb = load(name)
-    nb.cells = [c for c in nb.cells if not c.source.startswith("# Slow on a CPU")]   # `slow` cells: as in nbdev_test's default
-    for lesson, func in EXERCISES:
-        if lesson != name: continue
-        i = exercise_index(nb, func)
-        nb.cells[i].source = reference_cell(name, func)
-    execute(nb, tmp_path)
-    for lesson, func in EXERCISES:
-        if lesson == name: assert f"✓ {func}" in "".join(text(c) for c in nb.cells), func
-
-
-@pytest.mark.parametrize("name,func,wrong,shows", [
+WRONG = [   # (lesson, exercise, a plausible wrong answer, what its self-check failure must show)
     # > instead of >=: a GPU of exactly compute capability 8.0 (A100) is misjudged.
     ("01_core.ipynb", "bf16_capable", "def bf16_capable(capability):\n    return tuple(capability) > (8, 0)",
      ["inputs:   ((8, 0))", "expected: True", "got:      False"]),
@@ -324,10 +276,57 @@ def test_reference_passes_and_whole_lesson_runs(name, tmp_path):
     # Every line parsed: the half-written last line of a growing metrics file breaks the reader.
     ("16_launch.ipynb", "complete_rows", "import json\ndef complete_rows(text):\n    return [json.loads(l) for l in text.splitlines() if l.strip()]",
      ["raised JSONDecodeError"]),
-])
-def test_plausible_wrong_answer_is_rejected(name, func, wrong, shows, tmp_path):
-    "A plausible mistake fails its self-check and the message shows inputs, expected and got."
-    nb, i = upto_selfcheck(load(name), func, name)
-    nb.cells[i].source = wrong
-    with pytest.raises(CellExecutionError) as e: execute(nb, tmp_path)
-    for s in shows: assert s in str(e.value), (s, str(e.value)[-1500:])
+] 
+
+
+def run_cell(client, cell, index) -> str | None:
+    "Run one cell in the lesson's kernel: None if it ran, else the error as the learner sees it."
+    cell.outputs = []
+    try: client.execute_cell(cell, index)
+    except CellExecutionError as e: return str(e)
+    return None
+
+
+@pytest.mark.parametrize("name", LESSONS)
+def test_lesson_exercises(name, tmp_path):
+    """One kernel walks the lesson top to bottom, as a learner would (cells flagged slow left out, as nbdev_test does).
+    At each exercise: the stub as shipped fails its self-check, saying it is not implemented and giving the tier-1 hint;
+    each plausible wrong answer of WRONG fails it, showing inputs, expected and got; the reference passes it; the lesson
+    then goes on with the reference, so every later cell runs, to the end. One kernel per lesson, not one per check:
+    the lesson's expensive cells (training runs) run once."""
+    nb = load(name)
+    nb.cells = [c for c in nb.cells if not c.source.startswith("# Slow on a CPU")]
+    wrong = {}
+    for lesson, func, answer, shows in WRONG:
+        if lesson == name: wrong.setdefault(func, []).append((answer, shows))
+    mine = [f for n, f in EXERCISES if n == name]
+    assert set(wrong) <= set(mine), f"WRONG names exercises {set(wrong) - set(mine)} that {name} does not have"
+    client, problems, passed = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}), [], []
+    with client.setup_kernel():
+        i = 0
+        while i < len(nb.cells):
+            cell = nb.cells[i]
+            func = next((f for f in mine if cell.cell_type == "code" and "\u270f\ufe0f" in cell.source and f"def {f}(" in cell.source), None)
+            if func is None:
+                if cell.cell_type == "code" and (err := run_cell(client, cell, i)): pytest.fail(f"{name} cell {i} failed:\n{err[-3000:]}")
+                i += 1
+                continue
+            check = nb.cells[i + 1]
+            assert check.source.startswith("# Self-check"), f"{name}: exercise {func} must be followed by its self-check"
+            assert run_cell(client, cell, i) is None, f"{name}: the stub of {func} does not even define it"
+            err = run_cell(client, check, i + 1) or ""
+            if not ("ExerciseFailed" in err and "not implemented yet" in err and "hint:" in err):
+                problems.append(f"{func}: the stub did not fail its self-check with the hint:\n{err[-1500:]}")
+            for answer, shows in wrong.get(func, []):
+                cell.source = answer
+                err = (run_cell(client, cell, i) or "") or (run_cell(client, check, i + 1) or "")
+                missing = [x for x in shows if x not in err]
+                if missing: problems.append(f"{func}: a wrong answer was not rejected showing {missing}:\n{answer}\n---\n{err[-1500:]}")
+            cell.source = reference_cell(name, func)
+            if (err := run_cell(client, cell, i) or run_cell(client, check, i + 1)): pytest.fail(f"{name}: the reference of {func} fails:\n{err[-3000:]}")
+            out = "".join(o.get("text", "") for o in check.get("outputs", []))
+            if f"\u2713 {func}" not in out: problems.append(f"{func}: the self-check printed no pass: {out[-500:]}")
+            passed.append(func)
+            i += 2
+    assert passed == mine, (passed, mine)
+    assert not problems, "\n\n".join(problems)

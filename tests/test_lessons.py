@@ -132,7 +132,7 @@ WRONG = [   # (lesson, exercise, a plausible wrong answer, what its self-check f
      "        idx = logits.topk(min(top_k, logits.size(-1))).indices\n"
      "        logits = torch.full_like(logits, float('-inf')).scatter(-1, idx, logits.gather(-1, idx))\n    return logits",
      ["wrong answer", "inputs:   (tensor(shape=(1, 5), dtype=float32, values=[[3.0, 2.0, 2.0, 1.0, 0.0]]), top_k=2)"]),
-    # Seed 001's mistake: mixed precision without the fp32 master weights.
+    # A common mistake: mixed precision without the fp32 master weights.
     ("10_memory.ipynb", "model_state_bytes", "def model_state_bytes(n_params, precision='bf16', n_tensors=0):\n    r = RECIPES[precision]\n"
      "    return dict(weights=r.weights * n_params, grads=r.grads * n_params, master=0, optimizer=r.moments * n_params + 4 * n_tensors)",
      ["wrong answer", "inputs:   (1000, 'bf16')", "'master': 4000"]),

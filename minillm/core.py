@@ -154,7 +154,9 @@ def detect_hardware() -> HardwareInfo:
 
 # %% ../nbs/01_core.ipynb #1969f57a
 PEAK_TFLOPS = {  # dense tensor-core TFLOP/s by (name fragment, precision); fp32 means TF32 where the GPU has it
-    "H200": {"bf16": 989, "fp16": 989, "fp32": 494}, "H100": {"bf16": 989, "fp16": 989, "fp32": 494},
+    "H200": {"bf16": 989, "fp16": 989, "fp32": 494},
+    "H100 PCIe": {"bf16": 756, "fp16": 756, "fp32": 378}, "H100 NVL": {"bf16": 835, "fp16": 835, "fp32": 418},   # before plain "H100":
+    "H100": {"bf16": 989, "fp16": 989, "fp32": 494},                                                            # the SXM part (NVIDIA's H100 datasheet)
     "A100": {"bf16": 312, "fp16": 312, "fp32": 156}, "A10G": {"bf16": 70, "fp16": 70, "fp32": 35},
     "L4": {"bf16": 121, "fp16": 121, "fp32": 60}, "V100": {"fp16": 125, "fp32": 16}, "T4": {"fp16": 65, "fp32": 8},
 }

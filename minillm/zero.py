@@ -34,6 +34,12 @@ def _rank_main(fn, rank: int, world: int, port: int, args: tuple, kwargs: dict, 
 
 def spawn(fn, *args, world: int = 2, timeout: float = 120.0, **kwargs) -> list:
     "Run fn(rank, world, *args, **kwargs) on `world` forked CPU processes joined in a gloo group; their return values, by rank."
+    for attempt in range(3):                 # the free port can be taken by another program before rank 0 binds it: try another
+        try: return _spawn(fn, args, kwargs, world, timeout)
+        except RuntimeError as e:
+            if "address already in use" not in str(e).lower() or attempt == 2: raise
+
+def _spawn(fn, args: tuple, kwargs: dict, world: int, timeout: float) -> list:
     ctx, port = mp.get_context("fork"), free_port()
     threads = max(1, (os.cpu_count() or 1) // world)
     procs, pipes = [], []

@@ -2,7 +2,7 @@
 
 # %% ../nbs/12_zero.ipynb #c059ada0
 from __future__ import annotations
-import contextlib, itertools, math, os, pickle, time, traceback
+import contextlib, itertools, math, os, pickle, tempfile, time, traceback
 import multiprocessing as mp
 from multiprocessing.connection import wait as _wait_any
 from types import SimpleNamespace
@@ -18,34 +18,42 @@ __all__ = ['spawn', 'bare_trainer', 'bookkeeping', 'reduce_scatter_flat', 'all_g
            'Zero2Engine', 'Zero3Engine', 'FSDPEngine', 'sent_per_step']
 
 # %% ../nbs/12_zero.ipynb #5989ae36
-def _rank_main(fn, rank: int, world: int, port: int, args: tuple, kwargs: dict, conn, threads: int):
+def _rank_main(fn, rank: int, world: int, store: str, args: tuple, kwargs: dict, conn, threads: int, timeout: float):
     "One forked rank: join the gloo group, run fn(rank, world, *args, **kwargs), send back ('ok', result) or ('error', traceback)."
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
-    torch.set_num_threads(threads)
-    try:
-        dist.init_process_group("gloo", rank=rank, world_size=world)
-        out = ("ok", fn(rank, world, *args, **kwargs))
-    except BaseException: out = ("error", traceback.format_exc())
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))   # for libraries that read them (DeepSpeed); the group
+    torch.set_num_threads(threads)                                         # meets through `store`, a file, not that port
+    try: dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    except BaseException: out = ("init", traceback.format_exc())
+    else:
+        try:
+            out = ("ok", fn(rank, world, *args, **kwargs))
+            dist.barrier()           # no rank leaves while another still talks to it (its exit would fail that rank's last steps)
+        except BaseException: out = ("error", traceback.format_exc())
     try: conn.send_bytes(pickle.dumps(out))
     except Exception: conn.send_bytes(pickle.dumps(("error", traceback.format_exc())))
     conn.close()
+    if out[0] != "ok": time.sleep(timeout)   # a failed rank keeps its sockets open until the parent, holding its error, stops all
     os._exit(0)                      # a forked child: no atexit handlers of the parent (a Jupyter kernel's) run here
 
 def spawn(fn, *args, world: int = 2, timeout: float = 120.0, **kwargs) -> list:
     "Run fn(rank, world, *args, **kwargs) on `world` forked CPU processes joined in a gloo group; their return values, by rank."
-    for attempt in range(3):                 # the free port can be taken by another program before rank 0 binds it: try another
+    for attempt in range(3):                 # a group that failed to form (before fn ran) is formed again, twice at most
         try: return _spawn(fn, args, kwargs, world, timeout)
-        except RuntimeError as e:
-            if "address already in use" not in str(e).lower() or attempt == 2: raise
+        except _GroupFailed:
+            if attempt == 2: raise
+
+class _GroupFailed(RuntimeError): "The ranks could not form their process group; fn never ran."
 
 def _spawn(fn, args: tuple, kwargs: dict, world: int, timeout: float) -> list:
-    ctx, port = mp.get_context("fork"), free_port()
+    ctx, tmp = mp.get_context("fork"), tempfile.TemporaryDirectory(prefix="minillm-spawn-")
+    store = os.path.join(tmp.name, "store")   # a file store: no TCP port that another program could take first
     threads = max(1, (os.cpu_count() or 1) // world)
     procs, pipes = [], []
     for r in range(world):
         recv, send = ctx.Pipe(duplex=False)
-        p = ctx.Process(target=_rank_main, args=(fn, r, world, port, args, kwargs, send, threads), daemon=True)
+        p = ctx.Process(target=_rank_main, args=(fn, r, world, store, args, kwargs, send, threads, timeout),
+                        daemon=True)
         p.start(); send.close(); procs.append(p); pipes.append(recv)
     results, pending, deadline = [None] * world, set(range(world)), time.monotonic() + timeout
     try:
@@ -58,6 +66,7 @@ def _spawn(fn, args: tuple, kwargs: dict, world: int, timeout: float) -> list:
                 if pipes[r].poll():
                     try: status, value = pickle.loads(pipes[r].recv_bytes())
                     except EOFError: raise RuntimeError(f"rank {r} of {world} exited (code {procs[r].exitcode}) without a result") from None
+                    if status == "init": raise _GroupFailed(f"rank {r} of {world} could not join the group:\n{value}")
                     if status == "error": raise RuntimeError(f"rank {r} of {world} failed:\n{value}")
                     results[r] = value; pending.discard(r)
                 elif not procs[r].is_alive():
@@ -66,6 +75,7 @@ def _spawn(fn, args: tuple, kwargs: dict, world: int, timeout: float) -> list:
         for p in procs:
             if p.is_alive(): p.kill()
         for p in procs: p.join(10)
+        tmp.cleanup()
     return results
 
 # %% ../nbs/12_zero.ipynb #8af83aac

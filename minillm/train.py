@@ -435,7 +435,7 @@ class Trainer:
                              f"window(s) of seq_len + 1 = {self.T + 1} (one per rank): use a shorter --seq-len, or prepare more data.")
         splits = self.train_data.meta["splits"]["val"]
         self.bytes_per_token = splits.get("bytes", 0) / splits["tokens"] if splits.get("bytes") else None
-        self.step, self.best, self.max_steps, self.stop = 0, float("inf"), cfg.max_steps, None
+        self.step, self.best, self.max_steps, self.stop, self.signalled = 0, float("inf"), cfg.max_steps, None, None
         if cfg.epochs: self.max_steps = self.steps_for_epochs(cfg.epochs)
         self.out = Path(cfg.out)
         self.flops = flops_per_token(model_config, self.T)
@@ -594,8 +594,8 @@ def _record(self: Trainer, row: dict):
 
 @contextlib.contextmanager
 def _stop_on_signals(self: Trainer):
-    "SIGINT/SIGTERM set a flag; the loop saves a checkpoint after the current step and exits."
-    def handler(sig, frame): self.stop = signal.Signals(sig).name
+    "SIGINT/SIGTERM note the signal; the loop stops where the ranks agree (`_agree_on_stop`), saves a checkpoint and exits."
+    def handler(sig, frame): self.signalled = signal.Signals(sig).name
     old = {}
     if threading_main():
         for s in (signal.SIGINT, signal.SIGTERM): old[s] = signal.signal(s, handler)
@@ -604,10 +604,14 @@ def _stop_on_signals(self: Trainer):
         for s, h in old.items(): signal.signal(s, h)
 
 def _agree_on_stop(self: Trainer):
-    "A signal may reach the ranks a step apart: stop all of them at the same step, or their collectives would deadlock."
-    flag = torch.tensor([1.0 if self.stop else 0.0], device=self.d.device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    if flag.item() and self.stop is None: self.stop = "SIGNAL"
+    """A signal may reach the ranks a step apart: they stop only where all of them have agreed, after the same step.
+    (A rank that stopped on its own signal would start saving while another, signalled a moment later, runs the next
+    step's collectives: the ranks would deadlock or fail.)"""
+    if self.d.world_size == 1: flag = bool(self.signalled)
+    else:
+        t = torch.tensor([1.0 if self.signalled else 0.0], device=self.d.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX); flag = bool(t.item())
+    if flag and self.stop is None: self.stop = self.signalled or "SIGNAL"
 
 def threading_main() -> bool:
     import threading
@@ -662,7 +666,7 @@ def fit(self: Trainer, resume: bool | str | Path = False) -> dict:
         while self.step < self.max_steps and self.stop is None:
             loss = self.train_step(); tokens += step_tokens
             self._check_finite(loss)
-            if self.d.world_size > 1: self._agree_on_stop()
+            self._agree_on_stop()
             if t1 is None: t1 = time.perf_counter()              # the first step pays for compilation and warm-up: time the rest
             if cfg.time_budget and self.step == min(self.max_steps, max(5, cfg.warmup_steps // 2)) and not resume:
                 self.max_steps = self._fit_schedule(t0, t1); bar.total = self.max_steps

@@ -113,3 +113,30 @@ def test_bad_engine_settings_fail_cleanly(data, tmp_path, case):
     r = cli("train", "--data", str(data), "--out", str(tmp_path / "o"), *TINY, "--max-steps", "2", *args)
     fails_cleanly(r, *names)
     assert not (tmp_path / "o").exists()
+
+
+def _signal_just_after_agreeing(rank, world, data, out):
+    """Rank 0's signal lands just after the step's stop agreement, rank 1's never comes: rank 0 must run the next step
+    with rank 1 (they agree there), not start saving alone while rank 1 runs that step's collectives."""
+    from minillm.model import preset
+    from minillm.train import Trainer, TrainConfig
+    from dataclasses import replace
+    mc = replace(preset("tiny"), embed_dim=32, num_heads=4, num_layers=2, max_seq_len=32)
+    tr = Trainer(mc, TrainConfig(data=str(data), out=str(out), device="cpu", engine="ddp", micro_batch=2, max_steps=50,
+                                 eval_every=1000, eval_batches=2, warmup_steps=2, log_every=1))
+    agree = tr._agree_on_stop
+    def late_signal():
+        agree()
+        if rank == 0 and tr.step == 3: tr.signalled = "SIGINT"     # after this step's agreement: seen at the next one
+    tr._agree_on_stop = late_signal
+    tr.fit()
+    return tr.step, tr.stop
+
+
+def test_a_signal_between_agreements_waits_for_the_next_one(data, tmp_path):
+    """A SIGINT reaching one rank just after the ranks agreed to go on must not stop that rank alone: both stop after
+    step 4 and latest.pt holds step 4. (Stopping on the local flag deadlocked here: the spawn timeout would fail it.)"""
+    from minillm.zero import spawn
+    got = spawn(_signal_just_after_agreeing, data, tmp_path / "run", world=2, timeout=120)
+    assert got == [(4, "SIGINT"), (4, "SIGNAL")], got
+    assert torch.load(tmp_path / "run" / "latest.pt", weights_only=False)["step"] == 4

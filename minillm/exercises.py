@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 # %% auto #0
-__all__ = ['ExerciseFailed', 'case', 'same', 'check', 'hint_tiers', 'hint']
+__all__ = ['ExerciseFailed', 'case', 'same', 'test_fail', 'test_eq', 'test_close', 'check', 'hint_tiers', 'hint']
 
 # %% ../nbs/00_exercises.ipynb #82f83a14
 class ExerciseFailed(AssertionError):
@@ -58,6 +58,33 @@ def same(expected, got, rtol=1e-5, atol=1e-6) -> bool:
     if isinstance(expected, dict):
         return isinstance(got, dict) and got.keys() == expected.keys() and all(same(expected[k], got[k], rtol, atol) for k in expected)
     return type(got) is type(expected) and got == expected
+
+# %% ../nbs/00_exercises.ipynb #497fb212
+def test_fail(f: Callable, msg: str = "", contains: str = "", args=None, kwargs=None):
+    "Assert that f(*args, **kwargs) raises an exception whose message contains `contains`."
+    try: f(*(args or ()), **(kwargs or {}))
+    except Exception as e:
+        assert not contains or contains in str(e), f"{msg}: the error {type(e).__name__}: {e} does not contain {contains!r}"
+        return
+    raise AssertionError(f"{msg}: expected an exception, none was raised" if msg else "expected an exception, none was raised")
+
+def test_eq(a, b):
+    "Assert a == b (tensors and arrays: same shape and every element equal)."
+    if hasattr(a, "shape") and hasattr(b, "shape"): ok = tuple(a.shape) == tuple(b.shape) and bool((a == b).all())
+    else: ok = a == b
+    assert ok, f"{_short(a)} != {_short(b)}"
+
+def test_close(a, b, eps: float = 1e-5):
+    "Assert |a - b| < eps, elementwise for tensors, arrays and sequences."
+    if hasattr(a, "shape") or hasattr(b, "shape"):
+        import numpy as np
+        arr = lambda x: x.detach().float().cpu().numpy() if hasattr(x, "detach") else np.asarray(x, dtype=float)
+        ok = bool(np.all(np.abs(arr(a) - arr(b)) < eps))
+    elif isinstance(a, (list, tuple)): return [test_close(x, y, eps) for x, y in zip(a, b, strict=True)] and None
+    else: ok = abs(a - b) < eps
+    assert ok, f"{_short(a)} and {_short(b)} differ by eps={eps} or more"
+
+test_fail.__test__ = test_eq.__test__ = test_close.__test__ = False    # pytest: helpers, not tests
 
 # %% ../nbs/00_exercises.ipynb #349a0e5d
 def _resolve(reference) -> Callable:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -87,12 +88,26 @@ def sync_check() -> tuple[int, list[str]]:
     return len(steps), failures
 
 
+def walked_in_full() -> list[str]:
+    """Lessons whose every cell tests/test_lessons.py runs (its walk executes the generated lesson top to bottom, the
+    exercises filled with their references): nbdev_test need not run them a second time. A lesson with `#| hide`
+    cells (tests kept out of the learner's copy) is not among them, and cells flagged slow/gpu are skipped by both."""
+    sys.path.insert(0, str(ROOT))
+    from minillm.lessons import lesson_sources, read_nb, split_directives, src
+    return [p.name for p in lesson_sources(ROOT)
+            if not any(c["cell_type"] == "code" and "hide" in split_directives(src(c))[0] for c in read_nb(p)["cells"])]
+
+
 def notebooks(flags: str) -> tuple[int, int, str]:
-    "(notebooks passed, failed, output) from nbdev_test."
-    nbs = [p for p in (ROOT / "nbs").glob("*.ipynb") if not p.name.startswith(("_", "."))]
+    "(notebooks passed, failed, output) from nbdev_test, on the notebooks the lesson walk does not already run in full."
+    walked = walked_in_full()
+    nbs = [p for p in (ROOT / "nbs").glob("*.ipynb") if not p.name.startswith(("_", ".")) and p.name not in walked]
+    skip = "^[_.]|^(" + "|".join(re.escape(n) for n in walked) + ")$"
+    print(f"== notebooks run by the lesson walk (tests/test_lessons.py), not here: {', '.join(walked)}", flush=True)
     # Two notebooks at a time, each with torch's default of one thread per core, would run 2x as many threads as cores
     # (spinning OpenMP threads halve throughput or worse: 393 s against 190 s here); one thread each fills the cores.
-    r = run([str(BIN / "nbdev_test"), "--n_workers", "2", "--timing", "--flags", flags], ROOT, {"OMP_NUM_THREADS": "1", **os.environ})
+    r = run([str(BIN / "nbdev_test"), "--n_workers", "2", "--timing", "--flags", flags, "--skip_file_re", skip], ROOT,
+            {"OMP_NUM_THREADS": "1", **os.environ})
     out = r.stdout + r.stderr
     failed = 0 if r.returncode == 0 else max(1, sum(1 for p in nbs if f"\t{p.name}" in out))
     return len(nbs) - failed, failed, out

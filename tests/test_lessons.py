@@ -11,6 +11,8 @@ from nbclient.exceptions import CellExecutionError
 
 from minillm.lessons import split_directives, src
 
+import prose
+
 ROOT = Path(__file__).resolve().parents[1]
 LESSONS = sorted(p.name for p in (ROOT / "lessons").glob("[0-9][0-9]_*.ipynb"))
 EXERCISES = [(name, fn) for name in LESSONS for fn in re.findall(
@@ -293,7 +295,8 @@ def test_lesson_exercises(name, tmp_path):
     At each exercise: the stub as shipped fails its self-check, saying it is not implemented and giving the tier-1 hint;
     each plausible wrong answer of WRONG fails it, showing inputs, expected and got; the reference passes it; the lesson
     then goes on with the reference, so every later cell runs, to the end. One kernel per lesson, not one per check:
-    the lesson's expensive cells (training runs) run once."""
+    the lesson's expensive cells (training runs) run once. Last, the prose-number scan (tests/prose.py): every number
+    in the lesson's prose is computed or printed by a code cell near it, or cites its source."""
     nb = load(name)
     nb.cells = [c for c in nb.cells if not c.source.startswith("# Slow on a CPU")]
     wrong = {}
@@ -330,3 +333,6 @@ def test_lesson_exercises(name, tmp_path):
             i += 2
     assert passed == mine, (passed, mine)
     assert not problems, "\n\n".join(problems)
+    typed = prose.unsupported(nb.cells)
+    assert not typed, (f"{name}: numbers in the prose that no code cell near them computes or prints, and that cite no source "
+                       "(compute them in a cell, print them, or name the source):\n" + "\n".join(typed))

@@ -37,7 +37,7 @@ def data(tmp_path_factory):
     from minillm.data import BuiltinCorpus
     d = tmp_path_factory.mktemp("data")
     (d / "src.txt").write_text("".join(t for _, t in zip(range(40), BuiltinCorpus().split("train"))))
-    r = subprocess.run([sys.executable, "-c", "import sys; from minillm.cli import main; sys.exit(main(sys.argv[1:]))", "prepare",
+    r = subprocess.run([sys.executable, "-m", "minillm", "prepare",
                         "--corpus", str(d / "src.txt"), "--tokenizer", "bytes", "--out", str(d / "shards"), "--workers", "1"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr

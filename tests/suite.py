@@ -75,7 +75,7 @@ def sync_check() -> tuple[int, list[str]]:
             ("nbdev_export", [str(BIN / "nbdev_export")], ["minillm"],
              "{} differs from what `nbdev_export` generates from nbs/ (never edit minillm/ by hand).\n"
              "  Fix: run `nbdev_export` (or `make sync`), then commit."),
-            ("minillm lessons", [sys.executable, "-c", "import sys; from minillm.cli import main; sys.exit(main(['lessons']))"],
+            ("minillm lessons", [sys.executable, "-m", "minillm", "lessons"],
              ["README.md", "lessons"],
              "{} differs from what `minillm lessons` generates from nbs/.\n  Fix: run `minillm lessons` (or `make sync`), then commit."),
         ]

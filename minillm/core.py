@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
+import math
 import os
 import platform as _platform
 import random
@@ -18,8 +19,9 @@ import torch
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['PEAK_TFLOPS', 'bf16_capable', 'fp16_tensor_cores', 'choose_precision', 'sdpa_backends', 'flash_attn_status',
-           'detect_platform', 'HardwareInfo', 'detect_hardware', 'peak_flops', 'seed_everything', 'env_main']
+__all__ = ['PEAK_TFLOPS', 'bf16_capable', 'fp16_tensor_cores', 'choose_precision', 'tensor_bytes', 'sdpa_backends',
+           'flash_attn_status', 'detect_platform', 'HardwareInfo', 'detect_hardware', 'peak_flops', 'matmul_flops',
+           'mfu', 'seed_everything', 'env_main']
 
 # %% ../nbs/01_core.ipynb #af3561f2
 def bf16_capable(capability: tuple[int, int]) -> bool:
@@ -42,6 +44,14 @@ def choose_precision(device: str, capability: tuple[int, int] | None = None) -> 
         return "fp16", (f"compute capability {cc} has no native bf16 (torch.cuda.is_bf16_supported() may say True: "
                         "that is emulation): fp16 with dynamic loss scaling")
     return "fp32", f"{device.upper()}: fp32 (mixed precision pays off on GPUs, not here)"
+
+# %% ../nbs/01_core.ipynb #9efdcb55
+def tensor_bytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
+    "Bytes a dense tensor of `shape` and `dtype` occupies: its number of elements times the bytes of one element."
+    # hint: multiply the sizes of all the dimensions together (an empty shape holds one element), then multiply by the bytes one element of the dtype takes.
+    # hint2: math.prod counts the elements (math.prod(()) is 1, a loop that starts from 0 is not); dtype.itemsize is the bytes of one element (torch.finfo(dtype).bits is bits, 8 times too many).
+    # hint3: return math.prod(shape) * dtype.itemsize
+    return math.prod(shape) * dtype.itemsize
 
 # %% ../nbs/01_core.ipynb #c2129050
 def sdpa_backends(device: str = "cpu", dtype: torch.dtype = torch.float32) -> list[str]:
@@ -166,6 +176,23 @@ def peak_flops(device_name: str, precision: str) -> float | None:
     for frag, peaks in PEAK_TFLOPS.items():
         if frag.lower() in device_name.lower(): return peaks[precision] * 1e12 if precision in peaks else None
     return None
+
+# %% ../nbs/01_core.ipynb #e8cbb6db
+def matmul_flops(m: int, k: int, n: int) -> int:
+    "FLOPs of the product of an (m, k) matrix by a (k, n) matrix: each term of each dot product is a multiply and an add."
+    # hint: each of the m x n outputs is a dot product of length k, and each of its terms costs a multiply and an add.
+    # hint2: count the outputs (m times n), the terms of each (k) and the FLOPs of a term (2, not 1: the multiply and the add); not (2k - 1) per output, the vendors' and PyTorch's convention counts k adds.
+    # hint3: return 2 * m * k * n
+    return 2 * m * k * n
+
+# %% ../nbs/01_core.ipynb #e59ea885
+def mfu(tokens_per_s: float, flops_per_token: float, peak: float | None, world_size: int = 1) -> float | None:
+    """Model FLOPs utilisation, a fraction: the FLOP/s that `tokens_per_s` (counted over all `world_size` GPUs) at
+    `flops_per_token` need, over the peak FLOP/s of one GPU times `world_size`. None when the peak is unknown."""
+    # hint: the work done per second is the tokens per second times the FLOPs each token costs; divide it by what all the GPUs together could do at most, and with no known peak there is no utilisation to report.
+    # hint2: all the GPUs together peak at peak times world_size; return None (not 0, not an error) when peak is None; a fraction such as 0.4, not a percentage.
+    # hint3: return None if peak is None else tokens_per_s * flops_per_token / (peak * world_size)
+    return None if peak is None else tokens_per_s * flops_per_token / (peak * world_size)
 
 # %% ../nbs/01_core.ipynb #bd2cefdd
 def seed_everything(seed: int = 0, deterministic: bool = False) -> int:

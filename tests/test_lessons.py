@@ -278,6 +278,29 @@ WRONG = [   # (lesson, exercise, a plausible wrong answer, what its self-check f
     # Every line parsed: the half-written last line of a growing metrics file breaks the reader.
     ("16_launch.ipynb", "complete_rows", "import json\ndef complete_rows(text):\n    return [json.loads(l) for l in text.splitlines() if l.strip()]",
      ["raised JSONDecodeError"]),
+    # Lesson 01. Bits, not bytes: torch.finfo(dtype).bits is 8 times the size of an element.
+    ("01_core.ipynb", "tensor_bytes", "import math, torch\ndef tensor_bytes(shape, dtype):\n    return math.prod(shape) * torch.finfo(dtype).bits",
+     ["wrong answer", "inputs:   ((), torch.float32)", "expected: 4", "got:      32"]),
+    # Every element taken as fp32's 4 bytes: bf16's halving of memory is lost.
+    ("01_core.ipynb", "tensor_bytes", "import math\ndef tensor_bytes(shape, dtype):\n    return math.prod(shape) * 4",
+     ["wrong answer", "inputs:   ((2, 3), torch.bfloat16)", "expected: 12", "got:      24"]),
+    # The dimensions summed, not multiplied: a scalar takes no bytes.
+    ("01_core.ipynb", "tensor_bytes", "def tensor_bytes(shape, dtype):\n    return sum(shape) * dtype.itemsize",
+     ["wrong answer", "inputs:   ((), torch.float32)", "expected: 4", "got:      0"]),
+    # A multiply-add counted as one FLOP: half the vendors' count, so MFU would look twice as good.
+    ("01_core.ipynb", "matmul_flops", "def matmul_flops(m, k, n):\n    return m * k * n",
+     ["wrong answer", "inputs:   (1, 1, 1)", "expected: 2", "got:      1"]),
+    # The inner dimension forgotten: m x n outputs counted, not the k terms of each.
+    ("01_core.ipynb", "matmul_flops", "def matmul_flops(m, k, n):\n    return 2 * m * n",
+     ["wrong answer", "inputs:   (3, 5, 7)", "expected: 210", "got:      42"]),
+    # The GPUs forgotten: eight GPUs' tokens over one GPU's peak.
+    ("01_core.ipynb", "mfu", "def mfu(tokens_per_s, flops_per_token, peak, world_size=1):\n"
+     "    return None if peak is None else tokens_per_s * flops_per_token / peak",
+     ["wrong answer", "world_size=8)", "expected: 0.357", "got:      2.86"]),
+    # An unknown peak not handled: a GPU missing from the table crashes the training log.
+    ("01_core.ipynb", "mfu", "def mfu(tokens_per_s, flops_per_token, peak, world_size=1):\n"
+     "    return tokens_per_s * flops_per_token / (peak * world_size)",
+     ["raised TypeError", "inputs:   (1000.0, 6000000000.0, None)", "expected: None"]),
 ] 
 
 

@@ -18,8 +18,8 @@ from .utils import UserError, patch, write_json
 __all__ = ['SHIPPED', 'SHIPPED_FILES', 'SHM_ALLREDUCE', 'SHARD_GLOBALS', 'zero_section', 'require_deepspeed', 'ds_precision',
            'build_ds_config', 'find_auto', 'batch_triple', 'resolve_ds_config', 'load_ds_config', 'user_ds_config',
            'skip_shm_allreduce', 'DeepSpeedEngine', 'shard_globals', 'verify_shards', 'consolidated_weights',
-           'rank_model_states', 'deepspeed_estimate', 'free_port', 'deepspeed_command', 'torchrun_command',
-           'run_training']
+           'rank_model_states', 'deepspeed_estimate', 'free_port', 'find_launcher', 'deepspeed_command',
+           'torchrun_command', 'run_training']
 
 # %% ../nbs/13_deepspeed.ipynb #9405362f
 def zero_section(stage: int, offload: str, bucket: int, persistence: int, on_gpu: bool) -> dict:
@@ -399,11 +399,16 @@ def free_port() -> int:
     import socket
     with socket.socket() as s: s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
 
+def find_launcher(script: str, module: str) -> list[str]:
+    "A launcher's console script beside this Python (its venv), else on PATH, else `python -m module` (the same program)."
+    import shutil, sys
+    exe = Path(sys.executable).parent / script
+    if exe.exists(): return [str(exe)]
+    return [found] if (found := shutil.which(script)) else [sys.executable, "-m", module]
+
 def deepspeed_command(train_args: list[str], num_procs: int, port: int | None = None, hostfile: str | None = None) -> list[str]:
     "The `deepspeed` launcher command that runs `minillm.train` with `train_args` on `num_procs` processes (per node with a hostfile)."
-    import shutil, sys
-    exe = Path(sys.executable).parent / "deepspeed"
-    launcher = [str(exe)] if exe.exists() else ([shutil.which("deepspeed")] if shutil.which("deepspeed") else [sys.executable, "-m", "deepspeed.launcher.runner"])
+    launcher = find_launcher("deepspeed", "deepspeed.launcher.runner")
     hosts = ["--hostfile", hostfile] if hostfile else []
     return [*launcher, *hosts, "--num_gpus", str(num_procs), "--master_port", str(port or free_port()), "--module", "minillm.train", *train_args]
 
@@ -411,8 +416,7 @@ def torchrun_command(train_args: list[str], num_procs: int, port: int | None = N
     "The plain trainer's command on `num_procs` processes: `torchrun` (DDP), or a bare `python -m minillm.train` for one."
     import sys
     if num_procs == 1: return [sys.executable, "-m", "minillm.train", *train_args]
-    torchrun = Path(sys.executable).parent / "torchrun"
-    return [str(torchrun), "--nproc_per_node", str(num_procs), "--master_port", str(port or free_port()), "-m", "minillm.train", *train_args]
+    return [*find_launcher("torchrun", "torch.distributed.run"), "--nproc_per_node", str(num_procs), "--master_port", str(port or free_port()), "-m", "minillm.train", *train_args]
 
 def run_training(cmd: list[str], out: str | Path, timeout: float | None = None) -> list[dict]:
     "Run a training command to its end and return the rows of `out/metrics.jsonl`; on failure raise with its stderr's tail, on timeout kill every process it started."

@@ -30,10 +30,10 @@ from .utils import UserError, nonneg_float, nonneg_int, positive_float, positive
 
 # %% auto #0
 __all__ = ['UNCAPPED', 'CHECKPOINT_KEYS', 'ENGINES', 'RUN_FILES', 'FLAGS', 'TrainConfig', 'accumulation_steps', 'param_groups',
-           'lr_at', 'adamw_update', 'Dist', 'setup_dist', 'choose_amp', 'rng_state', 'set_rng_state', 'save_checkpoint',
-           'load_checkpoint', 'check_compatible', 'engine_class', 'held_bytes', 'Engine', 'DDPEngine', 'Trainer',
-           'accumulate', 'train_step', 'evaluate', 'state', 'save', 'resume', 'run_files', 'clear_run',
-           'threading_main', 'Diverged', 'fit', 'LivePlot', 'load_model', 'sample_text', 'model_override',
+           'lr_at', 'adamw_update', 'Dist', 'dist_env', 'setup_dist', 'choose_amp', 'rng_state', 'set_rng_state',
+           'save_checkpoint', 'load_checkpoint', 'check_compatible', 'engine_class', 'held_bytes', 'Engine',
+           'DDPEngine', 'Trainer', 'accumulate', 'train_step', 'evaluate', 'state', 'save', 'resume', 'run_files',
+           'clear_run', 'threading_main', 'Diverged', 'fit', 'LivePlot', 'load_model', 'sample_text', 'model_override',
            'read_config_file', 'build_configs', 'train_parser', 'check_out', 'train_main', 'sample_parser',
            'sample_main']
 
@@ -185,25 +185,42 @@ class Dist:
     @property
     def main(self) -> bool: return self.rank == 0
 
+def dist_env(env=None) -> tuple[int, int, int, int]:
+    """(rank, local rank, world size, processes on this node) from the launcher's environment: torchrun's and deepspeed's
+    RANK, LOCAL_RANK, WORLD_SIZE; or, when RANK is unset and SLURM_NTASKS > 1 (`srun`), SLURM_PROCID, SLURM_LOCALID, SLURM_NTASKS."""
+    env = os.environ if env is None else env
+    if "RANK" not in env and int(env.get("SLURM_NTASKS", 1)) > 1:
+        world = int(env["SLURM_NTASKS"])
+        per_node = (env.get("SLURM_NTASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE") or "").split("(")[0].split(",")[0]   # "4", "4(x2)"
+        return int(env.get("SLURM_PROCID", 0)), int(env.get("SLURM_LOCALID", 0)), world, int(per_node) if per_node.isdigit() else world
+    world = int(env.get("WORLD_SIZE", 1))
+    return int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0)), world, int(env.get("LOCAL_WORLD_SIZE", env.get("LOCAL_SIZE", world)))
+
 def setup_dist(device: str = "auto") -> Dist:
-    "Read torchrun's environment; join the process group when there are several ranks; pick this rank's device."
-    world, rank, local = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
+    "Read the launcher's environment (torchrun, deepspeed or srun); join the process group when there are several ranks; pick this rank's device."
+    rank, local, world, local_world = dist_env()
+    if "RANK" not in os.environ and world > 1:            # srun (dist_env read SLURM's names): rendezvous needs an address every task reaches
+        missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(k)]
+        if missing:
+            raise ValueError(f"srun started {world} tasks (SLURM_NTASKS) but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
+                             "not set: in the sbatch script, export MASTER_ADDR=$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n 1) "
+                             "and MASTER_PORT=29500 (any free port) before srun.")
+        os.environ.update(RANK=str(rank), LOCAL_RANK=str(local), WORLD_SIZE=str(world))   # DeepSpeed and torch read these names
     use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
     if use_cuda and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: torch sees no CUDA GPU on this machine (torch {torch.__version__}, "
                          f"{'a CPU-only build' if torch.version.cuda is None else 'CUDA ' + torch.version.cuda}): use --device cpu or auto.")
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", world)))   # torchrun's, deepspeed's
     if use_cuda and local_world > torch.cuda.device_count():
         n = torch.cuda.device_count()
         raise ValueError(f"{local_world} processes on this node but {n} CUDA device(s): launch at most {n} "
-                         f"(deepspeed --num_gpus {n}, torchrun --nproc_per_node {n}).")
+                         f"(deepspeed --num_gpus {n}, torchrun --nproc_per_node {n}, srun --ntasks-per-node {n}).")
     if not use_cuda and local_world > (os.cpu_count() or 1):
         raise ValueError(f"{local_world} processes on this node but {os.cpu_count()} CPU cores: launch at most {os.cpu_count()}.")
     if not use_cuda and local_world > 1 and "OMP_NUM_THREADS" not in os.environ:   # torchrun sets it; deepspeed's launcher does not
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))         # share the cores: each rank using all of them thrashes
     dev = torch.device(f"cuda:{local}" if use_cuda else "cpu")
     if use_cuda: torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized(): dist.init_process_group("nccl" if use_cuda else "gloo")
+    if world > 1 and not dist.is_initialized(): dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world)
     return Dist(rank, world, local, dev)
 
 def choose_amp(precision: str, device: torch.device) -> tuple[str, torch.dtype | None]:

@@ -45,3 +45,46 @@ def test_kernel_interrupt_stops_cleanly_and_keeps_the_checkpoint(data, tmp_path)
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["step"] == ck["step"] + 2
+
+
+SRUN_TINY = ["--model", "embed_dim=32", "--model", "num_heads=4", "--model", "num_layers=2", "--model", "max_seq_len=32",
+             "--micro-batch", "2", "--eval-batches", "2", "--warmup-steps", "1", "--log-every", "1", "--eval-every", "2",
+             "--sample-tokens", "0", "--device", "cpu", "--max-steps", "3"]
+
+
+def _slurm_env(procid: int, ntasks: int, **extra) -> dict:
+    "What `srun --ntasks N` gives each task: SLURM's names, none of torchrun's."
+    import os
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+                                                            "MASTER_PORT") and not k.startswith("SLURM_")}
+    return {**env, "SLURM_NTASKS": str(ntasks), "SLURM_PROCID": str(procid), "SLURM_LOCALID": str(procid),
+            "SLURM_NTASKS_PER_NODE": str(ntasks), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", **extra}
+
+
+def test_srun_tasks_form_one_group(data, tmp_path):
+    """Two `python -m minillm.train` processes started the way `srun --ntasks 2` starts them (SLURM_PROCID, SLURM_LOCALID,
+    SLURM_NTASKS; MASTER_ADDR/MASTER_PORT exported by the sbatch script) form one group of 2: one DDP run over 2 ranks whose
+    rank 0 alone logs and writes metrics, where reading only RANK/WORLD_SIZE would start two independent rank-0 runs."""
+    from minillm.ds import free_port
+    out, port = tmp_path / "run", str(free_port())
+    procs = [subprocess.Popen([sys.executable, "-m", "minillm.train", "--data", str(data), "--out", str(out), *SRUN_TINY],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=_slurm_env(i, 2, MASTER_ADDR="127.0.0.1", MASTER_PORT=port)) for i in range(2)]
+    try: results = [(p.communicate(timeout=300), p.returncode) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None: p.kill()
+    for (o, e), rc in results: assert rc == 0, e[-3000:]
+    (out0, _), (out1, _) = results[0][0], results[1][0]
+    assert "over 2 ranks" in out0 and "engine" not in out1, (out0[-1500:], out1[-1500:])   # rank 1 logs nothing
+    steps = [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]                                                              # one writer, not two
+
+
+def test_srun_without_master_address_fails_cleanly(data, tmp_path):
+    """`srun` tasks need an address to meet at: without MASTER_ADDR/MASTER_PORT the trainer stops at once with one line
+    naming both and the sbatch line that sets them, instead of hanging or training N copies."""
+    from badinput import cli, fails_cleanly
+    r = cli("train", "--data", str(data), "--out", str(tmp_path / "o"), *SRUN_TINY, env=_slurm_env(0, 2), timeout=120)
+    fails_cleanly(r, "MASTER_ADDR", "MASTER_PORT", "sbatch", "SLURM_NTASKS")
+    assert len(r.stderr.strip().splitlines()) == 1

@@ -14,26 +14,24 @@ import signal
 import sys
 import sysconfig
 import threading
-import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.client import IncompleteRead
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 
+from .fetch import download, sha256_file   # plumbing: resumable, verified downloads (nbs/00_fetch.ipynb)
 from .utils import write_atomic, write_json
 
 # %% auto #0
 __all__ = ['EOT', 'TOKENIZER_FIX', 'VAL_EVERY', 'SMALL_CORPUS', 'CORPORA', 'DATA_FIX', 'SHARD_DTYPES', 'split_specials',
            'Tokenizer', 'ByteTokenizer', 'file_error', 'read_text_file', 'read_json_file', 'Corpus', 'BuiltinCorpus',
-           'take_chars', 'read_utf8', 'text_documents', 'jsonl_documents', 'LocalCorpus', 'cache_dir', 'sha256_file',
-           'download', 'RemoteFile', 'RemoteCorpus', 'get_corpus', 'sigint_deferred', 'shard_dtype', 'encode_corpus',
-           'write_shards', 'read_meta', 'TokenDataset', 'TrainSampler', 'eval_batches', 'verify_data']
+           'take_chars', 'read_utf8', 'text_documents', 'jsonl_documents', 'LocalCorpus', 'cache_dir', 'RemoteFile',
+           'RemoteCorpus', 'get_corpus', 'sigint_deferred', 'shard_dtype', 'encode_corpus', 'write_shards', 'read_meta',
+           'TokenDataset', 'TrainSampler', 'eval_batches', 'verify_data']
 
 # %% ../nbs/02_data.ipynb #ad5ec00e
 EOT = "<|endoftext|>"
@@ -229,52 +227,6 @@ class LocalCorpus(Corpus):
 # %% ../nbs/02_data.ipynb #8293928d
 def cache_dir() -> Path: return Path(os.environ.get("MINILLM_CACHE", Path.home() / ".cache" / "minillm"))
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""): h.update(chunk)
-    return h.hexdigest()
-
-def download(url: str, dest: Path, sha256: str | None = None, size: int | None = None, retries: int = 5,
-             timeout: float = 60, progress: bool = True) -> Path:
-    "Download `url` to `dest` through `dest.part`, resuming after broken transfers; verify size and sha256."
-    from tqdm.auto import tqdm
-    dest = Path(dest); dest.parent.mkdir(parents=True, exist_ok=True)
-    if dest.exists() and (sha256 is None or sha256_file(dest) == sha256): return dest
-    part, last_error = dest.with_name(dest.name + ".part"), None
-    for attempt in range(retries):
-        have = part.stat().st_size if part.exists() else 0
-        if size is not None and have >= size: break
-        req = urllib.request.Request(url, headers={"Range": f"bytes={have}-", "User-Agent": "minillm"} if have else {"User-Agent": "minillm"})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                if have and r.status != 206: have = 0                     # the server ignored the range: start over
-                length = r.headers.get("Content-Length")
-                total = have + int(length) if length else size
-                with open(part, "ab" if have else "wb") as f, tqdm(total=total, initial=have, unit="B", unit_scale=True,
-                                                                   desc=dest.name, disable=not progress) as bar:
-                    while chunk := r.read(1 << 16): f.write(chunk); bar.update(len(chunk))
-            if total is None or part.stat().st_size >= total: break
-            last_error = f"transfer ended at {part.stat().st_size} of {total} bytes"
-        except urllib.error.HTTPError as e:
-            if e.code == 416 and have: break                                # range beyond the end: we have it all
-            raise ConnectionError(f"{url}: HTTP {e.code} {e.reason}. The source may have moved; use --corpus builtin or a local path.") from None
-        except (IncompleteRead, ConnectionError, TimeoutError, OSError) as e:
-            if isinstance(e, urllib.error.URLError) and have == 0 and attempt == retries - 1:
-                break
-            last_error = f"{type(e).__name__}: {e}"
-        time.sleep(min(2 ** attempt * 0.1, 2))
-    if not part.exists() or (size is not None and part.stat().st_size != size):
-        got = part.stat().st_size if part.exists() else 0
-        raise ConnectionError(f"could not download {url} ({last_error}; have {got} bytes). Offline? Use --corpus builtin, "
-                              f"or download the file yourself and pass its path. Rerunning resumes from {part}.")
-    if sha256 is not None and (got := sha256_file(part)) != sha256:
-        part.unlink()
-        raise ValueError(f"checksum mismatch for {url}: expected sha256 {sha256}, got {got}. The partial file was deleted; "
-                         "rerun to download again, or pass a local copy you trust as a path.")
-    os.replace(part, dest)
-    return dest
-
 # %% ../nbs/02_data.ipynb #0a3652be
 @dataclass
 class RemoteFile:
@@ -290,7 +242,7 @@ class RemoteCorpus(Corpus):
         self.max_bytes = max_bytes    # cap on the text taken (FineWeb-Edu's sample is large)
 
     def local(self, f: RemoteFile) -> Path:
-        return cache_dir() / self.name / Path(urllib.request.urlparse(f.url).path).name
+        return cache_dir() / self.name / Path(urllib.parse.urlparse(f.url).path).name
 
     def fetch(self, progress: bool = True) -> list[Path]:
         return [download(f.url, self.local(f), f.sha256, f.size, progress=progress) for f in self.files]

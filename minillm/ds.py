@@ -44,8 +44,8 @@ def require_deepspeed():
     "The deepspeed module, or an ImportError that says how to install it."
     try: import deepspeed
     except ImportError:
-        raise ImportError("DeepSpeed is not installed: pip install deepspeed (Linux or WSL; `pip install minillm` includes it on Linux). "
-                          "Or train without --deepspeed.") from None
+        raise ImportError('DeepSpeed is not installed: pip install "minillm[deepspeed]" (or pip install deepspeed; Linux or WSL), '
+                          "or train without --deepspeed.") from None
     return deepspeed
 
 def ds_precision(requested: str, device_type: str) -> str:
@@ -283,6 +283,7 @@ def verify_shards(folder, expected=None):
 def consolidated_weights(ds_dir: Path, tag: str, model_keys) -> dict:
     "fp32 weights merged from a DeepSpeed checkpoint's shards (ZeRO 1-3), with every key of the model's state_dict; each shard is verified first."
     import contextlib, io
+    require_deepspeed()                                        # missing: the install hint, not a bare ModuleNotFoundError
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     verify_shards(Path(ds_dir) / tag)                          # the merge reads every *_states.pt of this tag folder, and no other
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):   # it reports its progress on both
@@ -382,6 +383,7 @@ def report_memory(self: DeepSpeedEngine):
 
 def deepspeed_estimate(model, n_params: int, stage: int, gpus: int, offload: str) -> dict | None:
     "DeepSpeed's own model-state estimator for this run (bytes per GPU and CPU), where it has one (stages 2 and 3)."
+    if stage in (2, 3): require_deepspeed()                    # missing: the install hint, not a bare ModuleNotFoundError
     if stage == 2:
         from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
         cpu, gpu = estimate_zero2_model_states_mem_needs(n_params, gpus, 1, offload != "none", additional_buffer_factor=1.0)

@@ -18,9 +18,10 @@ from .exercises import hint_tiers
 from .utils import write_atomic
 
 # %% auto #0
-__all__ = ['find_root', 'read_settings', 'read_nb', 'src', 'split_directives', 'frontmatter', 'stub_exercise', 'pasteable',
-           'exercise_hints', 'urls', 'setup_cell', 'make_lesson', 'lesson_sources', 'course_map_markdown',
-           'readme_from_index', 'lessons_readme', 'dumps_nb', 'generated_files', 'stale_lessons', 'lessons_main']
+__all__ = ['find_root', 'project_root', 'read_settings', 'read_nb', 'src', 'split_directives', 'frontmatter', 'stub_exercise',
+           'pasteable', 'exercise_hints', 'urls', 'code_tree', 'lesson_extras', 'setup_cell', 'make_lesson',
+           'lesson_sources', 'course_map_markdown', 'readme_from_index', 'lessons_readme', 'dumps_nb',
+           'generated_files', 'stale_lessons', 'lessons_main']
 
 # %% ../nbs/90_lessons.ipynb #267572ac
 _DIRECTIVE = re.compile(r"^\s*#\|\s*([\w-]+):?\s*(.*?)\s*$")
@@ -31,6 +32,13 @@ def find_root(start: Path | str | None = None) -> Path:
     for d in [p, *p.parents]:
         if (d / "settings.ini").exists(): return d
     raise FileNotFoundError(f"no settings.ini in {p} or above: run this inside a minillm checkout, or pass --root.")
+
+def project_root(start: Path | str | None = None) -> Path:
+    """Where a lesson reads and writes the project's `data/` and `runs/`: the checkout's root when `start` (default:
+    the cwd) is inside one (a lesson opened from lessons/ or nbs/), else `start` itself (a lesson opened alone:
+    Colab's /content, Kaggle's /kaggle/working)."""
+    try: return find_root(start)
+    except FileNotFoundError: return Path(start or Path.cwd()).resolve()
 
 def read_settings(root: Path) -> dict:
     "settings.ini's [DEFAULT] section, with %(key)s references filled in."
@@ -119,12 +127,37 @@ def urls(cfg: dict, path: str) -> dict:
     return {"github": f"https://{gh}", "colab": f"https://colab.research.google.com/{gh.replace('github.com', 'github', 1)}",
             "kaggle": f"https://kaggle.com/kernels/welcome?src=https://{gh}"}
 
-def setup_cell(cfg: dict) -> str:
-    "The first code cell of every lesson: installs minillm where it is missing (Colab, Kaggle)."
-    spec = f"minillm @ git+https://github.com/{cfg['user']}/{cfg['repo']}@{cfg['branch']}"
-    return ("# Setup: installs minillm where it is missing (Colab, Kaggle); does nothing where it is installed.\n"
-            "try:\n    import minillm\nexcept ImportError:\n"
-            f"    %pip install -q \"{spec}\"\n    import minillm\nprint('minillm', minillm.__version__)")
+_EXTRA_MODULES = {"deepspeed": "deepspeed", "flash": "flash_attn"}   # extra -> the module it installs
+# Names of minillm's that run DeepSpeed: a lesson calling one needs the `deepspeed` extra as much as one importing it.
+_DEEPSPEED_NAMES = {"deepspeed_command", "require_deepspeed", "DeepSpeedEngine", "consolidated_weights", "deepspeed_estimate"}
+
+def code_tree(code: str) -> ast.Module:
+    "The AST of a notebook cell, its IPython lines (`%magic`, `!shell`) left out."
+    return ast.parse("\n".join("" if l.lstrip().startswith(("%", "!")) else l for l in code.split("\n")))
+
+def lesson_extras(nb: dict, where: str = "notebook") -> list[str]:
+    """The extras a lesson's setup cell installs: front matter `extras:` (space-separated names), plus `deepspeed`
+    when a cell the lesson keeps imports deepspeed or uses one of minillm's DeepSpeed functions."""
+    extras = frontmatter(nb).get("extras", "").replace(",", " ").split()
+    if bad := [e for e in extras if e not in _EXTRA_MODULES]:
+        raise ValueError(f"{where}: front matter `extras: {' '.join(extras)}`: unknown {', '.join(bad)}; known: {', '.join(_EXTRA_MODULES)}")
+    for c in nb["cells"]:
+        d, code = split_directives(src(c)) if c["cell_type"] == "code" else ({"hide": ""}, "")
+        if "hide" in d or "deepspeed" in extras: continue
+        for n in ast.walk(code_tree(code)):
+            mods = [a.name for a in n.names] if isinstance(n, ast.Import) else [n.module or ""] if isinstance(n, ast.ImportFrom) else []
+            names = {a.name for a in n.names} if isinstance(n, ast.ImportFrom) else {getattr(n, "id", None), getattr(n, "attr", None)}
+            if any(m.split(".")[0] == "deepspeed" for m in mods) or names & _DEEPSPEED_NAMES: extras.append("deepspeed"); break
+    return extras
+
+def setup_cell(cfg: dict, extras: list[str] = ()) -> str:
+    "The first code cell of every lesson: installs minillm, with `extras` (e.g. ['deepspeed']), where it is missing (Colab, Kaggle)."
+    name = f"minillm[{','.join(extras)}]" if extras else "minillm"
+    spec = f"{name} @ git+https://github.com/{cfg['user']}/{cfg['repo']}@{cfg['branch']}"
+    mods = ", ".join(["minillm", *(_EXTRA_MODULES[e] for e in extras)])
+    return (f"# Setup: installs {name} where it is missing (Colab, Kaggle); does nothing where it is installed.\n"
+            f"try:\n    import {mods}\nexcept ImportError:\n"
+            f"    %pip install -q \"{spec}\"\n    import {mods}\nprint('minillm', minillm.__version__)")
 
 # %% ../nbs/90_lessons.ipynb #c2168702
 def make_lesson(nb: dict, name: str, cfg: dict) -> dict:
@@ -136,7 +169,7 @@ def make_lesson(nb: dict, name: str, cfg: dict) -> dict:
         f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({links['colab']}) "
         f"[![Open In Kaggle](https://kaggle.com/static/images/open-in-kaggle.svg)]({links['kaggle']})\n\n{facts}\n\n"
         "Cells marked ✏️ are exercises: fill in the body, then run the self-check cell below it.", "lesson-header"))
-    cells.append(_cell("code", setup_cell(cfg), "lesson-setup"))
+    cells.append(_cell("code", setup_cell(cfg, lesson_extras(nb, f"nbs/{name}")), "lesson-setup"))
     pending = None                                   # the exercise waiting for its self-check
     for i, c in enumerate(nb["cells"]):
         where = f"nbs/{name}, cell {i}"

@@ -30,8 +30,9 @@ from .utils import write_atomic, write_json
 __all__ = ['EOT', 'TOKENIZER_FIX', 'VAL_EVERY', 'SMALL_CORPUS', 'CORPORA', 'DATA_FIX', 'SHARD_DTYPES', 'split_specials',
            'Tokenizer', 'ByteTokenizer', 'file_error', 'read_text_file', 'read_json_file', 'Corpus', 'BuiltinCorpus',
            'take_chars', 'read_utf8', 'text_documents', 'jsonl_documents', 'LocalCorpus', 'cache_dir', 'RemoteFile',
-           'RemoteCorpus', 'get_corpus', 'sigint_deferred', 'shard_dtype', 'encode_corpus', 'write_shards', 'read_meta',
-           'TokenDataset', 'TrainSampler', 'eval_batches', 'verify_data']
+           'RemoteCorpus', 'get_corpus', 'pack_documents', 'sigint_deferred', 'shard_dtype', 'encode_corpus',
+           'write_shards', 'window_pair', 'eval_starts', 'read_meta', 'TokenDataset', 'TrainSampler', 'eval_batches',
+           'verify_data']
 
 # %% ../nbs/02_data.ipynb #ad5ec00e
 EOT = "<|endoftext|>"
@@ -300,6 +301,16 @@ def get_corpus(spec: str, max_bytes: int | None = None) -> Corpus:
         return c
     return LocalCorpus(spec)
 
+# %% ../nbs/02_data.ipynb #58330737
+def pack_documents(docs: Iterable[list[int]], eos_id: int) -> list[int]:
+    "The documents' token ids joined into one stream, in order, each document followed by `eos_id` (the last one too); no padding."
+    # hint: walk the documents in order and put one end-of-text id after each document, the last one included; pad nothing.
+    # hint2: start from an empty list; for each document extend it with the document's ids, then append eos_id (after the document, not before it, and not only between documents).
+    # hint3: out = []; for d in docs: out += list(d) + [eos_id]; return out
+    out = []
+    for d in docs: out += list(d); out.append(eos_id)
+    return out
+
 # %% ../nbs/02_data.ipynb #0b6503b1
 _worker_tok: Tokenizer | None = None
 
@@ -325,9 +336,7 @@ def _init_worker(tok):
 def _init_pool_worker(tok): _ignore_sigint(); _init_worker(tok)
 
 def _encode_docs(docs: list[str]) -> np.ndarray:
-    ids = []
-    for d in docs: ids += _worker_tok.encode(d) + [_worker_tok.eos_id]
-    return np.asarray(ids, dtype=np.int64)
+    return np.asarray(pack_documents([_worker_tok.encode(d) for d in docs], _worker_tok.eos_id), dtype=np.int64)
 
 def _batches(it: Iterable[str], n: int) -> Iterator[list[str]]:
     batch = []
@@ -403,6 +412,28 @@ def write_shards(corpus: Corpus, tok: Tokenizer, out: Path | str, workers: int |
         for tmp in tmps.values(): tmp.unlink(missing_ok=True)
     return meta
 
+# %% ../nbs/02_data.ipynb #fee60910
+def window_pair(tokens: np.ndarray, start: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs `x` = tokens[start : start + seq_len] and targets `y`, the same window one token later, as int64 tensors:
+    y[i] is the token that follows x[i]. The window reads one token past its inputs, for the last target."""
+    # hint: read one token more than seq_len from start; the inputs are all of them but the last, the targets all of them but the first, both as int64 tensors.
+    # hint2: slice tokens[start : start + seq_len + 1]; convert with np.asarray(...).astype(np.int64) before torch.from_numpy (a shard's uint16 would stay uint16); split with [:-1] and [1:].
+    # hint3: w = torch.from_numpy(np.asarray(tokens[start:start + seq_len + 1]).astype(np.int64)); return w[:-1], w[1:]
+    w = torch.from_numpy(np.asarray(tokens[start:start + seq_len + 1]).astype(np.int64))
+    return w[:-1], w[1:]
+
+# %% ../nbs/02_data.ipynb #5c1718e7
+def eval_starts(n_tokens: int, seq_len: int, rank: int = 0, world_size: int = 1) -> list[int]:
+    """This rank's evaluation window starts over a split of `n_tokens` tokens: windows of `seq_len` side by side from
+    token 0 (each reads one token past its end, for its last target), as many as fit, their count cut to a multiple
+    of `world_size`, then dealt round-robin: rank r takes starts r, r + world_size, r + 2 world_size, ... of the list."""
+    # hint: list every start where a whole window and the token after it fit, stepping by seq_len from 0; drop the last few so the count divides by world_size; then deal them out round-robin, this rank taking every world_size-th start from its own position.
+    # hint2: range from 0 in steps of seq_len, stopping before n_tokens - seq_len (a start there would have no token for its last target); keep the first len - len % world_size; slice from rank in steps of world_size; return a list of ints.
+    # hint3: s = list(range(0, n_tokens - seq_len, seq_len)); s = s[:len(s) - len(s) % world_size]; return s[rank::world_size]
+    s = list(range(0, n_tokens - seq_len, seq_len))
+    s = s[:len(s) - len(s) % world_size]
+    return s[rank::world_size]
+
 # %% ../nbs/02_data.ipynb #a179bddf
 DATA_FIX = "re-run `minillm prepare` into a new --out (shards and meta.json must come from one run)"
 SHARD_DTYPES = ("uint16", "uint32")
@@ -468,8 +499,8 @@ class TrainSampler:
         if self.pos + self.batch_size > len(self._starts):
             self.epoch, self.pos = self.epoch + 1, 0; self._starts = self.epoch_starts(self.epoch)
         idx = self._starts[self.pos:self.pos + self.batch_size]; self.pos += self.batch_size
-        w = torch.stack([self.data.window(int(s), self.seq_len + 1) for s in idx])     # (b, T+1)
-        return w[:, :-1], w[:, 1:]
+        xy = [window_pair(self.data.tokens, int(s), self.seq_len) for s in idx]
+        return torch.stack([x for x, _ in xy]), torch.stack([y for _, y in xy])           # each (b, T)
 
     def state_dict(self) -> dict: return dict(epoch=self.epoch, pos=self.pos, seed=self.seed)
     def load_state_dict(self, d: dict):
@@ -480,12 +511,11 @@ def eval_batches(data: TokenDataset, seq_len: int, batch_size: int, rank: int = 
     """Fixed, non-overlapping windows covering the split once (this rank's share), as (x, y) batches. Every rank gets
     the same number of windows (up to world_size - 1 left over are dropped): with sharded weights each forward is a
     collective, and a rank with one batch more would wait forever."""
-    starts = np.arange(0, len(data) - seq_len, seq_len)
-    starts = starts[:len(starts) - len(starts) % world_size][rank::world_size]
+    starts = eval_starts(len(data), seq_len, rank, world_size)
     for i, b in enumerate(range(0, len(starts), batch_size)):
         if max_batches is not None and i >= max_batches: return
-        w = torch.stack([data.window(int(s), seq_len + 1) for s in starts[b:b + batch_size]])
-        yield w[:, :-1], w[:, 1:]
+        xy = [window_pair(data.tokens, s, seq_len) for s in starts[b:b + batch_size]]
+        yield torch.stack([x for x, _ in xy]), torch.stack([y for _, y in xy])
 
 # %% ../nbs/02_data.ipynb #4a5d2482
 def _max_id(shard: np.ndarray, chunk: int = 1 << 24) -> int:

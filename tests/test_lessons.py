@@ -301,6 +301,40 @@ WRONG = [   # (lesson, exercise, a plausible wrong answer, what its self-check f
     ("01_core.ipynb", "mfu", "def mfu(tokens_per_s, flops_per_token, peak, world_size=1):\n"
      "    return tokens_per_s * flops_per_token / (peak * world_size)",
      ["raised TypeError", "inputs:   (1000.0, 6000000000.0, None)", "expected: None"]),
+    # Lesson 02. The separator only between documents: the last document never ends, and a shard's next run glues on.
+    ("02_data.ipynb", "pack_documents", "def pack_documents(docs, eos_id):\n    out = []\n    for i, d in enumerate(docs):\n"
+     "        if i: out.append(eos_id)\n        out += list(d)\n    return out",
+     ["wrong answer", "inputs:   ([[5, 6, 7]], 0)", "expected: [5, 6, 7, 0]", "got:      [5, 6, 7]"]),
+    # The separator before each document: the stream starts with it, and no document is followed by its end.
+    ("02_data.ipynb", "pack_documents", "def pack_documents(docs, eos_id):\n    out = []\n    for d in docs: out += [eos_id] + list(d)\n    return out",
+     ["wrong answer", "inputs:   ([[5, 6, 7]], 0)", "expected: [5, 6, 7, 0]", "got:      [0, 5, 6, 7]"]),
+    # The targets shifted the wrong way: the model would learn to predict the previous token.
+    ("02_data.ipynb", "window_pair", "import numpy as np, torch\ndef window_pair(tokens, start, seq_len):\n"
+     "    w = torch.from_numpy(np.asarray(tokens[start:start + seq_len + 1]).astype(np.int64))\n    return w[1:], w[:-1]",
+     ["wrong answer", "inputs:   (array([100, 101", "expected: (tensor([100, 101, 102, 103]), tensor([101, 102, 103, 104]))",
+      "got:      (tensor([101, 102, 103, 104]), tensor([100, 101, 102, 103]))"]),
+    # The window read without the extra token: the targets come out one short.
+    ("02_data.ipynb", "window_pair", "import numpy as np, torch\ndef window_pair(tokens, start, seq_len):\n"
+     "    w = torch.from_numpy(np.asarray(tokens[start:start + seq_len]).astype(np.int64))\n    return w, w[1:]",
+     ["wrong answer", "expected: (tensor([100, 101, 102, 103]), tensor([101, 102, 103, 104]))",
+      "got:      (tensor([100, 101, 102, 103]), tensor([101, 102, 103]))"]),
+    # The shard's dtype kept: uint16 tensors, which an embedding cannot index.
+    ("02_data.ipynb", "window_pair", "import numpy as np, torch\ndef window_pair(tokens, start, seq_len):\n"
+     "    w = torch.from_numpy(np.asarray(tokens[start:start + seq_len + 1]))\n    return w[:-1], w[1:]",
+     ["wrong answer", "expected: (tensor([100, 101, 102, 103]), tensor([101, 102, 103, 104]))",
+      "got:      (tensor([100, 101, 102, 103], dtype=torch.uint16)"]),
+    # One start too many: the last window's last target lies past the end of the split.
+    ("02_data.ipynb", "eval_starts", "def eval_starts(n_tokens, seq_len, rank=0, world_size=1):\n"
+     "    s = list(range(0, n_tokens - seq_len + 1, seq_len))\n    s = s[:len(s) - len(s) % world_size]\n    return s[rank::world_size]",
+     ["wrong answer", "inputs:   (20, 4)", "expected: [0, 4, 8, 12]", "got:      [0, 4, 8, 12, 16]"]),
+    # The count not cut to a multiple of the ranks: rank 0 runs a forward pass the others never join.
+    ("02_data.ipynb", "eval_starts", "def eval_starts(n_tokens, seq_len, rank=0, world_size=1):\n"
+     "    return list(range(0, n_tokens - seq_len, seq_len))[rank::world_size]",
+     ["wrong answer", "inputs:   (23, 4, 0, 2)", "expected: [0, 8]", "got:      [0, 8, 16]"]),
+    # Contiguous blocks instead of round-robin: a valid split, but not the one the self-check (and the package) deals.
+    ("02_data.ipynb", "eval_starts", "def eval_starts(n_tokens, seq_len, rank=0, world_size=1):\n"
+     "    s = list(range(0, n_tokens - seq_len, seq_len))\n    k = len(s) // world_size\n    return s[rank * k:(rank + 1) * k]",
+     ["wrong answer", "inputs:   (23, 4, 0, 2)", "expected: [0, 8]", "got:      [0, 4]"]),
 ] 
 
 

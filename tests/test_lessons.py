@@ -335,6 +335,35 @@ WRONG = [   # (lesson, exercise, a plausible wrong answer, what its self-check f
     ("02_data.ipynb", "eval_starts", "def eval_starts(n_tokens, seq_len, rank=0, world_size=1):\n"
      "    s = list(range(0, n_tokens - seq_len, seq_len))\n    k = len(s) // world_size\n    return s[rank * k:(rank + 1) * k]",
      ["wrong answer", "inputs:   (23, 4, 0, 2)", "expected: [0, 8]", "got:      [0, 4]"]),
+    # Lesson 16. The memory cap taken as the micro batch without checking it divides the GPU's share: 10 x 1 x 2 is 20 sequences, not 32.
+    ("16_launch.ipynb", "split_batch", "def split_batch(global_batch, gpus, max_micro):\n    share = global_batch // gpus\n"
+     "    micro = min(max_micro, share)\n    return micro, share // micro",
+     ["wrong answer", "inputs:   (32, 2, 10)", "expected: (8, 2)", "got:      (10, 1)"]),
+    # The GPUs forgotten: each GPU accumulates the whole global batch, so two GPUs train twice the batch.
+    ("16_launch.ipynb", "split_batch", "def split_batch(global_batch, gpus, max_micro):\n"
+     "    micro = next(m for m in range(min(max_micro, global_batch), 0, -1) if global_batch % m == 0)\n    return micro, global_batch // micro",
+     ["wrong answer", "inputs:   (32, 2, 16)", "expected: (16, 1)", "got:      (16, 2)"]),
+    # round() instead of rounding down: 208.9 steps become 209, past the time budget.
+    ("16_launch.ipynb", "steps_in_time", "def steps_in_time(seconds, flops_per_token, batch_tokens, gpus, peak_flops, mfu):\n"
+     "    return round(seconds * gpus * peak_flops * mfu / (flops_per_token * batch_tokens))",
+     ["wrong answer", "inputs:   (900, 854654976, 32768, 1, 65000000000000.0, 0.1)", "expected: 208", "got:      209"]),
+    # The GPU count left out: two GPUs are planned as one.
+    ("16_launch.ipynb", "steps_in_time", "import math\ndef steps_in_time(seconds, flops_per_token, batch_tokens, gpus, peak_flops, mfu):\n"
+     "    return math.floor(seconds * peak_flops * mfu / (flops_per_token * batch_tokens))",
+     ["wrong answer", "inputs:   (900, 854654976, 32768, 2, 65000000000000.0, 0.1)", "expected: 417", "got:      208"]),
+    # Local ranks numbered on across nodes instead of restarting at 0: node2's processes would look for GPUs 2 and 3.
+    ("16_launch.ipynb", "rank_layout", "def rank_layout(nodes):\n    out = []\n    for host, slots in nodes:\n"
+     "        for _ in range(slots): out.append((host, len(out)))\n    return out",
+     ["wrong answer", "inputs:   ([('node1', 2), ('node2', 2)])", "got:      [('node1', 0), ('node1', 1), ('node2', 2), ('node2', 3)]"]),
+    # Round-robin over the nodes (a cyclic distribution), not node by node.
+    ("16_launch.ipynb", "rank_layout", "def rank_layout(nodes):\n    out, left = [], [[h, s, 0] for h, s in nodes]\n"
+     "    while any(n[1] for n in left):\n        for n in left:\n"
+     "            if n[1]: out.append((n[0], n[2])); n[1] -= 1; n[2] += 1\n    return out",
+     ["wrong answer", "inputs:   ([('node1', 2), ('node2', 2)])", "got:      [('node1', 0), ('node2', 0), ('node1', 1), ('node2', 1)]"]),
+    # The first node's slots taken for every node: unequal nodes index past the list.
+    ("16_launch.ipynb", "rank_layout", "def rank_layout(nodes):\n    n = nodes[0][1]\n"
+     "    return [(nodes[r // n][0], r % n) for r in range(sum(s for _, s in nodes))]",
+     ["raised IndexError", "inputs:   ([('a', 1), ('b', 3)])"]),
 ] 
 
 

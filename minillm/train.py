@@ -26,16 +26,15 @@ from .data import TokenDataset, TrainSampler, eval_batches, verify_data
 from .moe import moe_layers, moe_losses, moe_metrics, moe_step
 from .model import PRESETS, MiniLLM, ModelConfig, check_state_dict, config_from_checkpoint, flops_per_token, preset
 from .tokenizer import load_tokenizer
-from .utils import UserError, nonneg_float, nonneg_int, positive_float, positive_int, unit_float, write_atomic, write_json
+from .utils import UserError, patch, nonneg_float, nonneg_int, positive_float, positive_int, unit_float, write_atomic, write_json
 
 # %% auto #0
 __all__ = ['UNCAPPED', 'CHECKPOINT_KEYS', 'ENGINES', 'RUN_FILES', 'FLAGS', 'TrainConfig', 'accumulation_steps', 'param_groups',
            'lr_at', 'adamw_update', 'Dist', 'dist_env', 'setup_dist', 'choose_amp', 'rng_state', 'set_rng_state',
            'save_checkpoint', 'load_checkpoint', 'check_compatible', 'engine_class', 'held_bytes', 'Engine',
-           'DDPEngine', 'Trainer', 'accumulate', 'train_step', 'evaluate', 'state', 'save', 'resume', 'run_files',
-           'clear_run', 'threading_main', 'Diverged', 'fit', 'LivePlot', 'load_model', 'sample_text', 'model_override',
-           'read_config_file', 'build_configs', 'train_parser', 'check_out', 'train_main', 'sample_parser',
-           'sample_main']
+           'DDPEngine', 'Trainer', 'run_files', 'clear_run', 'threading_main', 'Diverged', 'LivePlot', 'load_model',
+           'sample_text', 'model_override', 'read_config_file', 'build_configs', 'train_parser', 'check_out',
+           'train_main', 'sample_parser', 'sample_main']
 
 # %% ../nbs/09_train.ipynb #9c1266ab
 UNCAPPED = 10**9        # max_steps when a time budget or --epochs decides the length
@@ -63,7 +62,7 @@ class TrainConfig:
     grad_clip: float = 1.0               # 0: no clipping
     precision: str = "auto"              # auto | bf16 | fp16 | fp32
     compile: bool = False
-    activation_checkpointing: str = "none"   # none | selective (attention only) | full; True/False accepted as full/none
+    activation_checkpointing: str = "none"   # none | attention (the attention sub-layer) | full; True/False accepted as full/none
     eval_every: int = 100
     eval_batches: int = 20
     log_every: int = 10
@@ -102,7 +101,7 @@ def _type_problems(c) -> list[str]:
 def _value_problems(c) -> list[str]:
     "Ranges, and settings that contradict each other, each with the fix."
     bad, choices = [], dict(schedule=("cosine", "linear"), precision=("auto", "bf16", "fp16", "fp32"),
-                             activation_checkpointing=("none", "selective", "full"), offload=("none", "optimizer", "all"))
+                             activation_checkpointing=("none", "attention", "full"), offload=("none", "optimizer", "all"))
     for k, ok in choices.items():
         if getattr(c, k) not in ok: bad.append(f"{k}={getattr(c, k)!r}: use {', '.join(ok)}")
     for k in ("micro_batch", "max_steps", "eval_every", "eval_batches", "log_every", "seq_len", "batch_tokens", "stop_at", "keep_every"):
@@ -494,10 +493,12 @@ class Trainer:
                 f"{self.cfg.micro_batch * self.T * self.d.world_size * self.accum:,} tokens/step | {self.engine.describe()}")
 
 # %% ../nbs/09_train.ipynb #8e02fc7d
+@patch
 def _lr(self: Trainer) -> float:
     c = self.cfg
     return lr_at(self.step, self.max_steps, c.lr, c.lr / 10 if c.min_lr is None else c.min_lr, c.warmup_steps, c.schedule)
 
+@patch
 def accumulate(self: Trainer) -> torch.Tensor:
     "Forward and backward of `accum` micro-batches through the engine (gradients summed); returns this rank's mean loss."
     total = torch.zeros((), device=self.d.device)
@@ -506,6 +507,7 @@ def accumulate(self: Trainer) -> torch.Tensor:
         total += self.engine.backward(x, y, last=i == self.accum - 1).float() / self.accum
     return total
 
+@patch
 def train_step(self: Trainer) -> float:
     "One optimizer step: accumulate, then the engine's update. Returns the mean loss (averaged across ranks)."
     total = self.accumulate()
@@ -516,6 +518,7 @@ def train_step(self: Trainer) -> float:
     if not hasattr(self, "rank_bytes"): self._write_rank_bytes()     # after the first step every state exists
     return total.item()
 
+@patch
 def _write_rank_bytes(self: Trainer):
     "Every rank's bytes of weights, gradients and optimizer state after the first step, gathered into memory.json."
     mine = self.engine.rank_bytes()
@@ -526,6 +529,7 @@ def _write_rank_bytes(self: Trainer):
         write_json(self.out / "memory.json", dict(engine=self.engine.name, world_size=self.d.world_size, precision=self.precision,
                                                    num_params=self.n_params, ranks=self.rank_bytes))
 
+@patch
 @torch.no_grad()
 def evaluate(self: Trainer) -> dict:
     "Validation loss over fixed windows (shared across ranks), perplexity, and bits per byte."
@@ -543,9 +547,8 @@ def evaluate(self: Trainer) -> dict:
     if self.bytes_per_token: out["val_bpb"] = loss / math.log(2) / self.bytes_per_token
     return out
 
-Trainer._lr, Trainer.accumulate, Trainer.train_step, Trainer._write_rank_bytes, Trainer.evaluate = _lr, accumulate, train_step, _write_rank_bytes, evaluate
-
 # %% ../nbs/09_train.ipynb #60dd3839
+@patch
 def _rng_states(self: Trainer) -> list:
     "Every rank's random states, gathered (a collective: all ranks call it)."
     if self.d.world_size == 1: return [rng_state()]
@@ -553,14 +556,17 @@ def _rng_states(self: Trainer) -> list:
     dist.all_gather_object(rngs, rng_state())
     return rngs
 
+@patch
 def state(self: Trainer) -> dict:
     "The trainer's part of a checkpoint, for every rank (random states gathered to rank 0); the engine adds weights and optimizer."
     return dict(rng=self._rng_states(), sampler=self.sampler.state_dict(), step=self.step, max_steps=self.max_steps, best=self.best,
                 model_config=self.model_config.to_dict(), train_config=asdict(self.cfg), tokenizer=self.tok.fingerprint())
 
+@patch
 def save(self: Trainer, name: str = "latest.pt"):
     self.engine.save(self.out / name, self.state())       # every rank takes part: gathers, and sharded engines' collectives
 
+@patch
 def resume(self: Trainer, path: Path):
     "Continue from a checkpoint of the same model and tokenizer, exactly where it stopped."
     ck = load_checkpoint(path, map_location="cpu")
@@ -574,8 +580,6 @@ def resume(self: Trainer, path: Path):
         self.max_steps = self.cfg.max_steps; self.log(f"max_steps changed on resume: the schedule now ends at step {self.max_steps}")
     set_rng_state(ck["rng"][self.d.rank] if self.d.rank < len(ck["rng"]) else ck["rng"][0])
     self.log(f"resumed from {path} at step {self.step}")
-
-Trainer._rng_states, Trainer.state, Trainer.save, Trainer.resume = _rng_states, state, save, resume
 
 # %% ../nbs/09_train.ipynb #9083b226
 RUN_FILES = ("latest.pt", "best.pt", "metrics.jsonl", "config.json", "tokenizer", "deepspeed", "ds_config.json", "zero_memory.json", "memory.json", "tensorboard")
@@ -594,11 +598,13 @@ def clear_run(out: Path, keep=()):
         shutil.rmtree(p) if p.is_dir() else p.unlink()
     for tmp in Path(out).glob(".*.tmp"): tmp.unlink(missing_ok=True)
 
+@patch
 def _write_run_files(self: Trainer):
     if not self.d.main: return
     write_json(self.out / "config.json", dict(model=self.model_config.to_dict(), train=asdict(self.cfg), tokenizer=self.tok.fingerprint()))
     if not (self.out / "tokenizer").exists(): self.tok.save(self.out / "tokenizer")
 
+@patch
 def _record(self: Trainer, row: dict):
     for cb in self.callbacks: cb(row)
     if not self.d.main: return
@@ -609,6 +615,7 @@ def _record(self: Trainer, row: dict):
             for k, v in nums.items(): w.add_scalar(k, v, row["step"])
         else: w.log(nums, step=row["step"])
 
+@patch
 @contextlib.contextmanager
 def _stop_on_signals(self: Trainer):
     "SIGINT/SIGTERM note the signal; the loop stops where the ranks agree (`_agree_on_stop`), saves a checkpoint and exits."
@@ -620,6 +627,7 @@ def _stop_on_signals(self: Trainer):
     finally:
         for s, h in old.items(): signal.signal(s, h)
 
+@patch
 def _agree_on_stop(self: Trainer):
     """A signal may reach the ranks a step apart: they stop only where all of them have agreed, after the same step.
     (A rank that stopped on its own signal would start saving while another, signalled a moment later, runs the next
@@ -634,12 +642,11 @@ def threading_main() -> bool:
     import threading
     return threading.current_thread() is threading.main_thread()
 
-Trainer._write_run_files, Trainer._record, Trainer._stop_on_signals, Trainer._agree_on_stop = _write_run_files, _record, _stop_on_signals, _agree_on_stop
-
 # %% ../nbs/09_train.ipynb #fe7be5dd
 class Diverged(UserError):
     "The loss became NaN or infinite."
 
+@patch
 def _fit_schedule(self: Trainer, t0: float, t1: float) -> int:
     "Steps that fill the time budget at the pace of the steps after the first; every rank takes rank 0's figure."
     per_step = (time.perf_counter() - t1) / max(1, self.step - 1)
@@ -650,6 +657,7 @@ def _fit_schedule(self: Trainer, t0: float, t1: float) -> int:
     if fitted != self.max_steps: self.log(f"time budget {self.cfg.time_budget:.0f} s at {per_step * 1e3:.0f} ms/step: schedule fitted to {fitted} steps")
     return fitted
 
+@patch
 def _check_finite(self: Trainer, loss: float):
     "Stop a diverged run before anything is saved: the last good checkpoint stays as it was."
     if math.isfinite(loss): return
@@ -659,6 +667,7 @@ def _check_finite(self: Trainer, loss: float):
                    f"({self.precision}: fp16 overflows where bf16 or fp32 does not), or --grad-clip {self.cfg.grad_clip:g}. "
                    + (f"{kept} (step {load_checkpoint(kept)['step']}) is kept; --resume continues from it." if kept.exists() else "No checkpoint was written."))
 
+@patch
 def fit(self: Trainer, resume: bool | str | Path = False) -> dict:
     "Train to max_steps (or the time budget), evaluating and saving; returns the last evaluation. `resume`: True (latest.pt) or a checkpoint path."
     from tqdm.auto import tqdm
@@ -707,8 +716,6 @@ def fit(self: Trainer, resume: bool | str | Path = False) -> dict:
     bar.close()
     for _, w in self.writers: w.close() if hasattr(w, "close") else w.finish()
     return last
-
-Trainer._fit_schedule, Trainer._check_finite, Trainer.fit = _fit_schedule, _check_finite, fit
 
 # %% ../nbs/09_train.ipynb #2196007f
 class LivePlot:
@@ -883,8 +890,8 @@ def train_parser() -> argparse.ArgumentParser:
             p.add_argument("--deepspeed", "--deepspeed_config", dest="deepspeed", nargs="?", const="", default=None, metavar="DS_CONFIG",
                            help="train with DeepSpeed: a ds_config.json, a shipped one (zero2-offload, zero3-max), or nothing to build one from these settings (see --zero-stage, --offload)")
         elif f.name == "activation_checkpointing":
-            p.add_argument(flag, nargs="?", const="full", default=None, choices=["none", "selective", "full"],
-                           help="recompute activations in backward: full (default when given without a value) or selective")
+            p.add_argument(flag, nargs="?", const="full", default=None, choices=["none", "attention", "full"],
+                           help="recompute activations in backward: full (default when given without a value) or attention (each block's attention sub-layer)")
         else:
             kind, help = FLAGS[f.name]
             if kind is bool: p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help)

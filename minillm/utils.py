@@ -111,7 +111,8 @@ def patch(f):
     import inspect
     first = next(iter(inspect.signature(f).parameters))
     cls = f.__annotations__[first]
-    if isinstance(cls, str): cls = eval(cls, f.__globals__)    # `from __future__ import annotations` keeps it as text
+    if isinstance(cls, str): cls = eval(cls, inspect.unwrap(f).__globals__)   # `from __future__ import annotations` keeps it as text
+                                                                               # (unwrap: a decorator's wrapper has other globals)
     f.__qualname__ = f"{cls.__name__}.{f.__name__}"
     setattr(cls, f.__name__, f)
     return f

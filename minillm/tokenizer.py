@@ -24,7 +24,7 @@ from .utils import _number, _umask, positive_int, write_atomic, write_json
 
 # %% auto #0
 __all__ = ['TOKENIZERS', 'VOCAB_FLOOR', 'MAX_VOCAB', 'SentencePieceTokenizer', 'train_sentencepiece', 'bytes_per_token',
-           'load_tokenizer', 'train_tokenizer', 'prepare', 'prepare_main']
+           'viterbi_segment', 'byte_fallback', 'load_tokenizer', 'train_tokenizer', 'prepare', 'prepare_main']
 
 # %% ../nbs/04_tokenizer.ipynb #a8417daf
 class SentencePieceTokenizer(Tokenizer):
@@ -111,6 +111,38 @@ def bytes_per_token(tok: Tokenizer, text: str) -> float:
     # hint2: characters are not bytes once text leaves ASCII: encode the string to UTF-8 before counting; the tokens are what the tokenizer's encode returns.
     # hint3: len(text.encode("utf-8")) / len(tok.encode(text))
     return len(text.encode("utf-8")) / len(tok.encode(text))
+
+# %% ../nbs/04_tokenizer.ipynb #0e995c75
+def viterbi_segment(text: str, scores: dict[str, float], unk_score: float | None = None) -> list[str]:
+    """The split of `text` into pieces of `scores` (piece -> log-probability) whose scores sum highest. A character that
+    no piece covers is a piece of its own, scored `unk_score` (default: the lowest score minus 10, as SentencePiece does).
+    Ties go to the candidate found first when start positions are scanned left to right (the longest last piece)."""
+    # hint: for every end position keep the best total score of the text before it and where its last piece starts: try each piece that ends there (no longer than the longest piece), add its score to the best total where it starts, keep the highest; then walk back from the end to read the pieces.
+    # hint2: two lists of len(text) + 1: best (0.0 at position 0, -inf elsewhere) and back; a piece is text[start:end], its score scores.get(...), and only a one-character piece may fall back to unk_score; replace only on a strictly greater total, so the earliest start wins a tie; reverse the pieces read back.
+    # hint3: for end in range(1, len(text) + 1): for start in range(max(0, end - longest), end): s = scores.get(text[start:end], unk_score if end - start == 1 else None); if s is not None and best[start] + s > best[end]: best[end], back[end] = best[start] + s, start
+    if unk_score is None: unk_score = min(scores.values()) - 10
+    longest = max(map(len, scores))
+    best, back = [0.0] + [float("-inf")] * len(text), [0] * (len(text) + 1)
+    for end in range(1, len(text) + 1):
+        for start in range(max(0, end - longest), end):
+            s = scores.get(text[start:end], unk_score if end - start == 1 else None)
+            if s is not None and best[start] + s > best[end]: best[end], back[end] = best[start] + s, start
+    pieces, end = [], len(text)
+    while end: pieces.append(text[back[end]:end]); end = back[end]
+    return pieces[::-1]
+
+# %% ../nbs/04_tokenizer.ipynb #ac16d74c
+def byte_fallback(pieces: list[str], vocab) -> list[str]:
+    """`pieces` with each piece not in `vocab` spelled as its UTF-8 bytes: one piece per byte, named `<0xNN>` with two
+    upper-case hex digits, as SentencePiece's byte fallback names them. Pieces in `vocab` stay as they are."""
+    # hint: keep each piece the vocabulary holds; replace every other piece by one byte piece per byte of its UTF-8 encoding, named as SentencePiece names them.
+    # hint2: bytes, not characters (é is two bytes): encode the piece to UTF-8 and loop over the bytes, which are ints; format each as two upper-case hex digits, zero-padded, inside <0x...>.
+    # hint3: if piece in vocab: out.append(piece) else: out += [f"<0x{b:02X}>" for b in piece.encode("utf-8")]
+    out = []
+    for piece in pieces:
+        if piece in vocab: out.append(piece)
+        else: out += [f"<0x{b:02X}>" for b in piece.encode("utf-8")]
+    return out
 
 # %% ../nbs/04_tokenizer.ipynb #49ff50dd
 TOKENIZERS = ("bytes", "bpe", "sp-bpe", "sp-unigram")

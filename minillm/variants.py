@@ -7,8 +7,9 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from .attention import attend, merge_heads, split_heads
+from .attention import attend, causal_mask, merge_heads, split_heads
 
 # %% auto #0
 __all__ = ['sinusoidal_positions', 'apply_rotary', 'RoPE', 'cache_append', 'LayerCache', 'KVCache', 'GroupedQueryAttention',
@@ -151,8 +152,8 @@ class MultiHeadLatentAttention(nn.Module):
         y = (self._absorbed if absorb else self._naive)(q_nope, q_rope, c_kv, k_rope)       # (b, h, t, dv)
         return self.resid_drop(self.o_proj(merge_heads(y)))                                  # (b, t, C)
 
-    def _attend(self, q, k, v):
-        return attend(q, k, v, dropout_p=self.dropout if self.training else 0.0, backend=self.backend,
+    def _attend(self, q, k, v, causal: bool = True):
+        return attend(q, k, v, causal, dropout_p=self.dropout if self.training else 0.0, backend=self.backend,
                       scale=1 / math.sqrt(self.dn + self.dr))
 
     def _naive(self, q_nope, q_rope, c_kv, k_rope):
@@ -165,9 +166,18 @@ class MultiHeadLatentAttention(nn.Module):
     def _absorbed(self, q_nope, q_rope, c_kv, k_rope):
         "Fold W_UK into the query and apply W_UV after attending: MQA over the cached latents."
         w_uk, w_uv = self.kv_up.weight.view(self.h, self.dn + self.dv, self.r).split([self.dn, self.dv], 1)  # (h, dn, r), (h, dv, r)
-        q_lat = absorb_query(q_nope, w_uk)                                                    # (b, h, t, r)
-        k = torch.cat([c_kv.unsqueeze(1), k_rope], -1)                                        # (b, 1, t_k, r+dr)
-        o_lat = self._attend(torch.cat([q_lat, q_rope], -1), k, c_kv.unsqueeze(1))             # (b, h, t, r)
+        b, h, t, _ = q_nope.shape
+        t_k = c_kv.size(1)
+        # One key "head" serves every query head, so fold the heads into the query rows, (b, 1, h*t, r+dr), instead of
+        # repeating the latent per head: each score is then one matmul against the single cached latent, never copied.
+        q = torch.cat([absorb_query(q_nope, w_uk), q_rope], -1).reshape(b, 1, h * t, self.r + self.dr)
+        k = torch.cat([c_kv, k_rope.squeeze(1)], -1).unsqueeze(1)                            # (b, 1, t_k, r+dr)
+        if t == 1: o_lat = self._attend(q, k, c_kv.unsqueeze(1), causal=False)             # decoding: each query sees every key
+        else:                                                      # row j*t + i is head j's query i, at position t_k - t + i
+            mask = causal_mask(t, t_k, q.device).repeat(h, 1)                                 # (h*t, t_k)
+            o_lat = F.scaled_dot_product_attention(q, k, c_kv.unsqueeze(1), attn_mask=mask, scale=1 / math.sqrt(self.dn + self.dr),
+                                                   dropout_p=self.dropout if self.training else 0.0)
+        o_lat = o_lat.view(b, h, t, self.r)                                                   # (b, h, t, r)
         y = torch.einsum("bhtr,hvr->bhtv", o_lat, w_uv)                                       # (b, h, t, dv)
         if self.kv_up.bias is not None:   # the key bias adds a per-query constant (softmax ignores it); the value bias passes through
             y = y + self.kv_up.bias.view(self.h, self.dn + self.dv)[:, self.dn:].view(1, self.h, 1, self.dv)

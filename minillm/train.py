@@ -10,7 +10,6 @@ import json
 import math
 import os
 import random
-import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -26,15 +25,15 @@ from .data import TokenDataset, TrainSampler, eval_batches, verify_data
 from .moe import moe_layers, moe_losses, moe_metrics, moe_step
 from .model import PRESETS, MiniLLM, ModelConfig, check_state_dict, config_from_checkpoint, flops_per_token, preset
 from .tokenizer import load_tokenizer
-from .utils import UserError, patch, nonneg_float, nonneg_int, positive_float, positive_int, unit_float, write_atomic, write_json
+from .utils import UserError, patch, MetricWriters, signals_noted, threading_main, nonneg_float, nonneg_int, positive_float, positive_int, unit_float, write_atomic, write_json
 
 # %% auto #0
 __all__ = ['UNCAPPED', 'CHECKPOINT_KEYS', 'ENGINES', 'RUN_FILES', 'FLAGS', 'TrainConfig', 'accumulation_steps', 'param_groups',
            'lr_at', 'adamw_update', 'Dist', 'dist_env', 'setup_dist', 'choose_amp', 'rng_state', 'set_rng_state',
            'save_checkpoint', 'load_checkpoint', 'check_compatible', 'engine_class', 'held_bytes', 'Engine',
-           'DDPEngine', 'Trainer', 'run_files', 'clear_run', 'threading_main', 'Diverged', 'LivePlot', 'load_model',
-           'sample_text', 'model_override', 'read_config_file', 'build_configs', 'train_parser', 'check_out',
-           'train_main', 'sample_parser', 'sample_main']
+           'DDPEngine', 'Trainer', 'run_files', 'clear_run', 'Diverged', 'LivePlot', 'load_model', 'sample_text',
+           'model_override', 'read_config_file', 'build_configs', 'train_parser', 'check_out', 'train_main',
+           'sample_parser', 'sample_main']
 
 # %% ../nbs/09_train.ipynb #9c1266ab
 UNCAPPED = 10**9        # max_steps when a time budget or --epochs decides the length
@@ -456,7 +455,7 @@ class Trainer:
         self.out = Path(cfg.out)
         self.flops = flops_per_token(model_config, self.T)
         self.peak = peak_flops(torch.cuda.get_device_name(self.d.device), self.precision) if self.d.device.type == "cuda" else None
-        self.writers = []                        # TensorBoard / W&B: opened by fit, once the run folder is checked
+        self.writers = MetricWriters(None)       # opened by fit, once the run folder is checked
 
     def steps_for_epochs(self, epochs: float) -> int:
         "Optimizer steps that draw `epochs` passes over the training windows (every rank, every micro-batch)."
@@ -471,18 +470,10 @@ class Trainer:
         if c.deepspeed is not None or c.zero_stage is not None or c.offload != "none": return "deepspeed"
         return "ddp" if self.d.world_size > 1 else "single"
 
-    def _writers(self) -> list:
-        w = []
-        if not self.d.main: return w
-        if self.cfg.tensorboard:
-            try: from torch.utils.tensorboard import SummaryWriter
-            except ImportError: raise ImportError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
-            w.append(("tb", SummaryWriter(str(self.out / "tensorboard"))))
-        if self.cfg.wandb:
-            try: import wandb
-            except ImportError: raise ImportError("--wandb needs the wandb package: pip install wandb") from None
-            w.append(("wandb", wandb.init(project="minillm", config=dict(model=self.model_config.to_dict(), train=asdict(self.cfg)))))
-        return w
+    def _writers(self) -> MetricWriters:
+        "Rank 0 writes the metrics (minillm.utils.MetricWriters); the other ranks' writer does nothing."
+        wandb = dict(model=self.model_config.to_dict(), train=asdict(self.cfg)) if self.cfg.wandb else None
+        return MetricWriters(self.out if self.d.main else None, tensorboard=self.cfg.tensorboard, wandb_config=wandb)
 
     def describe(self) -> str:
         n, active = self.n_params, self.n_active
@@ -607,25 +598,12 @@ def _write_run_files(self: Trainer):
 @patch
 def _record(self: Trainer, row: dict):
     for cb in self.callbacks: cb(row)
-    if not self.d.main: return
-    with open(self.out / "metrics.jsonl", "a") as f: f.write(json.dumps(row) + "\n")
-    for kind, w in self.writers:
-        nums = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}
-        if kind == "tb":
-            for k, v in nums.items(): w.add_scalar(k, v, row["step"])
-        else: w.log(nums, step=row["step"])
+    self.writers.write(row)                        # metrics.jsonl (+ TensorBoard / W&B), rank 0 only
 
 @patch
-@contextlib.contextmanager
 def _stop_on_signals(self: Trainer):
-    "SIGINT/SIGTERM note the signal; the loop stops where the ranks agree (`_agree_on_stop`), saves a checkpoint and exits."
-    def handler(sig, frame): self.signalled = signal.Signals(sig).name
-    old = {}
-    if threading_main():
-        for s in (signal.SIGINT, signal.SIGTERM): old[s] = signal.signal(s, handler)
-    try: yield
-    finally:
-        for s, h in old.items(): signal.signal(s, h)
+    "SIGINT/SIGTERM are noted; the loop stops where the ranks agree (`_agree_on_stop`), saves a checkpoint and exits."
+    return signals_noted(lambda name: setattr(self, "signalled", name))
 
 @patch
 def _agree_on_stop(self: Trainer):
@@ -637,10 +615,6 @@ def _agree_on_stop(self: Trainer):
         t = torch.tensor([1.0 if self.signalled else 0.0], device=self.d.device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX); flag = bool(t.item())
     if flag and self.stop is None: self.stop = self.signalled or "SIGNAL"
-
-def threading_main() -> bool:
-    import threading
-    return threading.current_thread() is threading.main_thread()
 
 # %% ../nbs/09_train.ipynb #fe7be5dd
 class Diverged(UserError):
@@ -714,7 +688,7 @@ def fit(self: Trainer, resume: bool | str | Path = False) -> dict:
             bar.set_postfix({k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in row.items() if k in ("loss", "lr", "tokens_per_s", "mfu", "val_bpb")})
         if self.stop: self.save("latest.pt"); self.log(f"\n{self.stop}: saved {self.out / 'latest.pt'} at step {self.step}; --resume continues it.")
     bar.close()
-    for _, w in self.writers: w.close() if hasattr(w, "close") else w.finish()
+    self.writers.close()
     return last
 
 # %% ../nbs/09_train.ipynb #2196007f

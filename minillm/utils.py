@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import math
@@ -15,7 +16,8 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['DEBUG_ENV', 'USER_ERRORS', 'positive_int', 'nonneg_int', 'positive_float', 'nonneg_float', 'finite_float',
-           'unit_float', 'write_atomic', 'write_json', 'UserError', 'describe_error', 'run_main', 'patch']
+           'unit_float', 'write_atomic', 'write_json', 'UserError', 'describe_error', 'run_main', 'patch',
+           'threading_main', 'signals_noted', 'MetricWriters']
 
 # %% ../nbs/00_utils.ipynb #5bbfc377
 def _umask() -> int:
@@ -116,3 +118,49 @@ def patch(f):
     f.__qualname__ = f"{cls.__name__}.{f.__name__}"
     setattr(cls, f.__name__, f)
     return f
+
+# %% ../nbs/00_utils.ipynb #8d42a26a
+def threading_main() -> bool:
+    "True in the main thread, the only one that may install signal handlers."
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+@contextlib.contextmanager
+def signals_noted(on_signal, signals=("SIGINT", "SIGTERM")):
+    "Inside the block, each of `signals` calls on_signal(name) instead of stopping the process (main thread only)."
+    import signal
+    old = {}
+    if threading_main():
+        for name in signals:
+            s = getattr(signal, name)
+            old[s] = signal.signal(s, lambda sig, frame: on_signal(signal.Signals(sig).name))
+    try: yield
+    finally:
+        for s, h in old.items(): signal.signal(s, h)
+
+class MetricWriters:
+    "One row at a time into out/metrics.jsonl, and TensorBoard (out/tensorboard) or W&B when asked; nothing when out is None."
+    def __init__(self, out: Path | None, tensorboard: bool = False, wandb_config: dict | None = None):
+        self.out, self.sinks = (Path(out) if out is not None else None), []
+        if out is None: return
+        if tensorboard:
+            try: from torch.utils.tensorboard import SummaryWriter
+            except ImportError: raise ImportError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+            self.sinks.append(("tb", SummaryWriter(str(self.out / "tensorboard"))))
+        if wandb_config is not None:
+            try: import wandb
+            except ImportError: raise ImportError("--wandb needs the wandb package: pip install wandb") from None
+            self.sinks.append(("wandb", wandb.init(project="minillm", config=wandb_config)))
+
+    def write(self, row: dict):
+        if self.out is None: return
+        with open(self.out / "metrics.jsonl", "a") as f: f.write(json.dumps(row) + "\n")
+        nums = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}
+        for kind, w in self.sinks:
+            if kind == "tb":
+                for k, v in nums.items(): w.add_scalar(k, v, row["step"])
+            else: w.log(nums, step=row["step"])
+
+    def close(self):
+        for kind, w in self.sinks: w.close() if kind == "tb" else w.finish()
+        self.sinks = []

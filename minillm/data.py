@@ -30,9 +30,9 @@ from .utils import write_atomic, write_json
 __all__ = ['EOT', 'TOKENIZER_FIX', 'VAL_EVERY', 'SMALL_CORPUS', 'CORPORA', 'DATA_FIX', 'SHARD_DTYPES', 'split_specials',
            'Tokenizer', 'ByteTokenizer', 'file_error', 'read_text_file', 'read_json_file', 'Corpus', 'BuiltinCorpus',
            'take_chars', 'read_utf8', 'text_documents', 'jsonl_documents', 'LocalCorpus', 'cache_dir', 'RemoteFile',
-           'RemoteCorpus', 'get_corpus', 'pack_documents', 'sigint_deferred', 'shard_dtype', 'encode_corpus',
-           'write_shards', 'window_pair', 'eval_starts', 'read_meta', 'TokenDataset', 'TrainSampler', 'eval_batches',
-           'verify_data']
+           'RemoteCorpus', 'FirstBytes', 'get_corpus', 'pack_documents', 'sigint_deferred', 'shard_dtype',
+           'encode_corpus', 'write_shards', 'window_pair', 'eval_starts', 'read_meta', 'TokenDataset', 'TrainSampler',
+           'eval_batches', 'verify_data']
 
 # %% ../nbs/02_data.ipynb #ad5ec00e
 EOT = "<|endoftext|>"
@@ -293,13 +293,27 @@ CORPORA: dict[str, Corpus] = {
         max_bytes=100_000_000, about="FineWeb-Edu 10BT sample, first file, capped at --max-bytes (default 100 MB of text; parquet: needs pyarrow)"),
 }
 
+class FirstBytes(Corpus):
+    "The first `max_bytes` bytes (UTF-8) of another corpus's documents, in order, the last document cut on a character boundary."
+    def __init__(self, corpus: Corpus, max_bytes: int):
+        if max_bytes < 1: raise ValueError(f"--max-bytes {max_bytes}: take at least 1 byte of the corpus")
+        self.corpus, self.max_bytes, self.name = corpus, max_bytes, corpus.name
+    def documents(self):
+        left = self.max_bytes
+        for name, text in self.corpus.documents():
+            if left <= 0: return
+            b = text.encode("utf-8")
+            if len(b) > left: text = b[:left].decode("utf-8", "ignore")
+            left -= len(b)
+            if text: yield name, text
+    def sources(self): return [dict(s, max_bytes=self.max_bytes) for s in self.corpus.sources()]
+
 def get_corpus(spec: str, max_bytes: int | None = None) -> Corpus:
-    "A registered corpus by name, or a LocalCorpus for a path or glob."
-    if spec in CORPORA:
-        c = CORPORA[spec]
-        if max_bytes is not None and isinstance(c, RemoteCorpus): c = RemoteCorpus(c.name, c.files, max_bytes, c.about)
-        return c
-    return LocalCorpus(spec)
+    "A registered corpus by name, or a LocalCorpus for a path or glob; `max_bytes` keeps only its first bytes (any corpus)."
+    c = CORPORA[spec] if spec in CORPORA else LocalCorpus(spec)
+    if max_bytes is None: return c
+    if isinstance(c, RemoteCorpus): return RemoteCorpus(c.name, c.files, max_bytes, c.about)   # downloads stop there too
+    return FirstBytes(c, max_bytes)
 
 # %% ../nbs/02_data.ipynb #58330737
 def pack_documents(docs: Iterable[list[int]], eos_id: int) -> list[int]:

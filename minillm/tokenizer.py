@@ -251,7 +251,7 @@ def prepare_main(argv: list[str] | None = None) -> int:
                    help=f"vocabulary size of a trained tokenizer: bpe at least 258, sp-* at least 261, at most {MAX_VOCAB} (ignored for bytes and a saved tokenizer)")
     p.add_argument("--out", required=True, help="output folder (created if needed; refused if it holds another preparation)")
     p.add_argument("--workers", type=positive_int, default=None, help="tokenizer processes (default: up to 8)")
-    p.add_argument("--max-bytes", type=positive_int, default=None, help="cap on the text taken from a downloaded corpus (bytes)")
+    p.add_argument("--max-bytes", type=positive_int, default=None, help="take only the corpus's first N bytes (any corpus; a download stops there)")
     p.add_argument("--sample-bytes", type=positive_int, default=20_000_000, help="characters of the train split used to train the tokenizer")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show progress bars and the closing summary")
     a = p.parse_args(argv)

@@ -15,12 +15,11 @@ from typing import Iterable, Iterator
 import regex
 
 from .data import EOT, Tokenizer, _ignore_sigint, file_error, read_json_file, read_text_file, sigint_deferred, split_specials
-from .utils import write_atomic, write_json
+from .utils import patch, write_atomic, write_json
 
 # %% auto #0
 __all__ = ['PATTERNS', 'merge', 'count_pretokens', 'count_pretokens_parallel', 'count_pairs', 'best_pair', 'train_naive',
-           'train_incremental', 'encode_by_rank', 'bytes_to_unicode', 'BPETokenizer', 'encode_iterable',
-           'check_pattern', 'from_gpt2', 'train_bpe']
+           'train_incremental', 'encode_by_rank', 'bytes_to_unicode', 'BPETokenizer', 'check_pattern', 'train_bpe']
 
 # %% ../nbs/03_bpe.ipynb #fd12ba69
 PATTERNS = {
@@ -216,6 +215,7 @@ class BPETokenizer(Tokenizer):
 # %% ../nbs/03_bpe.ipynb #3ef15d1a
 _WS = regex.compile(r"\s+")
 
+@patch
 def _stream_step(self: BPETokenizer, buf: str) -> tuple[list[int], int]:
     "(ids, characters consumed) for the longest prefix of `buf` whose tokens no text that follows can change."
     limit = len(buf) - max(map(len, self.special_tokens), default=1) + 1   # a special may still start here or later
@@ -235,6 +235,7 @@ def _stream_step(self: BPETokenizer, buf: str) -> tuple[list[int], int]:
         pos = end
     return ids, pos
 
+@patch
 def encode_iterable(self: BPETokenizer, chunks: Iterable[str]) -> Iterator[int]:
     "Token ids of the concatenated chunks, equal to encode(''.join(chunks)), holding only a short tail in memory."
     buf = ""
@@ -244,7 +245,7 @@ def encode_iterable(self: BPETokenizer, chunks: Iterable[str]) -> Iterator[int]:
         if used: yield from ids; buf = buf[used:]
     if buf: yield from self.encode(buf)
 
-BPETokenizer._stream_step, BPETokenizer.encode_iterable = _stream_step, encode_iterable
+
 BPETokenizer._stream_safe = property(lambda self: self._pat.pattern in PATTERNS.values())
 
 # %% ../nbs/03_bpe.ipynb #0bfd5bad
@@ -295,7 +296,7 @@ def _load(cls, path, trust_pattern: bool = False):
     return cls.from_gpt2(Path(path) / "vocab.json", Path(path) / "merges.txt", specials, check_pattern(meta.get("pattern", "gpt2"), f, trust_pattern))
 
 @classmethod
-def from_gpt2(cls, vocab_json, merges_txt, special_tokens: Iterable[str] | dict = (EOT,), pattern: str = "gpt2"):
+def _from_gpt2(cls, vocab_json, merges_txt, special_tokens: Iterable[str] | dict = (EOT,), pattern: str = "gpt2"):
     "A tokenizer from GPT-2-format files (vocab.json maps shown tokens to ids; merges.txt lists merges by rank), checked."
     raw = read_json_file(vocab_json)
     if not isinstance(raw, dict) or not all(isinstance(i, int) and not isinstance(i, bool) for i in raw.values()):
@@ -316,7 +317,7 @@ def from_gpt2(cls, vocab_json, merges_txt, special_tokens: Iterable[str] | dict 
         raise file_error(vocab_json, f"the ids are not 0..{len(ids) - 1}, each once (the vocabulary and its special tokens)")
     return cls(merges, specials, pattern, vocab)
 
-BPETokenizer.state, BPETokenizer.save, BPETokenizer.load, BPETokenizer.from_gpt2 = _state, _save, _load, from_gpt2
+BPETokenizer.state, BPETokenizer.save, BPETokenizer.load, BPETokenizer.from_gpt2 = _state, _save, _load, _from_gpt2
 
 # %% ../nbs/03_bpe.ipynb #e2a284ed
 def train_bpe(texts: Iterable[str], vocab_size: int, special_tokens: Iterable[str] = (EOT,), pattern: str = "gpt2",

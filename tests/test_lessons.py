@@ -404,6 +404,60 @@ WRONG = [   # (lesson, exercise, a plausible wrong answer, what its self-check f
     ("04_tokenizer.ipynb", "byte_fallback", "def byte_fallback(pieces, vocab):\n    out = []\n"
      "    for p in pieces: out += [p] if p in vocab else [f'<0x{b:X}>' for b in p.encode('utf-8')]\n    return out",
      ["wrong answer", "inputs:   (['\\n', '\\t'], set())", "got:      ['<0xA>', '<0x9>']"]),
+    # Lesson 00. The natural log: the entropy comes out in nats, not bits.
+    ("00_first_model.ipynb", "unigram_entropy", "import math\nfrom collections import Counter\ndef unigram_entropy(data):\n    n = len(data)\n"
+     "    return sum(c / n * math.log(n / c) for c in Counter(data).values()) if n else 0.0",
+     ["wrong answer", "inputs:   (b'ab')", "expected: 1.0", "got:      0.693"]),
+    # The entropy of the counts, not of the probabilities: counts of 1 give 0 bits.
+    ("00_first_model.ipynb", "unigram_entropy", "import math\nfrom collections import Counter\ndef unigram_entropy(data):\n"
+     "    return -sum(c * math.log2(c) for c in Counter(data).values())",
+     ["wrong answer", "inputs:   (b'ab')", "expected: 1.0", "got:      -0.0"]),
+    # Every byte value summed, those that never occur too: 0 * log 0 is nan.
+    ("00_first_model.ipynb", "unigram_entropy", "import torch\ndef unigram_entropy(data):\n"
+     "    p = torch.bincount(torch.tensor(list(data), dtype=torch.long), minlength=256).double() / max(1, len(data))\n"
+     "    return float(-(p * p.log2()).sum())", ["wrong answer", "got:      nan"]),
+    # Targets not shifted: the model is asked to copy its input.
+    ("00_first_model.ipynb", "input_target", "import torch\ndef input_target(ids, starts, seq_len):\n"
+     "    w = torch.stack([ids[s:s + seq_len] for s in starts])\n    return w, w.clone()",
+     ["wrong answer", "inputs:   (tensor(shape=(12,)", "expected: (tensor([[100, 101, 102, 103]]), tensor([[101, 102, 103, 104]]))",
+      "got:      (tensor([[100, 101, 102, 103]]), tensor([[100, 101, 102, 103]]))"]),
+    # A window of seq_len tokens, then shifted: one prediction short.
+    ("00_first_model.ipynb", "input_target", "import torch\ndef input_target(ids, starts, seq_len):\n"
+     "    w = torch.stack([ids[s:s + seq_len] for s in starts])\n    return w[:, :-1], w[:, 1:]",
+     ["wrong answer", "got:      (tensor([[100, 101, 102]]), tensor([[101, 102, 103]]))"]),
+    # Nats left as they are: no division by ln 2.
+    ("00_first_model.ipynb", "bits_per_byte", "def bits_per_byte(loss, n_tokens, n_bytes):\n    return loss * n_tokens / n_bytes",
+     ["wrong answer", "inputs:   (0.6931471805599453, 1, 1)", "expected: 1.0", "got:      0.6931471805599453"]),
+    # Bytes per token instead of tokens per byte.
+    ("00_first_model.ipynb", "bits_per_byte", "import math\ndef bits_per_byte(loss, n_tokens, n_bytes):\n    return loss / math.log(2) * n_bytes / n_tokens",
+     ["wrong answer", "inputs:   (2.0, 100, 380)"]),
+    # The temperature multiplies the logits: 0.5 flattens instead of sharpening.
+    ("00_first_model.ipynb", "sample_tokens", "import torch\ndef sample_tokens(model, ids, max_new_tokens, temperature=1.0, seed=0):\n"
+     "    g, T = torch.Generator().manual_seed(seed), model.config.max_seq_len\n    for _ in range(max_new_tokens):\n"
+     "        logits = model(ids[:, -T:])[0][:, -1].float()\n"
+     "        nxt = logits.argmax(-1, keepdim=True) if temperature == 0 else torch.multinomial((logits * temperature).softmax(-1), 1, generator=g)\n"
+     "        ids = torch.cat([ids, nxt], 1)\n    return ids",
+     ["wrong answer", "inputs:   (TinyLM(vocab_size=7, max_seq_len=6), tensor(shape=(2, 2)", "6, 0.5, 1)"]),
+    # The whole sequence fed to the model: past max_seq_len it refuses.
+    ("00_first_model.ipynb", "sample_tokens", "import torch\ndef sample_tokens(model, ids, max_new_tokens, temperature=1.0, seed=0):\n"
+     "    g = torch.Generator().manual_seed(seed)\n    for _ in range(max_new_tokens):\n        logits = model(ids)[0][:, -1].float()\n"
+     "        nxt = logits.argmax(-1, keepdim=True) if temperature == 0 else torch.multinomial((logits / temperature).softmax(-1), 1, generator=g)\n"
+     "        ids = torch.cat([ids, nxt], 1)\n    return ids",
+     ["raised ValueError", "exceed max_seq_len", "inputs:   (TinyLM(vocab_size=7, max_seq_len=6), tensor(shape=(1, 5)"]),
+    # The prompt's logits reused at every step: new tokens are never read.
+    ("00_first_model.ipynb", "sample_tokens", "import torch\ndef sample_tokens(model, ids, max_new_tokens, temperature=1.0, seed=0):\n"
+     "    g, T = torch.Generator().manual_seed(seed), model.config.max_seq_len\n    logits = model(ids[:, -T:])[0][:, -1].float()\n"
+     "    for _ in range(max_new_tokens):\n"
+     "        nxt = logits.argmax(-1, keepdim=True) if temperature == 0 else torch.multinomial((logits / temperature).softmax(-1), 1, generator=g)\n"
+     "        ids = torch.cat([ids, nxt], 1)\n    return ids",
+     ["wrong answer", "inputs:   (TinyLM(vocab_size=7, max_seq_len=6), tensor(shape=(1, 3)", "got:      tensor(shape=(1, 7), dtype=int64, values=[[1, 2, 3, 2, 2, 2, 2]])"]),
+    # The first position's logits, not the last's.
+    ("00_first_model.ipynb", "sample_tokens", "import torch\ndef sample_tokens(model, ids, max_new_tokens, temperature=1.0, seed=0):\n"
+     "    g, T = torch.Generator().manual_seed(seed), model.config.max_seq_len\n    for _ in range(max_new_tokens):\n"
+     "        logits = model(ids[:, -T:])[0][:, 0].float()\n"
+     "        nxt = logits.argmax(-1, keepdim=True) if temperature == 0 else torch.multinomial((logits / temperature).softmax(-1), 1, generator=g)\n"
+     "        ids = torch.cat([ids, nxt], 1)\n    return ids",
+     ["wrong answer", "inputs:   (TinyLM(vocab_size=7, max_seq_len=6), tensor(shape=(1, 3)"]),
 ] 
 
 

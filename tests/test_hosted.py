@@ -3,16 +3,16 @@ installs minillm with the runtime requirements only (and the extras its code nee
 must come from there, and the lesson must run in a kernel of such an install."""
 import ast
 import importlib.metadata as md
-import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import nbformat
-import pytest
 from nbclient import NotebookClient
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -24,7 +24,7 @@ from test_lessons import reference_cell
 ROOT = Path(__file__).resolve().parents[1]
 CFG = read_settings(ROOT)
 KERNEL = {"IPython"}             # the Jupyter kernel's own package: every notebook runtime has it
-HOSTED_LESSONS = ["01_core.ipynb", "05_attention.ipynb"]   # quick on a CPU; between them, every kind of cell
+HOSTED_LESSONS = ["01_core.ipynb", "05_attention.ipynb"]   # quick on a CPU: exercises, plots, a gpu-guarded cell
 DEV_ONLY = ["fastcore", "hypothesis", "nbdev", "execnb", "deepspeed"]    # what the dev extra adds
 
 
@@ -114,6 +114,29 @@ def test_ipywidgets_range_admits_colab():
     assert all(spec.contains(v) for v in ("7.7.1", "7.7.5", "8.0.0", "8.1.9")), spec
 
 
+# Lessons whose cells still reach above the cwd; each needs `project_root()` (minillm.lessons) instead: remove it here
+# once its notebook changed. 09: the demo search writes ../data (on Colab: /data); 16: ../data/builtin (it falls back).
+ABOVE_CWD_PENDING = {"09_train.ipynb", "16_launch.ipynb"}
+
+
+def test_lessons_stay_below_their_folder():
+    """A lesson opened alone (Colab's /content, Kaggle's /kaggle/working) has no checkout above it: a path such as
+    Path("../data") or open("../x") names a folder outside the learner's (on Colab, /data). Lessons find data/ and runs/ with
+    `project_root()`, which is the checkout's root in a clone and the cwd elsewhere."""
+    found = {}
+    for p in lesson_sources(ROOT):
+        for i, c in enumerate(make_lesson(read_nb(p), p.name, CFG)["cells"]):
+            if c["cell_type"] != "code": continue
+            for n in ast.walk(code_tree(src(c))):
+                if not (isinstance(n, ast.Call) and n.args and getattr(n.func, "id", getattr(n.func, "attr", None)) in ("Path", "open")): continue
+                a = n.args[0]
+                if isinstance(a, ast.Constant) and isinstance(a.value, str) and (a.value == ".." or a.value.startswith("../")):
+                    found.setdefault(p.name, []).append(f"cell {i} line {n.lineno}: {a.value!r}")
+    new = {k: v for k, v in found.items() if k not in ABOVE_CWD_PENDING}
+    assert not new, f"paths above the lesson's folder (use minillm.lessons.project_root()): {new}"
+    assert ABOVE_CWD_PENDING <= set(found), f"fixed: remove {ABOVE_CWD_PENDING - set(found)} from ABOVE_CWD_PENDING"
+
+
 TQDM_CELL = ("import ipywidgets, tqdm.auto, tqdm.notebook\nbar = tqdm.auto.tqdm(range(3), desc='steps')\nfor _ in bar: pass\n"
              "print('ipywidgets', ipywidgets.__version__, 'tqdm.notebook' if isinstance(bar, tqdm.notebook.tqdm) else 'text bar')")
 
@@ -145,3 +168,76 @@ def test_tqdm_auto_with_colabs_ipywidgets(tmp_path, monkeypatch):
     assert "ipywidgets 7.7." in tqdm_widget(run_cell(TQDM_CELL, tmp_path))
     monkeypatch.delenv("PYTHONPATH")
     assert f"ipywidgets {md.version('ipywidgets')} " in tqdm_widget(run_cell(TQDM_CELL, tmp_path))
+
+
+def solved_lesson(name: str) -> nbformat.NotebookNode:
+    "Lesson `name` as `minillm lessons` writes it, run as a learner who solved it: each stub replaced by the reference, slow cells left out."
+    nb = nbformat.from_dict(make_lesson(read_nb(ROOT / "nbs" / name), name, CFG))
+    nb.cells = [c for c in nb.cells if not c.source.startswith("# Slow on a CPU")]
+    for c in nb.cells:
+        if c.cell_type == "code" and c.source.startswith("# \u270f\ufe0f Exercise"):
+            c.source = reference_cell(name, re.search(r"^def (\w+)\(", c.source, re.M).group(1))
+    return nb
+
+
+RUNNER = """import sys, nbformat
+from nbclient import NotebookClient
+for path in sys.argv[2:]:
+    nb = nbformat.read(path, 4)
+    try: NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": sys.argv[1]}}).execute()
+    except Exception as e: sys.exit(f"{path}: {e}")
+    finally: nbformat.write(nb, path)
+"""
+
+
+def test_lessons_run_in_a_fresh_install(tmp_path):
+    """A fresh venv gets torch, then `pip install .` with no extras (what a lesson's setup cell installs from GitHub),
+    then only ipykernel and nbclient to run a kernel. In it, from an empty folder (Colab's /content: no checkout):
+    lessons 01 and 05 run top to bottom with their exercises solved (a lesson importing fastcore, hypothesis or
+    deepspeed fails here: none of them is installed), tqdm.auto draws a widget with the ipywidgets pip chose, and
+    `minillm train --deepspeed` fails in one line naming the extra. About two minutes, most of it installing torch."""
+    shm = Path("/dev/shm")         # RAM: a gigabyte of torch is written and removed there in seconds, on this disk in minutes
+    base = Path(tempfile.mkdtemp(prefix="minillm-hosted-", dir=shm)) if shm.is_dir() and shutil.disk_usage(shm).free > 4e9 else tmp_path
+    venv, src_dir, content = base / "venv", tmp_path / "src", tmp_path / "content"
+    shutil.copytree(ROOT / "minillm", src_dir / "minillm", ignore=shutil.ignore_patterns("__pycache__"))   # what a clone has
+    for f in ("setup.py", "settings.ini", "MANIFEST.in", "LICENSE", "README.md"): shutil.copy(ROOT / f, src_dir / f)
+    content.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
+    env.update(PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}", JUPYTER_DATA_DIR=str(tmp_path / "jupyter"),
+               JUPYTER_CONFIG_DIR=str(tmp_path / "jupyter"), MPLBACKEND="module://matplotlib_inline.backend_inline")
+    py = str(venv / "bin" / "python")
+
+    def run(*args, timeout=600, cwd=None):
+        t = time.monotonic()
+        r = subprocess.run([*map(str, args)], capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd)
+        print(f"{time.monotonic() - t:5.1f} s  {' '.join(map(str, args))[:100]}")
+        assert r.returncode == 0, f"{' '.join(map(str, args))}:\n{(r.stdout + r.stderr)[-3000:]}"
+        return r
+
+    try:
+        run(sys.executable, "-m", "venv", "--without-pip", venv)   # this venv's pip installs into it (--python): no ensurepip
+        pip = [sys.executable, "-m", "pip", "--python", py]
+        run(*pip, "install", "-q", "--no-compile", "torch==2.13.0")
+        run(*pip, "install", "-q", "--no-compile", src_dir, "ipykernel", "nbclient")
+        run(*pip, "check")
+        missing = run(py, "-c", f"import importlib.util as u; print(*[m for m in {DEV_ONLY!r} if u.find_spec(m) is None])").stdout.split()
+        assert missing == DEV_ONLY, f"a fresh install without extras has {set(DEV_ONLY) - set(missing)}: the check below proves nothing"
+
+        paths = []
+        for name in HOSTED_LESSONS:
+            nb = solved_lesson(name)   # first, the kernel is this venv's (not one a user kernelspec points elsewhere)
+            nb.cells.insert(0, nbformat.v4.new_code_cell(f"import os, sys\nassert os.path.samefile(sys.prefix, {str(venv)!r}), sys.prefix"))
+            nbformat.write(nb, p := tmp_path / name); paths.append(p)
+        nb.cells.append(nbformat.v4.new_code_cell(TQDM_CELL)); nbformat.write(nb, paths[-1])   # the last lesson ends with it
+        (tmp_path / "runner.py").write_text(RUNNER)
+        run(py, tmp_path / "runner.py", content, *paths)
+        assert "ipywidgets " in tqdm_widget(nbformat.read(paths[-1], 4).cells[-1].outputs)
+
+        (content / "c.txt").write_text("hello hosted world\n" * 300)
+        run(venv / "bin" / "minillm", "prepare", "--corpus", "c.txt", "--tokenizer", "bytes", "--out", "d", "--workers", "1", cwd=content)
+        r = subprocess.run([venv / "bin" / "minillm", "train", "--data", "d", "--out", "run", "--preset", "tiny", "--max-steps", "2", "--deepspeed"],
+                           capture_output=True, text=True, env=env, timeout=300, cwd=content)
+        fails_cleanly(r, 'pip install "minillm[deepspeed]"', rc=1)
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    finally:
+        shutil.rmtree(venv if base == tmp_path else base, ignore_errors=True)      # about a gigabyte, mostly torch

@@ -95,10 +95,10 @@ def step_time(c: ModelConfig, micro_batch: int, seq_len: int, mode, layers: int 
     return min(times[1:])
 
 def tradeoff(c: ModelConfig, micro_batch: int, seq_len: int, backend: str = "sdpa", reps: int = 5) -> list[dict]:
-    "Saved bytes (measured and formula) and step time for 0..L checkpointed blocks, full and selective."
+    "Saved bytes (measured and formula) and step time for 0..L checkpointed blocks, full and attention."
     c = ModelConfig.from_dict({**c.to_dict(), "backend": backend})
     rows = []
-    for mode in ("selective", "full"):
+    for mode in ("attention", "full"):
         for k in range(c.num_layers + 1):
             rows.append(dict(mode=mode, layers=k, backend=backend,
                              measured=measured_activations(c, seq_len, micro_batch, "fp32", mode if k else "none", recompute, k),

@@ -6,7 +6,7 @@ import argparse, json, math, shlex, sys
 from pathlib import Path
 from dataclasses import dataclass, asdict, replace
 import torch
-from .model import ModelConfig, MiniLLM, preset, param_formula, ffn_hidden, PRESETS, _attn_params, resolve_layers
+from .model import ModelConfig, MiniLLM, preset, param_formula, ffn_hidden, PRESETS, _attn_params, resolve_layers, _checkpoint_mode
 from .utils import positive_int, positive_float
 
 # %% auto #0
@@ -187,7 +187,7 @@ def _ffn_items(c: ModelConfig, b: int, t: int, scheme: str, device: str) -> list
     return items
 
 # %% ../nbs/10_memory.ipynb #ce030419
-CHECKPOINTING = ("none", "selective", "full")
+CHECKPOINTING = ("none", "attention", "full")
 
 def _ffn_consumers(c: ModelConfig) -> int:
     "Linears that read the FFN's input: GELU's fc; SwiGLU's gate and up; a MoE's router and its shared experts' gate and up."
@@ -197,10 +197,11 @@ def activation_inventory(c: ModelConfig, seq_len: int, micro_batch: int, scheme:
                          backend: str | None = None, checkpointing: str = "none", checkpoint_layers: int | None = None) -> list[tuple[str, str, int]]:
     """Every tensor the forward pass of `MiniLLM(c)` saves for backward, as (where, what, bytes), in training mode.
     `scheme`: 'fp32', 'amp' (fp32 weights under 16-bit autocast) or 'half' (the model cast to bf16/fp16).
-    `checkpointing`: 'none'; 'selective' (each block's attention sub-layer recomputed: its input kept);
+    `checkpointing`: 'none'; 'attention' (each block's whole attention sub-layer recomputed: its input kept);
     'full' (each block recomputed: only its input kept); `checkpoint_layers`: only the first k blocks (None: all)."""
     if scheme not in _SCHEMES: raise ValueError(f"scheme {scheme!r}: use one of {_SCHEMES}")
-    if checkpointing not in CHECKPOINTING: raise ValueError(f"checkpointing {checkpointing!r}: use none, selective or full")
+    if checkpointing == "selective": _checkpoint_mode(checkpointing)    # the earlier name: refused, naming the new one
+    if checkpointing not in CHECKPOINTING: raise ValueError(f"checkpointing {checkpointing!r}: use none, attention or full")
     b, t, C, V = micro_batch, seq_len, c.embed_dim, c.vocab_size
     n, s, r = b * t, 4 if scheme == "fp32" else 2, 2 if scheme == "half" else 4   # activation and residual-stream bytes
     out = [("embedding", "token ids (int64)", 8 * n)]
@@ -213,7 +214,7 @@ def activation_inventory(c: ModelConfig, seq_len: int, micro_batch: int, scheme:
             out.append((w, "block input (kept by the checkpoint)", r * n * C)); continue
         attn_inputs = 2 if lc.attention == "mla" else 3
         norm1 = _norm_items(lc.norm, n, C, scheme, attn_inputs, lc.embed_dim)
-        if ck == "selective":                 # the recomputed sub-layer keeps only its input: the norm's output
+        if ck == "attention":                 # the recomputed sub-layer keeps only its input: the norm's output
             norm1 = norm1[:-1] + [("output (kept by the checkpoint)", r * n * C if scheme != "amp" else 4 * n * C)]
         out += [(w, "norm1 " + k, v) for k, v in norm1]
         if ck == "none": out += [(w, k, v) for k, v in _attention_items(lc, b, t, scheme, device, backend)]
@@ -366,7 +367,7 @@ def draw_bars(est: dict, gpu_mem_gb: float, ax=None):
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
     return ax
 
-def calculator(model: str = "small", **start):
+def calculator(model: str = "mini", **start):
     "An ipywidgets panel that redraws the per-GPU memory bars (returns its widgets); a printed table where widgets are unavailable (returns None)."
     settings = dict(seq_len=None, micro_batch=8, gpus=1, gpu="A100 80GB", zero=0, offload="none", precision="bf16", checkpointing="none") | start
     try:
@@ -413,7 +414,7 @@ def memory_parser() -> argparse.ArgumentParser:
     from minillm.train import model_override          # --model values are read exactly as `minillm train` reads them
     p = argparse.ArgumentParser(prog="minillm memory", description="Estimate training memory per GPU and recommend settings that fit, "
                                 "with the `minillm train` command that runs them.")
-    p.add_argument("--preset", default="small", help=f"model preset: {', '.join(PRESETS)}, or {', '.join(MEMORY_PRESETS)}")
+    p.add_argument("--preset", default="mini", help=f"model preset: {', '.join(PRESETS)}, or {', '.join(MEMORY_PRESETS)}")
     for k in SIZE_FLAGS: p.add_argument("--" + k.replace("_", "-"), type=positive_int, metavar="N", help=f"override the preset's {k} (an integer >= 1)")
     p.add_argument("--model", action="append", default=[], type=model_override, metavar="KEY=VALUE",
                    help="override any model field, as `minillm train --model` does, e.g. --model attention=gqa --model num_kv_heads=2")

@@ -306,7 +306,7 @@ class Block(nn.Module):
         return pre_norm_block(x, self.norm1, lambda h: self.attn(h, cache, start_pos), self.norm2, self.ffn)
 
     def recomputed(self, x, mode: str, checkpoint):
-        "Forward whose activations are recomputed in backward: 'full' keeps only x, 'selective' keeps the attention's input."
+        "Forward whose activations are recomputed in backward: 'full' keeps only x, 'attention' keeps the attention sub-layer's input."
         if mode == "full": return checkpoint(self, x)
         return pre_norm_block(x, self.norm1, lambda h: checkpoint(self.attn, h), self.norm2, self.ffn)
 
@@ -324,10 +324,13 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100
 
 # %% ../nbs/07_model.ipynb #be428a6b
 def _checkpoint_mode(v) -> str:
-    "Normalise an activation-checkpointing setting: False/None/'none', True/'full', 'selective'."
+    "Normalise an activation-checkpointing setting: False/None/'none', True/'full', 'attention' (the attention sub-layer)."
     mode = {False: "none", None: "none", True: "full"}.get(v, v) if isinstance(v, (bool, type(None))) else v
-    if mode not in ("none", "selective", "full"):
-        raise ValueError(f"activation checkpointing {v!r}: use 'none', 'selective' (attention only) or 'full'")
+    if mode == "selective":      # the earlier name: it never was Megatron-LM's selective recomputation (core attention only)
+        raise ValueError("activation checkpointing 'selective' is now called 'attention' (it recomputes the whole attention "
+                         "sub-layer, not only the core attention as Megatron-LM's selective recomputation does): use 'attention'")
+    if mode not in ("none", "attention", "full"):
+        raise ValueError(f"activation checkpointing {v!r}: use 'none', 'attention' (the attention sub-layer) or 'full'")
     return mode
 
 def _check_ids(ids: torch.Tensor, vocab_size: int, what: str = "input_ids"):
@@ -355,7 +358,7 @@ class MiniLLM(nn.Module):
         self.norm = make_norm(c.norm, c.embed_dim, c.norm_eps, c.bias)
         self.lm_head = nn.Linear(c.embed_dim, c.vocab_size, bias=False)
         if c.tie_embeddings: self.lm_head.weight = self.tok_emb.weight
-        self.activation_checkpointing = False   # the trainer's switch: False | 'full' (or True) | 'selective' (attention only)
+        self.activation_checkpointing = False   # the trainer's switch: False | 'full' (or True) | 'attention' (the attention sub-layer)
         self.checkpoint_layers = None           # None: every block; k: the first k blocks
         self.checkpoint_fn = None               # None: torch.utils.checkpoint, non-reentrant; or any fn(function, *args)
         self.apply(self._init_weights)
@@ -593,9 +596,11 @@ def check_state_dict(config: ModelConfig, state_dict: dict, source: str, show: i
 PRESETS: dict[str, dict] = {
     "demo":   dict(vocab_size=4096,  embed_dim=128,  num_heads=4,  num_layers=4,  max_seq_len=128),   # chosen by search: training lesson
     "tiny":   dict(vocab_size=8192,  embed_dim=384,  num_heads=6,  num_layers=4,  max_seq_len=512),
-    "small":  dict(vocab_size=32000, embed_dim=512,  num_heads=8,  num_layers=8,  max_seq_len=1024),
-    "medium": dict(vocab_size=50304, embed_dim=768,  num_heads=12, num_layers=12, max_seq_len=1024),
-    "large":  dict(vocab_size=50304, embed_dim=1024, num_heads=16, num_layers=24, max_seq_len=1024),
+    "mini":   dict(vocab_size=32000, embed_dim=512,  num_heads=8,  num_layers=8,  max_seq_len=1024),
+    # GPT-2's four shapes (small, medium, large, xl); vocabulary 50257 rounded up to a multiple of 64
+    "small":  dict(vocab_size=50304, embed_dim=768,  num_heads=12, num_layers=12, max_seq_len=1024),
+    "medium": dict(vocab_size=50304, embed_dim=1024, num_heads=16, num_layers=24, max_seq_len=1024),
+    "large":  dict(vocab_size=50304, embed_dim=1280, num_heads=20, num_layers=36, max_seq_len=1024),
     "xl":     dict(vocab_size=50304, embed_dim=1600, num_heads=25, num_layers=48, max_seq_len=1024),
     # demo's attention and embeddings; 8 experts of hidden 192, 2 per token: the active parameters of demo's SwiGLU (hidden 384)
     "moe":    dict(vocab_size=4096,  embed_dim=128,  num_heads=4,  num_layers=4,  max_seq_len=128, ffn="moe", num_experts=8, top_k=2, expert_hidden=192),

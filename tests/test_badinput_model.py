@@ -54,10 +54,10 @@ def test_memory_help_documents_every_flag():
 
 MEMORY_RUNS = [
     ["--preset", "llama-8b", "--gpus", "8", "--gpu-mem", "80"],                       # a shape train has no preset for
-    ["--preset", "small", "--num-layers", "48", "--embed-dim", "1536", "--num-heads", "12"],   # size flags
+    ["--preset", "mini", "--num-layers", "48", "--embed-dim", "1536", "--num-heads", "12"],   # size flags
     ["--preset", "tiny", "--model", "attention=gqa", "--model", "num_kv_heads=2", "--gpus", "2", "--gpu-mem", "16"],
-    ["--preset", "medium", "--gpus", "2", "--gpu-mem", "16", "--precision", "fp16", "--seq-len", "512"],
-    ["--preset", "small", "--model", "attention=mla", "--model", "kv_lora_rank=64", "--ffn-hidden", "1000", "--gpu-mem", "24"],
+    ["--preset", "small", "--gpus", "2", "--gpu-mem", "16", "--precision", "fp16", "--seq-len", "512"],
+    ["--preset", "mini", "--model", "attention=mla", "--model", "kv_lora_rank=64", "--ffn-hidden", "1000", "--gpu-mem", "24"],
 ]
 
 

@@ -135,7 +135,7 @@ def test_memory_json_recommendation_fits_and_next_notch_does_not(venv_bin):
 
 def test_memory_table_and_fixed_settings(venv_bin):
     "The table names each part and the verdict; settings the user fixes are kept in the recommendation."
-    r = minillm(venv_bin, "memory", "--preset", "medium", "--zero", "3", "--checkpointing", "full", "--gpu-mem", "16")
+    r = minillm(venv_bin, "memory", "--preset", "small", "--zero", "3", "--checkpointing", "full", "--gpu-mem", "16")
     assert r.returncode == 0, r.stderr
     for word in ("weights", "optimizer", "activations", "total", "recommended", "ZeRO-3", "checkpointing full", "minillm train"):
         assert word in r.stdout, word

@@ -410,6 +410,8 @@ def find_launcher(script: str, module: str) -> list[str]:
 
 def deepspeed_command(train_args: list[str], num_procs: int, port: int | None = None, hostfile: str | None = None) -> list[str]:
     "The `deepspeed` launcher command that runs `minillm.train` with `train_args` on `num_procs` processes (per node with a hostfile)."
+    import importlib.util                    # a `deepspeed` script on PATH from another Python would start workers that cannot import it
+    if importlib.util.find_spec("deepspeed") is None: require_deepspeed()
     launcher = find_launcher("deepspeed", "deepspeed.launcher.runner")
     hosts = ["--hostfile", hostfile] if hostfile else []
     return [*launcher, *hosts, "--num_gpus", str(num_procs), "--master_port", str(port or free_port()), "--module", "minillm.train", *train_args]

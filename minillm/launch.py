@@ -12,7 +12,7 @@ from .ds import build_ds_config, deepspeed_command
 
 # %% auto #0
 __all__ = ['TRAIN_MINUTES', 'ASSUMED_MFU', 'probe_hardware', 'split_batch', 'steps_in_time', 'dense_presets', 'plan_run',
-           'describe_plan', 'builtin_slice', 'write_configs', 'complete_rows', 'launch', 'rank_layout', 'read_hostfile',
+           'describe_plan', 'write_configs', 'complete_rows', 'launch', 'rank_layout', 'read_hostfile',
            'describe_layout']
 
 # %% ../nbs/16_launch.ipynb #60a62054
@@ -99,20 +99,6 @@ def describe_plan(p: dict) -> str:
                      f"(budget {p['budget_minutes']:g} min)")
     else: lines.append(f"{p['max_steps']} steps x {p['batch_tokens']:,} tokens = {tokens:,} tokens (a CPU has no FLOP/s peak to plan by)")
     return "\n".join(lines)
-
-# %% ../nbs/16_launch.ipynb #e9f4f640
-def builtin_slice(max_bytes: int, path) -> Path:
-    "The first `max_bytes` bytes of the built-in corpus's training text (cut on a character boundary), written to `path`: a local corpus for `prepare`."
-    from minillm.data import BuiltinCorpus
-    if max_bytes < 1: raise ValueError(f"max_bytes {max_bytes}: take at least 1 byte of the built-in corpus")
-    parts, n = [], 0
-    for text in BuiltinCorpus().split("train"):
-        part = text.encode()[: max_bytes - n].decode("utf-8", "ignore")
-        parts.append(part); n += len(part.encode())
-        if n >= max_bytes or len(part) < len(text): break
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp"); tmp.write_text("".join(parts), encoding="utf-8"); os.replace(tmp, path)
-    return path
 
 # %% ../nbs/16_launch.ipynb #a5009811
 def write_configs(plan: dict, run_dir, data_dir) -> tuple[list[str], Path]:

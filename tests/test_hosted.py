@@ -114,11 +114,6 @@ def test_ipywidgets_range_admits_colab():
     assert all(spec.contains(v) for v in ("7.7.1", "7.7.5", "8.0.0", "8.1.9")), spec
 
 
-# Lessons whose cells still reach above the cwd; each needs `project_root()` (minillm.lessons) instead: remove it here
-# once its notebook changed. 09: the demo search writes ../data (on Colab: /data); 16: ../data/builtin (it falls back).
-ABOVE_CWD_PENDING = {"09_train.ipynb", "16_launch.ipynb"}
-
-
 def test_lessons_stay_below_their_folder():
     """A lesson opened alone (Colab's /content, Kaggle's /kaggle/working) has no checkout above it: a path such as
     Path("../data") or open("../x") names a folder outside the learner's (on Colab, /data). Lessons find data/ and runs/ with
@@ -132,9 +127,7 @@ def test_lessons_stay_below_their_folder():
                 a = n.args[0]
                 if isinstance(a, ast.Constant) and isinstance(a.value, str) and (a.value == ".." or a.value.startswith("../")):
                     found.setdefault(p.name, []).append(f"cell {i} line {n.lineno}: {a.value!r}")
-    new = {k: v for k, v in found.items() if k not in ABOVE_CWD_PENDING}
-    assert not new, f"paths above the lesson's folder (use minillm.lessons.project_root()): {new}"
-    assert ABOVE_CWD_PENDING <= set(found), f"fixed: remove {ABOVE_CWD_PENDING - set(found)} from ABOVE_CWD_PENDING"
+    assert not found, f"paths above the lesson's folder (use minillm.lessons.project_root()): {found}"
 
 
 TQDM_CELL = ("import ipywidgets, tqdm.auto, tqdm.notebook\nbar = tqdm.auto.tqdm(range(3), desc='steps')\nfor _ in bar: pass\n"

@@ -27,7 +27,7 @@ def sentences(text: str) -> list[str]:
     for a, b in (("et al.", "et al"), ("e.g.", "eg"), ("i.e.", "ie"), ("vs.", "vs"), ("cf.", "cf"), ("approx.", "approx")):
         text = text.replace(a, b)
     text = "\n".join(re.sub(r"^\s*(#+|\d+\.|[-*>|])\s", " ", line) for line in text.splitlines())
-    return [s.strip() for s in re.split(r"(?<=[.!?:;])\s+|\n\s*\n|\n\s*[-*]\s", text) if s.strip()]
+    return [s.strip() for s in re.split(r"(?<=[.!?])\s+|\n\s*\n|\n\s*[-*]\s", text) if s.strip()]
 
 
 def figures(text: str) -> list[float]:

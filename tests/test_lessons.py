@@ -458,6 +458,9 @@ WRONG = [   # (lesson, exercise, a plausible wrong answer, what its self-check f
      "        nxt = logits.argmax(-1, keepdim=True) if temperature == 0 else torch.multinomial((logits / temperature).softmax(-1), 1, generator=g)\n"
      "        ids = torch.cat([ids, nxt], 1)\n    return ids",
      ["wrong answer", "inputs:   (TinyLM(vocab_size=7, max_seq_len=6), tensor(shape=(1, 3)"]),
+    # Lesson 07. rms_norm computed in the input's dtype: bf16 arithmetic rounds every product to 8 bits (the bf16 case).
+    ("07_model.ipynb", "rms_norm", "import torch\ndef rms_norm(x, weight, eps=1e-5):\n    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight",
+     ["wrong answer", "inputs:   (tensor(shape=(3, 16), dtype=bfloat16"]),
 ] 
 
 

@@ -41,7 +41,7 @@ def forward_tile(q, k, v, m, l, acc, i0: int, j0: int, t_q: int, t_k: int, scale
     """Fold one key/value tile, k (..., Bk, d) and v (..., Bk, d_v), into the running state of a query tile q (..., Bq, d):
     m, l (..., Bq) as in online_softmax_update and acc (..., Bq, d_v), the output not yet divided by l. The tile's rows are
     queries i0.. of t_q, its columns keys j0.. of t_k; with `causal`, query i sees key j when j <= i + t_k - t_q. -> (m, l, acc)"""
-    # hint: scores are q k^T times scale, -inf where the causal rule hides a key (queries are the last t_q of t_k positions); update m and l as in online_softmax_update, and rescale acc by the same factor as l before adding the tile's exp(scores - new max) times v.
+    # hint: score this tile of queries against this tile of keys (scaled dot products), hide the keys the causal rule forbids (the queries are the last ones of all the positions), update the running max and sum as in the previous exercise, and rescale the accumulated output by the same factor as the sum before adding this tile's exponentiated scores times its values.
     # hint2: the rows' absolute indices are i0 + arange(Bq), the columns' j0 + arange(Bk); a key is hidden when j > i + (t_k - t_q).
     # hint3: alpha = exp(m_old - m_new) (with online_softmax_update's -inf guard); l = alpha * l + rowsum(p); acc = alpha[..., None] * acc + p @ v.
     s = (q @ k.transpose(-2, -1)) * scale                                     # (..., Bq, Bk)

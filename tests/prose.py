@@ -82,6 +82,7 @@ def unsupported(cells: list[dict]) -> list[str]:
                 v = float(token.replace(",", ""))
                 if "." not in token and unit is None and v < 10: continue                 # a count written as a figure
                 if "." not in token and unit is None and 1900 <= v <= 2099: continue      # a year
+                if re.match(r"-(bit|byte)\b", plain[m.end():]): continue                  # a type's name: 16-bit, 4-byte
                 if _matches(token, unit, pool): continue
                 bad.append(f"cell {i}: {token}{unit or ''} in: {s[:160]}")
     return bad

@@ -14,7 +14,7 @@ from typing import Iterable, Iterator
 
 import regex
 
-from .data import EOT, Tokenizer, _ignore_sigint, file_error, read_json_file, read_text_file, sigint_deferred, split_specials
+from .data import EOT, Tokenizer, ignore_sigint, file_error, read_json_file, read_text_file, sigint_deferred, split_specials
 from .utils import patch, write_atomic, write_json
 
 # %% auto #0
@@ -66,7 +66,7 @@ def count_pretokens_parallel(texts: Iterable[str], pattern: str = "gpt2", specia
         for c in chunks(): total.update(m._count_batch(c))
         return total
     with sigint_deferred():                     # a Ctrl-C during the fork would be lost (swallowed in fork hooks)
-        pool = mp.get_context("fork" if sys.platform == "linux" else "spawn").Pool(workers, initializer=_ignore_sigint)
+        pool = mp.get_context("fork" if sys.platform == "linux" else "spawn").Pool(workers, initializer=ignore_sigint)
     with pool:
         for c in pool.imap_unordered(m._count_batch, chunks()): total.update(c)
     return total

@@ -30,9 +30,9 @@ from .utils import write_atomic, write_json
 __all__ = ['EOT', 'TOKENIZER_FIX', 'VAL_EVERY', 'SMALL_CORPUS', 'CORPORA', 'DATA_FIX', 'SHARD_DTYPES', 'split_specials',
            'Tokenizer', 'ByteTokenizer', 'file_error', 'read_text_file', 'read_json_file', 'Corpus', 'BuiltinCorpus',
            'take_chars', 'read_utf8', 'text_documents', 'jsonl_documents', 'LocalCorpus', 'cache_dir', 'RemoteFile',
-           'RemoteCorpus', 'FirstBytes', 'get_corpus', 'pack_documents', 'sigint_deferred', 'shard_dtype',
-           'encode_corpus', 'write_shards', 'window_pair', 'eval_starts', 'read_meta', 'TokenDataset', 'TrainSampler',
-           'eval_batches', 'verify_data']
+           'RemoteCorpus', 'FirstBytes', 'get_corpus', 'pack_documents', 'ignore_sigint', 'sigint_deferred',
+           'shard_dtype', 'encode_corpus', 'name_full_disk', 'write_shards', 'window_pair', 'eval_starts', 'read_meta',
+           'TokenDataset', 'TrainSampler', 'eval_batches', 'verify_data']
 
 # %% ../nbs/02_data.ipynb #ad5ec00e
 EOT = "<|endoftext|>"
@@ -328,7 +328,7 @@ def pack_documents(docs: Iterable[list[int]], eos_id: int) -> list[int]:
 # %% ../nbs/02_data.ipynb #0b6503b1
 _worker_tok: Tokenizer | None = None
 
-def _ignore_sigint():
+def ignore_sigint():
     "In a worker process: leave Ctrl-C to the parent, which stops the pool and cleans up (no traceback per worker)."
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
@@ -347,7 +347,7 @@ def _init_worker(tok):
     global _worker_tok
     _worker_tok = tok
 
-def _init_pool_worker(tok): _ignore_sigint(); _init_worker(tok)
+def _init_pool_worker(tok): ignore_sigint(); _init_worker(tok)
 
 def _encode_docs(docs: list[str]) -> np.ndarray:
     return np.asarray(pack_documents([_worker_tok.encode(d) for d in docs], _worker_tok.eos_id), dtype=np.int64)
@@ -388,7 +388,7 @@ def _check_out_dir(out: Path, meta: dict):
 def _write_ids(f, ids: np.ndarray):
     f.write(ids.tobytes())          # a plain write: a full disk raises OSError(ENOSPC); numpy's tofile loses the errno
 
-def _name_full_disk(e: OSError, path: Path):
+def name_full_disk(e: OSError, path: Path):
     if e.errno == errno.ENOSPC and not e.filename: e.filename = str(path)
 
 def write_shards(corpus: Corpus, tok: Tokenizer, out: Path | str, workers: int | None = None, progress: bool = True) -> dict:
@@ -413,13 +413,13 @@ def write_shards(corpus: Corpus, tok: Tokenizer, out: Path | str, workers: int |
                         if ids.size and ids.max() >= tok.vocab_size: raise ValueError(f"token id {ids.max()} >= vocab_size {tok.vocab_size}")
                         m._write_ids(f, ids.astype(dtype)); n_tok += ids.size; bar.update(ids.size)
                     f.flush(); os.fsync(f.fileno())
-            except OSError as e: _name_full_disk(e, out / f"{split}.bin"); raise
+            except OSError as e: name_full_disk(e, out / f"{split}.bin"); raise
             if n_tok == 0: raise ValueError(f"corpus {corpus.name!r} has no text in its {split} split: add documents (at least 2 lines of text).")
             meta["splits"][split] = dict(documents=n_docs, bytes=n_bytes, tokens=n_tok)   # bytes: for bits per byte
         try:
             with open(tmps["meta.json"], "w", encoding="utf-8") as f:
                 f.write(json.dumps(meta, indent=2) + "\n"); f.flush(); os.fsync(f.fileno())
-        except OSError as e: _name_full_disk(e, out / "meta.json"); raise
+        except OSError as e: name_full_disk(e, out / "meta.json"); raise
         with sigint_deferred():                 # renames need no space: the three files change together
             for name, tmp in tmps.items(): os.replace(tmp, out / name)
     finally:

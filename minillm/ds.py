@@ -12,14 +12,14 @@ from .moe import moe_losses
 from .memory import bucket_elements, zero_bytes, tensor_bytes
 from .train import (Engine, TrainConfig, param_groups, accumulation_steps, set_rng_state, save_checkpoint,
                            load_checkpoint, check_compatible)
-from .utils import UserError, patch, write_json
+from .utils import UserError, free_port, patch, write_json
 
 # %% auto #0
 __all__ = ['SHIPPED', 'SHIPPED_FILES', 'SHM_ALLREDUCE', 'SHARD_GLOBALS', 'zero_section', 'require_deepspeed', 'ds_precision',
            'build_ds_config', 'find_auto', 'batch_triple', 'resolve_ds_config', 'load_ds_config', 'user_ds_config',
            'skip_shm_allreduce', 'DeepSpeedEngine', 'shard_globals', 'verify_shards', 'consolidated_weights',
-           'rank_model_states', 'deepspeed_estimate', 'free_port', 'find_launcher', 'deepspeed_command',
-           'torchrun_command', 'run_training']
+           'rank_model_states', 'deepspeed_estimate', 'find_launcher', 'deepspeed_command', 'torchrun_command',
+           'run_training']
 
 # %% ../nbs/13_deepspeed.ipynb #9405362f
 def zero_section(stage: int, offload: str, bucket: int, persistence: int, on_gpu: bool) -> dict:
@@ -396,11 +396,6 @@ def deepspeed_estimate(model, n_params: int, stage: int, gpus: int, offload: str
 
 
 # %% ../nbs/13_deepspeed.ipynb #e13b57bd
-def free_port() -> int:
-    "A TCP port nothing listens on right now."
-    import socket
-    with socket.socket() as s: s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
-
 def find_launcher(script: str, module: str) -> list[str]:
     "A launcher's console script beside this Python (its venv), else on PATH, else `python -m module` (the same program)."
     import shutil, sys

@@ -160,8 +160,9 @@ def setup_cell(cfg: dict, extras: list[str] = ()) -> str:
             f"    %pip install -q \"{spec}\"\n    import {mods}\nprint('minillm', minillm.__version__)")
 
 # %% ../nbs/90_lessons.ipynb #c2168702
-def make_lesson(nb: dict, name: str, cfg: dict) -> dict:
-    "The learner's copy of notebook `name`: badges, setup cell, exercises stubbed, self-checks, no outputs."
+def make_lesson(nb: dict, name: str, cfg: dict, keep_hidden: bool = False) -> dict:
+    """The learner's copy of notebook `name`: badges, setup cell, exercises stubbed, self-checks, no outputs.
+    `keep_hidden`: keep the `#| hide` cells too (the test suite's copy, which runs the notebook's hidden tests)."""
     fm, cells = frontmatter(nb), []
     links = urls(cfg, f"lessons/{name}")
     facts = " · ".join(f"**{k.title()}:** {fm[k]}" for k in ("hardware", "time", "builds") if fm.get(k))
@@ -177,7 +178,8 @@ def make_lesson(nb: dict, name: str, cfg: dict) -> dict:
         cid = c.get("id") or f"cell-{i}"
         if c["cell_type"] == "markdown": cells.append(_cell("markdown", src(c), cid)); continue
         d, code = split_directives(src(c))
-        if "hide" in d or not code.strip(): continue
+        if not code.strip() or ("hide" in d and not keep_hidden): continue
+        if "hide" in d: code = "# Hidden in the learner's copy: a test.\n" + code
         if pending and "selfcheck" not in d:
             raise ValueError(f"nbs/{name}: exercise cell {pending} must be followed by a `#| selfcheck` cell.")
         if "exercise" in d:

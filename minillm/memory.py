@@ -6,7 +6,7 @@ import argparse, json, math, shlex, sys
 from pathlib import Path
 from dataclasses import dataclass, asdict, replace
 import torch
-from .model import ModelConfig, MiniLLM, preset, param_formula, ffn_hidden, PRESETS, _attn_params, resolve_layers, _checkpoint_mode
+from .model import ModelConfig, MiniLLM, preset, param_formula, ffn_hidden, PRESETS, attention_params, resolve_layers, checkpoint_mode
 from .utils import positive_int, positive_float
 
 # %% auto #0
@@ -161,7 +161,7 @@ def _attention_items(c: ModelConfig, b: int, t: int, scheme: str, device: str, b
         if rope: items.append(("RoPE cos, sin (fp32)", 4 * 2 * t * d))
         items += _core_items(kernel, b, t, h, h_saved, d, d, s, mb, c.dropout, device, rope)
     if c.dropout: items.append(("residual dropout mask", mb * n * c.embed_dim))
-    if scheme == "amp": items.append(("16-bit weight copies (autocast)", 2 * _attn_params(c)[1]))
+    if scheme == "amp": items.append(("16-bit weight copies (autocast)", 2 * attention_params(c)[1]))
     return [("attention: " + k, v) for k, v in items if v]
 
 def _moe_items(c: ModelConfig, b: int, t: int, scheme: str, device: str) -> list[tuple[str, int]]:
@@ -200,7 +200,7 @@ def activation_inventory(c: ModelConfig, seq_len: int, micro_batch: int, scheme:
     `checkpointing`: 'none'; 'attention' (each block's whole attention sub-layer recomputed: its input kept);
     'full' (each block recomputed: only its input kept); `checkpoint_layers`: only the first k blocks (None: all)."""
     if scheme not in _SCHEMES: raise ValueError(f"scheme {scheme!r}: use one of {_SCHEMES}")
-    if checkpointing == "selective": _checkpoint_mode(checkpointing)    # the earlier name: refused, naming the new one
+    if checkpointing == "selective": checkpoint_mode(checkpointing)    # the earlier name: refused, naming the new one
     if checkpointing not in CHECKPOINTING: raise ValueError(f"checkpointing {checkpointing!r}: use none, attention or full")
     b, t, C, V = micro_batch, seq_len, c.embed_dim, c.vocab_size
     n, s, r = b * t, 4 if scheme == "fp32" else 2, 2 if scheme == "half" else 4   # activation and residual-stream bytes

@@ -21,9 +21,9 @@ from .variants import GroupedQueryAttention, KVCache, MultiHeadLatentAttention, 
 # %% auto #0
 __all__ = ['ATTENTION', 'POSITIONAL', 'NORMS', 'FFNS', 'LAYER_KEYS', 'FIELD_RULES', 'PRESETS', 'rms_norm', 'RMSNorm', 'LayerNorm',
            'make_norm', 'MLP', 'SwiGLU', 'ffn_hidden', 'ModelConfig', 'load_layer_configs', 'resolve_layers',
-           'pre_norm_block', 'make_attention', 'make_ffn', 'Block', 'lm_loss', 'MiniLLM', 'filter_logits',
-           'sample_next', 'generate', 'num_params', 'param_formula', 'flops_per_token', 'config_from_checkpoint',
-           'check_state_dict', 'preset', 'param_table']
+           'pre_norm_block', 'make_attention', 'make_ffn', 'Block', 'lm_loss', 'checkpoint_mode', 'MiniLLM',
+           'decoder_forward', 'filter_logits', 'sample_next', 'generate', 'num_params', 'attention_params',
+           'param_formula', 'flops_per_token', 'config_from_checkpoint', 'check_state_dict', 'preset', 'param_table']
 
 # %% ../nbs/07_model.ipynb #a6f82b8c
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -323,7 +323,7 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100
     return (nll * keep).sum() / keep.sum()
 
 # %% ../nbs/07_model.ipynb #be428a6b
-def _checkpoint_mode(v) -> str:
+def checkpoint_mode(v) -> str:
     "Normalise an activation-checkpointing setting: False/None/'none', True/'full', 'attention' (the attention sub-layer)."
     mode = {False: "none", None: "none", True: "full"}.get(v, v) if isinstance(v, (bool, type(None))) else v
     if mode == "selective":      # the earlier name: it never was Megatron-LM's selective recomputation (core attention only)
@@ -396,7 +396,7 @@ class MiniLLM(nn.Module):
         if c.positional == "learned": x = x + self.pos_emb(pos)
         elif c.positional == "sinusoidal": x = x + sinusoidal_positions(pos, c.embed_dim).to(x.dtype)
         x = self.drop(x)
-        mode = _checkpoint_mode(self.activation_checkpointing)
+        mode = checkpoint_mode(self.activation_checkpointing)
         recompute = mode != "none" and self.training and cache is None and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
             if recompute and (self.checkpoint_layers is None or i < self.checkpoint_layers):
@@ -409,6 +409,21 @@ class MiniLLM(nn.Module):
         if labels is not None:
             loss = lm_loss(logits, labels)
         return logits, loss
+
+# %% ../nbs/07_model.ipynb #535a1026
+def decoder_forward(model: MiniLLM, input_ids: torch.Tensor) -> torch.Tensor:
+    "(b, t) token ids -> (b, t, V) logits: MiniLLM.forward without cache, recomputation or labels (dropout as the model's mode says)."
+    # hint: embed the tokens; add position vectors when the config's positional is learned or sinusoidal (RoPE needs nothing here); apply the dropout, every block in order, the final norm, then the output projection.
+    # hint2: the model holds tok_emb, pos_emb (learned only), drop, blocks, norm and lm_head; positions are 0..t-1 (torch.arange on the ids' device); sinusoidal_positions(pos, embed_dim) gives the fixed ones; a block called on x alone has no cache.
+    # hint3: x = model.tok_emb(ids); add model.pos_emb(pos) or sinusoidal_positions(pos, C).to(x.dtype); x = model.drop(x); for blk in model.blocks: x = blk(x); return model.lm_head(model.norm(x))
+    c = model.config
+    x = model.tok_emb(input_ids)                                                      # (b, t, C)
+    pos = torch.arange(input_ids.size(1), device=input_ids.device)
+    if c.positional == "learned": x = x + model.pos_emb(pos)
+    elif c.positional == "sinusoidal": x = x + sinusoidal_positions(pos, c.embed_dim).to(x.dtype)
+    x = model.drop(x)
+    for block in model.blocks: x = block(x)
+    return model.lm_head(model.norm(x))                                               # (b, t, V)
 
 # %% ../nbs/07_model.ipynb #68666015
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
@@ -514,7 +529,7 @@ def num_params(self: MiniLLM, kind: str = "total") -> int:
         return total - sum((m.num_experts - m.top_k) * 3 * m.dim * m.expert_hidden for _, m in moe_layers(self))
     return total
 
-def _attn_params(c: ModelConfig) -> tuple[int, int, int, int]:
+def attention_params(c: ModelConfig) -> tuple[int, int, int, int]:
     "(parameters, matmul weights, qk dim per head, v dim per head) of one attention layer."
     C, h, hd, b = c.embed_dim, c.num_heads, c.head_dim, int(c.bias)
     if c.attention == "mla":
@@ -538,7 +553,7 @@ def param_formula(c: ModelConfig) -> dict:
     layers, matmul, inactive = 0, c.vocab_size * C, 0         # the LM head multiplies, tied or not
     for i in range(c.num_layers):
         lc = c.layer(i)
-        attn, attn_w, _, _ = _attn_params(lc)
+        attn, attn_w, _, _ = attention_params(lc)
         if lc.ffn == "moe":
             H = lc.expert_hidden or ffn_hidden("swiglu", C, lc.ffn_hidden, lc.ffn_multiple_of)
             mp = moe_params(C, lc.num_experts, lc.top_k, H, lc.num_shared_experts, c.bias)
@@ -555,7 +570,7 @@ def param_formula(c: ModelConfig) -> dict:
 def flops_per_token(c: ModelConfig, seq_len: int | None = None) -> int:
     "Training FLOPs per token (forward + backward), PaLM convention: 6N + 6 L T h (d_qk + d_v)."
     T = seq_len or c.max_seq_len
-    attn = sum(6 * T * c.layer(i).num_heads * sum(_attn_params(c.layer(i))[2:]) for i in range(c.num_layers))
+    attn = sum(6 * T * c.layer(i).num_heads * sum(attention_params(c.layer(i))[2:]) for i in range(c.num_layers))
     return 6 * param_formula(c)["matmul"] + attn
 
 MiniLLM.num_params = num_params

@@ -18,9 +18,9 @@ from typing import Iterable
 import sentencepiece as spm
 
 from .bpe import BPETokenizer, train_bpe
-from .data import (CORPORA, EOT, ByteTokenizer, Tokenizer, _name_full_disk, file_error, get_corpus, read_json_file,
+from .data import (CORPORA, EOT, ByteTokenizer, Tokenizer, name_full_disk, file_error, get_corpus, read_json_file,
                           sigint_deferred, write_shards)
-from .utils import _number, _umask, positive_int, write_atomic, write_json
+from .utils import number_arg, current_umask, positive_int, write_atomic, write_json
 
 # %% auto #0
 __all__ = ['TOKENIZERS', 'VOCAB_FLOOR', 'MAX_VOCAB', 'SentencePieceTokenizer', 'train_sentencepiece', 'bytes_per_token',
@@ -177,7 +177,7 @@ def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int, workers: i
 # %% ../nbs/04_tokenizer.ipynb #ed601243
 VOCAB_FLOOR = {"bytes": 257, "bpe": 258, "sp-bpe": 261, "sp-unigram": 261}   # 256 bytes + special ids (+ 1 merge or piece)
 MAX_VOCAB = 2**32                                                              # uint32 shards
-_vocab_size = _number(int, min(VOCAB_FLOOR.values()), MAX_VOCAB, what=f"at least {min(VOCAB_FLOOR.values())} (bpe: 258, sp-*: 261) and at most {MAX_VOCAB}")
+_vocab_size = number_arg(int, min(VOCAB_FLOOR.values()), MAX_VOCAB, what=f"at least {min(VOCAB_FLOOR.values())} (bpe: 258, sp-*: 261) and at most {MAX_VOCAB}")
 
 def _out_settings_differ(out: Path, corpus: str, tokenizer: str, vocab_size: int, tok: Tokenizer | None) -> str | None:
     "Why `out`'s earlier preparation differs from this one (None if it does not, or there is none)."
@@ -227,9 +227,9 @@ def prepare(corpus: str, tokenizer: str = "bpe", vocab_size: int = 4096, out: st
     old = out / f".tokenizer.old.{os.getpid()}"
     try:
         try: tok.save(tmp)
-        except OSError as e: _name_full_disk(e, out / "tokenizer"); raise
+        except OSError as e: name_full_disk(e, out / "tokenizer"); raise
         meta = write_shards(c, tok, out, workers, progress)
-        tmp.chmod(0o777 & ~_umask())
+        tmp.chmod(0o777 & ~current_umask())
         with sigint_deferred():                                   # the tokenizer folder is swapped whole
             if (out / "tokenizer").exists(): os.replace(out / "tokenizer", old)
             os.replace(tmp, out / "tokenizer")

@@ -16,11 +16,11 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['DEBUG_ENV', 'USER_ERRORS', 'positive_int', 'nonneg_int', 'positive_float', 'nonneg_float', 'finite_float',
-           'unit_float', 'write_atomic', 'write_json', 'UserError', 'describe_error', 'run_main', 'patch',
-           'threading_main', 'signals_noted', 'MetricWriters']
+           'unit_float', 'current_umask', 'write_atomic', 'write_json', 'UserError', 'describe_error', 'run_main',
+           'number_arg', 'patch', 'free_port', 'threading_main', 'signals_noted', 'MetricWriters']
 
 # %% ../nbs/00_utils.ipynb #5bbfc377
-def _umask() -> int:
+def current_umask() -> int:
     mask = os.umask(0); os.umask(mask); return mask
 
 def write_atomic(path: Path | str, data: str | bytes):
@@ -32,7 +32,7 @@ def write_atomic(path: Path | str, data: str | bytes):
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
             f.flush(); os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())          # mkstemp makes 0600 files; give the usual permissions
+        os.chmod(tmp, 0o666 & ~current_umask())          # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True); raise
@@ -88,7 +88,7 @@ def run_main(prog: str, main, argv=None) -> int:
         return 1
 
 # %% ../nbs/00_utils.ipynb #6a16b409
-def _number(kind, lo=None, hi=None, lo_open=False, what=None):
+def number_arg(kind, lo=None, hi=None, lo_open=False, what=None):
     def parse(s: str):
         try: v = kind(s)
         except (TypeError, ValueError):
@@ -100,12 +100,12 @@ def _number(kind, lo=None, hi=None, lo_open=False, what=None):
     parse.__name__ = what or kind.__name__
     return parse
 
-positive_int = _number(int, 1, what="an integer >= 1")
-nonneg_int = _number(int, 0, what="an integer >= 0")
-positive_float = _number(float, 0, lo_open=True, what="a number > 0")
-nonneg_float = _number(float, 0, what="a number >= 0")
-finite_float = _number(float, what="a finite number")
-unit_float = _number(float, 0, 1, lo_open=True, what="a number in (0, 1]")
+positive_int = number_arg(int, 1, what="an integer >= 1")
+nonneg_int = number_arg(int, 0, what="an integer >= 0")
+positive_float = number_arg(float, 0, lo_open=True, what="a number > 0")
+nonneg_float = number_arg(float, 0, what="a number >= 0")
+finite_float = number_arg(float, what="a finite number")
+unit_float = number_arg(float, 0, 1, lo_open=True, what="a number in (0, 1]")
 
 # %% ../nbs/00_utils.ipynb #322c0894
 def patch(f):
@@ -120,6 +120,11 @@ def patch(f):
     return f
 
 # %% ../nbs/00_utils.ipynb #8d42a26a
+def free_port() -> int:
+    "A TCP port nothing listens on right now (for a launcher's --master_port)."
+    import socket
+    with socket.socket() as s: s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+
 def threading_main() -> bool:
     "True in the main thread, the only one that may install signal handlers."
     import threading

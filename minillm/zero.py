@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 from .train import Engine, TrainConfig, Dist, choose_amp, param_groups, held_bytes
 from .moe import moe_layers, in_backward
-from .ds import free_port
+from .utils import free_port
 
 # %% auto #0
 __all__ = ['spawn', 'bare_trainer', 'bookkeeping', 'reduce_scatter_flat', 'all_gather_flat', 'ring_bytes', 'CommCounter',

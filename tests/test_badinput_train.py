@@ -258,7 +258,8 @@ def test_sample_streams_and_keeps_text_on_ctrl_c(finished):
 def test_torchrun_ranks_refuse_alike(data, run_copy, tmp_path):
     """Restarting a finished run under torchrun: every rank refuses with one line (rank 0 alone used to refuse while the
     others crashed with a traceback). Then a 2-rank --time-budget run ends: the ranks agree on the fitted step count."""
-    from minillm.ds import free_port, torchrun_command
+    from minillm.ds import torchrun_command
+    from minillm.utils import free_port
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(torchrun_command(["--data", str(data), "--out", str(run_copy), *TINY, "--max-steps", "2"], 2, free_port()),
                        capture_output=True, text=True, timeout=300, env=env)

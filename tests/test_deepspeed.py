@@ -18,7 +18,8 @@ import torch
 pytest.importorskip("deepspeed")
 
 from badinput import checksums, cli, fails_cleanly  # noqa: E402
-from minillm.ds import deepspeed_command, free_port, torchrun_command  # noqa: E402
+from minillm.ds import deepspeed_command, torchrun_command  # noqa: E402
+from minillm.utils import free_port  # noqa: E402
 
 TINY = ["--model", "embed_dim=32", "--model", "num_heads=4", "--model", "num_layers=2", "--model", "max_seq_len=64",
         "--micro-batch", "4", "--eval-batches", "2", "--warmup-steps", "2", "--log-every", "1", "--sample-tokens", "0"]

@@ -27,7 +27,7 @@ def flags(engine: str) -> list[str]:
 
 
 def torchrun(venv_bin, out: Path, data, *args, procs: int = 2, timeout: int = 600):
-    from minillm.ds import free_port
+    from minillm.utils import free_port
     cmd = [str(venv_bin / "torchrun"), "--nproc_per_node", str(procs), "--master_port", str(free_port()), "-m", "minillm.train",
            "--data", str(data), "--out", str(out), *TINY, *args]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={"TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1",

@@ -65,7 +65,7 @@ def test_srun_tasks_form_one_group(data, tmp_path):
     """Two `python -m minillm.train` processes started the way `srun --ntasks 2` starts them (SLURM_PROCID, SLURM_LOCALID,
     SLURM_NTASKS; MASTER_ADDR/MASTER_PORT exported by the sbatch script) form one group of 2: one DDP run over 2 ranks whose
     rank 0 alone logs and writes metrics, where reading only RANK/WORLD_SIZE would start two independent rank-0 runs."""
-    from minillm.ds import free_port
+    from minillm.utils import free_port
     out, port = tmp_path / "run", str(free_port())
     procs = [subprocess.Popen([sys.executable, "-m", "minillm.train", "--data", str(data), "--out", str(out), *SRUN_TINY],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -9,7 +9,7 @@ import pytest
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-from minillm.lessons import split_directives, src
+from minillm.lessons import make_lesson, read_nb, read_settings, split_directives, src
 
 import prose
 
@@ -461,6 +461,16 @@ WRONG = [   # (lesson, exercise, a plausible wrong answer, what its self-check f
      "        nxt = logits.argmax(-1, keepdim=True) if temperature == 0 else torch.multinomial((logits / temperature).softmax(-1), 1, generator=g)\n"
      "        ids = torch.cat([ids, nxt], 1)\n    return ids",
      ["wrong answer", "inputs:   (TinyLM(vocab_size=7, max_seq_len=6), tensor(shape=(1, 3)"]),
+    # Lesson 07. The final norm left out: the head reads the raw residual stream.
+    ("07_model.ipynb", "decoder_forward", "import torch\ndef decoder_forward(model, input_ids):\n    c = model.config\n"
+     "    x = model.tok_emb(input_ids)\n    pos = torch.arange(input_ids.size(1), device=input_ids.device)\n"
+     "    if c.positional == 'learned': x = x + model.pos_emb(pos)\n    elif c.positional == 'sinusoidal': x = x + sinusoidal_positions(pos, c.embed_dim).to(x.dtype)\n"
+     "    for block in model.blocks: x = block(x)\n    return model.lm_head(x)",
+     ["wrong answer", "expected: tensor(shape=(2, 7, 50)"]),
+    # Positions never added: right for RoPE, wrong for a model with learned or sinusoidal positions.
+    ("07_model.ipynb", "decoder_forward", "def decoder_forward(model, input_ids):\n    x = model.drop(model.tok_emb(input_ids))\n"
+     "    for block in model.blocks: x = block(x)\n    return model.lm_head(model.norm(x))",
+     ["wrong answer", "got:      tensor(shape=(2, 7, 50)"]),
 ] 
 
 
@@ -474,13 +484,14 @@ def run_cell(client, cell, index) -> str | None:
 
 @pytest.mark.parametrize("name", LESSONS)
 def test_lesson_exercises(name, tmp_path):
-    """One kernel walks the lesson top to bottom, as a learner would (cells flagged slow left out, as nbdev_test does).
+    """One kernel walks the lesson top to bottom, as a learner would (cells flagged slow left out, as nbdev_test does),
+    with the notebook's hidden test cells kept (the lesson as generated, plus them: the suite need not run it twice).
     At each exercise: the stub as shipped fails its self-check, saying it is not implemented and giving the tier-1 hint;
     each plausible wrong answer of WRONG fails it, showing inputs, expected and got; the reference passes it; the lesson
     then goes on with the reference, so every later cell runs, to the end. One kernel per lesson, not one per check:
     the lesson's expensive cells (training runs) run once. Last, the prose-number scan (tests/prose.py): every number
     in the lesson's prose is computed or printed by a code cell near it, or cites its source."""
-    nb = load(name)
+    nb = nbformat.from_dict(make_lesson(read_nb(ROOT / "nbs" / name), name, read_settings(ROOT), keep_hidden=True))
     every_cell = list(nb.cells)                          # for the prose scan: a slow cell's source still counts
     nb.cells = [c for c in nb.cells if not c.source.startswith("# Slow on a CPU")]
     wrong = {}

@@ -10,7 +10,8 @@ import json
 import pytest
 import torch
 
-from minillm.ds import deepspeed_command, free_port, run_training, torchrun_command
+from minillm.ds import deepspeed_command, run_training, torchrun_command
+from minillm.utils import free_port
 
 MOE = ["--preset", "moe", *[a for kv in ("embed_dim=32", "num_heads=2", "num_layers=2", "num_experts=4", "top_k=2", "expert_hidden=32",
                                          "max_seq_len=32") for a in ("--model", kv)],

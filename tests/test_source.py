@@ -22,3 +22,43 @@ def test_all_holds_public_functions_classes_and_constants():
             elif callable(o) and not (inspect.isfunction(o) or inspect.isclass(o) or inspect.isbuiltin(o)):
                 bad.append(f"minillm.{m.name}.{name}: a callable {type(o).__name__}")
     assert not bad, "\n".join(bad)
+
+
+def _imports(mod_name: str):
+    "(imported minillm module, names, at module level?) for each `from .x import ...` / `from minillm.x import ...` in a module."
+    import ast
+    from pathlib import Path
+    tree = ast.parse(Path(minillm.__file__).with_name(f"{mod_name}.py").read_text())
+    top = set(map(id, tree.body))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module is not None:
+            target = node.module if node.level else node.module.removeprefix("minillm.")
+            if node.level or node.module.startswith("minillm."):
+                yield target.split(".")[0], [a.name for a in node.names], id(node) in top
+
+
+def _order() -> dict[str, str]:
+    "Each module's notebook name (its lesson order): minillm.zero -> '12_zero'."
+    from pathlib import Path
+    out, root = {}, Path(minillm.__file__).parent
+    for p in root.glob("*.py"):
+        first = p.read_text().splitlines()[0]
+        if "File to edit: ../nbs/" in first: out[p.stem] = first.split("../nbs/")[1].split(".ipynb")[0]
+    return out
+
+
+def test_no_private_cross_module_imports():
+    """A module never imports another module's _private names: what one lesson uses from another is that lesson's
+    public API (a learner reading the import line can look each name up)."""
+    bad = [f"minillm.{m} imports {n} from minillm.{t}" for m in _order() for t, names, _ in _imports(m) for n in names
+           if n.startswith("_")]
+    assert not bad, "\n".join(bad)
+
+
+def test_modules_import_only_earlier_lessons_at_import_time():
+    """A module's top-level imports come from its own or earlier notebooks, so lesson N runs with only what lessons
+    before it exported and the import graph has no cycle (later engines are found by name, on demand)."""
+    order = _order()
+    bad = [f"minillm.{m} ({order[m]}) imports minillm.{t} ({order[t]}) at import time"
+           for m in order for t, _, top in _imports(m) if top and t in order and order[t] > order[m]]
+    assert not bad, "\n".join(bad)

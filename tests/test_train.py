@@ -1,7 +1,6 @@
 """`minillm train` and `minillm sample` as users run them: real subprocesses, real torchrun/DDP on CPU (gloo)."""
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -9,16 +8,14 @@ import time
 import pytest
 import torch
 
+from minillm.utils import free_port
+
 SMALL = ["--model", "embed_dim=32", "--model", "num_heads=4", "--model", "num_layers=2", "--model", "max_seq_len=64",
          "--micro-batch", "4", "--eval-batches", "2", "--warmup-steps", "2", "--log-every", "1"]
 
 
 def minillm(venv_bin, *args, timeout=600):
     return subprocess.run([str(venv_bin / "minillm"), *args], capture_output=True, text=True, timeout=timeout)
-
-
-def free_port():
-    with socket.socket() as s: s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
 
 
 def test_train_sample_resume(venv_bin, data, tmp_path):

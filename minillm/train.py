@@ -25,7 +25,7 @@ from .data import TokenDataset, TrainSampler, eval_batches, verify_data
 from .moe import moe_layers, moe_losses, moe_metrics, moe_step
 from .model import PRESETS, MiniLLM, ModelConfig, check_state_dict, config_from_checkpoint, flops_per_token, preset
 from .tokenizer import load_tokenizer
-from .utils import UserError, patch, MetricWriters, signals_noted, threading_main, nonneg_float, nonneg_int, positive_float, positive_int, unit_float, write_atomic, write_json
+from .utils import UserError, patch, MetricWriters, signals_noted, nonneg_float, nonneg_int, positive_float, positive_int, unit_float, write_atomic, write_json
 
 # %% auto #0
 __all__ = ['UNCAPPED', 'CHECKPOINT_KEYS', 'ENGINES', 'RUN_FILES', 'FLAGS', 'TrainConfig', 'accumulation_steps', 'param_groups',

@@ -256,14 +256,15 @@ def test_sample_streams_and_keeps_text_on_ctrl_c(finished):
 
 
 def test_torchrun_ranks_refuse_alike(data, run_copy, tmp_path):
-    """Restarting a finished run under torchrun: every rank refuses with one line (rank 0 alone used to refuse while the
-    others crashed with a traceback). Then a 2-rank --time-budget run ends: the ranks agree on the fitted step count."""
+    """Restarting a finished run under torchrun: the ranks refuse with one line and none shows a traceback (rank 0 alone
+    used to refuse while the others crashed with a traceback). At least one refusal is printed, not one per rank: torchrun
+    sends SIGTERM to the other ranks as soon as the first exits, which may be before they print. Then a 2-rank --time-budget run ends: the ranks agree on the fitted step count."""
     from minillm.ds import torchrun_command
     from minillm.utils import free_port
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(torchrun_command(["--data", str(data), "--out", str(run_copy), *TINY, "--max-steps", "2"], 2, free_port()),
                        capture_output=True, text=True, timeout=300, env=env)
-    assert r.returncode != 0 and r.stderr.count("already holds a run") == 2, r.stderr[-2000:]
+    assert r.returncode != 0 and r.stderr.count("already holds a run") >= 1, r.stderr[-2000:]
     assert "/minillm/" not in r.stderr, "no rank shows a traceback (torchrun's own ChildFailedError report is torchrun's)"
     out = tmp_path / "budget"
     r = subprocess.run(torchrun_command(["--data", str(data), "--out", str(out), *TINY, "--time-budget", "4", "--warmup-steps", "4",

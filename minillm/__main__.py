@@ -7,5 +7,7 @@ __all__ = []
 import builtins, sys
 from .cli import main
 
-if __name__ == "__main__" and not getattr(builtins, "__IPYTHON__", False):     # run as a module, not this notebook's kernel
+if __name__ == "__main__" and not getattr(
+    builtins, "__IPYTHON__", False
+):  # run as a module, not this notebook's kernel
     sys.exit(main())

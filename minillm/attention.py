@@ -19,7 +19,8 @@ __all__ = ['LATER_KERNELS', 'BACKENDS', 'causal_mask', 'manual_attention', 'repe
 def causal_mask(t_q: int, t_k: int, device=None) -> torch.Tensor:
     "A (t_q, t_k) bool mask, True where query i (the last t_q of t_k positions) may attend key j."
     # hint: a query sees its own position and earlier; queries are the last t_q of t_k positions.
-    # hint2: query i sits at absolute position t_k - t_q + i, so it may attend keys j <= t_k - t_q + i; a lower-triangular mask with a diagonal offset says exactly that.
+    # hint2: query i sits at absolute position t_k - t_q + i, so it may attend keys j <= t_k - t_q + i; a
+    #        lower-triangular mask with a diagonal offset says exactly that.
     # hint3: torch.ones(t_q, t_k, dtype=torch.bool, device=device).tril(diagonal=t_k - t_q)
     return torch.ones(t_q, t_k, dtype=torch.bool, device=device).tril(diagonal=t_k - t_q)
 
@@ -27,102 +28,151 @@ def causal_mask(t_q: int, t_k: int, device=None) -> torch.Tensor:
 def manual_attention(q, k, v, causal: bool = True, scale: float | None = None, dropout_p: float = 0.0):
     """softmax(q k^T * scale + mask) v for q (b, h, t_q, d), k (b, h, t_k, d), v (b, h, t_k, d_v). `scale` defaults to
     1/sqrt(d); with `causal`, query i sees the keys `causal_mask` allows. The softmax runs in fp32 (then back to q's
-    dtype); dropout at rate `dropout_p` applies to the weights. Returns (out, weights): (b, h, t_q, d_v), (b, h, t_q, t_k)."""
-    # hint: score every query against every key and scale the scores; hide the keys the mask forbids before a softmax over the keys; the output is the weighted sum of the values.
-    # hint2: the scores are q times k with k's last two dims swapped, shape (b, h, t_q, t_k); the scale is one over the square root of d, not over d; forbidden scores become -inf, so their weight is exactly 0 and each row still sums to 1 (zeroing weights after the softmax leaves rows that do not); softmax over the last dim in fp32; dropout applies to the weights before they multiply v.
-    # hint3: scores = (q @ k.transpose(-2, -1)) * scale; scores = scores.masked_fill(~causal_mask(q.size(-2), k.size(-2), q.device), float("-inf")); weights = torch.softmax(scores.float(), dim=-1).to(q.dtype); weights = F.dropout(weights, dropout_p); return weights @ v, weights
+    dtype); dropout at rate `dropout_p` applies to the weights. Returns (out, weights): (b, h, t_q, d_v), (b, h, t_q,
+    t_k).
+
+    """
+    # hint: score every query against every key and scale the scores; hide the keys the mask forbids before a softmax
+    #       over the keys; the output is the weighted sum of the values.
+    # hint2: the scores are q times k with k's last two dims swapped, shape (b, h, t_q, t_k); the scale is one over the
+    #        square root of d, not over d; forbidden scores become -inf, so their weight is exactly 0 and each row still
+    #        sums to 1 (zeroing weights after the softmax leaves rows that do not); softmax over the last dim in fp32;
+    #        dropout applies to the weights before they multiply v.
+    # hint3: scores = (q @ k.transpose(-2, -1)) * scale; scores = scores.masked_fill(~causal_mask(q.size(-2),
+    #        k.size(-2), q.device), float("-inf")); weights = torch.softmax(scores.float(), dim=-1).to(q.dtype); weights
+    #        = F.dropout(weights, dropout_p); return weights @ v, weights
     scale = 1 / math.sqrt(q.size(-1)) if scale is None else scale
-    scores = (q @ k.transpose(-2, -1)) * scale                        # (b, h, t_q, t_k)
-    if causal: scores = scores.masked_fill(~causal_mask(q.size(-2), k.size(-2), q.device), float("-inf"))
-    weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)       # softmax in fp32: stable in half precision
-    if dropout_p: weights = F.dropout(weights, dropout_p)
-    return weights @ v, weights                                       # (b, h, t_q, d_v), (b, h, t_q, t_k)
+    scores = (q @ k.transpose(-2, -1)) * scale  # (b, h, t_q, t_k)
+    if causal:
+        scores = scores.masked_fill(~causal_mask(q.size(-2), k.size(-2), q.device), float("-inf"))
+    weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)  # softmax in fp32: stable in half precision
+    if dropout_p:
+        weights = F.dropout(weights, dropout_p)
+    return weights @ v, weights  # (b, h, t_q, d_v), (b, h, t_q, t_k)
 
 # %% ../nbs/05_attention.ipynb #aa553126
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     "(b, h_kv, t, d) -> (b, h_kv * n_rep, t, d): each KV head repeated for the query heads it serves."
-    if n_rep == 1: return x
+    if n_rep == 1:
+        return x
     b, h_kv, t, d = x.shape
     return x[:, :, None].expand(b, h_kv, n_rep, t, d).reshape(b, h_kv * n_rep, t, d)  # (b, h, t, d)
 
+
 @functools.lru_cache(maxsize=None)
 def _flash_usable(device_type: str, index, dtype: torch.dtype) -> tuple[bool, str]:
-    if device_type != "cuda": return False, "flash-attn needs a CUDA GPU"
-    if dtype not in (torch.float16, torch.bfloat16): return False, f"flash-attn needs fp16 or bf16, not {dtype}"
+    if device_type != "cuda":
+        return False, "flash-attn needs a CUDA GPU"
+    if dtype not in (torch.float16, torch.bfloat16):
+        return False, f"flash-attn needs fp16 or bf16, not {dtype}"
     from minillm.core import flash_attn_status
+
     _, ok, why = flash_attn_status("cuda", tuple(torch.cuda.get_device_capability(index)), dtype)
     return ok, why
 
-LATER_KERNELS = {"tiled": "minillm.flash", "triton": "minillm.flash"}   # lesson 14's kernels, imported when asked for
+
+LATER_KERNELS = {"tiled": "minillm.flash", "triton": "minillm.flash"}  # lesson 14's kernels, imported when asked for
 BACKENDS = ("auto", "manual", "sdpa", "flash", *LATER_KERNELS)
+
 
 def resolve_backend(backend: str, device, dtype: torch.dtype) -> tuple[str, str]:
     "The backend that will run for `backend` (one of BACKENDS; `auto` picks flash or sdpa) on (device, dtype), and why."
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}: use {', '.join(repr(b) for b in BACKENDS)}.")
     device = torch.device(device)
-    if backend in ("manual", "sdpa", "tiled"): return backend, "requested"
+    if backend in ("manual", "sdpa", "tiled"):
+        return backend, "requested"
     if backend == "triton":
         import importlib
+
         ok, why = importlib.import_module(LATER_KERNELS["triton"]).triton_status(device, dtype)
-        if not ok: raise RuntimeError(f"attention backend 'triton' unavailable: {why}. Use backend='tiled' or 'sdpa'.")
+        if not ok:
+            raise RuntimeError(f"attention backend 'triton' unavailable: {why}. Use backend='tiled' or 'sdpa'.")
         return "triton", why
     ok, why = _flash_usable(device.type, device.index, dtype)
-    if backend == "flash" and not ok: raise RuntimeError(f"attention backend 'flash' unavailable: {why}. Use backend='auto' or 'sdpa'.")
+    if backend == "flash" and not ok:
+        raise RuntimeError(f"attention backend 'flash' unavailable: {why}. Use backend='auto' or 'sdpa'.")
     return ("flash", why) if ok else ("sdpa", f"auto: {why}")
 
 # %% ../nbs/05_attention.ipynb #6fdc9308
 def _sdpa_context(q):
-    "On CUDA without gradients (inference), keep SDPA off cuDNN: it builds a graph per new shape, and decoding makes a new shape every token."
-    if not q.is_cuda or torch.is_grad_enabled(): return contextlib.nullcontext()
+    """On CUDA without gradients (inference), keep SDPA off cuDNN: it builds a graph per new shape, and decoding makes a
+    new shape every token.
+    """
+    if not q.is_cuda or torch.is_grad_enabled():
+        return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
+
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
+
 def attend(q, k, v, causal: bool = True, dropout_p: float = 0.0, backend: str = "auto", scale: float | None = None):
-    "Attention for q (b, h, t_q, d), k (b, h_kv, t_k, d), v (b, h_kv, t_k, d_v); queries are the last t_q positions. -> (b, h, t_q, d_v)"
+    """Attention for q (b, h, t_q, d), k (b, h_kv, t_k, d), v (b, h_kv, t_k, d_v); queries are the last t_q positions.
+    -> (b, h, t_q, d_v)
+    """
     name, _ = resolve_backend(backend, q.device, q.dtype)
-    if name in LATER_KERNELS:                                         # lesson 14's tiled kernels: no t x t tensor, GQA without copies
+    if name in LATER_KERNELS:  # lesson 14's tiled kernels: no t x t tensor, GQA without copies
         import importlib
+
         return importlib.import_module(LATER_KERNELS[name]).flash_attend(q, k, v, causal, dropout_p, name, scale)
     if name == "flash" and q.size(-1) == v.size(-1):
-        from flash_attn import flash_attn_func   # takes (b, t, h, d) and aligns the causal mask bottom-right
-        out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=dropout_p,
-                              softmax_scale=scale, causal=causal)
-        return out.transpose(1, 2)                                    # (b, h, t_q, d_v)
+        from flash_attn import flash_attn_func  # takes (b, t, h, d) and aligns the causal mask bottom-right
+
+        out = flash_attn_func(
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            dropout_p=dropout_p,
+            softmax_scale=scale,
+            causal=causal,
+        )
+        return out.transpose(1, 2)  # (b, h, t_q, d_v)
     n_rep = q.size(1) // k.size(1)
-    k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)                   # (b, h, t_k, d)
-    if name == "manual": return manual_attention(q, k, v, causal, scale, dropout_p)[0]
+    k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)  # (b, h, t_k, d)
+    if name == "manual":
+        return manual_attention(q, k, v, causal, scale, dropout_p)[0]
     t_q, t_k = q.size(-2), k.size(-2)
-    if not causal or t_q == 1: mask, is_causal = None, False          # one new query sees every cached key
-    elif t_q == t_k: mask, is_causal = None, True
-    else: mask, is_causal = causal_mask(t_q, t_k, q.device), False    # bottom-right, not SDPA's top-left
+    if not causal or t_q == 1:
+        mask, is_causal = None, False  # one new query sees every cached key
+    elif t_q == t_k:
+        mask, is_causal = None, True
+    else:
+        mask, is_causal = causal_mask(t_q, t_k, q.device), False  # bottom-right, not SDPA's top-left
     with _sdpa_context(q):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale)
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale
+        )
 
 # %% ../nbs/05_attention.ipynb #d0ed995c
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     "(b, t, C) -> (b, h, t, d) with d = C / h: head i holds features i*d to (i+1)*d - 1 of each token."
     # hint: cut each token's features into h consecutive groups of d, then move the head axis in front of the time axis.
-    # hint2: a view to (b, t, h, d) cuts each token's features into heads; swapping dims 1 and 2 then gives (b, h, t, d). A view straight to (b, h, t, d) has the right shape and mixes tokens into heads.
+    # hint2: a view to (b, t, h, d) cuts each token's features into heads; swapping dims 1 and 2 then gives (b, h, t,
+    #        d). A view straight to (b, h, t, d) has the right shape and mixes tokens into heads.
     # hint3: b, t, c = x.shape; return x.view(b, t, num_heads, c // num_heads).transpose(1, 2)
     b, t, c = x.shape
-    return x.view(b, t, num_heads, c // num_heads).transpose(1, 2)              # (b, h, t, d)
+    return x.view(b, t, num_heads, c // num_heads).transpose(1, 2)  # (b, h, t, d)
 
 # %% ../nbs/05_attention.ipynb #7cfc21ab
 def merge_heads(y: torch.Tensor) -> torch.Tensor:
     "(b, h, t, d) -> (b, t, h * d): the inverse of `split_heads`, each token's heads side by side again."
     # hint: move the head axis back behind the time axis, then join each token's heads into one row of features.
-    # hint2: swap dims 1 and 2 to get (b, t, h, d), then reshape (a view fails: the swapped tensor is not contiguous) to (b, t, h * d). Reshaping (b, h, t, d) directly has the right shape and mixes tokens.
+    # hint2: swap dims 1 and 2 to get (b, t, h, d), then reshape (a view fails: the swapped tensor is not contiguous) to
+    #        (b, t, h * d). Reshaping (b, h, t, d) directly has the right shape and mixes tokens.
     # hint3: b, h, t, d = y.shape; return y.transpose(1, 2).reshape(b, t, h * d)
     b, h, t, d = y.shape
-    return y.transpose(1, 2).reshape(b, t, h * d)                                # (b, t, C)
+    return y.transpose(1, 2).reshape(b, t, h * d)  # (b, t, C)
 
 # %% ../nbs/05_attention.ipynb #7f78f4f0
 class MultiHeadAttention(nn.Module):
     "Causal multi-head self-attention with a fused qkv projection (GPT-2 style): x (b, t, C) -> (b, t, C)."
+
     def __init__(self, embed_dim: int, num_heads: int, bias: bool = False, dropout: float = 0.0, backend: str = "auto"):
         super().__init__()
-        if embed_dim % num_heads: raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}: pick num_heads that divides it.")
+        if embed_dim % num_heads:
+            raise ValueError(
+                f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}: pick num_heads that divides it."
+            )
         self.num_heads, self.head_dim, self.dropout, self.backend = num_heads, embed_dim // num_heads, dropout, backend
         self.qkv = nn.Linear(embed_dim, 3 * embed_dim, bias=bias)
         self.o_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
@@ -132,4 +182,4 @@ class MultiHeadAttention(nn.Module):
         b, t, c = x.shape
         q, k, v = (split_heads(z, self.num_heads) for z in self.qkv(x).split(c, dim=-1))  # 3 x (b, h, t, d)
         y = attend(q, k, v, dropout_p=self.dropout if self.training else 0.0, backend=self.backend)  # (b, h, t, d)
-        return self.resid_drop(self.o_proj(merge_heads(y)))              # (b, t, C)
+        return self.resid_drop(self.o_proj(merge_heads(y)))  # (b, t, C)

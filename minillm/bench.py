@@ -22,20 +22,32 @@ __all__ = ['VARIANT_ARGS', 'ENGINE_MODES', 'ZERO_MODES', 'variant_config', 'trai
            'bench_moe']
 
 # %% ../nbs/95_bench.ipynb #64feb25e
-VARIANT_ARGS = {"mha": dict(attention="mha"), "gqa": dict(attention="gqa"), "mqa": dict(attention="mqa"), "mla": dict(attention="mla")}
+VARIANT_ARGS = {
+    "mha": dict(attention="mha"),
+    "gqa": dict(attention="gqa"),
+    "mqa": dict(attention="mqa"),
+    "mla": dict(attention="mla"),
+}
+
 
 def variant_config(name: str, variant: str, **overrides):
     "A preset with an attention variant (GQA uses num_heads // 4 KV heads, or 1)."
     kw = dict(VARIANT_ARGS[variant])
-    if variant == "gqa": kw["num_kv_heads"] = max(1, preset(name).num_heads // 4) if preset(name).num_heads % 4 == 0 else 1
+    if variant == "gqa":
+        kw["num_kv_heads"] = max(1, preset(name).num_heads // 4) if preset(name).num_heads % 4 == 0 else 1
     return preset(name, **kw, **overrides)
 
+
 def _sync(device):
-    if device.type == "cuda": torch.cuda.synchronize()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
 
 def _autocast(device, precision):
-    if device.type != "cuda" or precision == "fp32": return contextlib.nullcontext()
+    if device.type != "cuda" or precision == "fp32":
+        return contextlib.nullcontext()
     return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
 
 def train_throughput(config, device="cpu", precision="fp32", batch=8, seq_len=None, steps=3, warmup=2) -> dict:
     "Forward+backward tokens/s of one model (AdamW step included)."
@@ -45,19 +57,35 @@ def train_throughput(config, device="cpu", precision="fp32", batch=8, seq_len=No
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16" and device.type == "cuda")
     x = torch.randint(0, config.vocab_size, (batch, T + 1), device=device)
-    if device.type == "cuda": torch.cuda.reset_peak_memory_stats(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     for i in range(warmup + steps):
-        if i == warmup: _sync(device); t0 = time.perf_counter()
-        with _autocast(device, precision): loss = model(x[:, :-1], labels=x[:, 1:])[1]
-        scaler.scale(loss).backward(); scaler.step(opt); scaler.update(); opt.zero_grad(set_to_none=True)
-    _sync(device); dt = time.perf_counter() - t0
+        if i == warmup:
+            _sync(device)
+            t0 = time.perf_counter()
+        with _autocast(device, precision):
+            loss = model(x[:, :-1], labels=x[:, 1:])[1]
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+    _sync(device)
+    dt = time.perf_counter() - t0
     tps = batch * T * steps / dt
-    out = dict(tokens_per_s=tps, step_s=dt / steps, batch=batch, seq_len=T, params=model.num_params(), flops_per_token=flops_per_token(config, T))
+    out = dict(
+        tokens_per_s=tps,
+        step_s=dt / steps,
+        batch=batch,
+        seq_len=T,
+        params=model.num_params(),
+        flops_per_token=flops_per_token(config, T),
+    )
     if device.type == "cuda":
         peak = peak_flops(torch.cuda.get_device_name(device), precision)
         out["mfu"] = tps * out["flops_per_token"] / peak if peak else None
         out["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     return out
+
 
 @torch.no_grad()
 def generate_throughput(config, device="cpu", precision="fp32", prompt_len=None, new_tokens=64) -> dict:
@@ -66,19 +94,31 @@ def generate_throughput(config, device="cpu", precision="fp32", prompt_len=None,
     device = torch.device(device)
     seed_everything(0)
     model = MiniLLM(config).to(device).eval()
-    if device.type == "cuda" and precision != "fp32": model = model.to(torch.bfloat16 if precision == "bf16" else torch.float16)
+    if device.type == "cuda" and precision != "fp32":
+        model = model.to(torch.bfloat16 if precision == "bf16" else torch.float16)
     p = torch.randint(0, config.vocab_size, (1, prompt_len), device=device)
     out = {}
     for use_cache in (True, False):
-        model.generate(p, 4, temperature=0, use_cache=use_cache)                    # warm-up
-        _sync(device); t0 = time.perf_counter()
+        model.generate(p, 4, temperature=0, use_cache=use_cache)  # warm-up
+        _sync(device)
+        t0 = time.perf_counter()
         model.generate(p, new_tokens, temperature=0, use_cache=use_cache)
-        _sync(device); out["cached" if use_cache else "uncached"] = new_tokens / (time.perf_counter() - t0)
+        _sync(device)
+        out["cached" if use_cache else "uncached"] = new_tokens / (time.perf_counter() - t0)
     return {"tokens_per_s": out, "prompt_len": prompt_len, "new_tokens": new_tokens}
 
 # %% ../nbs/95_bench.ipynb #2c238821
-def bench_model(presets=("demo", "tiny"), variants=("mha", "gqa", "mqa", "mla"), backends=("manual", "sdpa"),
-                device=None, batch=8, seq_len=None, steps=3, new_tokens=64, log=print) -> dict:
+def bench_model(
+    presets=("demo", "tiny"),
+    variants=("mha", "gqa", "mqa", "mla"),
+    backends=("manual", "sdpa"),
+    device=None,
+    batch=8,
+    seq_len=None,
+    steps=3,
+    new_tokens=64,
+    log=print,
+) -> dict:
     "Train and generation throughput for each preset x variant x backend."
     hw = detect_hardware()
     device = device or hw.device
@@ -88,69 +128,140 @@ def bench_model(presets=("demo", "tiny"), variants=("mha", "gqa", "mqa", "mla"),
         for variant in variants:
             for backend in backends:
                 cfg = variant_config(name, variant, backend=backend)
-                r = dict(preset=name, variant=variant, backend=backend,
-                         train=train_throughput(cfg, device, precision, batch, seq_len, steps),
-                         generate=generate_throughput(cfg, device, precision, new_tokens=new_tokens))
+                r = dict(
+                    preset=name,
+                    variant=variant,
+                    backend=backend,
+                    train=train_throughput(cfg, device, precision, batch, seq_len, steps),
+                    generate=generate_throughput(cfg, device, precision, new_tokens=new_tokens),
+                )
                 results["runs"].append(r)
                 t, g = r["train"], r["generate"]["tokens_per_s"]
                 mfu = f"  MFU {t['mfu']:.1%}" if t.get("mfu") else ""
-                log(f"{name:6} {variant:4} {backend:6}  train {t['tokens_per_s']:>10,.0f} tok/s{mfu}  "
-                    f"generate {g['cached']:>7,.1f} tok/s cached, {g['uncached']:>7,.1f} uncached")
+                log(
+                    f"{name:6} {variant:4} {backend:6}  train {t['tokens_per_s']:>10,.0f} tok/s{mfu}  "
+                    f"generate {g['cached']:>7,.1f} tok/s cached, {g['uncached']:>7,.1f} uncached"
+                )
     return results
 
 # %% ../nbs/95_bench.ipynb #b8e4a16f
 def _builtin_text(n_chars: int) -> list[str]:
     from minillm.data import BuiltinCorpus, take_chars
+
     return take_chars(BuiltinCorpus().split("train"), n_chars)
 
-def bench_bpe(sizes_mb=(1, 10), vocabs=(1000, 8000), naive_mb: float = 1, naive_vocab: int = 1000, encode_mb: float = 1,
-              prepare_cmd: bool = True, workers: int | None = None, log=print) -> dict:
+
+def bench_bpe(
+    sizes_mb=(1, 10),
+    vocabs=(1000, 8000),
+    naive_mb: float = 1,
+    naive_vocab: int = 1000,
+    encode_mb: float = 1,
+    prepare_cmd: bool = True,
+    workers: int | None = None,
+    log=print,
+) -> dict:
     "Training and encoding speed of the from-scratch BPE (and SentencePiece), as a dict of figures."
     import subprocess, sys, tempfile
     from minillm.bpe import count_pretokens_parallel, train_incremental, train_naive, train_bpe
     from minillm.tokenizer import train_sentencepiece
+
     res = dict(benchmark="bpe", hardware=asdict(detect_hardware()), train=[], naive_vs_incremental={}, encode={})
     toks = {}
     for mb in sizes_mb:
         text = _builtin_text(int(mb * 1e6))
         for v in vocabs:
-            t0 = time.perf_counter(); toks[(mb, v)] = train_bpe(text, v, workers=workers); dt = time.perf_counter() - t0
-            res["train"].append(dict(mb=mb, vocab=v, seconds=dt)); log(f"bpe train {mb:>4} MB vocab {v:>5}: {dt:7.1f} s")
+            t0 = time.perf_counter()
+            toks[(mb, v)] = train_bpe(text, v, workers=workers)
+            dt = time.perf_counter() - t0
+            res["train"].append(dict(mb=mb, vocab=v, seconds=dt))
+            log(f"bpe train {mb:>4} MB vocab {v:>5}: {dt:7.1f} s")
     wc = count_pretokens_parallel(_builtin_text(int(naive_mb * 1e6)), workers=workers)
-    t0 = time.perf_counter(); inc = train_incremental(wc, naive_vocab - 257); t_inc = time.perf_counter() - t0
-    t0 = time.perf_counter(); nai = train_naive(wc, naive_vocab - 257); t_nai = time.perf_counter() - t0
-    res["naive_vs_incremental"] = dict(mb=naive_mb, vocab=naive_vocab, incremental_s=t_inc, naive_s=t_nai, speedup=t_nai / t_inc, identical=inc == nai)
-    log(f"merges on {naive_mb} MB, vocab {naive_vocab}: incremental {t_inc:.2f} s, naive {t_nai:.2f} s ({t_nai / t_inc:.1f}x), identical merges: {inc == nai}")
-    text = "".join(_builtin_text(int(encode_mb * 1e6))); nbytes = len(text.encode())
+    t0 = time.perf_counter()
+    inc = train_incremental(wc, naive_vocab - 257)
+    t_inc = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    nai = train_naive(wc, naive_vocab - 257)
+    t_nai = time.perf_counter() - t0
+    res["naive_vs_incremental"] = dict(
+        mb=naive_mb, vocab=naive_vocab, incremental_s=t_inc, naive_s=t_nai, speedup=t_nai / t_inc, identical=inc == nai
+    )
+    log(
+        f"merges on {naive_mb} MB, vocab {naive_vocab}: incremental {t_inc:.2f} s, naive {t_nai:.2f} s"
+        f" ({t_nai / t_inc:.1f}x), identical merges: {inc == nai}"
+    )
+    text = "".join(_builtin_text(int(encode_mb * 1e6)))
+    nbytes = len(text.encode())
     mb, v = sizes_mb[-1], vocabs[-1]
     sp = train_sentencepiece(_builtin_text(int(mb * 1e6)), v, "bpe")
     for name, tok in [("bpe (from scratch)", toks[(mb, v)]), ("sentencepiece bpe", sp)]:
-        if hasattr(tok, "_cache"): tok._cache.clear()                       # cold cache: fair to the C++ encoder
-        t0 = time.perf_counter(); n = len(tok.encode(text)); dt = time.perf_counter() - t0
-        res["encode"][name] = dict(mb_per_s=nbytes / 1e6 / dt, tokens=n, vocab=v); log(f"encode {name:20}: {nbytes / 1e6 / dt:6.2f} MB/s ({n:,} tokens)")
+        if hasattr(tok, "_cache"):
+            tok._cache.clear()  # cold cache: fair to the C++ encoder
+        t0 = time.perf_counter()
+        n = len(tok.encode(text))
+        dt = time.perf_counter() - t0
+        res["encode"][name] = dict(mb_per_s=nbytes / 1e6 / dt, tokens=n, vocab=v)
+        log(f"encode {name:20}: {nbytes / 1e6 / dt:6.2f} MB/s ({n:,} tokens)")
     if prepare_cmd:
         with tempfile.TemporaryDirectory() as d:
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-c", "import sys; from minillm.cli import main; sys.exit(main(sys.argv[1:]))", "prepare",
-                            "--corpus", "builtin", "--out", d + "/builtin"], check=True, capture_output=True)
-            res["prepare_builtin_s"] = time.perf_counter() - t0; log(f"minillm prepare --corpus builtin: {res['prepare_builtin_s']:.1f} s")
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    "import sys; from minillm.cli import main; sys.exit(main(sys.argv[1:]))",
+                    "prepare",
+                    "--corpus",
+                    "builtin",
+                    "--out",
+                    d + "/builtin",
+                ],
+                check=True,
+                capture_output=True,
+            )
+            res["prepare_builtin_s"] = time.perf_counter() - t0
+            log(f"minillm prepare --corpus builtin: {res['prepare_builtin_s']:.1f} s")
     return res
 
 # %% ../nbs/95_bench.ipynb #d95e5ec7
-def bench_train(data: str, budgets=(60, 120, 300), compile_modes=(False, True), preset_name: str = "demo", out: str | None = None, log=print) -> dict:
+def bench_train(
+    data: str,
+    budgets=(60, 120, 300),
+    compile_modes=(False, True),
+    preset_name: str = "demo",
+    out: str | None = None,
+    log=print,
+) -> dict:
     "Tokens/s and val bits per byte after each training-time budget, per compile mode."
     import tempfile
     from minillm.train import TrainConfig, Trainer
+
     res = dict(benchmark="train", preset=preset_name, hardware=asdict(detect_hardware()), runs=[])
     for comp in compile_modes:
         for b in budgets:
             with tempfile.TemporaryDirectory() as d:
-                cfg = TrainConfig(data=data, out=out or d, time_budget=b, max_steps=1_000_000, eval_every=1_000_000, eval_batches=40, compile=comp)
-                t0 = time.perf_counter(); tr = Trainer(preset(preset_name), cfg, log=lambda *a: None); final = tr.fit(); wall = time.perf_counter() - t0
+                cfg = TrainConfig(
+                    data=data,
+                    out=out or d,
+                    time_budget=b,
+                    max_steps=1_000_000,
+                    eval_every=1_000_000,
+                    eval_batches=40,
+                    compile=comp,
+                )
+                t0 = time.perf_counter()
+                tr = Trainer(preset(preset_name), cfg, log=lambda *a: None)
+                final = tr.fit()
+                wall = time.perf_counter() - t0
             tokens = tr.step * cfg.micro_batch * tr.T * tr.accum * tr.d.world_size
-            r = dict(budget_s=b, compile=comp, steps=tr.step, tokens=tokens, wall_s=wall, tokens_per_s=tokens / wall, **final)
+            r = dict(
+                budget_s=b, compile=comp, steps=tr.step, tokens=tokens, wall_s=wall, tokens_per_s=tokens / wall, **final
+            )
             res["runs"].append(r)
-            log(f"{preset_name} budget {b:>4} s compile={comp!s:5}: {tr.step:>5} steps, {r['tokens_per_s']:>8,.0f} tok/s (wall, incl. eval/compile), val_bpb {final.get('val_bpb', float('nan')):.3f}")
+            log(
+                f"{preset_name} budget {b:>4} s compile={comp!s:5}: {tr.step:>5} steps, {r['tokens_per_s']:>8,.0f}"
+                f" tok/s (wall, incl. eval/compile), val_bpb {final.get('val_bpb', float('nan')):.3f}"
+            )
     return res
 
 # %% ../nbs/95_bench.ipynb #92856e74
@@ -159,169 +270,387 @@ def _steady_tokens_per_s(rows: list[dict], tokens_per_step: int, skip: int = 5) 
     a, b = rows[min(skip, len(rows) - 2)], rows[-1]
     return (b["step"] - a["step"]) * tokens_per_step / (b["elapsed_s"] - a["elapsed_s"])
 
-def bench_zero(data: str, procs: int = 2, steps: int = 30, preset_name: str = "demo", micro_batch: int = 8,
-               modes=("plain", "zero2"), precision: str = "auto", log=print) -> dict:
+
+def bench_zero(
+    data: str,
+    procs: int = 2,
+    steps: int = 30,
+    preset_name: str = "demo",
+    micro_batch: int = 8,
+    modes=("plain", "zero2"),
+    precision: str = "auto",
+    log=print,
+) -> dict:
     "Tokens/s (and peak GPU memory) of the plain trainer vs DeepSpeed ZeRO stages, `procs` processes each."
     import tempfile
     from pathlib import Path
     from minillm.ds import deepspeed_command, torchrun_command, run_training
     from minillm.model import preset as get_preset
-    res = dict(benchmark="zero", preset=preset_name, procs=procs, steps=steps, micro_batch=micro_batch, hardware=asdict(detect_hardware()), runs=[])
+
+    res = dict(
+        benchmark="zero",
+        preset=preset_name,
+        procs=procs,
+        steps=steps,
+        micro_batch=micro_batch,
+        hardware=asdict(detect_hardware()),
+        runs=[],
+    )
     T = get_preset(preset_name).max_seq_len
     with tempfile.TemporaryDirectory() as tmp:
         for mode in modes:
             out = Path(tmp) / mode
-            args = ["--data", data, "--out", str(out), "--preset", preset_name, "--micro-batch", str(micro_batch), "--max-steps", str(steps),
-                    "--eval-every", str(10 * steps), "--log-every", "1", "--sample-tokens", "0", "--precision", precision]
-            if mode == "plain": cmd = torchrun_command(args, procs)
+            args = [
+                "--data",
+                data,
+                "--out",
+                str(out),
+                "--preset",
+                preset_name,
+                "--micro-batch",
+                str(micro_batch),
+                "--max-steps",
+                str(steps),
+                "--eval-every",
+                str(10 * steps),
+                "--log-every",
+                "1",
+                "--sample-tokens",
+                "0",
+                "--precision",
+                precision,
+            ]
+            if mode == "plain":
+                cmd = torchrun_command(args, procs)
             else:
                 stage, _, offload = mode.removeprefix("zero").partition("-")
-                cmd = deepspeed_command([*args, "--deepspeed", "--zero-stage", stage] + (["--offload", offload] if offload else []), procs)
-            try: rows = run_training(cmd, out)
-            except RuntimeError as e: raise RuntimeError(f"bench zero: {mode} failed: {e}") from None
-            row = dict(mode=mode, tokens_per_s=_steady_tokens_per_s(rows, micro_batch * T * procs), final_loss=rows[-1]["loss"])
-            if "mem_gb" in rows[-1]: row["peak_mem_gb"] = max(x.get("mem_gb", 0) for x in rows)
+                cmd = deepspeed_command(
+                    [*args, "--deepspeed", "--zero-stage", stage] + (["--offload", offload] if offload else []), procs
+                )
+            try:
+                rows = run_training(cmd, out)
+            except RuntimeError as e:
+                raise RuntimeError(f"bench zero: {mode} failed: {e}") from None
+            row = dict(
+                mode=mode, tokens_per_s=_steady_tokens_per_s(rows, micro_batch * T * procs), final_loss=rows[-1]["loss"]
+            )
+            if "mem_gb" in rows[-1]:
+                row["peak_mem_gb"] = max(x.get("mem_gb", 0) for x in rows)
             res["runs"].append(row)
-            log(f"{mode:14} {row['tokens_per_s']:10,.0f} tok/s   loss {row['final_loss']:.4f}" + (f"   peak {row['peak_mem_gb']:.2f} GB" if "peak_mem_gb" in row else ""))
+            log(
+                f"{mode:14} {row['tokens_per_s']:10,.0f} tok/s   loss {row['final_loss']:.4f}"
+                + (f"   peak {row['peak_mem_gb']:.2f} GB" if "peak_mem_gb" in row else "")
+            )
     return res
+
+
 #| export
 def bench_main(argv: list[str] | None = None) -> int:
     "`minillm bench`: run a benchmark, print its figures, write them as JSON."
     from minillm.model import PRESETS
-    p = argparse.ArgumentParser(prog="minillm bench", description="Measure speed; print the figures and write them as JSON.")
+
+    p = argparse.ArgumentParser(
+        prog="minillm bench", description="Measure speed; print the figures and write them as JSON."
+    )
     sub = p.add_subparsers(dest="name", required=True)
-    m = sub.add_parser("model", help="forward+backward and generation throughput per preset, attention variant and backend")
-    m.add_argument("--presets", nargs="+", default=["demo", "tiny"], choices=list(PRESETS), help="model presets to time")
-    m.add_argument("--variants", nargs="+", default=list(VARIANT_ARGS), choices=list(VARIANT_ARGS), help="attention variants")
-    m.add_argument("--backends", nargs="+", default=["manual", "sdpa"], choices=["manual", "sdpa", "flash", "auto"], help="attention kernels")
+    m = sub.add_parser(
+        "model", help="forward+backward and generation throughput per preset, attention variant and backend"
+    )
+    m.add_argument(
+        "--presets", nargs="+", default=["demo", "tiny"], choices=list(PRESETS), help="model presets to time"
+    )
+    m.add_argument(
+        "--variants", nargs="+", default=list(VARIANT_ARGS), choices=list(VARIANT_ARGS), help="attention variants"
+    )
+    m.add_argument(
+        "--backends",
+        nargs="+",
+        default=["manual", "sdpa"],
+        choices=["manual", "sdpa", "flash", "auto"],
+        help="attention kernels",
+    )
     m.add_argument("--device", default=None, choices=["cpu", "cuda"], help="cpu or cuda (default: the best available)")
     m.add_argument("--batch", type=positive_int, default=8, help="sequences per step")
     m.add_argument("--seq-len", type=positive_int, default=None, help="default: the preset's max_seq_len")
     m.add_argument("--steps", type=positive_int, default=3, help="timed training steps (after 2 warm-up steps)")
     m.add_argument("--new-tokens", type=positive_int, default=64, help="tokens generated per timing")
     m.add_argument("--json", default="bench-model.json", help="where to write the figures")
-    b = sub.add_parser("bpe", help="BPE training (incremental vs naive) and encode throughput vs SentencePiece; prepare wall time")
-    b.add_argument("--sizes-mb", nargs="+", type=positive_float, default=[1, 10], help="MB of the built-in corpus to train on")
+    b = sub.add_parser(
+        "bpe", help="BPE training (incremental vs naive) and encode throughput vs SentencePiece; prepare wall time"
+    )
+    b.add_argument(
+        "--sizes-mb", nargs="+", type=positive_float, default=[1, 10], help="MB of the built-in corpus to train on"
+    )
     b.add_argument("--vocabs", nargs="+", type=_vocab, default=[1000, 8000], help="vocabulary sizes (>= 258)")
     b.add_argument("--workers", type=positive_int, default=None, help="processes for encoding (default: the cores)")
     b.add_argument("--no-prepare", action="store_true", help="skip timing `minillm prepare --corpus builtin`")
     b.add_argument("--json", default="bench-bpe.json", help="where to write the figures")
-    t = sub.add_parser("train", help="demo preset: tokens/s and val bits per byte after 1, 2, 5 minutes, with and without torch.compile")
+    t = sub.add_parser(
+        "train",
+        help="demo preset: tokens/s and val bits per byte after 1, 2, 5 minutes, with and without torch.compile",
+    )
     t.add_argument("--data", required=True, help="shards from `minillm prepare` (e.g. data/builtin-4096)")
-    t.add_argument("--budgets", nargs="+", type=positive_float, default=[60, 120, 300], help="seconds of training per run")
-    t.add_argument("--compile", nargs="+", default=["off", "on"], choices=["off", "on"], help="with and/or without torch.compile")
+    t.add_argument(
+        "--budgets", nargs="+", type=positive_float, default=[60, 120, 300], help="seconds of training per run"
+    )
+    t.add_argument(
+        "--compile", nargs="+", default=["off", "on"], choices=["off", "on"], help="with and/or without torch.compile"
+    )
     t.add_argument("--preset", default="demo", choices=list(PRESETS), help="model preset")
     t.add_argument("--json", default="bench-train.json", help="where to write the figures")
     z = sub.add_parser("zero", help="tokens/s (and GPU peak memory) of the plain trainer vs DeepSpeed ZeRO stages")
     z.add_argument("--data", required=True, help="shards from `minillm prepare`")
     z.add_argument("--procs", type=positive_int, default=None, help="processes (default: the GPUs, or 2 on a CPU)")
-    z.add_argument("--modes", nargs="+", default=None, choices=ZERO_MODES, help="plain, zero0..zero3, zero2-optimizer, zero3-all (default: plain zero2 on a CPU; plain zero0-3 on a GPU)")
-    z.add_argument("--steps", type=_min_steps, default=30, help="optimizer steps per mode (>= 7: tokens/s is timed after step 5)")
+    z.add_argument(
+        "--modes",
+        nargs="+",
+        default=None,
+        choices=ZERO_MODES,
+        help="plain, zero0..zero3, zero2-optimizer, zero3-all (default: plain zero2 on a CPU; plain zero0-3 on a GPU)",
+    )
+    z.add_argument(
+        "--steps", type=_min_steps, default=30, help="optimizer steps per mode (>= 7: tokens/s is timed after step 5)"
+    )
     z.add_argument("--preset", default="demo", choices=list(PRESETS), help="model preset")
     z.add_argument("--micro-batch", type=positive_int, default=8, help="sequences per process per step")
     z.add_argument("--json", default="bench-zero.json", help="where to write the figures")
-    g = sub.add_parser("engines", help="every trainer engine on N CPU processes: tokens/s, per-rank bytes and peak memory, bytes sent per step vs theory")
+    g = sub.add_parser(
+        "engines",
+        help=(
+            "every trainer engine on N CPU processes: tokens/s, per-rank bytes and peak memory, bytes sent per step vs"
+            " theory"
+        ),
+    )
     g.add_argument("--data", required=True, help="shards from `minillm prepare`")
-    g.add_argument("--engines", nargs="+", default=ENGINE_MODES, choices=ENGINE_MODES, help="engines to run (zero3-prefetch: zero3 with --prefetch)")
+    g.add_argument(
+        "--engines",
+        nargs="+",
+        default=ENGINE_MODES,
+        choices=ENGINE_MODES,
+        help="engines to run (zero3-prefetch: zero3 with --prefetch)",
+    )
     g.add_argument("--procs", type=positive_int, default=2, help="CPU processes")
-    g.add_argument("--steps", type=_min_steps, default=12, help="optimizer steps per engine (>= 7; tokens/s is timed after step 2)")
+    g.add_argument(
+        "--steps", type=_min_steps, default=12, help="optimizer steps per engine (>= 7; tokens/s is timed after step 2)"
+    )
     g.add_argument("--preset", default="demo", choices=list(PRESETS), help="model preset")
     g.add_argument("--micro-batch", type=positive_int, default=8, help="sequences per process per step")
     g.add_argument("--json", default="bench-engines.json", help="where to write the figures")
-    e = sub.add_parser("moe", help="moe preset (per balancing method) vs demo (equal active params) vs a dense model of equal total params")
+    e = sub.add_parser(
+        "moe",
+        help="moe preset (per balancing method) vs demo (equal active params) vs a dense model of equal total params",
+    )
     e.add_argument("--data", required=True, help="shards from `minillm prepare` (e.g. data/builtin-4096)")
     e.add_argument("--budget", type=positive_float, default=300, help="seconds of training per run")
-    e.add_argument("--balance", nargs="+", default=["none", "aux_loss", "aux_free"], choices=["none", "aux_loss", "aux_free"], help="MoE balancing methods to run")
+    e.add_argument(
+        "--balance",
+        nargs="+",
+        default=["none", "aux_loss", "aux_free"],
+        choices=["none", "aux_loss", "aux_free"],
+        help="MoE balancing methods to run",
+    )
     e.add_argument("--json", default="bench-moe.json", help="where to write the figures")
     args = p.parse_args(argv)
     if args.name == "zero":
         gpus = torch.cuda.device_count()
-        res = bench_zero(args.data, args.procs or gpus or 2, args.steps, args.preset, args.micro_batch,
-                         tuple(args.modes or (["plain", "zero0", "zero1", "zero2", "zero3"] if gpus else ["plain", "zero2"])))
-        write_json(args.json, res); print(f"wrote {args.json}"); return 0
+        res = bench_zero(
+            args.data,
+            args.procs or gpus or 2,
+            args.steps,
+            args.preset,
+            args.micro_batch,
+            tuple(args.modes or (["plain", "zero0", "zero1", "zero2", "zero3"] if gpus else ["plain", "zero2"])),
+        )
+        write_json(args.json, res)
+        print(f"wrote {args.json}")
+        return 0
     if args.name == "engines":
-        if args.procs > (os.cpu_count() or 1): raise ValueError(f"--procs {args.procs}: this machine has {os.cpu_count()} cores; use at most that")
+        if args.procs > (os.cpu_count() or 1):
+            raise ValueError(f"--procs {args.procs}: this machine has {os.cpu_count()} cores; use at most that")
         from pathlib import Path
         from minillm.data import verify_data
         from minillm.tokenizer import load_tokenizer
-        verify_data(args.data, load_tokenizer(Path(args.data) / "tokenizer"))   # a bad folder fails here, in one line, not in N ranks
+
+        verify_data(
+            args.data, load_tokenizer(Path(args.data) / "tokenizer")
+        )  # a bad folder fails here, in one line, not in N ranks
         res = bench_engines(args.data, tuple(args.engines), args.procs, args.steps, args.preset, args.micro_batch)
-        write_json(args.json, res); print(f"wrote {args.json}"); return 0
+        write_json(args.json, res)
+        print(f"wrote {args.json}")
+        return 0
     if args.name == "moe":
         res = bench_moe(args.data, args.budget, tuple(args.balance))
-        write_json(args.json, res); print(f"wrote {args.json}"); return 0
+        write_json(args.json, res)
+        print(f"wrote {args.json}")
+        return 0
     if args.name == "train":
         res = bench_train(args.data, tuple(args.budgets), tuple(c == "on" for c in args.compile), args.preset)
-        write_json(args.json, res); print(f"wrote {args.json}"); return 0
+        write_json(args.json, res)
+        print(f"wrote {args.json}")
+        return 0
     if args.name == "bpe":
         res = bench_bpe(tuple(args.sizes_mb), tuple(args.vocabs), workers=args.workers, prepare_cmd=not args.no_prepare)
-        write_json(args.json, res); print(f"wrote {args.json}"); return 0
-    res = bench_model(args.presets, args.variants, args.backends, args.device, args.batch, args.seq_len, args.steps, args.new_tokens)
+        write_json(args.json, res)
+        print(f"wrote {args.json}")
+        return 0
+    res = bench_model(
+        args.presets, args.variants, args.backends, args.device, args.batch, args.seq_len, args.steps, args.new_tokens
+    )
     write_json(args.json, res)
     print(f"wrote {args.json}")
     return 0
 
 # %% ../nbs/95_bench.ipynb #b9e05b23
-ENGINE_MODES = ["ddp", "ddp-scratch", "zero1", "zero2", "zero3", "zero3-prefetch", "fsdp", "deepspeed-1", "deepspeed-2", "deepspeed-3"]
+ENGINE_MODES = [
+    "ddp",
+    "ddp-scratch",
+    "zero1",
+    "zero2",
+    "zero3",
+    "zero3-prefetch",
+    "fsdp",
+    "deepspeed-1",
+    "deepspeed-2",
+    "deepspeed-3",
+]
 
-def _engine_rank(rank: int, world: int, data: str, mode: str, steps: int, preset_name: str, micro_batch: int, out: str) -> dict:
+
+def _engine_rank(
+    rank: int, world: int, data: str, mode: str, steps: int, preset_name: str, micro_batch: int, out: str
+) -> dict:
     "One rank of one engine's run: tokens/s after step 2, bytes sent in step 2, model-state bytes and peak RSS."
     import resource
     from minillm.train import Trainer, TrainConfig
     from minillm.zero import CommCounter, sent_per_step
+
     engine, prefetch = ("zero3", True) if mode == "zero3-prefetch" else (mode, False)
     engine, stage = ("deepspeed", int(mode[-1])) if mode.startswith("deepspeed-") else (engine, None)
-    cfg = TrainConfig(data=data, out=out, micro_batch=micro_batch, max_steps=steps, device="cpu", engine=engine, prefetch=prefetch, zero_stage=stage)
+    cfg = TrainConfig(
+        data=data,
+        out=out,
+        micro_batch=micro_batch,
+        max_steps=steps,
+        device="cpu",
+        engine=engine,
+        prefetch=prefetch,
+        zero_stage=stage,
+    )
     tr = Trainer(preset(preset_name), cfg, log=lambda *a, **k: None)
     losses, t1 = [], None
     for s in range(steps):
         if s == 1:
-            with CommCounter() as cc: losses.append(tr.train_step())
-        else: losses.append(tr.train_step())
-        if s == 1: t1 = time.perf_counter()
+            with CommCounter() as cc:
+                losses.append(tr.train_step())
+        else:
+            losses.append(tr.train_step())
+        if s == 1:
+            t1 = time.perf_counter()
     per_s = (steps - 2) * micro_batch * tr.T * world * tr.accum / (time.perf_counter() - t1)
-    loss_avg = 2 * (world - 1) * 4 // world                  # the trainer's own all-reduce of the step's loss (one fp32)
-    theory = sent_per_step(MiniLLM(tr.model_config), engine, world) + loss_avg if engine in ("ddp-scratch", "zero1", "zero2", "zero3") else None
-    return dict(tokens_per_s=per_s, sent=cc.total("payload"), theory=theory, bookkeeping=cc.total("bookkeeping"), rank_bytes=tr.engine.rank_bytes(),
-                peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, losses=losses, describe=tr.engine.describe())
+    loss_avg = 2 * (world - 1) * 4 // world  # the trainer's own all-reduce of the step's loss (one fp32)
+    theory = (
+        sent_per_step(MiniLLM(tr.model_config), engine, world) + loss_avg
+        if engine in ("ddp-scratch", "zero1", "zero2", "zero3")
+        else None
+    )
+    return dict(
+        tokens_per_s=per_s,
+        sent=cc.total("payload"),
+        theory=theory,
+        bookkeeping=cc.total("bookkeeping"),
+        rank_bytes=tr.engine.rank_bytes(),
+        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        losses=losses,
+        describe=tr.engine.describe(),
+    )
 
-def bench_engines(data: str, modes=tuple(ENGINE_MODES), world: int = 2, steps: int = 12, preset_name: str = "demo",
-                  micro_batch: int = 8, timeout: float = 900, log=print) -> dict:
-    "Each engine on `world` CPU processes: tokens/s, per-rank bytes and peak memory, bytes sent per step measured vs theory."
+
+def bench_engines(
+    data: str,
+    modes=tuple(ENGINE_MODES),
+    world: int = 2,
+    steps: int = 12,
+    preset_name: str = "demo",
+    micro_batch: int = 8,
+    timeout: float = 900,
+    log=print,
+) -> dict:
+    """Each engine on `world` CPU processes: tokens/s, per-rank bytes and peak memory, bytes sent per step measured vs
+    theory.
+    """
     import tempfile
     from minillm.zero import spawn
-    res = dict(benchmark="engines", preset=preset_name, world=world, steps=steps, micro_batch=micro_batch,
-               hardware=asdict(detect_hardware()), runs=[])
+
+    res = dict(
+        benchmark="engines",
+        preset=preset_name,
+        world=world,
+        steps=steps,
+        micro_batch=micro_batch,
+        hardware=asdict(detect_hardware()),
+        runs=[],
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for mode in modes:
-            ranks = spawn(_engine_rank, data, mode, steps, preset_name, micro_batch, f"{tmp}/{mode}", world=world, timeout=timeout)
-            theory = ranks[0]["theory"]                       # for the model the trainer built (its vocabulary is the data's)
-            row = dict(mode=mode, tokens_per_s=ranks[0]["tokens_per_s"], final_loss=ranks[0]["losses"][-1],
-                       sent_per_step=None if mode == "ddp" or mode.startswith("deepspeed") else ranks[0]["sent"], sent_theory=theory, bookkeeping=ranks[0]["bookkeeping"],
-                       rank_bytes=[r["rank_bytes"] for r in ranks], peak_rss_mb=[round(r["peak_rss_mb"], 1) for r in ranks])
+            ranks = spawn(
+                _engine_rank, data, mode, steps, preset_name, micro_batch, f"{tmp}/{mode}", world=world, timeout=timeout
+            )
+            theory = ranks[0]["theory"]  # for the model the trainer built (its vocabulary is the data's)
+            row = dict(
+                mode=mode,
+                tokens_per_s=ranks[0]["tokens_per_s"],
+                final_loss=ranks[0]["losses"][-1],
+                sent_per_step=None if mode == "ddp" or mode.startswith("deepspeed") else ranks[0]["sent"],
+                sent_theory=theory,
+                bookkeeping=ranks[0]["bookkeeping"],
+                rank_bytes=[r["rank_bytes"] for r in ranks],
+                peak_rss_mb=[round(r["peak_rss_mb"], 1) for r in ranks],
+            )
             res["runs"].append(row)
             b = row["rank_bytes"][0]
-            sent = "not counted (C++, or DeepSpeed's own comm)" if row["sent_per_step"] is None else f"{row['sent_per_step'] / 1e6:8.2f} MB sent" + (
-                f" (theory {theory / 1e6:.2f})" if theory is not None else "")
-            log(f"{mode:15} {row['tokens_per_s']:9,.0f} tok/s  loss {row['final_loss']:.4f}  rank 0: weights {b['params'] / 1e6:.2f} MB, "
-                f"optimizer {b['optimizer'] / 1e6:.2f} MB, peak RSS {row['peak_rss_mb'][0]:.0f} MB  {sent}")
+            sent = (
+                "not counted (C++, or DeepSpeed's own comm)"
+                if row["sent_per_step"] is None
+                else f"{row['sent_per_step'] / 1e6:8.2f} MB sent"
+                + (f" (theory {theory / 1e6:.2f})" if theory is not None else "")
+            )
+            log(
+                f"{mode:15} {row['tokens_per_s']:9,.0f} tok/s  loss {row['final_loss']:.4f}  rank 0: weights"
+                f" {b['params'] / 1e6:.2f} MB, optimizer {b['optimizer'] / 1e6:.2f} MB, peak RSS"
+                f" {row['peak_rss_mb'][0]:.0f} MB  {sent}"
+            )
     return res
 
 # %% ../nbs/95_bench.ipynb #8acd1327
 def dense_like_total(name: str = "moe", base: str = "demo", multiple_of: int = 64) -> tuple[int, int]:
-    "(ffn_hidden, total params) of `base` with the SwiGLU width whose total parameters are closest to preset `name`'s (meta device)."
+    """(ffn_hidden, total params) of `base` with the SwiGLU width whose total parameters are closest to preset `name`'s
+    (meta device).
+    """
     from minillm.model import MiniLLM, preset
+
     def total(**kw):
-        with torch.device("meta"): return MiniLLM(preset(**kw)).num_params("total")
+        with torch.device("meta"):
+            return MiniLLM(preset(**kw)).num_params("total")
+
     target, lo = total(name=name), total(name=base, ffn_hidden=multiple_of)
-    per = (total(name=base, ffn_hidden=2 * multiple_of) - lo) / multiple_of        # parameters per unit of hidden width
+    per = (total(name=base, ffn_hidden=2 * multiple_of) - lo) / multiple_of  # parameters per unit of hidden width
     h = max(multiple_of, multiple_of * round((multiple_of + (target - lo) / per) / multiple_of))
     return h, total(name=base, ffn_hidden=h)
 
-def bench_moe(data: str, budget: float = 300, balances=("none", "aux_loss", "aux_free"), out: str | None = None, eval_batches: int = 20, log=print) -> dict:
-    "The moe preset (per balancing method) vs demo (equal active params) vs a wide demo (equal total params), same time budget each."
+
+def bench_moe(
+    data: str,
+    budget: float = 300,
+    balances=("none", "aux_loss", "aux_free"),
+    out: str | None = None,
+    eval_batches: int = 20,
+    log=print,
+) -> dict:
+    """The moe preset (per balancing method) vs demo (equal active params) vs a wide demo (equal total params), same
+    time budget each.
+    """
     import tempfile
     from minillm.train import TrainConfig, Trainer
+
     h, _ = dense_like_total("moe", "demo")
     runs = [(f"moe balance={b}", "moe", dict(balance=b)) for b in balances]
     runs += [("demo (equal active)", "demo", {}), (f"demo ffn_hidden={h} (equal total)", "demo", dict(ffn_hidden=h))]
@@ -329,31 +658,57 @@ def bench_moe(data: str, budget: float = 300, balances=("none", "aux_loss", "aux
     for label, name, kw in runs:
         rows = []
         with tempfile.TemporaryDirectory() as d:
-            cfg = TrainConfig(data=data, out=out or d, time_budget=budget, max_steps=1_000_000, eval_every=10**6, eval_batches=eval_batches, log_every=1)
-            tr = Trainer(preset(name, **kw), cfg, log=lambda *a: None, callbacks=[rows.append]); final = tr.fit()
-            if "val_loss" not in final: final = tr.evaluate()     # a budget shorter than the first steps ends before the schedule's last step
+            cfg = TrainConfig(
+                data=data,
+                out=out or d,
+                time_budget=budget,
+                max_steps=1_000_000,
+                eval_every=10**6,
+                eval_batches=eval_batches,
+                log_every=1,
+            )
+            tr = Trainer(preset(name, **kw), cfg, log=lambda *a: None, callbacks=[rows.append])
+            final = tr.fit()
+            if "val_loss" not in final:
+                final = tr.evaluate()  # a budget shorter than the first steps ends before the schedule's last step
         step_tokens = cfg.micro_batch * tr.T * tr.accum * tr.d.world_size
         tps = _steady_tokens_per_s(rows, step_tokens) if len(rows) > 1 else rows[-1]["tokens_per_s"]
-        r = dict(run=label, preset=name, overrides=kw, steps=tr.step, tokens_per_s=tps, val_bpb=final.get("val_bpb"),
-                 total_params=tr.raw.num_params("total"), active_params=tr.raw.num_params("active"))
+        r = dict(
+            run=label,
+            preset=name,
+            overrides=kw,
+            steps=tr.step,
+            tokens_per_s=tps,
+            val_bpb=final.get("val_bpb"),
+            total_params=tr.raw.num_params("total"),
+            active_params=tr.raw.num_params("active"),
+        )
         if "moe_maxvio" in rows[-1]:
             tail = [x["moe_maxvio"] for x in rows[-50:]]
             r.update(maxvio_run=rows[-1]["moe_maxvio_run"], maxvio_last50=sum(tail) / len(tail))
         res["runs"].append(r)
         mv = f"  MaxVio run {r['maxvio_run']:.2f}, last 50 {r['maxvio_last50']:.2f}" if "maxvio_run" in r else ""
-        log(f"{label:34} {r['steps']:>6} steps {tps:>9,.0f} tok/s  val_bpb {r['val_bpb']:.3f}  "
-            f"params {r['total_params'] / 1e6:.2f}M total, {r['active_params'] / 1e6:.2f}M active{mv}")
+        log(
+            f"{label:34} {r['steps']:>6} steps {tps:>9,.0f} tok/s  val_bpb {r['val_bpb']:.3f}  "
+            f"params {r['total_params'] / 1e6:.2f}M total, {r['active_params'] / 1e6:.2f}M active{mv}"
+        )
     return res
 
 # %% ../nbs/95_bench.ipynb #f3b39116
 ZERO_MODES = ["plain", "zero0", "zero1", "zero2", "zero3", "zero2-optimizer", "zero3-optimizer", "zero3-all"]
 
+
 def _vocab(s: str) -> int:
     v = positive_int(s)
-    if v < 258: raise argparse.ArgumentTypeError(f"{s!r}: a BPE vocabulary needs at least 258 entries (256 bytes, one special, one merge)")
+    if v < 258:
+        raise argparse.ArgumentTypeError(
+            f"{s!r}: a BPE vocabulary needs at least 258 entries (256 bytes, one special, one merge)"
+        )
     return v
+
 
 def _min_steps(s: str) -> int:
     v = positive_int(s)
-    if v < 7: raise argparse.ArgumentTypeError(f"{s!r}: use at least 7 (tokens/s is measured after step 5)")
+    if v < 7:
+        raise argparse.ArgumentTypeError(f"{s!r}: use at least 7 (tokens/s is measured after step 5)")
     return v

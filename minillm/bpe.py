@@ -14,7 +14,16 @@ from typing import Iterable, Iterator
 
 import regex
 
-from .data import EOT, Tokenizer, ignore_sigint, file_error, read_json_file, read_text_file, sigint_deferred, split_specials
+from minillm.data import (
+    EOT,
+    Tokenizer,
+    ignore_sigint,
+    file_error,
+    read_json_file,
+    read_text_file,
+    sigint_deferred,
+    split_specials,
+)
 from .utils import patch, write_atomic, write_json
 
 # %% auto #0
@@ -24,19 +33,29 @@ __all__ = ['PATTERNS', 'merge', 'count_pretokens', 'count_pretokens_parallel', '
 # %% ../nbs/03_bpe.ipynb #fd12ba69
 PATTERNS = {
     "gpt2": r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
-    "gpt4": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+""",
+    "gpt4": (  # one pattern, split over two lines
+        r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|"""
+        r"""\s*[\r\n]|\s+(?!\S)|\s+"""
+    ),
 }
 
 # %% ../nbs/03_bpe.ipynb #69fd0e93
 def merge(parts: list[bytes], pair: tuple[bytes, bytes]) -> list[bytes]:
     "Replace non-overlapping occurrences of `pair` in `parts` (scanning left to right) by pair[0] + pair[1]."
-    # hint: scan left to right; where the pair starts at the current position, emit its two parts joined and skip past both, otherwise emit the part and move on by one.
-    # hint2: walk an index with a while loop (the step is 1 or 2), and check that a next part exists before comparing; "aaa" with the pair (a, a) gives [aa, a], never [a, aa] or [aa, aa].
-    # hint3: if i + 1 < len(parts) and parts[i] == pair[0] and parts[i + 1] == pair[1]: out.append(pair[0] + pair[1]); i += 2
+    # hint: scan left to right; where the pair starts at the current position, emit its two parts joined and skip past
+    #       both, otherwise emit the part and move on by one.
+    # hint2: walk an index with a while loop (the step is 1 or 2), and check that a next part exists before comparing;
+    #        "aaa" with the pair (a, a) gives [aa, a], never [a, aa] or [aa, aa].
+    # hint3: if i + 1 < len(parts) and parts[i] == pair[0] and parts[i + 1] == pair[1]: out.append(pair[0] + pair[1]); i
+    #        += 2
     out, i = [], 0
     while i < len(parts):
-        if i + 1 < len(parts) and parts[i] == pair[0] and parts[i + 1] == pair[1]: out.append(pair[0] + pair[1]); i += 2
-        else: out.append(parts[i]); i += 1
+        if i + 1 < len(parts) and parts[i] == pair[0] and parts[i + 1] == pair[1]:
+            out.append(pair[0] + pair[1])
+            i += 2
+        else:
+            out.append(parts[i])
+            i += 1
     return out
 
 # %% ../nbs/03_bpe.ipynb #fe9452c5
@@ -45,50 +64,73 @@ def count_pretokens(texts: Iterable[str], pattern: str = "gpt2", specials: Itera
     pat, counts = regex.compile(PATTERNS.get(pattern, pattern)), Counter()
     for text in texts:
         for piece, special in split_specials(text, specials):
-            if not special: counts.update(pat.findall(piece))
+            if not special:
+                counts.update(pat.findall(piece))
     return Counter({w.encode("utf-8"): n for w, n in counts.items()})
 
-def _count_batch(args): return count_pretokens(*args)
 
-def count_pretokens_parallel(texts: Iterable[str], pattern: str = "gpt2", specials: Iterable[str] = (EOT,),
-                             workers: int | None = None, chunk_chars: int = 1 << 20) -> Counter:
+def _count_batch(args):
+    return count_pretokens(*args)
+
+
+def count_pretokens_parallel(
+    texts: Iterable[str],
+    pattern: str = "gpt2",
+    specials: Iterable[str] = (EOT,),
+    workers: int | None = None,
+    chunk_chars: int = 1 << 20,
+) -> Counter:
     "count_pretokens over chunks of about `chunk_chars` characters (cut at document boundaries) in worker processes."
     import minillm.bpe as m
+
     specials, workers = tuple(specials), workers or max(1, min(8, os.cpu_count() or 1))
+
     def chunks():
         buf, n = [], 0
         for t in texts:
-            buf.append(t); n += len(t)
-            if n >= chunk_chars: yield (buf, pattern, specials); buf, n = [], 0
-        if buf: yield (buf, pattern, specials)
+            buf.append(t)
+            n += len(t)
+            if n >= chunk_chars:
+                yield (buf, pattern, specials)
+                buf, n = [], 0
+        if buf:
+            yield (buf, pattern, specials)
+
     total = Counter()
     if workers == 1:
-        for c in chunks(): total.update(m._count_batch(c))
+        for c in chunks():
+            total.update(m._count_batch(c))
         return total
-    with sigint_deferred():                     # a Ctrl-C during the fork would be lost (swallowed in fork hooks)
+    with sigint_deferred():  # a Ctrl-C during the fork would be lost (swallowed in fork hooks)
         pool = mp.get_context("fork" if sys.platform == "linux" else "spawn").Pool(workers, initializer=ignore_sigint)
     with pool:
-        for c in pool.imap_unordered(m._count_batch, chunks()): total.update(c)
+        for c in pool.imap_unordered(m._count_batch, chunks()):
+            total.update(c)
     return total
 
 # %% ../nbs/03_bpe.ipynb #9ba9d698
 def count_pairs(words: dict[bytes, list[bytes]], word_counts: dict[bytes, int]) -> Counter:
     """How often each adjacent pair of parts occurs in the corpus: `words` maps each pre-token to its current parts,
     `word_counts` maps it to how often it occurs. Every adjacent position counts, overlapping ones included."""
-    # hint: for every pre-token, take each adjacent pair of its current parts and add the pre-token's count to that pair's total.
-    # hint2: a pre-token of n parts has n - 1 adjacent pairs (zip the parts with the parts shifted by one); count the parts, not the bytes of the pre-token.
+    # hint: for every pre-token, take each adjacent pair of its current parts and add the pre-token's count to that
+    #       pair's total.
+    # hint2: a pre-token of n parts has n - 1 adjacent pairs (zip the parts with the parts shifted by one); count the
+    #        parts, not the bytes of the pre-token.
     # hint3: for w, parts in words.items(): for pair in zip(parts, parts[1:]): counts[pair] += word_counts[w]
     counts = Counter()
     for w, parts in words.items():
-        for pair in zip(parts, parts[1:]): counts[pair] += word_counts[w]
+        for pair in zip(parts, parts[1:]):
+            counts[pair] += word_counts[w]
     return counts
 
 # %% ../nbs/03_bpe.ipynb #37d06d09
 def best_pair(counts: dict[tuple[bytes, bytes], int]) -> tuple[bytes, bytes]:
     """The most frequent pair in `counts`; among equally frequent pairs, the greatest as a (first, second) tuple of
     bytes, whatever order `counts` holds them in."""
-    # hint: rank the pairs by count first; among the pairs with the top count, return the one that compares greatest as a tuple.
-    # hint2: one max() over the items, with a key that is (count, pair): tuples compare item by item, so the pair only breaks ties; the joined bytes first + second would not.
+    # hint: rank the pairs by count first; among the pairs with the top count, return the one that compares greatest as
+    #       a tuple.
+    # hint2: one max() over the items, with a key that is (count, pair): tuples compare item by item, so the pair only
+    #        breaks ties; the joined bytes first + second would not.
     # hint3: max(counts.items(), key=lambda kv: (kv[1], kv[0]))[0]
     return max(counts.items(), key=lambda kv: (kv[1], kv[0]))[0]
 
@@ -99,7 +141,8 @@ def train_naive(word_counts: dict[bytes, int], num_merges: int) -> list[tuple[by
     merges = []
     for _ in range(num_merges):
         counts = count_pairs(words, word_counts)
-        if not counts: break
+        if not counts:
+            break
         pair = best_pair(counts)
         merges.append(pair)
         words = {w: merge(parts, pair) for w, parts in words.items()}
@@ -108,9 +151,15 @@ def train_naive(word_counts: dict[bytes, int], num_merges: int) -> list[tuple[by
 # %% ../nbs/03_bpe.ipynb #a0fee524
 class _Desc:
     "Wraps a pair so that the heap (a min-heap) surfaces the lexicographically greatest pair first among equal counts."
+
     __slots__ = ("pair",)
-    def __init__(self, pair): self.pair = pair
-    def __lt__(self, other): return self.pair > other.pair
+
+    def __init__(self, pair):
+        self.pair = pair
+
+    def __lt__(self, other):
+        return self.pair > other.pair
+
 
 def train_incremental(word_counts: dict[bytes, int], num_merges: int) -> list[tuple[bytes, bytes]]:
     "Merges equal to train_naive's, re-counting only the words each merge touches."
@@ -119,94 +168,136 @@ def train_incremental(word_counts: dict[bytes, int], num_merges: int) -> list[tu
     counts, where = Counter(), {}
     for i, parts in enumerate(words):
         for pair in zip(parts, parts[1:]):
-            counts[pair] += freq[i]; where.setdefault(pair, set()).add(i)
+            counts[pair] += freq[i]
+            where.setdefault(pair, set()).add(i)
     heap = [(-c, _Desc(p), p) for p, c in counts.items()]
     heapq.heapify(heap)
     merges = []
     while len(merges) < num_merges and heap:
         neg, _, pair = heapq.heappop(heap)
-        if counts.get(pair, 0) != -neg or neg == 0: continue                      # stale entry
+        if counts.get(pair, 0) != -neg or neg == 0:
+            continue  # stale entry
         merges.append(pair)
         changed = set()
         for i in where.pop(pair, ()):
             old = words[i]
             for p in zip(old, old[1:]):
-                counts[p] -= freq[i]; changed.add(p)
-                if p in where: where[p].discard(i)
+                counts[p] -= freq[i]
+                changed.add(p)
+                if p in where:
+                    where[p].discard(i)
             new = words[i] = merge(old, pair)
             for p in zip(new, new[1:]):
-                counts[p] += freq[i]; changed.add(p); where.setdefault(p, set()).add(i)
+                counts[p] += freq[i]
+                changed.add(p)
+                where.setdefault(p, set()).add(i)
         counts.pop(pair, None)
         for p in changed:
-            if counts.get(p, 0) > 0: heapq.heappush(heap, (-counts[p], _Desc(p), p))
-            else: counts.pop(p, None)
+            if counts.get(p, 0) > 0:
+                heapq.heappush(heap, (-counts[p], _Desc(p), p))
+            else:
+                counts.pop(p, None)
     return merges
 
 # %% ../nbs/03_bpe.ipynb #751e8554
 def encode_by_rank(word: bytes, ranks: dict[tuple[bytes, bytes], int]) -> list[bytes]:
     """`word` split into single bytes, then merged as training merged: repeatedly merge (every occurrence of) the
     adjacent pair with the lowest rank in `ranks`, until no adjacent pair has a rank. Returns the parts."""
-    # hint: start from the single bytes; each round, among the adjacent pairs that have a rank pick the one learned earliest and merge it everywhere, and stop when no adjacent pair has a rank.
-    # hint2: a pair missing from `ranks` was never learned (rank it as infinity); the leftmost learned pair, or the last learned, is the wrong pick; `merge` does one round.
-    # hint3: while len(parts) > 1: rank, pair = min((ranks.get(p, float("inf")), p) for p in zip(parts, parts[1:])); stop when rank is infinite, else parts = merge(parts, pair)
+    # hint: start from the single bytes; each round, among the adjacent pairs that have a rank pick the one learned
+    #       earliest and merge it everywhere, and stop when no adjacent pair has a rank.
+    # hint2: a pair missing from `ranks` was never learned (rank it as infinity); the leftmost learned pair, or the last
+    #        learned, is the wrong pick; `merge` does one round.
+    # hint3: while len(parts) > 1: rank, pair = min((ranks.get(p, float("inf")), p) for p in zip(parts, parts[1:]));
+    #        stop when rank is infinite, else parts = merge(parts, pair)
     parts = [bytes([b]) for b in word]
     while len(parts) > 1:
         rank, pair = min((ranks.get(p, float("inf")), p) for p in zip(parts, parts[1:]))
-        if rank == float("inf"): break
+        if rank == float("inf"):
+            break
         parts = merge(parts, pair)
     return parts
 
 # %% ../nbs/03_bpe.ipynb #ccf27215
 def bytes_to_unicode() -> dict[int, str]:
     "GPT-2's table: printable bytes map to themselves, the others to unused code points from 256 on."
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    keep = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars, n = keep[:], 0
     for b in range(256):
-        if b not in keep: keep.append(b); chars.append(256 + n); n += 1
+        if b not in keep:
+            keep.append(b)
+            chars.append(256 + n)
+            n += 1
     return dict(zip(keep, map(chr, chars)))
+
 
 _B2U = bytes_to_unicode()
 _U2B = {v: k for k, v in _B2U.items()}
-def _show(b: bytes) -> str: return "".join(_B2U[x] for x in b)
-def _unshow(s: str) -> bytes: return bytes(_U2B[c] for c in s)
+
+
+def _show(b: bytes) -> str:
+    return "".join(_B2U[x] for x in b)
+
+
+def _unshow(s: str) -> bytes:
+    return bytes(_U2B[c] for c in s)
 
 # %% ../nbs/03_bpe.ipynb #72fc5645
 class BPETokenizer(Tokenizer):
     "Byte-level BPE: regex pre-tokenisation, merges by rank, special tokens never split."
+
     kind = "bpe"
-    def __init__(self, merges: list[tuple[bytes, bytes]], special_tokens: Iterable[str] | dict[str, int] = (EOT,),
-                 pattern: str = "gpt2", vocab: dict[int, bytes] | None = None):
+
+    def __init__(
+        self,
+        merges: list[tuple[bytes, bytes]],
+        special_tokens: Iterable[str] | dict[str, int] = (EOT,),
+        pattern: str = "gpt2",
+        vocab: dict[int, bytes] | None = None,
+    ):
         self.merges, self.pattern = list(merges), pattern
         self._pat = regex.compile(PATTERNS.get(pattern, pattern))
-        if vocab is None:                                                           # our layout: bytes, merges, specials
+        if vocab is None:  # our layout: bytes, merges, specials
             vocab = {i: bytes([i]) for i in range(256)}
-            for a, b in self.merges: vocab[len(vocab)] = a + b
+            for a, b in self.merges:
+                vocab[len(vocab)] = a + b
         self.vocab = dict(vocab)
         if not isinstance(special_tokens, dict):
-            special_tokens = {s: next(i for i, v in self.vocab.items() if v == s.encode()) if s.encode() in self.vocab.values()
-                              else len(self.vocab) + k for k, s in enumerate(special_tokens)}
+            special_tokens = {
+                s: next(i for i, v in self.vocab.items() if v == s.encode())
+                if s.encode() in self.vocab.values()
+                else len(self.vocab) + k
+                for k, s in enumerate(special_tokens)
+            }
         self.special_tokens = dict(special_tokens)
         self.token_id = {v: i for i, v in self.vocab.items()}
-        for s, i in self.special_tokens.items(): self.vocab[i] = s.encode()
+        for s, i in self.special_tokens.items():
+            self.vocab[i] = s.encode()
         self.ranks = {pair: r for r, pair in enumerate(self.merges)}
         self._cache: dict[str, list[int]] = {}
 
     @property
-    def vocab_size(self): return len(self.vocab)
+    def vocab_size(self):
+        return len(self.vocab)
 
     def _encode_word(self, word: str) -> list[int]:
-        if (ids := self._cache.get(word)) is not None: return ids
+        if (ids := self._cache.get(word)) is not None:
+            return ids
         ids = [self.token_id[p] for p in encode_by_rank(word.encode("utf-8"), self.ranks)]
-        if len(self._cache) > 200_000: self._cache.clear()                        # bounded memory
+        if len(self._cache) > 200_000:
+            self._cache.clear()  # bounded memory
         self._cache[word] = ids
         return ids
 
     def encode(self, text: str) -> list[int]:
         ids = []
         for piece, special in split_specials(text, self.special_tokens):
-            if special: ids.append(self.special_tokens[piece])
+            if special:
+                ids.append(self.special_tokens[piece])
             else:
-                for w in self._pat.findall(piece): ids += self._encode_word(w)
+                for w in self._pat.findall(piece):
+                    ids += self._encode_word(w)
         return ids
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -215,25 +306,32 @@ class BPETokenizer(Tokenizer):
 # %% ../nbs/03_bpe.ipynb #3ef15d1a
 _WS = regex.compile(r"\s+")
 
+
 @patch
 def _stream_step(self: BPETokenizer, buf: str) -> tuple[list[int], int]:
     "(ids, characters consumed) for the longest prefix of `buf` whose tokens no text that follows can change."
-    limit = len(buf) - max(map(len, self.special_tokens), default=1) + 1   # a special may still start here or later
+    limit = len(buf) - max(map(len, self.special_tokens), default=1) + 1  # a special may still start here or later
     ids, pos = [], 0
     for piece, special in split_specials(buf, self.special_tokens):
-        if pos >= limit: break
+        if pos >= limit:
+            break
         start, end = pos, pos + len(piece)
-        if special: ids.append(self.special_tokens[piece])
-        elif end < limit:                                    # text closed by a special token: all of it is settled
-            for w in self._pat.findall(piece): ids += self._encode_word(w)
-        else:                                                # the open end: keep the pre-tokens whose decision is made
-            for m in (self._pat.finditer(piece) if self._stream_safe else ()):
-                ws = _WS.match(piece, m.start())             # a run of spaces is read to its end (and one character on)
-                if max(m.start() + 2, m.end(), ws.end() if ws else 0) >= limit - start: break
-                ids += self._encode_word(m.group()); pos = start + m.end()
+        if special:
+            ids.append(self.special_tokens[piece])
+        elif end < limit:  # text closed by a special token: all of it is settled
+            for w in self._pat.findall(piece):
+                ids += self._encode_word(w)
+        else:  # the open end: keep the pre-tokens whose decision is made
+            for m in self._pat.finditer(piece) if self._stream_safe else ():
+                ws = _WS.match(piece, m.start())  # a run of spaces is read to its end (and one character on)
+                if max(m.start() + 2, m.end(), ws.end() if ws else 0) >= limit - start:
+                    break
+                ids += self._encode_word(m.group())
+                pos = start + m.end()
             break
         pos = end
     return ids, pos
+
 
 @patch
 def encode_iterable(self: BPETokenizer, chunks: Iterable[str]) -> Iterator[int]:
@@ -242,33 +340,55 @@ def encode_iterable(self: BPETokenizer, chunks: Iterable[str]) -> Iterator[int]:
     for chunk in chunks:
         buf += chunk
         ids, used = self._stream_step(buf)
-        if used: yield from ids; buf = buf[used:]
-    if buf: yield from self.encode(buf)
+        if used:
+            yield from ids
+            buf = buf[used:]
+    if buf:
+        yield from self.encode(buf)
 
 
-BPETokenizer._stream_safe = property(lambda self: self._pat.pattern in PATTERNS.values())
+@patch(as_prop=True)
+def _stream_safe(self: BPETokenizer) -> bool:
+    "Whether the pattern is one of the shipped PATTERNS, whose lookahead `_settled` knows."
+    return self._pat.pattern in PATTERNS.values()
 
 # %% ../nbs/03_bpe.ipynb #0bfd5bad
-def _state(self: BPETokenizer) -> dict:
-    return dict(kind=self.kind, pattern=self.pattern, special_tokens=self.special_tokens,
-                merges=[f"{_show(a)} {_show(b)}" for a, b in self.merges])
+@patch
+def state(self: BPETokenizer) -> dict:
+    return dict(
+        kind=self.kind,
+        pattern=self.pattern,
+        special_tokens=self.special_tokens,
+        merges=[f"{_show(a)} {_show(b)}" for a, b in self.merges],
+    )
 
-def _save(self: BPETokenizer, path):
+
+@patch
+def save(self: BPETokenizer, path):
     "vocab.json and merges.txt in GPT-2's format, plus tokenizer.json (kind, pattern, special tokens)."
     path = Path(path)
     write_atomic(path / "merges.txt", "#version: 0.2\n" + "".join(f"{_show(a)} {_show(b)}\n" for a, b in self.merges))
-    write_json(path / "vocab.json", {(_show(v) if i not in self.special_tokens.values() else v.decode()): i for i, v in sorted(self.vocab.items())}, indent=0)
+    write_json(
+        path / "vocab.json",
+        {(_show(v) if i not in self.special_tokens.values() else v.decode()): i for i, v in sorted(self.vocab.items())},
+        indent=0,
+    )
     write_json(path / "tokenizer.json", dict(kind=self.kind, pattern=self.pattern, special_tokens=self.special_tokens))
 
+
 def _unshow_in(path, where: str, t: str) -> bytes:
-    try: return _unshow(t)
-    except KeyError: raise file_error(path, f"{where}: {t[:40]!r} is not a token in GPT-2's byte-to-character form") from None
+    try:
+        return _unshow(t)
+    except KeyError:
+        raise file_error(path, f"{where}: {t[:40]!r} is not a token in GPT-2's byte-to-character form") from None
+
 
 def _read_merges(path) -> list[tuple[bytes, bytes]]:
     merges = []
     for n, line in enumerate(read_text_file(path).split("\n"), 1):
         line = line.rstrip("\r")
-        if not line or line.startswith("#version"): continue
+        if not line or line.startswith("#version"):
+            continue
         parts = line.split(" ")
         if len(parts) != 2 or not all(parts):
             raise file_error(path, f"line {n}: {line[:60]!r} is not two tokens separated by one space")
@@ -278,59 +398,102 @@ def _read_merges(path) -> list[tuple[bytes, bytes]]:
 # %% ../nbs/03_bpe.ipynb #7abc85da
 def check_pattern(pattern, where, trust: bool = False) -> str:
     "`pattern` read from `where`: one of the shipped patterns (by name or exact text), unless you `trust` it."
-    if not isinstance(pattern, str): raise file_error(where, f"'pattern' must be a string, not {type(pattern).__name__}")
-    if trust or pattern in PATTERNS or pattern in PATTERNS.values(): return pattern
-    raise file_error(where, f"pattern {pattern[:60]!r} is not a shipped one ({', '.join(PATTERNS)}); a regex from a file is code "
-                            "the tokenizer runs on every text, so only those load (BPETokenizer.load(path, trust_pattern=True) takes yours)")
+    if not isinstance(pattern, str):
+        raise file_error(where, f"'pattern' must be a string, not {type(pattern).__name__}")
+    if trust or pattern in PATTERNS or pattern in PATTERNS.values():
+        return pattern
+    raise file_error(
+        where,
+        f"pattern {pattern[:60]!r} is not a shipped one ({', '.join(PATTERNS)}); a regex from a file is code "
+        "the tokenizer runs on every text, so only those load (BPETokenizer.load(path, trust_pattern=True) takes"
+        " yours)",
+    )
 
-@classmethod
-def _load(cls, path, trust_pattern: bool = False):
-    "The tokenizer saved in folder `path`; every file is checked (a pattern of your own loads only with `trust_pattern`)."
+
+@patch(cls_method=True)
+def load(cls: BPETokenizer, path, trust_pattern: bool = False):
+    """The tokenizer saved in folder `path`; every file is checked (a pattern of your own loads only with
+    `trust_pattern`).
+    """
     f = Path(path) / "tokenizer.json"
     meta = read_json_file(f)
     if not isinstance(meta, dict) or meta.get("kind") != "bpe":
-        raise file_error(f, f"holds a {meta.get('kind') if isinstance(meta, dict) else type(meta).__name__!r} tokenizer, not 'bpe'")
+        raise file_error(
+            f, f"holds a {meta.get('kind') if isinstance(meta, dict) else type(meta).__name__!r} tokenizer, not 'bpe'"
+        )
     specials = meta.get("special_tokens", {})
-    if not isinstance(specials, dict) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in specials.values()):
+    if not isinstance(specials, dict) or not all(
+        isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in specials.values()
+    ):
         raise file_error(f, "'special_tokens' must map each token's text to its id (an integer >= 0)")
-    return cls.from_gpt2(Path(path) / "vocab.json", Path(path) / "merges.txt", specials, check_pattern(meta.get("pattern", "gpt2"), f, trust_pattern))
+    return cls.from_gpt2(
+        Path(path) / "vocab.json",
+        Path(path) / "merges.txt",
+        specials,
+        check_pattern(meta.get("pattern", "gpt2"), f, trust_pattern),
+    )
 
-@classmethod
-def _from_gpt2(cls, vocab_json, merges_txt, special_tokens: Iterable[str] | dict = (EOT,), pattern: str = "gpt2"):
-    "A tokenizer from GPT-2-format files (vocab.json maps shown tokens to ids; merges.txt lists merges by rank), checked."
+
+@patch(cls_method=True)
+def from_gpt2(
+    cls: BPETokenizer, vocab_json, merges_txt, special_tokens: Iterable[str] | dict = (EOT,), pattern: str = "gpt2"
+):
+    """A tokenizer from GPT-2-format files (vocab.json maps shown tokens to ids; merges.txt lists merges by rank),
+    checked.
+    """
     raw = read_json_file(vocab_json)
     if not isinstance(raw, dict) or not all(isinstance(i, int) and not isinstance(i, bool) for i in raw.values()):
         raise file_error(vocab_json, "not a vocabulary (a JSON object mapping each token to its integer id)")
-    specials = dict(special_tokens) if isinstance(special_tokens, dict) else {s: raw[s] for s in special_tokens if s in raw}
+    specials = (
+        dict(special_tokens) if isinstance(special_tokens, dict) else {s: raw[s] for s in special_tokens if s in raw}
+    )
     if bad := [s for s, i in specials.items() if s in raw and raw[s] != i]:
-        raise file_error(vocab_json, f"special token {bad[0]!r} has id {raw[bad[0]]}, but tokenizer.json says {specials[bad[0]]}")
+        raise file_error(
+            vocab_json, f"special token {bad[0]!r} has id {raw[bad[0]]}, but tokenizer.json says {specials[bad[0]]}"
+        )
     vocab = {i: _unshow_in(vocab_json, "token", t) for t, i in raw.items() if t not in specials}
     merges, have = _read_merges(merges_txt), set(vocab.values())
     if missing := [b for b in range(256) if bytes([b]) not in have]:
         raise file_error(vocab_json, f"byte {missing[0]} has no token (a byte-level vocabulary holds all 256)")
     for n, (a, b) in enumerate(merges, 1):
         if not {a, b, a + b} <= have:
-            raise file_error(merges_txt, f"merge {n} ({_show(a)} {_show(b)}) does not match {Path(vocab_json).name}, which lacks "
-                                         f"{_show(next(x for x in (a, b, a + b) if x not in have))!r}")
+            raise file_error(
+                merges_txt,
+                f"merge {n} ({_show(a)} {_show(b)}) does not match {Path(vocab_json).name}, which lacks "
+                f"{_show(next(x for x in (a, b, a + b) if x not in have))!r}",
+            )
     ids = sorted([*vocab, *specials.values()])
     if ids != list(range(len(ids))):
-        raise file_error(vocab_json, f"the ids are not 0..{len(ids) - 1}, each once (the vocabulary and its special tokens)")
+        raise file_error(
+            vocab_json, f"the ids are not 0..{len(ids) - 1}, each once (the vocabulary and its special tokens)"
+        )
     return cls(merges, specials, pattern, vocab)
 
-BPETokenizer.state, BPETokenizer.save, BPETokenizer.load, BPETokenizer.from_gpt2 = _state, _save, _load, _from_gpt2
-
 # %% ../nbs/03_bpe.ipynb #e2a284ed
-def train_bpe(texts: Iterable[str], vocab_size: int, special_tokens: Iterable[str] = (EOT,), pattern: str = "gpt2",
-              workers: int | None = None, incremental: bool = True) -> BPETokenizer:
+def train_bpe(
+    texts: Iterable[str],
+    vocab_size: int,
+    special_tokens: Iterable[str] = (EOT,),
+    pattern: str = "gpt2",
+    workers: int | None = None,
+    incremental: bool = True,
+) -> BPETokenizer:
     "Learn vocab_size - 256 - len(special_tokens) merges from `texts`."
     special_tokens = list(special_tokens)
     floor = 256 + len(special_tokens)
     if vocab_size < floor + 1:
-        raise ValueError(f"vocab_size {vocab_size} leaves no room for merges: 256 bytes + {len(special_tokens)} special tokens; use at least {floor + 1}.")
+        raise ValueError(
+            f"vocab_size {vocab_size} leaves no room for merges: 256 bytes + {len(special_tokens)} special tokens; use"
+            f" at least {floor + 1}."
+        )
     counts = count_pretokens_parallel(texts, pattern, special_tokens, workers)
-    if not counts: raise ValueError("no text to train on: the corpus is empty.")
+    if not counts:
+        raise ValueError("no text to train on: the corpus is empty.")
     n = vocab_size - floor
     merges = (train_incremental if incremental else train_naive)(counts, n)
     if len(merges) < n:
-        raise ValueError(f"this text supports only {len(merges)} merges (vocab_size {floor + len(merges)}): use a smaller vocab_size or more text.")
+        raise ValueError(
+            f"this text supports only {len(merges)} merges (vocab_size {floor + len(merges)}): use a smaller vocab_size"
+            " or more text."
+        )
     return BPETokenizer(merges, special_tokens, pattern)

@@ -13,30 +13,44 @@ __all__ = ['rerun_and_backprop', 'replay_rng', 'Recompute', 'recompute', 'checkp
 
 # %% ../nbs/11_checkpointing.ipynb #5b3c15b6
 def rerun_and_backprop(fn, inputs, grads):
-    "Run fn(*inputs) again with gradients on, back-propagate `grads` (one per output) through it; return each input's gradient (None where it needs none)."
+    """Run fn(*inputs) again with gradients on, back-propagate `grads` (one per output) through it; return each input's
+    gradient (None where it needs none).
+    """
     # hint: rerun fn on detached copies of the inputs with gradients on, then backpropagate the incoming gradients
-    # hint2: this runs inside autograd's backward pass, where gradients are off and the saved inputs are still joined to the forward's graph: cut each input loose (keeping whether it requires grad) and turn gradients back on for the rerun. fn may return one tensor or a tuple.
-    # hint3: xs = [x.detach().requires_grad_(x.requires_grad) for x in inputs]; with torch.enable_grad(): out = fn(*xs); torch.autograd.backward(out if isinstance(out, tuple) else (out,), grads); return tuple(x.grad if x.requires_grad else None for x in xs)
+    # hint2: this runs inside autograd's backward pass, where gradients are off and the saved inputs are still joined to
+    #        the forward's graph: cut each input loose (keeping whether it requires grad) and turn gradients back on for
+    #        the rerun. fn may return one tensor or a tuple.
+    # hint3: xs = [x.detach().requires_grad_(x.requires_grad) for x in inputs]; with torch.enable_grad(): out = fn(*xs);
+    #        torch.autograd.backward(out if isinstance(out, tuple) else (out,), grads); return tuple(x.grad if
+    #        x.requires_grad else None for x in xs)
     xs = [x.detach().requires_grad_(x.requires_grad) for x in inputs]
-    with torch.enable_grad(): out = fn(*xs)
+    with torch.enable_grad():
+        out = fn(*xs)
     torch.autograd.backward(out if isinstance(out, (tuple, list)) else (out,), grads)
     return tuple(x.grad if x.requires_grad else None for x in xs)
 
 # %% ../nbs/11_checkpointing.ipynb #2a19db7f
 def replay_rng(cpu_state: torch.Tensor, cuda_state: torch.Tensor | None, fn, *args):
-    "fn(*args) drawing the forward's random numbers: torch's CPU generator (and the current CUDA device's, when `cuda_state` is given) set to the saved states during the call, then restored to the caller's."
-    # hint: remember the caller's generator states, install the saved ones, run fn, and put the caller's back even when fn raises; torch has a context manager that does the remembering and restoring.
-    # hint2: torch.random.fork_rng(devices=...) restores on exit the states of the CPU generator and of the CUDA devices listed; inside it, torch.set_rng_state and torch.cuda.set_rng_state install the saved ones.
-    # hint3: with torch.random.fork_rng(devices=[torch.cuda.current_device()] if cuda_state is not None else []): torch.set_rng_state(cpu_state); (torch.cuda.set_rng_state(cuda_state) when given); return fn(*args)
+    """fn(*args) drawing the forward's random numbers: torch's CPU generator (and the current CUDA device's, when
+    `cuda_state` is given) set to the saved states during the call, then restored to the caller's.
+    """
+    # hint: remember the caller's generator states, install the saved ones, run fn, and put the caller's back even when
+    #       fn raises; torch has a context manager that does the remembering and restoring.
+    # hint2: torch.random.fork_rng(devices=...) restores on exit the states of the CPU generator and of the CUDA devices
+    #        listed; inside it, torch.set_rng_state and torch.cuda.set_rng_state install the saved ones.
+    # hint3: with torch.random.fork_rng(devices=[torch.cuda.current_device()] if cuda_state is not None else []):
+    #        torch.set_rng_state(cpu_state); (torch.cuda.set_rng_state(cuda_state) when given); return fn(*args)
     devices = [torch.cuda.current_device()] if cuda_state is not None else []
     with torch.random.fork_rng(devices=devices):
         torch.set_rng_state(cpu_state)
-        if cuda_state is not None: torch.cuda.set_rng_state(cuda_state)
+        if cuda_state is not None:
+            torch.cuda.set_rng_state(cuda_state)
         return fn(*args)
 
 # %% ../nbs/11_checkpointing.ipynb #3dd59c50
 class Recompute(torch.autograd.Function):
     "y = fn(*args), storing only args; fn's activations are rebuilt in backward."
+
     @staticmethod
     def forward(ctx, fn, *args):
         ctx.fn = fn
@@ -46,14 +60,17 @@ class Recompute(torch.autograd.Function):
         ctx.autocast = (torch.is_autocast_enabled(dev.type), torch.get_autocast_dtype(dev.type))
         ctx.cpu_rng = torch.get_rng_state()
         ctx.cuda_rng = torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None
-        with torch.no_grad(): return fn(*args)
+        with torch.no_grad():
+            return fn(*args)
 
     @staticmethod
     def backward(ctx, *grads):
-        def rerun():                # the forward's autocast state; replay_rng gives it the forward's random numbers
+        def rerun():  # the forward's autocast state; replay_rng gives it the forward's random numbers
             with torch.autocast(ctx.device_type, dtype=ctx.autocast[1], enabled=ctx.autocast[0]):
-                return rerun_and_backprop(ctx.fn, ctx.saved_tensors, grads)   # fn's parameters accumulate their .grad
+                return rerun_and_backprop(ctx.fn, ctx.saved_tensors, grads)  # fn's parameters accumulate their .grad
+
         return (None, *replay_rng(ctx.cpu_rng, ctx.cuda_rng, rerun))
+
 
 def recompute(fn, *args):
     "Checkpoint `fn(*args)` with `Recompute` (the model's `checkpoint_fn` signature)."
@@ -62,13 +79,19 @@ def recompute(fn, *args):
 # %% ../nbs/11_checkpointing.ipynb #4327bf4d
 def checkpoint_functions() -> dict:
     "The checkpoint implementations this course uses, by name (DeepSpeed's only where it is installed)."
-    fns = {"recompute (from scratch)": recompute, "torch (non-reentrant)": None,
-           "torch (reentrant)": lambda f, *a: torch.utils.checkpoint.checkpoint(f, *a, use_reentrant=True)}
+    fns = {
+        "recompute (from scratch)": recompute,
+        "torch (non-reentrant)": None,
+        "torch (reentrant)": lambda f, *a: torch.utils.checkpoint.checkpoint(f, *a, use_reentrant=True),
+    }
     try:
         import deepspeed
+
         fns["deepspeed"] = deepspeed.checkpointing.checkpoint
-    except ImportError: pass
+    except ImportError:
+        pass
     return fns
+
 
 def grads_with(c: ModelConfig, mode, checkpoint_fn=None, layers: int | None = None, seed: int = 0, x=None):
     "Loss and parameter gradients of one forward/backward of MiniLLM(c) (same init and data for every call)."
@@ -76,23 +99,31 @@ def grads_with(c: ModelConfig, mode, checkpoint_fn=None, layers: int | None = No
     m = MiniLLM(c).train()
     m.activation_checkpointing, m.checkpoint_fn, m.checkpoint_layers = mode, checkpoint_fn, layers
     x = torch.randint(0, c.vocab_size, (2, 24)) if x is None else x
-    torch.manual_seed(seed + 1)                     # dropout's random numbers
-    loss = m(x, labels=x)[1]; loss.backward()
+    torch.manual_seed(seed + 1)  # dropout's random numbers
+    loss = m(x, labels=x)[1]
+    loss.backward()
     return loss.item(), {n: p.grad for n, p in m.named_parameters()}
 
 # %% ../nbs/11_checkpointing.ipynb #6f984617
-def step_time(c: ModelConfig, micro_batch: int, seq_len: int, mode, layers: int | None = None, reps: int = 5, device: str = "cpu") -> float:
-    "Fastest of `reps` timed forward + backward passes of MiniLLM(c) with `layers` blocks checkpointed (the minimum is the least noisy)."
+def step_time(
+    c: ModelConfig, micro_batch: int, seq_len: int, mode, layers: int | None = None, reps: int = 5, device: str = "cpu"
+) -> float:
+    """Fastest of `reps` timed forward + backward passes of MiniLLM(c) with `layers` blocks checkpointed (the minimum is
+    the least noisy).
+    """
     torch.manual_seed(0)
     m = MiniLLM(c).to(device).train()
     m.activation_checkpointing, m.checkpoint_layers = mode, layers
     x = torch.randint(0, c.vocab_size, (micro_batch, seq_len), device=device)
     times = []
     for _ in range(reps + 1):
-        t0 = time.perf_counter(); m(x, labels=x)[1].backward()
-        if device == "cuda": torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        m(x, labels=x)[1].backward()
+        if device == "cuda":
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     return min(times[1:])
+
 
 def tradeoff(c: ModelConfig, micro_batch: int, seq_len: int, backend: str = "sdpa", reps: int = 5) -> list[dict]:
     "Saved bytes (measured and formula) and step time for 0..L checkpointed blocks, full and attention."
@@ -100,27 +131,48 @@ def tradeoff(c: ModelConfig, micro_batch: int, seq_len: int, backend: str = "sdp
     rows = []
     for mode in ("attention", "full"):
         for k in range(c.num_layers + 1):
-            rows.append(dict(mode=mode, layers=k, backend=backend,
-                             measured=measured_activations(c, seq_len, micro_batch, "fp32", mode if k else "none", recompute, k),
-                             formula=activation_bytes(c, seq_len, micro_batch, device="cpu", checkpointing=mode if k else "none", checkpoint_layers=k),
-                             seconds=step_time(c, micro_batch, seq_len, mode if k else False, k, reps)))
+            rows.append(
+                dict(
+                    mode=mode,
+                    layers=k,
+                    backend=backend,
+                    measured=measured_activations(c, seq_len, micro_batch, "fp32", mode if k else "none", recompute, k),
+                    formula=activation_bytes(
+                        c, seq_len, micro_batch, device="cpu", checkpointing=mode if k else "none", checkpoint_layers=k
+                    ),
+                    seconds=step_time(c, micro_batch, seq_len, mode if k else False, k, reps),
+                )
+            )
     return rows
 
 # %% ../nbs/11_checkpointing.ipynb #f8d9ad27
 def blocks_to_checkpoint(saved: list[int], kept: list[int], budget: int) -> int | None:
-    "The fewest leading blocks (0..k-1) to checkpoint so the blocks save at most `budget` bytes; None if all of them are not enough."
-    # hint: try zero, one, two and more leading blocks checkpointed, up to every block: the first count whose total is within the budget (equal fits), or None when none is.
-    # hint2: with k leading blocks checkpointed the total is the kept bytes of blocks 0..k-1 plus the saved bytes of the others; k runs from 0 to len(saved), both included.
+    """The fewest leading blocks (0..k-1) to checkpoint so the blocks save at most `budget` bytes; None if all of them
+    are not enough.
+    """
+    # hint: try zero, one, two and more leading blocks checkpointed, up to every block: the first count whose total is
+    #       within the budget (equal fits), or None when none is.
+    # hint2: with k leading blocks checkpointed the total is the kept bytes of blocks 0..k-1 plus the saved bytes of the
+    #        others; k runs from 0 to len(saved), both included.
     # hint3: for k in range(len(saved) + 1): if sum(kept[:k]) + sum(saved[k:]) <= budget: return k; then return None
     for k in range(len(saved) + 1):
-        if sum(kept[:k]) + sum(saved[k:]) <= budget: return k
+        if sum(kept[:k]) + sum(saved[k:]) <= budget:
+            return k
     return None
 
 # %% ../nbs/11_checkpointing.ipynb #a735704a
-def checkpoint_layers_for(c: ModelConfig, seq_len: int, micro_batch: int, budget: int, mode: str = "full", **kw) -> int | None:
-    "The fewest leading blocks to checkpoint (`mode`) so one forward saves at most `budget` bytes by the memory lesson's formula; None if none fits."
+def checkpoint_layers_for(
+    c: ModelConfig, seq_len: int, micro_batch: int, budget: int, mode: str = "full", **kw
+) -> int | None:
+    """The fewest leading blocks to checkpoint (`mode`) so one forward saves at most `budget` bytes by the memory
+    lesson's formula; None if none fits.
+    """
+
     def per_block(ck):
         rows = activation_inventory(c, seq_len, micro_batch, checkpointing=ck, **kw)
-        return [sum(v for w, _, v in rows if w == f"layer {i}") for i in range(c.num_layers)], sum(v for w, _, v in rows if not w.startswith("layer "))
+        return [sum(v for w, _, v in rows if w == f"layer {i}") for i in range(c.num_layers)], sum(
+            v for w, _, v in rows if not w.startswith("layer ")
+        )
+
     (saved, rest), (kept, _) = per_block("none"), per_block(mode)
     return blocks_to_checkpoint(saved, kept, budget - rest)

@@ -11,33 +11,58 @@ __all__ = ['COMMANDS', 'usage', 'main']
 
 # %% ../nbs/91_cli.ipynb #c59b437a
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "env":     ("minillm.core", "env_main", "print what this machine can do, and the defaults chosen from it"),
-    "prepare": ("minillm.tokenizer", "prepare_main", "tokenise a corpus into token shards (train.bin, val.bin, meta.json, tokenizer/)"),
-    "train":   ("minillm.train", "train_main", "train a model on prepared shards (also under torchrun)"),
-    "sample":  ("minillm.train", "sample_main", "generate text from a trained run"),
-    "memory":  ("minillm.memory", "memory_main", "estimate training memory per GPU; recommend micro batch, ZeRO stage, offload, checkpointing"),
-    "bench":   ("minillm.bench", "bench_main", "measure speed (model: training and generation throughput) and write JSON"),
+    "env": ("minillm.core", "env_main", "print what this machine can do, and the defaults chosen from it"),
+    "prepare": (
+        "minillm.tokenizer",
+        "prepare_main",
+        "tokenise a corpus into token shards (train.bin, val.bin, meta.json, tokenizer/)",
+    ),
+    "train": ("minillm.train", "train_main", "train a model on prepared shards (also under torchrun)"),
+    "sample": ("minillm.train", "sample_main", "generate text from a trained run"),
+    "memory": (
+        "minillm.memory",
+        "memory_main",
+        "estimate training memory per GPU; recommend micro batch, ZeRO stage, offload, checkpointing",
+    ),
+    "bench": (
+        "minillm.bench",
+        "bench_main",
+        "measure speed (model: training and generation throughput) and write JSON",
+    ),
     "lessons": ("minillm.lessons", "lessons_main", "generate lessons/, lessons/README.md and README.md from nbs/"),
 }
+
 
 def usage() -> str:
     w = max(map(len, COMMANDS))
     cmds = "\n".join(f"  {k:<{w}}  {h}" for k, (_, _, h) in COMMANDS.items())
-    return ("usage: minillm <command> [options]\n\nA small LLM stack from scratch, from notebooks to DeepSpeed.\n\n"
-            f"commands:\n{cmds}\n\n`minillm <command> --help` shows a command's options. `minillm --version` prints the version.")
+    return (
+        "usage: minillm <command> [options]\n\nA small LLM stack from scratch, from notebooks to"
+        f" DeepSpeed.\n\ncommands:\n{cmds}\n\n`minillm <command> --help` shows a command's options. `minillm --version`"
+        " prints the version."
+    )
 
 # %% ../nbs/91_cli.ipynb #ca60a82e
 def main(argv: list[str] | None = None) -> int:
-    "Entry point of the `minillm` console script. A failure a user can fix prints one line (MINILLM_DEBUG=1: the traceback)."
+    """Entry point of the `minillm` console script. A failure a user can fix prints one line (MINILLM_DEBUG=1: the
+    traceback).
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(usage()); return 0 if argv else 2
+        print(usage())
+        return 0 if argv else 2
     if argv[0] in ("-V", "--version"):
         from minillm import __version__
-        print(f"minillm {__version__}"); return 0
+
+        print(f"minillm {__version__}")
+        return 0
     if argv[0] not in COMMANDS:
-        print(f"minillm: unknown command '{argv[0]}'. Commands: {', '.join(COMMANDS)}. See `minillm --help`.", file=sys.stderr)
+        print(
+            f"minillm: unknown command '{argv[0]}'. Commands: {', '.join(COMMANDS)}. See `minillm --help`.",
+            file=sys.stderr,
+        )
         return 2
     from minillm.utils import run_main
+
     module, func, _ = COMMANDS[argv[0]]
     return run_main(f"minillm {argv[0]}", lambda a: getattr(importlib.import_module(module), func)(a), argv[1:])

@@ -36,20 +36,26 @@ def fp16_tensor_cores(capability: tuple[int, int]) -> bool:
     "Does a GPU of this capability have fp16 tensor cores (Volta, 7.0, and newer)?"
     return tuple(capability) >= (7, 0)
 
+
 def choose_precision(device: str, capability: tuple[int, int] | None = None) -> tuple[str, str]:
     "The training precision for this hardware ('bf16', 'fp16' or 'fp32') and the reason, in words."
     if device == "cuda":
         cc = f"{capability[0]}.{capability[1]}"
-        if bf16_capable(capability): return "bf16", f"compute capability {cc} has native bf16: no loss scaling needed"
-        return "fp16", (f"compute capability {cc} has no native bf16 (torch.cuda.is_bf16_supported() may say True: "
-                        "that is emulation): fp16 with dynamic loss scaling")
+        if bf16_capable(capability):
+            return "bf16", f"compute capability {cc} has native bf16: no loss scaling needed"
+        return "fp16", (
+            f"compute capability {cc} has no native bf16 (torch.cuda.is_bf16_supported() may say True: "
+            "that is emulation): fp16 with dynamic loss scaling"
+        )
     return "fp32", f"{device.upper()}: fp32 (mixed precision pays off on GPUs, not here)"
 
 # %% ../nbs/01_core.ipynb #9efdcb55
 def tensor_bytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
     "Bytes a dense tensor of `shape` and `dtype` occupies: its number of elements times the bytes of one element."
-    # hint: multiply the sizes of all the dimensions together (an empty shape holds one element), then multiply by the bytes one element of the dtype takes.
-    # hint2: math.prod counts the elements (math.prod(()) is 1, a loop that starts from 0 is not); dtype.itemsize is the bytes of one element (torch.finfo(dtype).bits is bits, 8 times too many).
+    # hint: multiply the sizes of all the dimensions together (an empty shape holds one element), then multiply by the
+    #       bytes one element of the dtype takes.
+    # hint2: math.prod counts the elements (math.prod(()) is 1, a loop that starts from 0 is not); dtype.itemsize is the
+    #        bytes of one element (torch.finfo(dtype).bits is bits, 8 times too many).
     # hint3: return math.prod(shape) * dtype.itemsize
     return math.prod(shape) * dtype.itemsize
 
@@ -57,34 +63,58 @@ def tensor_bytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
 def sdpa_backends(device: str = "cpu", dtype: torch.dtype = torch.float32) -> list[str]:
     "The SDPA kernels that really run for (device, dtype): each is tried on a tiny causal problem."
     from torch.nn.attention import SDPBackend, sdpa_kernel
+
     q = torch.randn(1, 2, 16, 64, device=device, dtype=dtype)  # (b, h, t, d)
     found = []
     for name in ("flash", "efficient", "cudnn", "math"):
-        backend = getattr(SDPBackend, {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
-                                       "cudnn": "CUDNN_ATTENTION", "math": "MATH"}[name])
+        backend = getattr(
+            SDPBackend,
+            {
+                "flash": "FLASH_ATTENTION",
+                "efficient": "EFFICIENT_ATTENTION",
+                "cudnn": "CUDNN_ATTENTION",
+                "math": "MATH",
+            }[name],
+        )
         try:
             with warnings.catch_warnings(), sdpa_kernel(backend):
                 warnings.simplefilter("ignore")
                 F.scaled_dot_product_attention(q, q, q, is_causal=True)
             found.append(name)
-        except RuntimeError: pass
+        except RuntimeError:
+            pass
     return found
 
 # %% ../nbs/01_core.ipynb #d275d29e
-def flash_attn_status(device: str, capability: tuple[int, int] | None, dtype: torch.dtype) -> tuple[str | None, bool, str]:
+def flash_attn_status(
+    device: str, capability: tuple[int, int] | None, dtype: torch.dtype
+) -> tuple[str | None, bool, str]:
     "(installed version or None, usable here, why) for the flash-attn package."
-    try: version = importlib.metadata.version("flash-attn")
+    try:
+        version = importlib.metadata.version("flash-attn")
     except importlib.metadata.PackageNotFoundError:
         return None, False, "flash-attn not installed (optional: pip install 'minillm[flash]' on CUDA); SDPA is used"
-    if device != "cuda": return version, False, "flash-attn needs a CUDA GPU; SDPA is used"
+    if device != "cuda":
+        return version, False, "flash-attn needs a CUDA GPU; SDPA is used"
     if not bf16_capable(capability):
-        return version, False, f"flash-attn 2 needs compute capability >= 8.0 (this GPU: {capability[0]}.{capability[1]}); SDPA is used"
+        return (
+            version,
+            False,
+            f"flash-attn 2 needs compute capability >= 8.0 (this GPU: {capability[0]}.{capability[1]}); SDPA is used",
+        )
     try:
         from flash_attn import flash_attn_func
-        q = torch.randn(1, 16, 2, 64, device=device, dtype=dtype if dtype != torch.float32 else torch.float16)  # (b, t, h, d)
+
+        q = torch.randn(
+            1, 16, 2, 64, device=device, dtype=dtype if dtype != torch.float32 else torch.float16
+        )  # (b, t, h, d)
         flash_attn_func(q, q, q, causal=True)
     except Exception as e:
-        return version, False, f"flash-attn {version} is installed but failed here ({type(e).__name__}: {e}); SDPA is used"
+        return (
+            version,
+            False,
+            f"flash-attn {version} is installed but failed here ({type(e).__name__}: {e}); SDPA is used",
+        )
     return version, True, f"flash-attn {version} runs here"
 
 # %% ../nbs/01_core.ipynb #5df0acb5
@@ -92,44 +122,54 @@ def detect_platform(environ=None, modules=None) -> str:
     "'colab', 'kaggle' or 'local', from environment variables and loaded modules."
     environ = os.environ if environ is None else environ
     modules = sys.modules if modules is None else modules
-    if "google.colab" in modules or "COLAB_RELEASE_TAG" in environ or "COLAB_GPU" in environ: return "colab"
-    if "KAGGLE_KERNEL_RUN_TYPE" in environ or "KAGGLE_URL_BASE" in environ: return "kaggle"
+    if "google.colab" in modules or "COLAB_RELEASE_TAG" in environ or "COLAB_GPU" in environ:
+        return "colab"
+    if "KAGGLE_KERNEL_RUN_TYPE" in environ or "KAGGLE_URL_BASE" in environ:
+        return "kaggle"
     return "local"
 
 # %% ../nbs/01_core.ipynb #3a47159f
 @dataclass
 class HardwareInfo:
     "What this machine can do, and the defaults the course derives from it."
-    device: str                      # 'cuda', 'mps' or 'cpu'
-    device_count: int                # CUDA devices visible
+
+    device: str  # 'cuda', 'mps' or 'cpu'
+    device_count: int  # CUDA devices visible
     device_names: list[str]
     capabilities: list[tuple[int, int]]
     memory_gib: list[float]
-    bf16: bool                       # native bf16 on every GPU
+    bf16: bool  # native bf16 on every GPU
     fp16_tensor_cores: bool
-    precision: str                   # the training default: 'bf16', 'fp16' or 'fp32'
+    precision: str  # the training default: 'bf16', 'fp16' or 'fp32'
     precision_reason: str
-    sdpa: list[str]                  # SDPA kernels that run for (device, precision)
-    flash_attn: str | None           # flash-attn version, if installed
+    sdpa: list[str]  # SDPA kernels that run for (device, precision)
+    flash_attn: str | None  # flash-attn version, if installed
     flash_attn_usable: bool
     flash_attn_note: str
-    attention: str                   # the default backend: 'flash' or 'sdpa'
-    platform: str                    # 'colab', 'kaggle' or 'local'
-    cpu: str                         # CPU count and vector ISA
+    attention: str  # the default backend: 'flash' or 'sdpa'
+    platform: str  # 'colab', 'kaggle' or 'local'
+    cpu: str  # CPU count and vector ISA
     torch: str
     cuda: str | None
 
     def rows(self) -> list[tuple[str, str]]:
-        gpus = ", ".join(f"{n} (cc {c[0]}.{c[1]}, {m:.0f} GiB)" for n, c, m in zip(self.device_names, self.capabilities, self.memory_gib))
-        return [("device", f"{self.device} x{self.device_count}" if self.device == "cuda" else self.device),
-                ("GPUs", gpus or "none"),
-                ("native bf16", str(self.bf16)), ("fp16 tensor cores", str(self.fp16_tensor_cores)),
-                ("precision", f"{self.precision}: {self.precision_reason}"),
-                ("SDPA kernels", ", ".join(self.sdpa) or "none"),
-                ("flash-attn", self.flash_attn_note),
-                ("attention", self.attention),
-                ("platform", self.platform), ("CPU", self.cpu),
-                ("torch", f"{self.torch} (CUDA {self.cuda})" if self.cuda else self.torch)]
+        gpus = ", ".join(
+            f"{n} (cc {c[0]}.{c[1]}, {m:.0f} GiB)"
+            for n, c, m in zip(self.device_names, self.capabilities, self.memory_gib)
+        )
+        return [
+            ("device", f"{self.device} x{self.device_count}" if self.device == "cuda" else self.device),
+            ("GPUs", gpus or "none"),
+            ("native bf16", str(self.bf16)),
+            ("fp16 tensor cores", str(self.fp16_tensor_cores)),
+            ("precision", f"{self.precision}: {self.precision_reason}"),
+            ("SDPA kernels", ", ".join(self.sdpa) or "none"),
+            ("flash-attn", self.flash_attn_note),
+            ("attention", self.attention),
+            ("platform", self.platform),
+            ("CPU", self.cpu),
+            ("torch", f"{self.torch} (CUDA {self.cuda})" if self.cuda else self.torch),
+        ]
 
     def table(self) -> str:
         w = max(len(k) for k, _ in self.rows())
@@ -138,7 +178,8 @@ class HardwareInfo:
     def _repr_markdown_(self):
         return "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in self.rows())
 
-    def __str__(self): return self.table()
+    def __str__(self):
+        return self.table()
 
 # %% ../nbs/01_core.ipynb #1d2f496f
 def detect_hardware() -> HardwareInfo:
@@ -154,34 +195,55 @@ def detect_hardware() -> HardwareInfo:
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
     fa_version, fa_ok, fa_note = flash_attn_status(device, weakest, dtype)
     return HardwareInfo(
-        device=device, device_count=n, device_names=names, capabilities=caps, memory_gib=mem,
-        bf16=bool(caps) and bf16_capable(weakest), fp16_tensor_cores=bool(caps) and fp16_tensor_cores(weakest),
-        precision=precision, precision_reason=reason, sdpa=sdpa_backends(device, dtype),
-        flash_attn=fa_version, flash_attn_usable=fa_ok, flash_attn_note=fa_note,
-        attention="flash" if fa_ok else "sdpa", platform=detect_platform(),
+        device=device,
+        device_count=n,
+        device_names=names,
+        capabilities=caps,
+        memory_gib=mem,
+        bf16=bool(caps) and bf16_capable(weakest),
+        fp16_tensor_cores=bool(caps) and fp16_tensor_cores(weakest),
+        precision=precision,
+        precision_reason=reason,
+        sdpa=sdpa_backends(device, dtype),
+        flash_attn=fa_version,
+        flash_attn_usable=fa_ok,
+        flash_attn_note=fa_note,
+        attention="flash" if fa_ok else "sdpa",
+        platform=detect_platform(),
         cpu=f"{os.cpu_count()} cores, {torch.backends.cpu.get_cpu_capability()} ({_platform.machine()})",
-        torch=torch.__version__, cuda=torch.version.cuda)
+        torch=torch.__version__,
+        cuda=torch.version.cuda,
+    )
 
 # %% ../nbs/01_core.ipynb #1969f57a
 PEAK_TFLOPS = {  # dense tensor-core TFLOP/s by (name fragment, precision); fp32 means TF32 where the GPU has it
     "H200": {"bf16": 989, "fp16": 989, "fp32": 494},
-    "H100 PCIe": {"bf16": 756, "fp16": 756, "fp32": 378}, "H100 NVL": {"bf16": 835, "fp16": 835, "fp32": 418},   # before plain "H100":
-    "H100": {"bf16": 989, "fp16": 989, "fp32": 494},                                                            # the SXM part (NVIDIA's H100 datasheet)
-    "A100": {"bf16": 312, "fp16": 312, "fp32": 156}, "A10G": {"bf16": 70, "fp16": 70, "fp32": 35},
-    "L4": {"bf16": 121, "fp16": 121, "fp32": 60}, "V100": {"fp16": 125, "fp32": 16}, "T4": {"fp16": 65, "fp32": 8},
+    "H100 PCIe": {"bf16": 756, "fp16": 756, "fp32": 378},
+    "H100 NVL": {"bf16": 835, "fp16": 835, "fp32": 418},  # before plain "H100":
+    "H100": {"bf16": 989, "fp16": 989, "fp32": 494},  # the SXM part (NVIDIA's H100 datasheet)
+    "A100": {"bf16": 312, "fp16": 312, "fp32": 156},
+    "A10G": {"bf16": 70, "fp16": 70, "fp32": 35},
+    "L4": {"bf16": 121, "fp16": 121, "fp32": 60},
+    "V100": {"fp16": 125, "fp32": 16},
+    "T4": {"fp16": 65, "fp32": 8},
 }
+
 
 def peak_flops(device_name: str, precision: str) -> float | None:
     "Peak FLOP/s of a GPU (by name, e.g. 'NVIDIA H100 80GB HBM3') in a precision, or None when unknown."
     for frag, peaks in PEAK_TFLOPS.items():
-        if frag.lower() in device_name.lower(): return peaks[precision] * 1e12 if precision in peaks else None
+        if frag.lower() in device_name.lower():
+            return peaks[precision] * 1e12 if precision in peaks else None
     return None
 
 # %% ../nbs/01_core.ipynb #e8cbb6db
 def matmul_flops(m: int, k: int, n: int) -> int:
-    "FLOPs of the product of an (m, k) matrix by a (k, n) matrix: each term of each dot product is a multiply and an add."
+    """FLOPs of the product of an (m, k) matrix by a (k, n) matrix: each term of each dot product is a multiply and an
+    add.
+    """
     # hint: each of the m x n outputs is a dot product of length k, and each of its terms costs a multiply and an add.
-    # hint2: count the outputs (m times n), the terms of each (k) and the FLOPs of a term (2, not 1: the multiply and the add); not (2k - 1) per output, the vendors' and PyTorch's convention counts k adds.
+    # hint2: count the outputs (m times n), the terms of each (k) and the FLOPs of a term (2, not 1: the multiply and
+    #        the add); not (2k - 1) per output, the vendors' and PyTorch's convention counts k adds.
     # hint3: return 2 * m * k * n
     return 2 * m * k * n
 
@@ -189,8 +251,10 @@ def matmul_flops(m: int, k: int, n: int) -> int:
 def mfu(tokens_per_s: float, flops_per_token: float, peak: float | None, world_size: int = 1) -> float | None:
     """Model FLOPs utilisation, a fraction: the FLOP/s that `tokens_per_s` (counted over all `world_size` GPUs) at
     `flops_per_token` need, over the peak FLOP/s of one GPU times `world_size`. None when the peak is unknown."""
-    # hint: the work done per second is the tokens per second times the FLOPs each token costs; divide it by what all the GPUs together could do at most, and with no known peak there is no utilisation to report.
-    # hint2: all the GPUs together peak at peak times world_size; return None (not 0, not an error) when peak is None; a fraction such as 0.4, not a percentage.
+    # hint: the work done per second is the tokens per second times the FLOPs each token costs; divide it by what all
+    #       the GPUs together could do at most, and with no known peak there is no utilisation to report.
+    # hint2: all the GPUs together peak at peak times world_size; return None (not 0, not an error) when peak is None; a
+    #        fraction such as 0.4, not a percentage.
     # hint3: return None if peak is None else tokens_per_s * flops_per_token / (peak * world_size)
     return None if peak is None else tokens_per_s * flops_per_token / (peak * world_size)
 
@@ -209,7 +273,10 @@ def seed_everything(seed: int = 0, deterministic: bool = False) -> int:
 # %% ../nbs/01_core.ipynb #9b6db8c6
 def env_main(argv: list[str] | None = None) -> int:
     "`minillm env`: print what this machine can do and the defaults chosen from it."
-    p = argparse.ArgumentParser(prog="minillm env", description="Print devices, precision, attention kernels and platform, and the defaults chosen from them.")
+    p = argparse.ArgumentParser(
+        prog="minillm env",
+        description="Print devices, precision, attention kernels and platform, and the defaults chosen from them.",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = p.parse_args(argv)
     hw = detect_hardware()

@@ -23,7 +23,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from .fetch import download, sha256_file   # plumbing: resumable, verified downloads (nbs/00_fetch.ipynb)
+from .fetch import download, sha256_file  # plumbing: resumable, verified downloads (nbs/00_fetch.ipynb)
 from .utils import write_atomic, write_json
 
 # %% auto #0
@@ -39,134 +39,223 @@ EOT = "<|endoftext|>"
 
 # %% ../nbs/02_data.ipynb #7f5b8751
 def split_specials(text: str, specials: Iterable[str]) -> list[tuple[str, bool]]:
-    "Split `text` into (piece, is_special) runs, in order, no empty pieces; where special tokens overlap, the longest match wins."
+    """Split `text` into (piece, is_special) runs, in order, no empty pieces; where special tokens overlap, the longest
+    match wins.
+    """
     # hint: find each special (longest wins where two overlap) and emit the plain text between them.
-    # hint2: one regex alternation of the specials, each escaped (they hold |, which regex reads as "or"), sorted longest first so that the longer of two overlapping specials matches; no specials at all is its own case.
-    # hint3: pat = re.compile("|".join(map(re.escape, sorted(set(specials), key=len, reverse=True)))); walk pat.finditer(text), appending text[pos:m.start()] when non-empty, then (m.group(), True), and the tail after the last match.
+    # hint2: one regex alternation of the specials, each escaped (they hold |, which regex reads as "or"), sorted
+    #        longest first so that the longer of two overlapping specials matches; no specials at all is its own case.
+    # hint3: pat = re.compile("|".join(map(re.escape, sorted(set(specials), key=len, reverse=True)))); walk
+    #        pat.finditer(text), appending text[pos:m.start()] when non-empty, then (m.group(), True), and the tail
+    #        after the last match.
     specials = sorted(set(specials), key=len, reverse=True)
-    if not specials: return [(text, False)] if text else []
+    if not specials:
+        return [(text, False)] if text else []
     pat = re.compile("|".join(map(re.escape, specials)))
     out, pos = [], 0
     for m in pat.finditer(text):
-        if m.start() > pos: out.append((text[pos:m.start()], False))
-        out.append((m.group(), True)); pos = m.end()
-    if pos < len(text): out.append((text[pos:], False))
+        if m.start() > pos:
+            out.append((text[pos : m.start()], False))
+        out.append((m.group(), True))
+        pos = m.end()
+    if pos < len(text):
+        out.append((text[pos:], False))
     return out
 
 # %% ../nbs/02_data.ipynb #9385a661
 class Tokenizer:
-    "What every tokenizer provides: encode/decode, vocab_size, special ids (None when absent), save/load, a fingerprint."
+    """What every tokenizer provides: encode/decode, vocab_size, special ids (None when absent), save/load, a
+    fingerprint.
+    """
+
     kind = "base"
     special_tokens: dict[str, int] = {}
-    def encode(self, text: str) -> list[int]: raise NotImplementedError
-    def decode(self, ids: Iterable[int]) -> str: raise NotImplementedError
+
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def decode(self, ids: Iterable[int]) -> str:
+        raise NotImplementedError
+
     @property
-    def vocab_size(self) -> int: raise NotImplementedError
+    def vocab_size(self) -> int:
+        raise NotImplementedError
+
     @property
-    def eos_id(self) -> int | None: return self.special_tokens.get(EOT)
+    def eos_id(self) -> int | None:
+        return self.special_tokens.get(EOT)
+
     @property
-    def bos_id(self) -> int | None: return None
+    def bos_id(self) -> int | None:
+        return None
+
     @property
-    def pad_id(self) -> int | None: return None
+    def pad_id(self) -> int | None:
+        return None
+
     @property
-    def unk_id(self) -> int | None: return None
-    def save(self, path) -> None: raise NotImplementedError
+    def unk_id(self) -> int | None:
+        return None
+
+    def save(self, path) -> None:
+        raise NotImplementedError
+
     @classmethod
-    def load(cls, path) -> "Tokenizer": raise NotImplementedError
-    def state(self) -> dict: raise NotImplementedError   # everything that defines the tokenizer, JSON-able
+    def load(cls, path) -> "Tokenizer":
+        raise NotImplementedError
+
+    def state(self) -> dict:
+        raise NotImplementedError  # everything that defines the tokenizer, JSON-able
+
     def fingerprint(self) -> str:
         "sha256 of the tokenizer's definition: shards and checkpoints record it, so a mismatch is caught."
         return hashlib.sha256(json.dumps(self.state(), sort_keys=True).encode()).hexdigest()[:16]
+
     def describe(self) -> dict:
         return dict(kind=self.kind, vocab_size=self.vocab_size, eos_id=self.eos_id, fingerprint=self.fingerprint())
 
 # %% ../nbs/02_data.ipynb #b0fd8b20
 class ByteTokenizer(Tokenizer):
     "Bytes 0-255 are tokens 0-255; <|endoftext|> is 256. No training, no unknowns, long sequences."
+
     kind = "bytes"
-    def __init__(self): self.special_tokens = {EOT: 256}
+
+    def __init__(self):
+        self.special_tokens = {EOT: 256}
+
     @property
-    def vocab_size(self): return 257
+    def vocab_size(self):
+        return 257
+
     def encode(self, text: str) -> list[int]:
-        return [i for piece, sp in split_specials(text, self.special_tokens)
-                for i in ([self.special_tokens[piece]] if sp else piece.encode("utf-8"))]
+        return [
+            i
+            for piece, sp in split_specials(text, self.special_tokens)
+            for i in ([self.special_tokens[piece]] if sp else piece.encode("utf-8"))
+        ]
+
     def decode(self, ids) -> str:
         inv = {v: k.encode() for k, v in self.special_tokens.items()}
         return b"".join(inv[i] if i in inv else bytes([i]) for i in ids).decode("utf-8", errors="replace")
-    def state(self): return dict(kind=self.kind)
-    def save(self, path): write_json(Path(path) / "tokenizer.json", self.state())
+
+    def state(self):
+        return dict(kind=self.kind)
+
+    def save(self, path):
+        write_json(Path(path) / "tokenizer.json", self.state())
+
     @classmethod
-    def load(cls, path): return cls()
+    def load(cls, path):
+        return cls()
 
 # %% ../nbs/02_data.ipynb #9fa3a7f6
 TOKENIZER_FIX = "re-run `minillm prepare` (or `tokenizer.save(folder)`) to write the tokenizer again"
+
 
 def file_error(path, problem: str, fix: str = TOKENIZER_FIX) -> ValueError:
     "A damaged or unexpected input file: one line naming it, what is wrong, and what to do."
     return ValueError(f"{path}: {problem}: {fix}.")
 
+
 def read_text_file(path, fix: str = TOKENIZER_FIX) -> str:
     "The UTF-8 text of `path`; a missing, non-file or non-UTF-8 file raises `file_error`."
     path = Path(path)
-    try: return path.read_text(encoding="utf-8")
-    except FileNotFoundError: raise file_error(path, "missing", fix) from None
-    except IsADirectoryError: raise file_error(path, "a folder, where a file was expected", fix) from None
-    except UnicodeDecodeError as e: raise file_error(path, f"not UTF-8 text (byte {e.start})", fix) from None
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise file_error(path, "missing", fix) from None
+    except IsADirectoryError:
+        raise file_error(path, "a folder, where a file was expected", fix) from None
+    except UnicodeDecodeError as e:
+        raise file_error(path, f"not UTF-8 text (byte {e.start})", fix) from None
+
 
 def read_json_file(path, fix: str = TOKENIZER_FIX):
     "The JSON in `path`; a missing file or invalid JSON raises `file_error` (with the line and column)."
-    try: return json.loads(read_text_file(path, fix))
-    except json.JSONDecodeError as e: raise file_error(path, f"not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})", fix) from None
+    try:
+        return json.loads(read_text_file(path, fix))
+    except json.JSONDecodeError as e:
+        raise file_error(path, f"not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})", fix) from None
 
 # %% ../nbs/02_data.ipynb #e49ef996
 VAL_EVERY, SMALL_CORPUS = 20, 20
 
-def _is_val(name: str) -> bool: return int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) % VAL_EVERY == 0
+
+def _is_val(name: str) -> bool:
+    return int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) % VAL_EVERY == 0
+
 
 def _line_split(text: str) -> tuple[str, str]:
     lines = text.splitlines(keepends=True)
     cut = len(lines) - max(1, len(lines) // 10) if len(lines) > 1 else len(lines)
     return "".join(lines[:cut]), "".join(lines[cut:])
 
+
 class Corpus:
     "Named documents in a fixed order; `split('train' | 'val')` yields document texts."
+
     name = "corpus"
-    def documents(self) -> Iterator[tuple[str, str]]: raise NotImplementedError
-    def sources(self) -> list[dict]: return []
+
+    def documents(self) -> Iterator[tuple[str, str]]:
+        raise NotImplementedError
+
+    def sources(self) -> list[dict]:
+        return []
 
     def split(self, which: str) -> Iterator[str]:
-        if which not in ("train", "val"): raise ValueError(f"split must be 'train' or 'val', not {which!r}")
+        if which not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', not {which!r}")
         head, it = [], self.documents()
         for doc in it:
             head.append(doc)
-            if len(head) >= SMALL_CORPUS: break
-        if len(head) < SMALL_CORPUS:                                     # small corpus: split inside documents
+            if len(head) >= SMALL_CORPUS:
+                break
+        if len(head) < SMALL_CORPUS:  # small corpus: split inside documents
             for _, text in head:
                 part = _line_split(text)[which == "val"]
-                if part: yield part
+                if part:
+                    yield part
             return
         for name, text in (*head, *it):
-            if _is_val(name) == (which == "val") and text: yield text
+            if _is_val(name) == (which == "val") and text:
+                yield text
 
 # %% ../nbs/02_data.ipynb #d3d5b745
 _STDLIB_SKIP = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
 
+
 class BuiltinCorpus(Corpus):
     "The running interpreter's standard-library sources (sorted by path) and pydoc topics: offline, about 12 MB."
+
     name = "builtin"
-    def __init__(self): self.root = Path(sysconfig.get_paths()["stdlib"])
+
+    def __init__(self):
+        self.root = Path(sysconfig.get_paths()["stdlib"])
+
     def files(self) -> list[Path]:
-        return [p for p in sorted(self.root.rglob("*.py"))
-                if not _STDLIB_SKIP & set(p.relative_to(self.root).parts) and not p.relative_to(self.root).parts[0].startswith("config-")]
+        return [
+            p
+            for p in sorted(self.root.rglob("*.py"))
+            if not _STDLIB_SKIP & set(p.relative_to(self.root).parts)
+            and not p.relative_to(self.root).parts[0].startswith("config-")
+        ]
+
     def documents(self):
         for p in self.files():
-            try: yield str(p.relative_to(self.root)), p.read_text(encoding="utf-8")
-            except (UnicodeDecodeError, OSError): continue                 # a handful of odd files: skipped, deterministically
+            try:
+                yield str(p.relative_to(self.root)), p.read_text(encoding="utf-8")
+            except (UnicodeDecodeError, OSError):
+                continue  # a handful of odd files: skipped, deterministically
         from pydoc_data.topics import topics
-        for k in sorted(topics): yield f"pydoc:{k}", topics[k]
+
+        for k in sorted(topics):
+            yield f"pydoc:{k}", topics[k]
+
     def sources(self):
         h = hashlib.sha256()
-        for name, text in self.documents(): h.update(name.encode()); h.update(text.encode())
+        for name, text in self.documents():
+            h.update(name.encode())
+            h.update(text.encode())
         return [dict(name="builtin", python=sys.version.split()[0], sha256=h.hexdigest())]
 
 # %% ../nbs/02_data.ipynb #784880d6
@@ -174,73 +263,116 @@ def take_chars(texts: Iterable[str], n_chars: int) -> list[str]:
     "The first `n_chars` characters of a stream of documents, as a list of documents (the last one cut to fit)."
     out, n = [], 0
     for t in texts:
-        if n >= n_chars: break
-        out.append(t[: n_chars - n]); n += len(out[-1])
+        if n >= n_chars:
+            break
+        out.append(t[: n_chars - n])
+        n += len(out[-1])
     return out
 
 # %% ../nbs/02_data.ipynb #324f60cf
 def read_utf8(path: Path) -> str:
     "The file's text; invalid UTF-8 is refused with the byte offset and a fix."
     data = Path(path).read_bytes()
-    try: return data.decode("utf-8")
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path} is not valid UTF-8 (byte {e.start}): convert it, e.g. `iconv -f latin1 -t utf-8 {path} > fixed.txt`, "
-                         "or remove it from the corpus.") from None
+        raise ValueError(
+            f"{path} is not valid UTF-8 (byte {e.start}): convert it, e.g. `iconv -f latin1 -t utf-8 {path} >"
+            " fixed.txt`, or remove it from the corpus."
+        ) from None
+
 
 def text_documents(path: Path, text: str) -> Iterator[tuple[str, str]]:
     parts = text.split(EOT) if EOT in text else [text]
     for i, t in enumerate(parts):
-        if t.strip(): yield (f"{path}#{i}" if len(parts) > 1 else str(path)), t.strip("\n") if len(parts) > 1 else t
+        if t.strip():
+            yield (f"{path}#{i}" if len(parts) > 1 else str(path)), t.strip("\n") if len(parts) > 1 else t
+
 
 def jsonl_documents(path: Path, text: str) -> Iterator[tuple[str, str]]:
     for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip(): continue
-        try: obj = json.loads(line)
-        except json.JSONDecodeError as e: raise ValueError(f"{path}:{n}: not valid JSON ({e.msg}); each line must be an object with a 'text' field") from None
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(
+                f"{path}:{n}: not valid JSON ({e.msg}); each line must be an object with a 'text' field"
+            ) from None
         if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
             raise ValueError(f"{path}:{n}: no string 'text' field; each line must look like {{\"text\": \"...\"}}")
         yield f"{path}:{n}", obj["text"]
 
+
 class LocalCorpus(Corpus):
     "Text from a file, a folder (its .txt and .jsonl files, recursively) or a glob."
+
     def __init__(self, spec: str | Path):
         self.spec, self.name = str(spec), str(spec)
         p = Path(spec)
-        if any(c in self.spec for c in "*?["): files = sorted(Path(f) for f in _glob.glob(self.spec, recursive=True))
-        elif p.is_dir(): files = sorted(f for f in p.rglob("*") if f.suffix in (".txt", ".jsonl"))
-        elif p.exists(): files = [p]
-        else: raise FileNotFoundError(f"no corpus named {self.spec!r} and no such file or folder: use one of {', '.join(CORPORA)}, or a path to .txt/.jsonl files.")
+        if any(c in self.spec for c in "*?["):
+            files = sorted(Path(f) for f in _glob.glob(self.spec, recursive=True))
+        elif p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.suffix in (".txt", ".jsonl"))
+        elif p.exists():
+            files = [p]
+        else:
+            raise FileNotFoundError(
+                f"no corpus named {self.spec!r} and no such file or folder: use one of {', '.join(CORPORA)}, or a path"
+                " to .txt/.jsonl files."
+            )
         files = [f for f in files if f.is_file()]
         bad = [f for f in files if f.suffix not in (".txt", ".jsonl")]
-        if bad: raise ValueError(f"{bad[0]}: only .txt and .jsonl files are read; convert it or leave it out.")
-        if not files: raise ValueError(f"{self.spec}: no .txt or .jsonl files found.")
+        if bad:
+            raise ValueError(f"{bad[0]}: only .txt and .jsonl files are read; convert it or leave it out.")
+        if not files:
+            raise ValueError(f"{self.spec}: no .txt or .jsonl files found.")
         self.files = files
         # names relative to the corpus (not absolute paths), so the split is the same wherever the files live
-        self.base = p if p.is_dir() else Path(os.path.commonpath([f.parent for f in files])) if len(files) > 1 else files[0].parent
+        self.base = (
+            p
+            if p.is_dir()
+            else Path(os.path.commonpath([f.parent for f in files]))
+            if len(files) > 1
+            else files[0].parent
+        )
+
     def documents(self):
         for f in self.files:
             text = read_utf8(f)
             name = f.relative_to(self.base)
-            yield from ((n.replace(str(f), str(name), 1), t) for n, t in (jsonl_documents if f.suffix == ".jsonl" else text_documents)(f, text))
+            yield from (
+                (n.replace(str(f), str(name), 1), t)
+                for n, t in (jsonl_documents if f.suffix == ".jsonl" else text_documents)(f, text)
+            )
+
     def sources(self):
-        return [dict(path=str(f), bytes=f.stat().st_size, sha256=hashlib.sha256(f.read_bytes()).hexdigest()) for f in self.files]
+        return [
+            dict(path=str(f), bytes=f.stat().st_size, sha256=hashlib.sha256(f.read_bytes()).hexdigest())
+            for f in self.files
+        ]
 
 # %% ../nbs/02_data.ipynb #8293928d
-def cache_dir() -> Path: return Path(os.environ.get("MINILLM_CACHE", Path.home() / ".cache" / "minillm"))
+def cache_dir() -> Path:
+    return Path(os.environ.get("MINILLM_CACHE", Path.home() / ".cache" / "minillm"))
 
 # %% ../nbs/02_data.ipynb #0a3652be
 @dataclass
 class RemoteFile:
     url: str
-    split: str | None = None      # 'train' or 'val' when the source splits; None: split by document name
-    sha256: str | None = None     # set where the source file is stable
+    split: str | None = None  # 'train' or 'val' when the source splits; None: split by document name
+    sha256: str | None = None  # set where the source file is stable
     size: int | None = None
 
+
 class RemoteCorpus(Corpus):
-    "A corpus downloaded into the cache: text files (documents separated by <|endoftext|>), JSONL, or parquet (pyarrow)."
+    """A corpus downloaded into the cache: text files (documents separated by <|endoftext|>), JSONL, or parquet
+    (pyarrow).
+    """
+
     def __init__(self, name: str, files: list[RemoteFile], max_bytes: int | None = None, about: str = ""):
         self.name, self.files, self.about = name, files, about
-        self.max_bytes = max_bytes    # cap on the text taken (FineWeb-Edu's sample is large)
+        self.max_bytes = max_bytes  # cap on the text taken (FineWeb-Edu's sample is large)
 
     def local(self, f: RemoteFile) -> Path:
         return cache_dir() / self.name / Path(urllib.parse.urlparse(f.url).path).name
@@ -251,126 +383,213 @@ class RemoteCorpus(Corpus):
     def _docs(self, f: RemoteFile) -> Iterator[tuple[str, str]]:
         path = self.local(f)
         if path.suffix == ".parquet":
-            try: import pyarrow.parquet as pq
-            except ImportError: raise ImportError(f"{self.name} is stored as parquet: pip install pyarrow") from None
-            for i, t in enumerate(pq.read_table(path, columns=["text"]).column("text").to_pylist()): yield f"{path.name}:{i}", t
-        else:                                    # names by file name, not cache path: the split is the same on every machine
+            try:
+                import pyarrow.parquet as pq
+            except ImportError:
+                raise ImportError(f"{self.name} is stored as parquet: pip install pyarrow") from None
+            for i, t in enumerate(pq.read_table(path, columns=["text"]).column("text").to_pylist()):
+                yield f"{path.name}:{i}", t
+        else:  # names by file name, not cache path: the split is the same on every machine
             docs = (jsonl_documents if path.suffix == ".jsonl" else text_documents)(path, read_utf8(path))
             yield from ((n.replace(str(path), path.name, 1), t) for n, t in docs)
 
     def documents(self):
-        self.fetch(); taken = 0
+        self.fetch()
+        taken = 0
         for f in self.files:
             for name, text in self._docs(f):
-                if self.max_bytes is not None and taken >= self.max_bytes: return
-                taken += len(text.encode()); yield name, text
+                if self.max_bytes is not None and taken >= self.max_bytes:
+                    return
+                taken += len(text.encode())
+                yield name, text
 
     def split(self, which: str):
-        if not any(f.split for f in self.files): yield from super().split(which); return
+        if not any(f.split for f in self.files):
+            yield from super().split(which)
+            return
         self.fetch()
         for f in self.files:
-            if f.split == which: yield from (t for _, t in self._docs(f))
+            if f.split == which:
+                yield from (t for _, t in self._docs(f))
 
     def sources(self):
-        return [dict(url=f.url, bytes=self.local(f).stat().st_size, sha256=sha256_file(self.local(f))) for f in self.files]
+        return [
+            dict(url=f.url, bytes=self.local(f).stat().st_size, sha256=sha256_file(self.local(f))) for f in self.files
+        ]
 
 # %% ../nbs/02_data.ipynb #ff7547d4
 _HF = "https://huggingface.co/datasets"
 CORPORA: dict[str, Corpus] = {
     "builtin": BuiltinCorpus(),
-    "tinyshakespeare": RemoteCorpus("tinyshakespeare", [RemoteFile(
-        "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt", size=1115394)],
-        about="40k lines of Shakespeare, 1.1 MB"),
-    "tinystories": RemoteCorpus("tinystories", [
-        RemoteFile(f"{_HF}/roneneldan/TinyStories/resolve/main/TinyStoriesV2-GPT4-train.txt", "train"),
-        RemoteFile(f"{_HF}/roneneldan/TinyStories/resolve/main/TinyStoriesV2-GPT4-valid.txt", "val")],
-        about="short children's stories written by GPT-4, 2.2 GB"),
-    "wikitext103": RemoteCorpus("wikitext103", [
-        RemoteFile(f"{_HF}/Salesforce/wikitext/resolve/main/wikitext-103-raw-v1/train-0000{i}-of-00002.parquet", "train") for i in range(2)]
-        + [RemoteFile(f"{_HF}/Salesforce/wikitext/resolve/main/wikitext-103-raw-v1/validation-00000-of-00001.parquet", "val")],
-        about="WikiText-103 raw, 0.5 GB (parquet: needs pyarrow)"),
-    "fineweb-edu": RemoteCorpus("fineweb-edu", [RemoteFile(f"{_HF}/HuggingFaceFW/fineweb-edu/resolve/main/sample/10BT/000_00000.parquet")],
-        max_bytes=100_000_000, about="FineWeb-Edu 10BT sample, first file, capped at --max-bytes (default 100 MB of text; parquet: needs pyarrow)"),
+    "tinyshakespeare": RemoteCorpus(
+        "tinyshakespeare",
+        [
+            RemoteFile(
+                "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+                size=1115394,
+            )
+        ],
+        about="40k lines of Shakespeare, 1.1 MB",
+    ),
+    "tinystories": RemoteCorpus(
+        "tinystories",
+        [
+            RemoteFile(f"{_HF}/roneneldan/TinyStories/resolve/main/TinyStoriesV2-GPT4-train.txt", "train"),
+            RemoteFile(f"{_HF}/roneneldan/TinyStories/resolve/main/TinyStoriesV2-GPT4-valid.txt", "val"),
+        ],
+        about="short children's stories written by GPT-4, 2.2 GB",
+    ),
+    "wikitext103": RemoteCorpus(
+        "wikitext103",
+        [
+            RemoteFile(
+                f"{_HF}/Salesforce/wikitext/resolve/main/wikitext-103-raw-v1/train-0000{i}-of-00002.parquet", "train"
+            )
+            for i in range(2)
+        ]
+        + [
+            RemoteFile(
+                f"{_HF}/Salesforce/wikitext/resolve/main/wikitext-103-raw-v1/validation-00000-of-00001.parquet", "val"
+            )
+        ],
+        about="WikiText-103 raw, 0.5 GB (parquet: needs pyarrow)",
+    ),
+    "fineweb-edu": RemoteCorpus(
+        "fineweb-edu",
+        [RemoteFile(f"{_HF}/HuggingFaceFW/fineweb-edu/resolve/main/sample/10BT/000_00000.parquet")],
+        max_bytes=100_000_000,
+        about=(
+            "FineWeb-Edu 10BT sample, first file, capped at --max-bytes (default 100 MB of text; parquet: needs"
+            " pyarrow)"
+        ),
+    ),
 }
 
+
 class FirstBytes(Corpus):
-    "The first `max_bytes` bytes (UTF-8) of another corpus's documents, in order, the last document cut on a character boundary."
+    """The first `max_bytes` bytes (UTF-8) of another corpus's documents, in order, the last document cut on a character
+    boundary.
+    """
+
     def __init__(self, corpus: Corpus, max_bytes: int):
-        if max_bytes < 1: raise ValueError(f"--max-bytes {max_bytes}: take at least 1 byte of the corpus")
+        if max_bytes < 1:
+            raise ValueError(f"--max-bytes {max_bytes}: take at least 1 byte of the corpus")
         self.corpus, self.max_bytes, self.name = corpus, max_bytes, corpus.name
+
     def documents(self):
         left = self.max_bytes
         for name, text in self.corpus.documents():
-            if left <= 0: return
+            if left <= 0:
+                return
             b = text.encode("utf-8")
-            if len(b) > left: text = b[:left].decode("utf-8", "ignore")
+            if len(b) > left:
+                text = b[:left].decode("utf-8", "ignore")
             left -= len(b)
-            if text: yield name, text
-    def sources(self): return [dict(s, max_bytes=self.max_bytes) for s in self.corpus.sources()]
+            if text:
+                yield name, text
+
+    def sources(self):
+        return [dict(s, max_bytes=self.max_bytes) for s in self.corpus.sources()]
+
 
 def get_corpus(spec: str, max_bytes: int | None = None) -> Corpus:
-    "A registered corpus by name, or a LocalCorpus for a path or glob; `max_bytes` keeps only its first bytes (any corpus)."
+    """A registered corpus by name, or a LocalCorpus for a path or glob; `max_bytes` keeps only its first bytes (any
+    corpus).
+    """
     c = CORPORA[spec] if spec in CORPORA else LocalCorpus(spec)
-    if max_bytes is None: return c
-    if isinstance(c, RemoteCorpus): return RemoteCorpus(c.name, c.files, max_bytes, c.about)   # downloads stop there too
+    if max_bytes is None:
+        return c
+    if isinstance(c, RemoteCorpus):
+        return RemoteCorpus(c.name, c.files, max_bytes, c.about)  # downloads stop there too
     return FirstBytes(c, max_bytes)
 
 # %% ../nbs/02_data.ipynb #58330737
 def pack_documents(docs: Iterable[list[int]], eos_id: int) -> list[int]:
-    "The documents' token ids joined into one stream, in order, each document followed by `eos_id` (the last one too); no padding."
-    # hint: walk the documents in order and put one end-of-text id after each document, the last one included; pad nothing.
-    # hint2: start from an empty list; for each document extend it with the document's ids, then append eos_id (after the document, not before it, and not only between documents).
+    """The documents' token ids joined into one stream, in order, each document followed by `eos_id` (the last one too);
+    no padding.
+    """
+    # hint: walk the documents in order and put one end-of-text id after each document, the last one included; pad
+    #       nothing.
+    # hint2: start from an empty list; for each document extend it with the document's ids, then append eos_id (after
+    #        the document, not before it, and not only between documents).
     # hint3: out = []; for d in docs: out += list(d) + [eos_id]; return out
     out = []
-    for d in docs: out += list(d); out.append(eos_id)
+    for d in docs:
+        out += list(d)
+        out.append(eos_id)
     return out
 
 # %% ../nbs/02_data.ipynb #0b6503b1
 _worker_tok: Tokenizer | None = None
 
+
 def ignore_sigint():
     "In a worker process: leave Ctrl-C to the parent, which stops the pool and cleans up (no traceback per worker)."
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
+
 @contextmanager
 def sigint_deferred():
     "Hold Ctrl-C until the block ends (main thread only): renames that must happen together, forking workers."
-    if threading.current_thread() is not threading.main_thread(): yield; return
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     got = []
     old = signal.signal(signal.SIGINT, lambda *a: got.append(1))
-    try: yield
+    try:
+        yield
     finally:
         signal.signal(signal.SIGINT, old)
-        if got and old is not signal.SIG_IGN: raise KeyboardInterrupt
+        if got and old is not signal.SIG_IGN:
+            raise KeyboardInterrupt
+
 
 def _init_worker(tok):
     global _worker_tok
     _worker_tok = tok
 
-def _init_pool_worker(tok): ignore_sigint(); _init_worker(tok)
+
+def _init_pool_worker(tok):
+    ignore_sigint()
+    _init_worker(tok)
+
 
 def _encode_docs(docs: list[str]) -> np.ndarray:
     return np.asarray(pack_documents([_worker_tok.encode(d) for d in docs], _worker_tok.eos_id), dtype=np.int64)
+
 
 def _batches(it: Iterable[str], n: int) -> Iterator[list[str]]:
     batch = []
     for x in it:
         batch.append(x)
-        if len(batch) == n: yield batch; batch = []
-    if batch: yield batch
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
-def shard_dtype(vocab_size: int): return np.uint16 if vocab_size <= 2**16 else np.uint32
 
-def encode_corpus(texts: Iterable[str], tok: Tokenizer, workers: int | None = None, docs_per_task: int = 16) -> Iterator[np.ndarray]:
+def shard_dtype(vocab_size: int):
+    return np.uint16 if vocab_size <= 2**16 else np.uint32
+
+
+def encode_corpus(
+    texts: Iterable[str], tok: Tokenizer, workers: int | None = None, docs_per_task: int = 16
+) -> Iterator[np.ndarray]:
     "Token ids of each batch of documents, in order, with <|endoftext|> after each document."
-    if tok.eos_id is None: raise ValueError(f"the {tok.kind} tokenizer has no end-of-text token: documents could not be separated.")
-    import minillm.data as m                    # the module's functions, not a notebook's copies: workers must import them
+    if tok.eos_id is None:
+        raise ValueError(f"the {tok.kind} tokenizer has no end-of-text token: documents could not be separated.")
+    import minillm.data as m  # the module's functions, not a notebook's copies: workers must import them
+
     workers = workers or max(1, min(8, os.cpu_count() or 1))
     method = "fork" if sys.platform == "linux" else "spawn"
-    if method == "spawn" and type(tok).__module__ == "__main__": workers = 1   # a notebook-defined class can't reach spawned workers
+    if method == "spawn" and type(tok).__module__ == "__main__":
+        workers = 1  # a notebook-defined class can't reach spawned workers
     if workers == 1:
-        m._init_worker(tok); yield from map(m._encode_docs, _batches(texts, docs_per_task)); return
-    with sigint_deferred():                     # a Ctrl-C during the fork would be lost (swallowed in fork hooks)
+        m._init_worker(tok)
+        yield from map(m._encode_docs, _batches(texts, docs_per_task))
+        return
+    with sigint_deferred():  # a Ctrl-C during the fork would be lost (swallowed in fork hooks)
         pool = mp.get_context(method).Pool(workers, initializer=m._init_pool_worker, initargs=(tok,))
     with pool:
         yield from pool.imap(m._encode_docs, _batches(texts, docs_per_task), chunksize=1)
@@ -378,110 +597,194 @@ def encode_corpus(texts: Iterable[str], tok: Tokenizer, workers: int | None = No
 # %% ../nbs/02_data.ipynb #2ce45e1d
 def _check_out_dir(out: Path, meta: dict):
     old = out / "meta.json"
-    if not old.exists(): return
+    if not old.exists():
+        return
     prev = read_json_file(old, f"choose another --out, or delete {out} first")
-    if not isinstance(prev, dict): raise file_error(old, "not a meta.json that `minillm prepare` wrote", f"choose another --out, or delete {out} first")
-    if prev.get("corpus") != meta["corpus"] or prev.get("tokenizer", {}).get("fingerprint") != meta["tokenizer"]["fingerprint"]:
-        raise FileExistsError(f"{out} holds shards of corpus {prev.get('corpus')!r} with tokenizer {prev.get('tokenizer', {}).get('kind')} "
-                              f"{prev.get('tokenizer', {}).get('fingerprint')}: choose another --out, or delete {out} first.")
+    if not isinstance(prev, dict):
+        raise file_error(
+            old, "not a meta.json that `minillm prepare` wrote", f"choose another --out, or delete {out} first"
+        )
+    if (
+        prev.get("corpus") != meta["corpus"]
+        or prev.get("tokenizer", {}).get("fingerprint") != meta["tokenizer"]["fingerprint"]
+    ):
+        raise FileExistsError(
+            f"{out} holds shards of corpus {prev.get('corpus')!r} with tokenizer"
+            f" {prev.get('tokenizer', {}).get('kind')} {prev.get('tokenizer', {}).get('fingerprint')}: choose another"
+            f" --out, or delete {out} first."
+        )
+
 
 def _write_ids(f, ids: np.ndarray):
-    f.write(ids.tobytes())          # a plain write: a full disk raises OSError(ENOSPC); numpy's tofile loses the errno
+    f.write(ids.tobytes())  # a plain write: a full disk raises OSError(ENOSPC); numpy's tofile loses the errno
+
 
 def name_full_disk(e: OSError, path: Path):
-    if e.errno == errno.ENOSPC and not e.filename: e.filename = str(path)
+    if e.errno == errno.ENOSPC and not e.filename:
+        e.filename = str(path)
 
-def write_shards(corpus: Corpus, tok: Tokenizer, out: Path | str, workers: int | None = None, progress: bool = True) -> dict:
-    "Tokenise both splits of `corpus` into out/train.bin, out/val.bin and out/meta.json, all three replaced at once at the end."
+
+def write_shards(
+    corpus: Corpus, tok: Tokenizer, out: Path | str, workers: int | None = None, progress: bool = True
+) -> dict:
+    """Tokenise both splits of `corpus` into out/train.bin, out/val.bin and out/meta.json, all three replaced at once at
+    the end.
+    """
     from tqdm.auto import tqdm
-    import minillm.data as m                    # the module's _write_ids (a test can make it fail as a full disk would)
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    import minillm.data as m  # the module's _write_ids (a test can make it fail as a full disk would)
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     dtype = shard_dtype(tok.vocab_size)
-    meta = dict(corpus=corpus.name, sources=corpus.sources(), tokenizer=tok.describe(), dtype=np.dtype(dtype).name, splits={})
+    meta = dict(
+        corpus=corpus.name, sources=corpus.sources(), tokenizer=tok.describe(), dtype=np.dtype(dtype).name, splits={}
+    )
     _check_out_dir(out, meta)
     tmps = {s: out / f".{s}.tmp" for s in ("train.bin", "val.bin", "meta.json")}
     try:
         for split in ("train", "val"):
             n_tok = n_docs = n_bytes = 0
             texts = corpus.split(split)
+
             def counted():
                 nonlocal n_docs, n_bytes
-                for t in texts: n_docs += 1; n_bytes += len(t.encode("utf-8")); yield t
+                for t in texts:
+                    n_docs += 1
+                    n_bytes += len(t.encode("utf-8"))
+                    yield t
+
             try:
-                with open(tmps[f"{split}.bin"], "wb") as f, tqdm(desc=f"{corpus.name} {split}", unit=" tok", unit_scale=True, disable=not progress) as bar:
+                with (
+                    open(tmps[f"{split}.bin"], "wb") as f,
+                    tqdm(desc=f"{corpus.name} {split}", unit=" tok", unit_scale=True, disable=not progress) as bar,
+                ):
                     for ids in encode_corpus(counted(), tok, workers):
-                        if ids.size and ids.max() >= tok.vocab_size: raise ValueError(f"token id {ids.max()} >= vocab_size {tok.vocab_size}")
-                        m._write_ids(f, ids.astype(dtype)); n_tok += ids.size; bar.update(ids.size)
-                    f.flush(); os.fsync(f.fileno())
-            except OSError as e: name_full_disk(e, out / f"{split}.bin"); raise
-            if n_tok == 0: raise ValueError(f"corpus {corpus.name!r} has no text in its {split} split: add documents (at least 2 lines of text).")
-            meta["splits"][split] = dict(documents=n_docs, bytes=n_bytes, tokens=n_tok)   # bytes: for bits per byte
+                        if ids.size and ids.max() >= tok.vocab_size:
+                            raise ValueError(f"token id {ids.max()} >= vocab_size {tok.vocab_size}")
+                        m._write_ids(f, ids.astype(dtype))
+                        n_tok += ids.size
+                        bar.update(ids.size)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as e:
+                name_full_disk(e, out / f"{split}.bin")
+                raise
+            if n_tok == 0:
+                raise ValueError(
+                    f"corpus {corpus.name!r} has no text in its {split} split: add documents (at least 2 lines of"
+                    " text)."
+                )
+            meta["splits"][split] = dict(documents=n_docs, bytes=n_bytes, tokens=n_tok)  # bytes: for bits per byte
         try:
             with open(tmps["meta.json"], "w", encoding="utf-8") as f:
-                f.write(json.dumps(meta, indent=2) + "\n"); f.flush(); os.fsync(f.fileno())
-        except OSError as e: name_full_disk(e, out / "meta.json"); raise
-        with sigint_deferred():                 # renames need no space: the three files change together
-            for name, tmp in tmps.items(): os.replace(tmp, out / name)
+                f.write(json.dumps(meta, indent=2) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            name_full_disk(e, out / "meta.json")
+            raise
+        with sigint_deferred():  # renames need no space: the three files change together
+            for name, tmp in tmps.items():
+                os.replace(tmp, out / name)
     finally:
-        for tmp in tmps.values(): tmp.unlink(missing_ok=True)
+        for tmp in tmps.values():
+            tmp.unlink(missing_ok=True)
     return meta
 
 # %% ../nbs/02_data.ipynb #fee60910
 def window_pair(tokens: np.ndarray, start: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs `x` = tokens[start : start + seq_len] and targets `y`, the same window one token later, as int64 tensors:
     y[i] is the token that follows x[i]. The window reads one token past its inputs, for the last target."""
-    # hint: read one token more than seq_len from start; the inputs are all of them but the last, the targets all of them but the first, both as int64 tensors.
-    # hint2: slice tokens[start : start + seq_len + 1]; convert with np.asarray(...).astype(np.int64) before torch.from_numpy (a shard's uint16 would stay uint16); split with [:-1] and [1:].
+    # hint: read one token more than seq_len from start; the inputs are all of them but the last, the targets all of
+    #       them but the first, both as int64 tensors.
+    # hint2: slice tokens[start : start + seq_len + 1]; convert with np.asarray(...).astype(np.int64) before
+    #        torch.from_numpy (a shard's uint16 would stay uint16); split with [:-1] and [1:].
     # hint3: w = torch.from_numpy(np.asarray(tokens[start:start + seq_len + 1]).astype(np.int64)); return w[:-1], w[1:]
-    w = torch.from_numpy(np.asarray(tokens[start:start + seq_len + 1]).astype(np.int64))
+    w = torch.from_numpy(np.asarray(tokens[start : start + seq_len + 1]).astype(np.int64))
     return w[:-1], w[1:]
 
 # %% ../nbs/02_data.ipynb #5c1718e7
 def eval_starts(n_tokens: int, seq_len: int, rank: int = 0, world_size: int = 1) -> list[int]:
     """This rank's evaluation window starts over a split of `n_tokens` tokens: windows of `seq_len` side by side from
     token 0 (each reads one token past its end, for its last target), as many as fit, their count cut to a multiple
-    of `world_size`, then dealt round-robin: rank r takes starts r, r + world_size, r + 2 world_size, ... of the list."""
-    # hint: list every start where a whole window and the token after it fit, stepping by seq_len from 0; drop the last few so the count divides by world_size; then deal them out round-robin, this rank taking every world_size-th start from its own position.
-    # hint2: range from 0 in steps of seq_len, stopping before n_tokens - seq_len (a start there would have no token for its last target); keep the first len - len % world_size; slice from rank in steps of world_size; return a list of ints.
-    # hint3: s = list(range(0, n_tokens - seq_len, seq_len)); s = s[:len(s) - len(s) % world_size]; return s[rank::world_size]
+    of `world_size`, then dealt round-robin: rank r takes starts r, r + world_size, r + 2 world_size, ... of the list.
+    """
+    # hint: list every start where a whole window and the token after it fit, stepping by seq_len from 0; drop the last
+    #       few so the count divides by world_size; then deal them out round-robin, this rank taking every world_size-th
+    #       start from its own position.
+    # hint2: range from 0 in steps of seq_len, stopping before n_tokens - seq_len (a start there would have no token for
+    #        its last target); keep the first len - len % world_size; slice from rank in steps of world_size; return a
+    #        list of ints.
+    # hint3: s = list(range(0, n_tokens - seq_len, seq_len)); s = s[:len(s) - len(s) % world_size]; return
+    #        s[rank::world_size]
     s = list(range(0, n_tokens - seq_len, seq_len))
-    s = s[:len(s) - len(s) % world_size]
+    s = s[: len(s) - len(s) % world_size]
     return s[rank::world_size]
 
 # %% ../nbs/02_data.ipynb #a179bddf
 DATA_FIX = "re-run `minillm prepare` into a new --out (shards and meta.json must come from one run)"
 SHARD_DTYPES = ("uint16", "uint32")
 
-def _prepare_first(folder) -> str: return f"prepare it first, e.g. `minillm prepare --corpus builtin --out {folder}`"
+
+def _prepare_first(folder) -> str:
+    return f"prepare it first, e.g. `minillm prepare --corpus builtin --out {folder}`"
+
 
 def read_meta(folder) -> dict:
-    "meta.json of a prepared folder; a missing folder, a missing or malformed meta.json raise ValueError naming it and the fix."
-    folder = Path(folder); mf = folder / "meta.json"
-    if not folder.is_dir(): raise file_error(folder, "no such data folder" if not folder.exists() else "a file, where a data folder was expected", _prepare_first(folder))
-    if not mf.exists(): raise file_error(mf, "missing: the folder was not prepared, or its preparation did not finish", _prepare_first(folder))
+    """meta.json of a prepared folder; a missing folder, a missing or malformed meta.json raise ValueError naming it and
+    the fix.
+    """
+    folder = Path(folder)
+    mf = folder / "meta.json"
+    if not folder.is_dir():
+        raise file_error(
+            folder,
+            "no such data folder" if not folder.exists() else "a file, where a data folder was expected",
+            _prepare_first(folder),
+        )
+    if not mf.exists():
+        raise file_error(
+            mf, "missing: the folder was not prepared, or its preparation did not finish", _prepare_first(folder)
+        )
     meta = read_json_file(mf, DATA_FIX)
-    if not (isinstance(meta, dict) and isinstance(meta.get("splits"), dict) and isinstance(meta.get("tokenizer"), dict)):
-        raise file_error(mf, "not a meta.json that `minillm prepare` wrote (an object with 'dtype', 'splits' and 'tokenizer')", DATA_FIX)
-    if meta.get("dtype") not in SHARD_DTYPES: raise file_error(mf, f"dtype {meta.get('dtype')!r} is not one of {', '.join(SHARD_DTYPES)}", DATA_FIX)
+    if not (
+        isinstance(meta, dict) and isinstance(meta.get("splits"), dict) and isinstance(meta.get("tokenizer"), dict)
+    ):
+        raise file_error(
+            mf,
+            "not a meta.json that `minillm prepare` wrote (an object with 'dtype', 'splits' and 'tokenizer')",
+            DATA_FIX,
+        )
+    if meta.get("dtype") not in SHARD_DTYPES:
+        raise file_error(mf, f"dtype {meta.get('dtype')!r} is not one of {', '.join(SHARD_DTYPES)}", DATA_FIX)
     return meta
+
 
 class TokenDataset:
     "A memmapped shard (train.bin or val.bin) with its meta.json."
+
     def __init__(self, folder: Path | str, split: str = "train"):
-        if split not in ("train", "val"): raise ValueError(f"split must be 'train' or 'val', not {split!r}")
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', not {split!r}")
         self.meta = read_meta(folder)
         f, dtype = Path(folder) / f"{split}.bin", np.dtype(self.meta["dtype"])
-        if not f.is_file(): raise file_error(f, "missing", DATA_FIX)
+        if not f.is_file():
+            raise file_error(f, "missing", DATA_FIX)
         if (size := f.stat().st_size) == 0 or size % dtype.itemsize:
             raise file_error(f, f"holds {size} bytes, not a whole number (>= 1) of {dtype.name} tokens", DATA_FIX)
         self.tokens = np.memmap(f, dtype=dtype, mode="r")
-    def __len__(self): return len(self.tokens)
+
+    def __len__(self):
+        return len(self.tokens)
+
     def window(self, start: int, length: int) -> torch.Tensor:
-        return torch.from_numpy(self.tokens[start:start + length].astype(np.int64))
+        return torch.from_numpy(self.tokens[start : start + length].astype(np.int64))
+
 
 @dataclass
 class TrainSampler:
     "Random (x, y) batches of windows; `rank`/`world_size` give disjoint windows per rank in every epoch."
+
     data: TokenDataset
     seq_len: int
     batch_size: int
@@ -489,76 +792,119 @@ class TrainSampler:
     world_size: int = 1
     seed: int = 0
     epoch: int = 0
-    pos: int = 0                       # windows of this rank already drawn in this epoch
+    pos: int = 0  # windows of this rank already drawn in this epoch
     _starts: np.ndarray | None = field(default=None, repr=False)
 
     def __post_init__(self):
         n = (len(self.data) - 1) // self.seq_len
         if n < self.world_size * self.batch_size:
-            raise ValueError(f"{len(self.data)} tokens make {n} windows of {self.seq_len}: fewer than world_size x batch_size = "
-                             f"{self.world_size * self.batch_size}. Use a shorter seq_len, a smaller batch, or more data.")
+            raise ValueError(
+                f"{len(self.data)} tokens make {n} windows of {self.seq_len}: fewer than world_size x batch_size = "
+                f"{self.world_size * self.batch_size}. Use a shorter seq_len, a smaller batch, or more data."
+            )
 
     def epoch_starts(self, epoch: int) -> np.ndarray:
         "This rank's window starts for `epoch`: a seeded permutation of an offset grid, dealt round-robin."
         rng = np.random.default_rng([self.seed, epoch])
         offset = int(rng.integers(0, self.seq_len))
         n = (len(self.data) - 1 - offset) // self.seq_len
-        n -= n % self.world_size                                   # equal counts on every rank
+        n -= n % self.world_size  # equal counts on every rank
         starts = offset + self.seq_len * rng.permutation(n)
-        return starts[self.rank::self.world_size]
+        return starts[self.rank :: self.world_size]
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         "(x, y), each (batch_size, seq_len); y is x shifted by one."
-        if self._starts is None: self._starts = self.epoch_starts(self.epoch)
+        if self._starts is None:
+            self._starts = self.epoch_starts(self.epoch)
         if self.pos + self.batch_size > len(self._starts):
-            self.epoch, self.pos = self.epoch + 1, 0; self._starts = self.epoch_starts(self.epoch)
-        idx = self._starts[self.pos:self.pos + self.batch_size]; self.pos += self.batch_size
+            self.epoch, self.pos = self.epoch + 1, 0
+            self._starts = self.epoch_starts(self.epoch)
+        idx = self._starts[self.pos : self.pos + self.batch_size]
+        self.pos += self.batch_size
         xy = [window_pair(self.data.tokens, int(s), self.seq_len) for s in idx]
-        return torch.stack([x for x, _ in xy]), torch.stack([y for _, y in xy])           # each (b, T)
+        return torch.stack([x for x, _ in xy]), torch.stack([y for _, y in xy])  # each (b, T)
 
-    def state_dict(self) -> dict: return dict(epoch=self.epoch, pos=self.pos, seed=self.seed)
+    def state_dict(self) -> dict:
+        return dict(epoch=self.epoch, pos=self.pos, seed=self.seed)
+
     def load_state_dict(self, d: dict):
         self.epoch, self.pos, self.seed, self._starts = d["epoch"], d["pos"], d["seed"], None
 
-def eval_batches(data: TokenDataset, seq_len: int, batch_size: int, rank: int = 0, world_size: int = 1,
-                 max_batches: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+
+def eval_batches(
+    data: TokenDataset,
+    seq_len: int,
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    max_batches: int | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Fixed, non-overlapping windows covering the split once (this rank's share), as (x, y) batches. Every rank gets
     the same number of windows (up to world_size - 1 left over are dropped): with sharded weights each forward is a
     collective, and a rank with one batch more would wait forever."""
     starts = eval_starts(len(data), seq_len, rank, world_size)
     for i, b in enumerate(range(0, len(starts), batch_size)):
-        if max_batches is not None and i >= max_batches: return
-        xy = [window_pair(data.tokens, s, seq_len) for s in starts[b:b + batch_size]]
+        if max_batches is not None and i >= max_batches:
+            return
+        xy = [window_pair(data.tokens, s, seq_len) for s in starts[b : b + batch_size]]
         yield torch.stack([x for x, _ in xy]), torch.stack([y for _, y in xy])
 
 # %% ../nbs/02_data.ipynb #4a5d2482
 def _max_id(shard: np.ndarray, chunk: int = 1 << 24) -> int:
     "The largest id in a memmapped shard, read in chunks (memory stays bounded)."
-    return max((int(shard[i:i + chunk].max()) for i in range(0, len(shard), chunk)), default=-1)
+    return max((int(shard[i : i + chunk].max()) for i in range(0, len(shard), chunk)), default=-1)
+
 
 def verify_data(folder: Path | str, tok: Tokenizer) -> dict:
-    "Check prepared `folder` against `tok` before training (see above); returns meta.json's content. Failures: ValueError naming the file and the fix."
-    folder = Path(folder); meta = read_meta(folder); mf = folder / "meta.json"
+    """Check prepared `folder` against `tok` before training (see above); returns meta.json's content. Failures:
+    ValueError naming the file and the fix.
+    """
+    folder = Path(folder)
+    meta = read_meta(folder)
+    mf = folder / "meta.json"
     rec = meta["tokenizer"]
     if rec.get("fingerprint") != tok.fingerprint():
-        raise file_error(mf, f"the shards were made with tokenizer {rec.get('fingerprint')} ({rec.get('kind')}, vocab {rec.get('vocab_size')}), "
-                             f"but the tokenizer given is {tok.fingerprint()} ({tok.kind}, vocab {tok.vocab_size})",
-                         f"train with the tokenizer prepare saved ({folder / 'tokenizer'}), or re-run `minillm prepare --tokenizer PATH` "
-                         "with this one into a new --out")
+        raise file_error(
+            mf,
+            f"the shards were made with tokenizer {rec.get('fingerprint')} ({rec.get('kind')}, vocab"
+            f" {rec.get('vocab_size')}), but the tokenizer given is {tok.fingerprint()} ({tok.kind}, vocab"
+            f" {tok.vocab_size})",
+            f"train with the tokenizer prepare saved ({folder / 'tokenizer'}), or re-run `minillm prepare --tokenizer"
+            " PATH` with this one into a new --out",
+        )
     dtype = np.dtype(meta["dtype"])
     if tok.vocab_size > np.iinfo(dtype).max + 1:
-        raise file_error(mf, f"dtype {dtype.name} holds ids below {np.iinfo(dtype).max + 1:,}, but the vocabulary has {tok.vocab_size:,}", DATA_FIX)
+        raise file_error(
+            mf,
+            f"dtype {dtype.name} holds ids below {np.iinfo(dtype).max + 1:,}, but the vocabulary has"
+            f" {tok.vocab_size:,}",
+            DATA_FIX,
+        )
     for split in ("train", "val"):
         f, info = folder / f"{split}.bin", meta["splits"].get(split)
         n = info.get("tokens") if isinstance(info, dict) else None
-        if not isinstance(n, int) or isinstance(n, bool) or n < 0: raise file_error(mf, f"no token count for the {split} split", DATA_FIX)
-        if not f.is_file(): raise file_error(f, "missing", DATA_FIX)
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise file_error(mf, f"no token count for the {split} split", DATA_FIX)
+        if not f.is_file():
+            raise file_error(f, "missing", DATA_FIX)
         if (size := f.stat().st_size) != n * dtype.itemsize:
-            raise file_error(f, f"holds {size:,} bytes, but meta.json records {n:,} tokens x {dtype.itemsize} bytes = {n * dtype.itemsize:,} "
-                                "(a truncated copy, or a shard from another run)", DATA_FIX)
+            raise file_error(
+                f,
+                f"holds {size:,} bytes, but meta.json records {n:,} tokens x {dtype.itemsize} bytes ="
+                f" {n * dtype.itemsize:,} (a truncated copy, or a shard from another run)",
+                DATA_FIX,
+            )
         if n == 0:
-            raise file_error(f, f"the {split} split is empty" + (": evaluation on no tokens would be meaningless" if split == "val" else ""),
-                             "re-run `minillm prepare` with more text (a small corpus needs at least 2 lines per document)")
+            raise file_error(
+                f,
+                f"the {split} split is empty"
+                + (": evaluation on no tokens would be meaningless" if split == "val" else ""),
+                "re-run `minillm prepare` with more text (a small corpus needs at least 2 lines per document)",
+            )
         if (top := _max_id(np.memmap(f, dtype=dtype, mode="r"))) >= tok.vocab_size:
-            raise file_error(f, f"holds token id {top:,}, but the vocabulary has {tok.vocab_size:,} ids (0..{tok.vocab_size - 1:,})", DATA_FIX)
+            raise file_error(
+                f,
+                f"holds token id {top:,}, but the vocabulary has {tok.vocab_size:,} ids (0..{tok.vocab_size - 1:,})",
+                DATA_FIX,
+            )
     return meta

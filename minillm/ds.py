@@ -10,8 +10,16 @@ import torch.distributed as dist
 from .core import detect_hardware
 from .moe import moe_losses
 from .memory import bucket_elements, zero_bytes, tensor_bytes
-from .train import (Engine, TrainConfig, param_groups, accumulation_steps, set_rng_state, save_checkpoint,
-                           load_checkpoint, check_compatible)
+from minillm.train import (
+    Engine,
+    TrainConfig,
+    param_groups,
+    accumulation_steps,
+    set_rng_state,
+    save_checkpoint,
+    load_checkpoint,
+    check_compatible,
+)
 from .utils import UserError, free_port, patch, write_json
 
 # %% auto #0
@@ -23,217 +31,419 @@ __all__ = ['SHIPPED', 'SHIPPED_FILES', 'SHM_ALLREDUCE', 'SHARD_GLOBALS', 'zero_s
 
 # %% ../nbs/13_deepspeed.ipynb #9405362f
 def zero_section(stage: int, offload: str, bucket: int, persistence: int, on_gpu: bool) -> dict:
-    """ds_config's zero_optimization for ZeRO `stage` and `offload` none|optimizer|all. Always: stage, contiguous_gradients True,
-    overlap_comm (on a GPU only), reduce_bucket_size = bucket. Stages 1-2: allgather_bucket_size = bucket, reduce_scatter True.
-    Stage 3: stage3_prefetch_bucket_size = bucket, stage3_param_persistence_threshold = persistence, stage3_max_live_parameters =
-    2 x bucket, stage3_gather_16bit_weights_on_model_save False. Offload optimizer or all: offload_optimizer; all: offload_param too;
-    each {"device": "cpu", "pin_memory": on a GPU only}."""
-    # hint: start from the keys every stage has, add the keys only stages one and two use or only stage three uses, then the offload entries: the optimizer's for either offload, the parameters' for all only.
-    # hint2: stage 0 adds nothing to the keys every stage has; pinned memory and overlapping communication need a GPU, so both follow on_gpu.
-    # hint3: z = {"stage": stage, "contiguous_gradients": True, "overlap_comm": on_gpu, "reduce_bucket_size": bucket}; if stage in (1, 2): z |= {...}; if offload in ("optimizer", "all"): z["offload_optimizer"] = {"device": "cpu", "pin_memory": on_gpu}
+    """ds_config's zero_optimization for ZeRO `stage` and `offload` none|optimizer|all. Always: stage,
+    contiguous_gradients True,
+    overlap_comm (on a GPU only), reduce_bucket_size = bucket. Stages 1-2: allgather_bucket_size = bucket,
+    reduce_scatter True.
+    Stage 3: stage3_prefetch_bucket_size = bucket, stage3_param_persistence_threshold = persistence,
+    stage3_max_live_parameters =
+    2 x bucket, stage3_gather_16bit_weights_on_model_save False. Offload optimizer or all: offload_optimizer; all:
+    offload_param too;
+    each {"device": "cpu", "pin_memory": on a GPU only}.
+    """
+    # hint: start from the keys every stage has, add the keys only stages one and two use or only stage three uses, then
+    #       the offload entries: the optimizer's for either offload, the parameters' for all only.
+    # hint2: stage 0 adds nothing to the keys every stage has; pinned memory and overlapping communication need a GPU,
+    #        so both follow on_gpu.
+    # hint3: z = {"stage": stage, "contiguous_gradients": True, "overlap_comm": on_gpu, "reduce_bucket_size": bucket};
+    #        if stage in (1, 2): z |= {...}; if offload in ("optimizer", "all"): z["offload_optimizer"] = {"device":
+    #        "cpu", "pin_memory": on_gpu}
     zero = {"stage": stage, "contiguous_gradients": True, "overlap_comm": on_gpu, "reduce_bucket_size": bucket}
-    if stage in (1, 2): zero |= {"allgather_bucket_size": bucket, "reduce_scatter": True}
-    if stage == 3: zero |= {"stage3_prefetch_bucket_size": bucket, "stage3_param_persistence_threshold": persistence,
-                            "stage3_max_live_parameters": 2 * bucket, "stage3_gather_16bit_weights_on_model_save": False}
-    if offload in ("optimizer", "all"): zero["offload_optimizer"] = {"device": "cpu", "pin_memory": on_gpu}
-    if offload == "all": zero["offload_param"] = {"device": "cpu", "pin_memory": on_gpu}
+    if stage in (1, 2):
+        zero |= {"allgather_bucket_size": bucket, "reduce_scatter": True}
+    if stage == 3:
+        zero |= {
+            "stage3_prefetch_bucket_size": bucket,
+            "stage3_param_persistence_threshold": persistence,
+            "stage3_max_live_parameters": 2 * bucket,
+            "stage3_gather_16bit_weights_on_model_save": False,
+        }
+    if offload in ("optimizer", "all"):
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": on_gpu}
+    if offload == "all":
+        zero["offload_param"] = {"device": "cpu", "pin_memory": on_gpu}
     return zero
 
 # %% ../nbs/13_deepspeed.ipynb #81d9c1e2
 def require_deepspeed():
     "The deepspeed module, or an ImportError that says how to install it."
-    try: import deepspeed
+    try:
+        import deepspeed
     except ImportError:
-        raise ImportError('DeepSpeed is not installed: pip install "minillm[deepspeed]" (or pip install deepspeed; Linux or WSL), '
-                          "or train without --deepspeed.") from None
+        raise ImportError(
+            'DeepSpeed is not installed: pip install "minillm[deepspeed]" (or pip install deepspeed; Linux or WSL), '
+            "or train without --deepspeed."
+        ) from None
     return deepspeed
+
 
 def ds_precision(requested: str, device_type: str) -> str:
     "'bf16' | 'fp16' | 'fp32' for DeepSpeed on this device ('auto': the hardware's choice; fp32 on a CPU)."
-    if requested == "auto": return detect_hardware().precision if device_type == "cuda" else "fp32"
+    if requested == "auto":
+        return detect_hardware().precision if device_type == "cuda" else "fp32"
     if requested == "fp16" and device_type != "cuda":
         raise ValueError("DeepSpeed's CPU accelerator refuses fp16: use --precision bf16 or fp32 on a CPU.")
     return requested
 
-def build_ds_config(tc: TrainConfig, n_params: int, world_size: int, seq_len: int, device_type: str = "cuda", num_layers: int = 1) -> dict:
+
+def build_ds_config(
+    tc: TrainConfig, n_params: int, world_size: int, seq_len: int, device_type: str = "cuda", num_layers: int = 1
+) -> dict:
     "A complete ds_config (no 'auto' anywhere) for the trainer settings `tc`."
     stage = 2 if tc.zero_stage is None else tc.zero_stage
     accum = accumulation_steps(tc.batch_tokens, tc.micro_batch, seq_len, world_size)
     prec, bucket = ds_precision(tc.precision, device_type), bucket_elements(n_params)
     zero = zero_section(stage, tc.offload, bucket, int(min(1e5, max(1e3, n_params // 1000))), device_type == "cuda")
-    cfg = {"train_batch_size": tc.micro_batch * world_size * accum, "train_micro_batch_size_per_gpu": tc.micro_batch,
-           "gradient_accumulation_steps": accum, "gradient_clipping": tc.grad_clip,
-           "optimizer": {"type": "AdamW", "params": {"lr": tc.lr, "betas": [tc.beta1, tc.beta2], "eps": 1e-8,
-                                                     "weight_decay": tc.weight_decay, "torch_adam": True}},
-           "zero_optimization": zero, "zero_force_ds_cpu_optimizer": False,
-           "bf16": {"enabled": prec == "bf16"},
-           "fp16": {"enabled": prec == "fp16", "loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000,
-                    "hysteresis": 2, "min_loss_scale": 1},
-           "steps_per_print": 10**9, "wall_clock_breakdown": False}
+    cfg = {
+        "train_batch_size": tc.micro_batch * world_size * accum,
+        "train_micro_batch_size_per_gpu": tc.micro_batch,
+        "gradient_accumulation_steps": accum,
+        "gradient_clipping": tc.grad_clip,
+        "optimizer": {
+            "type": "AdamW",
+            "params": {
+                "lr": tc.lr,
+                "betas": [tc.beta1, tc.beta2],
+                "eps": 1e-8,
+                "weight_decay": tc.weight_decay,
+                "torch_adam": True,
+            },
+        },
+        "zero_optimization": zero,
+        "zero_force_ds_cpu_optimizer": False,
+        "bf16": {"enabled": prec == "bf16"},
+        "fp16": {
+            "enabled": prec == "fp16",
+            "loss_scale": 0,
+            "initial_scale_power": 16,
+            "loss_scale_window": 1000,
+            "hysteresis": 2,
+            "min_loss_scale": 1,
+        },
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
     if tc.activation_checkpointing != "none":
-        cfg["activation_checkpointing"] = {"partition_activations": False, "cpu_checkpointing": False, "contiguous_memory_optimization": False,
-                                           "number_checkpoints": num_layers, "synchronize_checkpoint_boundary": False, "profile": False}
+        cfg["activation_checkpointing"] = {
+            "partition_activations": False,
+            "cpu_checkpointing": False,
+            "contiguous_memory_optimization": False,
+            "number_checkpoints": num_layers,
+            "synchronize_checkpoint_boundary": False,
+            "profile": False,
+        }
     return cfg
 
 # %% ../nbs/13_deepspeed.ipynb #b758884b
 def find_auto(d, path: str = "") -> list[str]:
     "Dotted paths of every 'auto' value in a nested dict."
     # hint: walk the nested dicts carrying the dotted key path; collect paths whose value is "auto"
-    # hint2: recurse into each dict value with the path f"{path}.{k}" (just k at the top level); a value that is not a dict gives [path] when it equals "auto", else [].
-    if isinstance(d, dict): return [p for k, v in d.items() for p in find_auto(v, f"{path}.{k}" if path else k)]
+    # hint2: recurse into each dict value with the path f"{path}.{k}" (just k at the top level); a value that is not a
+    #        dict gives [path] when it equals "auto", else [].
+    if isinstance(d, dict):
+        return [p for k, v in d.items() for p in find_auto(v, f"{path}.{k}" if path else k)]
     return [path] if d == "auto" else []
 
 # %% ../nbs/13_deepspeed.ipynb #0998375e
 def batch_triple(train_batch_size: int | None, micro: int, accum: int | None, world_size: int) -> tuple[int, int, int]:
-    """(train_batch_size, micro, accum) with train_batch_size = micro x world_size x accum; whichever of train_batch_size and accum
-    is None is computed (not both). ValueError when train_batch_size is not a multiple of micro x world_size, or the three disagree."""
-    # hint: the sequences of one micro-step over all processes; a global batch given alone must be a whole multiple of it (else a ValueError naming both), and one given with the accumulation must equal the product (else a ValueError showing it).
-    # hint2: the messages the trainer prints: "train_batch_size T is not a multiple of micro batch M x W processes = MW", and "train_batch_size T != train_micro_batch_size_per_gpu M x W processes x gradient_accumulation_steps A = MWA; fix one of them (or drop train_batch_size and it is computed)".
-    # hint3: per = micro * world_size; accum None: raise unless train_batch_size % per == 0, then accum = train_batch_size // per; train_batch_size None: micro * world_size * accum; both given: raise if train_batch_size != per * accum.
+    """(train_batch_size, micro, accum) with train_batch_size = micro x world_size x accum; whichever of
+    train_batch_size and accum
+    is None is computed (not both). ValueError when train_batch_size is not a multiple of micro x world_size, or the
+    three disagree.
+
+    """
+    # hint: the sequences of one micro-step over all processes; a global batch given alone must be a whole multiple of
+    #       it (else a ValueError naming both), and one given with the accumulation must equal the product (else a
+    #       ValueError showing it).
+    # hint2: the messages the trainer prints: "train_batch_size T is not a multiple of micro batch M x W processes =
+    #        MW", and "train_batch_size T != train_micro_batch_size_per_gpu M x W processes x
+    #        gradient_accumulation_steps A = MWA; fix one of them (or drop train_batch_size and it is computed)".
+    # hint3: per = micro * world_size; accum None: raise unless train_batch_size % per == 0, then accum =
+    #        train_batch_size // per; train_batch_size None: micro * world_size * accum; both given: raise if
+    #        train_batch_size != per * accum.
     per = micro * world_size
     if accum is None:
         if train_batch_size % per or train_batch_size < per:
-            raise ValueError(f"train_batch_size {train_batch_size} is not a multiple of micro batch {micro} x {world_size} processes = {per}")
+            raise ValueError(
+                f"train_batch_size {train_batch_size} is not a multiple of micro batch {micro} x {world_size} processes"
+                f" = {per}"
+            )
         accum = train_batch_size // per
-    if train_batch_size is None: train_batch_size = per * accum
+    if train_batch_size is None:
+        train_batch_size = per * accum
     if train_batch_size != per * accum:
-        raise ValueError(f"train_batch_size {train_batch_size} != train_micro_batch_size_per_gpu {micro} x {world_size} processes x "
-                         f"gradient_accumulation_steps {accum} = {per * accum}; fix one of them (or drop train_batch_size and it is computed)")
+        raise ValueError(
+            f"train_batch_size {train_batch_size} != train_micro_batch_size_per_gpu {micro} x {world_size} processes x"
+            f" gradient_accumulation_steps {accum} = {per * accum}; fix one of them (or drop train_batch_size and it is"
+            " computed)"
+        )
     return train_batch_size, micro, accum
 
 # %% ../nbs/13_deepspeed.ipynb #b37c6003
-_SECTIONS = ("zero_optimization", "optimizer", "bf16", "fp16", "activation_checkpointing")      # ds_config keys whose value is an object
+_SECTIONS = (
+    "zero_optimization",
+    "optimizer",
+    "bf16",
+    "fp16",
+    "activation_checkpointing",
+)  # ds_config keys whose value is an object
 _BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
 
-def _shape_errors(cfg: dict) -> list[str]:
-    "What in a ds_config has the wrong JSON type (an object where one is needed, a positive integer for each batch number)."
-    bad = [f"{k} must be an object {{...}}, not {json.dumps(cfg[k])}" for k in _SECTIONS if k in cfg and not isinstance(cfg[k], dict)]
-    return bad + [f"{k} must be a positive integer, not {json.dumps(cfg[k])}" for k in _BATCH_KEYS
-                  if k in cfg and (type(cfg[k]) is not int or cfg[k] < 1)]
 
-def resolve_ds_config(user: dict | None, tc: TrainConfig, n_params: int, world_size: int, seq_len: int,
-                      device_type: str = "cuda", num_layers: int = 1, source: str = "ds_config") -> dict:
-    "The ds_config a run uses: built from `tc`, or the user's merged with `tc` and validated. Raises ValueError naming `source` and the fix."
+def _shape_errors(cfg: dict) -> list[str]:
+    """What in a ds_config has the wrong JSON type (an object where one is needed, a positive integer for each batch
+    number).
+    """
+    bad = [
+        f"{k} must be an object {{...}}, not {json.dumps(cfg[k])}"
+        for k in _SECTIONS
+        if k in cfg and not isinstance(cfg[k], dict)
+    ]
+    return bad + [
+        f"{k} must be a positive integer, not {json.dumps(cfg[k])}"
+        for k in _BATCH_KEYS
+        if k in cfg and (type(cfg[k]) is not int or cfg[k] < 1)
+    ]
+
+
+def resolve_ds_config(
+    user: dict | None,
+    tc: TrainConfig,
+    n_params: int,
+    world_size: int,
+    seq_len: int,
+    device_type: str = "cuda",
+    num_layers: int = 1,
+    source: str = "ds_config",
+) -> dict:
+    """The ds_config a run uses: built from `tc`, or the user's merged with `tc` and validated. Raises ValueError naming
+    `source` and the fix.
+    """
     built = build_ds_config(tc, n_params, world_size, seq_len, device_type, num_layers)
-    if user is None: return built
+    if user is None:
+        return built
     cfg = json.loads(json.dumps(user))
     if autos := find_auto(cfg):
-        raise ValueError(f"{source} has \"auto\" at {', '.join(autos)}: outside the Hugging Face Trainer DeepSpeed does not resolve it "
-                         "(bf16/fp16 'auto' is silently ignored, batch 'auto' crashes). Remove those keys and minillm fills them from your settings.")
-    if bad := _shape_errors(cfg): raise ValueError(f"{source} cannot work:\n  - " + "\n  - ".join(bad))
-    if "scheduler" in cfg: bad.append("a 'scheduler' section: minillm sets the learning rate every step (--lr, --warmup-steps, --schedule); remove it")
+        raise ValueError(
+            f"{source} has \"auto\" at {', '.join(autos)}: outside the Hugging Face Trainer DeepSpeed does not resolve"
+            " it (bf16/fp16 'auto' is silently ignored, batch 'auto' crashes). Remove those keys and minillm fills"
+            " them from your settings."
+        )
+    if bad := _shape_errors(cfg):
+        raise ValueError(f"{source} cannot work:\n  - " + "\n  - ".join(bad))
+    if "scheduler" in cfg:
+        bad.append(
+            "a 'scheduler' section: minillm sets the learning rate every step (--lr, --warmup-steps, --schedule);"
+            " remove it"
+        )
     micro = cfg.get("train_micro_batch_size_per_gpu", tc.micro_batch)
     accum, tbs = cfg.get("gradient_accumulation_steps"), cfg.get("train_batch_size")
-    if accum is None and tbs is None: accum = accumulation_steps(tc.batch_tokens, micro, seq_len, world_size)
-    try: tbs, micro, accum = batch_triple(tbs, micro, accum, world_size)
+    if accum is None and tbs is None:
+        accum = accumulation_steps(tc.batch_tokens, micro, seq_len, world_size)
+    try:
+        tbs, micro, accum = batch_triple(tbs, micro, accum, world_size)
     except ValueError as e:
-        bad.append(str(e)); accum = accum or max(1, tbs // (micro * world_size)); tbs = micro * world_size * accum
+        bad.append(str(e))
+        accum = accum or max(1, tbs // (micro * world_size))
+        tbs = micro * world_size * accum
     cfg.update(train_batch_size=tbs, train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=accum)
     zero = cfg.setdefault("zero_optimization", {"stage": 0})
-    if tc.zero_stage is not None: zero["stage"] = tc.zero_stage
-    if tc.offload != "none": zero.update({k: v for k, v in built["zero_optimization"].items() if k.startswith("offload_")})
+    if tc.zero_stage is not None:
+        zero["stage"] = tc.zero_stage
+    if tc.offload != "none":
+        zero.update({k: v for k, v in built["zero_optimization"].items() if k.startswith("offload_")})
     stage = zero.get("stage", 0)
-    if stage not in (0, 1, 2, 3): bad.append(f"zero_optimization.stage {stage!r}: use 0, 1, 2 or 3")
+    if stage not in (0, 1, 2, 3):
+        bad.append(f"zero_optimization.stage {stage!r}: use 0, 1, 2 or 3")
     if stage != 3:
         only3 = [k for k in zero if k.startswith("stage3_") or k == "offload_param"]
-        if only3: bad.append(f"{', '.join(only3)} only apply to ZeRO stage 3, but stage is {stage}: remove them or use stage 3")
-    if stage == 0 and "offload_optimizer" in zero: bad.append("offload_optimizer needs ZeRO stage 1, 2 or 3")
+        if only3:
+            bad.append(
+                f"{', '.join(only3)} only apply to ZeRO stage 3, but stage is {stage}: remove them or use stage 3"
+            )
+    if stage == 0 and "offload_optimizer" in zero:
+        bad.append("offload_optimizer needs ZeRO stage 1, 2 or 3")
     bf16, fp16 = cfg.get("bf16", {}).get("enabled", False), cfg.get("fp16", {}).get("enabled", False)
-    if bf16 and fp16: bad.append("bf16 and fp16 are both enabled: pick one")
-    if not (bf16 or fp16 or "bf16" in cfg or "fp16" in cfg): cfg["bf16"], cfg["fp16"] = built["bf16"], built["fp16"]
-    if fp16 and device_type != "cuda": bad.append("fp16 on a CPU: DeepSpeed's CPU accelerator refuses it; use bf16 or fp32")
+    if bf16 and fp16:
+        bad.append("bf16 and fp16 are both enabled: pick one")
+    if not (bf16 or fp16 or "bf16" in cfg or "fp16" in cfg):
+        cfg["bf16"], cfg["fp16"] = built["bf16"], built["fp16"]
+    if fp16 and device_type != "cuda":
+        bad.append("fp16 on a CPU: DeepSpeed's CPU accelerator refuses it; use bf16 or fp32")
     cfg.setdefault("optimizer", built["optimizer"])
     cfg.setdefault("gradient_clipping", tc.grad_clip)
     cfg.setdefault("zero_force_ds_cpu_optimizer", False)
-    if tc.activation_checkpointing != "none": cfg.setdefault("activation_checkpointing", built["activation_checkpointing"])
-    if bad: raise ValueError(f"{source} cannot work:\n  - " + "\n  - ".join(bad))
+    if tc.activation_checkpointing != "none":
+        cfg.setdefault("activation_checkpointing", built["activation_checkpointing"])
+    if bad:
+        raise ValueError(f"{source} cannot work:\n  - " + "\n  - ".join(bad))
     return cfg
+
 
 def _kind(v) -> str:
     return {list: "a list", str: "a string", bool: "true/false", type(None): "null"}.get(type(v), "a number")
 
+
 def load_ds_config(path) -> dict:
     "A ds_config.json's contents: a JSON object, or an error naming the file (and the line of a syntax error)."
     p = Path(path)
-    if not p.exists(): raise FileNotFoundError(f"--deepspeed {p}: no such file (leave the path out to build a config from the flags)")
-    try: text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError: raise ValueError(f"--deepspeed {p}: not a text file (not UTF-8): give a ds_config.json") from None
-    except OSError as e: raise ValueError(f"--deepspeed {p}: cannot read it ({e.strerror or e}): give a readable ds_config.json") from None
-    try: cfg = json.loads(text)
-    except json.JSONDecodeError as e: raise ValueError(f"--deepspeed {p}: not valid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+    if not p.exists():
+        raise FileNotFoundError(f"--deepspeed {p}: no such file (leave the path out to build a config from the flags)")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"--deepspeed {p}: not a text file (not UTF-8): give a ds_config.json") from None
+    except OSError as e:
+        raise ValueError(
+            f"--deepspeed {p}: cannot read it ({e.strerror or e}): give a readable ds_config.json"
+        ) from None
+    try:
+        cfg = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--deepspeed {p}: not valid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
     if not isinstance(cfg, dict):
-        raise ValueError(f"--deepspeed {p}: a ds_config is a JSON object ({{\"zero_optimization\": {{...}}, ...}}), but this file holds {_kind(cfg)}")
+        raise ValueError(
+            f"--deepspeed {p}: a ds_config is a JSON object ({{\"zero_optimization\": {{...}}, ...}}), but this file"
+            f" holds {_kind(cfg)}"
+        )
     return cfg
 
 # %% ../nbs/13_deepspeed.ipynb #9703d079
 SHIPPED = {
-    "zero2-offload": {"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu", "pin_memory": True},
-                                            "contiguous_gradients": True, "overlap_comm": True},
-                      "gradient_clipping": 1.0},
-    "zero3-max": {"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu", "pin_memory": True},
-                                        "offload_param": {"device": "cpu", "pin_memory": True}, "contiguous_gradients": True,
-                                        "overlap_comm": True, "stage3_gather_16bit_weights_on_model_save": False},
-                  "activation_checkpointing": {"partition_activations": False, "cpu_checkpointing": False,
-                                               "contiguous_memory_optimization": False, "synchronize_checkpoint_boundary": False},
-                  "gradient_clipping": 1.0},
+    "zero2-offload": {
+        "zero_optimization": {
+            "stage": 2,
+            "offload_optimizer": {"device": "cpu", "pin_memory": True},
+            "contiguous_gradients": True,
+            "overlap_comm": True,
+        },
+        "gradient_clipping": 1.0,
+    },
+    "zero3-max": {
+        "zero_optimization": {
+            "stage": 3,
+            "offload_optimizer": {"device": "cpu", "pin_memory": True},
+            "offload_param": {"device": "cpu", "pin_memory": True},
+            "contiguous_gradients": True,
+            "overlap_comm": True,
+            "stage3_gather_16bit_weights_on_model_save": False,
+        },
+        "activation_checkpointing": {
+            "partition_activations": False,
+            "cpu_checkpointing": False,
+            "contiguous_memory_optimization": False,
+            "synchronize_checkpoint_boundary": False,
+        },
+        "gradient_clipping": 1.0,
+    },
 }
 SHIPPED_FILES = {"zero2-offload": "ds_config.json", "zero3-max": "ds_config_zero3.json"}
 
+
 def user_ds_config(arg: str | None) -> dict | None:
     "--deepspeed's value: '' (build from the flags) -> None; a shipped name; or a path to a JSON file."
-    if not arg: return None
-    if arg in SHIPPED: return json.loads(json.dumps(SHIPPED[arg]))
+    if not arg:
+        return None
+    if arg in SHIPPED:
+        return json.loads(json.dumps(SHIPPED[arg]))
     if not Path(arg).exists():
         near = difflib.get_close_matches(arg, SHIPPED, n=1)
-        raise ValueError(f"--deepspeed {arg}: no such file, and not a shipped config (shipped: {', '.join(SHIPPED)})"
-                         + (f"; did you mean {near[0]}?" if near else "") + " Give a shipped name, or the path of a ds_config.json that exists.")
+        raise ValueError(
+            f"--deepspeed {arg}: no such file, and not a shipped config (shipped: {', '.join(SHIPPED)})"
+            + (f"; did you mean {near[0]}?" if near else "")
+            + " Give a shipped name, or the path of a ds_config.json that exists."
+        )
     return load_ds_config(arg)
 
 # %% ../nbs/13_deepspeed.ipynb #854362b6
-SHM_ALLREDUCE = "deepspeed_shm_comm"   # DeepSpeed's op name; its segments are /dev/shm/deepspeed_allreduce_buffer_*
+SHM_ALLREDUCE = "deepspeed_shm_comm"  # DeepSpeed's op name; its segments are /dev/shm/deepspeed_allreduce_buffer_*
+
 
 def skip_shm_allreduce(ds):
-    "Keep DeepSpeed's CPU backend from building the inference-only shared-memory all-reduce (and leaking its /dev/shm segments)."
-    ops = getattr(ds.ops, "__compatible_ops__", None)   # DeepSpeed's own table of usable ops, probed once per process
-    if isinstance(ops, dict): ops[SHM_ALLREDUCE] = False
+    """Keep DeepSpeed's CPU backend from building the inference-only shared-memory all-reduce (and leaking its /dev/shm
+    segments).
+    """
+    ops = getattr(ds.ops, "__compatible_ops__", None)  # DeepSpeed's own table of usable ops, probed once per process
+    if isinstance(ops, dict):
+        ops[SHM_ALLREDUCE] = False
 
 # %% ../nbs/13_deepspeed.ipynb #f3ff414e
 class DeepSpeedEngine(Engine):
     "DeepSpeed's engine runs the model: ZeRO 0-3 from a ds_config, optional CPU offload."
+
     name = "deepspeed"
+
     def setup(self):
         t, cfg = self.t, self.t.cfg
-        user = user_ds_config(cfg.deepspeed)                      # a bad --deepspeed value fails before anything starts
+        user = user_ds_config(cfg.deepspeed)  # a bad --deepspeed value fails before anything starts
         ds = require_deepspeed()
-        if t.d.device.type == "cpu": skip_shm_allreduce(ds)
-        if not dist.is_initialized():       # one process, no launcher: a group of one (else DeepSpeed goes looking for MPI)
-            for k, v in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(free_port())), ("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
+        if t.d.device.type == "cpu":
+            skip_shm_allreduce(ds)
+        if not dist.is_initialized():  # one process, no launcher: a group of one (else DeepSpeed goes looking for MPI)
+            for k, v in (
+                ("MASTER_ADDR", "127.0.0.1"),
+                ("MASTER_PORT", str(free_port())),
+                ("RANK", "0"),
+                ("WORLD_SIZE", "1"),
+                ("LOCAL_RANK", "0"),
+            ):
                 os.environ.setdefault(k, v)
             dist.init_process_group("nccl" if t.d.device.type == "cuda" else "gloo", rank=0, world_size=1)
         n = sum(p.numel() for p in t.raw.parameters())
-        self.ds_config = c = resolve_ds_config(user, cfg, n, t.d.world_size, t.T, t.d.device.type, t.model_config.num_layers,
-                                               source=f"--deepspeed {cfg.deepspeed}" if cfg.deepspeed else "ds_config")
+        self.ds_config = c = resolve_ds_config(
+            user,
+            cfg,
+            n,
+            t.d.world_size,
+            t.T,
+            t.d.device.type,
+            t.model_config.num_layers,
+            source=f"--deepspeed {cfg.deepspeed}" if cfg.deepspeed else "ds_config",
+        )
         if c["train_micro_batch_size_per_gpu"] != cfg.micro_batch:
-            t.log(f"micro batch {c['train_micro_batch_size_per_gpu']} from {cfg.deepspeed} (its train_micro_batch_size_per_gpu), not {cfg.micro_batch}")
-        t.cfg = replace(cfg, micro_batch=c["train_micro_batch_size_per_gpu"])   # the sampler draws the engine's micro batch
+            t.log(
+                f"micro batch {c['train_micro_batch_size_per_gpu']} from {cfg.deepspeed} (its"
+                f" train_micro_batch_size_per_gpu), not {cfg.micro_batch}"
+            )
+        t.cfg = replace(
+            cfg, micro_batch=c["train_micro_batch_size_per_gpu"]
+        )  # the sampler draws the engine's micro batch
         t.accum = c["gradient_accumulation_steps"]
-        t.precision = "bf16" if c.get("bf16", {}).get("enabled") else "fp16" if c.get("fp16", {}).get("enabled") else "fp32"
-        self.amp_dtype, self.scaler = None, None                  # DeepSpeed casts the model itself: no autocast
+        t.precision = (
+            "bf16" if c.get("bf16", {}).get("enabled") else "fp16" if c.get("fp16", {}).get("enabled") else "fp32"
+        )
+        self.amp_dtype, self.scaler = None, None  # DeepSpeed casts the model itself: no autocast
         self.zero_stage = c["zero_optimization"].get("stage", 0)
-        self.engine, self.opt, _, _ = ds.initialize(model=t.raw, model_parameters=param_groups(t.raw, cfg.weight_decay), config=c)
+        self.engine, self.opt, _, _ = ds.initialize(
+            model=t.raw, model_parameters=param_groups(t.raw, cfg.weight_decay), config=c
+        )
         self.model = self.engine
-        if "activation_checkpointing" in c:                       # the config's section is what the model uses
-            ds.checkpointing.configure(None, deepspeed_config=c)  # after initialize: it reads the world size from DeepSpeed's communication
-            if not t.moe: t.raw.checkpoint_fn = ds.checkpointing.checkpoint   # MoE: torch's non-reentrant one keeps the balancing losses' graph
-            if t.raw.activation_checkpointing in (False, "none"): t.raw.activation_checkpointing = "full"
-        if t.d.main: write_json(Path(cfg.out) / "ds_config.json", c)
+        if "activation_checkpointing" in c:  # the config's section is what the model uses
+            ds.checkpointing.configure(
+                None, deepspeed_config=c
+            )  # after initialize: it reads the world size from DeepSpeed's communication
+            if not t.moe:
+                t.raw.checkpoint_fn = (
+                    ds.checkpointing.checkpoint
+                )  # MoE: torch's non-reentrant one keeps the balancing losses' graph
+            if t.raw.activation_checkpointing in (False, "none"):
+                t.raw.activation_checkpointing = "full"
+        if t.d.main:
+            write_json(Path(cfg.out) / "ds_config.json", c)
 
     def describe(self) -> str:
         off = self.ds_config["zero_optimization"]
         where = [k.removeprefix("offload_") for k in ("offload_optimizer", "offload_param") if k in off]
-        return (f"engine deepspeed: ZeRO-{self.zero_stage}" + (f", {' and '.join(where)} offloaded to CPU" if where else "")
-                + (f", activations recomputed ({'torch non-reentrant checkpoint: MoE' if self.t.moe else 'deepspeed.checkpointing'})"
-                   if "activation_checkpointing" in self.ds_config else ""))
+        return (
+            f"engine deepspeed: ZeRO-{self.zero_stage}"
+            + (f", {' and '.join(where)} offloaded to CPU" if where else "")
+            + (
+                ", activations recomputed"
+                f" ({'torch non-reentrant checkpoint: MoE' if self.t.moe else 'deepspeed.checkpointing'})"
+                if "activation_checkpointing" in self.ds_config
+                else ""
+            )
+        )
 
 # %% ../nbs/13_deepspeed.ipynb #393b16e4
 @patch
@@ -241,110 +451,171 @@ def backward(self: DeepSpeedEngine, x: torch.Tensor, y: torch.Tensor, last: bool
     "Forward and backward through DeepSpeed's engine, which divides the loss by the accumulation steps itself."
     loss = self.engine(x, labels=y)[1]
     self.engine.backward(loss + moe_losses(self.t.raw) if self.t.moe else loss)
-    if not last: self.engine.step()          # not the boundary: DeepSpeed only counts the micro-batch
+    if not last:
+        self.engine.step()  # not the boundary: DeepSpeed only counts the micro-batch
     return loss.detach().float()
+
 
 @patch
 def step(self: DeepSpeedEngine, lr: float):
     "The accumulation boundary: DeepSpeed clips (gradient_clipping), updates and zeroes the gradients."
-    for g in self.engine.optimizer.param_groups: g["lr"] = lr
+    for g in self.engine.optimizer.param_groups:
+        g["lr"] = lr
     self.engine.step()
-    if not hasattr(self, "memory_report"): self.report_memory()     # after the first step every state exists
+    if not hasattr(self, "memory_report"):
+        self.report_memory()  # after the first step every state exists
 
 # %% ../nbs/13_deepspeed.ipynb #4701a2e5
-SHARD_GLOBALS = ("deepspeed.runtime.zero.config.ZeroStageEnum",          # the stage, in every optimizer shard
-                 "deepspeed.runtime.fp16.loss_scaler.LossScaler",          # the static loss scaler (fp32, bf16)
-                 "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",   # the dynamic one (fp16)
-                 "deepspeed.utils.tensor_fragment.fragment_address")      # where each ZeRO-1/2 partition starts
+SHARD_GLOBALS = (
+    "deepspeed.runtime.zero.config.ZeroStageEnum",  # the stage, in every optimizer shard
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler",  # the static loss scaler (fp32, bf16)
+    "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",  # the dynamic one (fp16)
+    "deepspeed.utils.tensor_fragment.fragment_address",
+)  # where each ZeRO-1/2 partition starts
+
 
 def shard_globals() -> list:
     "The classes of SHARD_GLOBALS: all a DeepSpeed shard minillm writes holds besides tensors and plain containers."
     import importlib
+
     return [getattr(importlib.import_module(m), n) for m, n in (g.rsplit(".", 1) for g in SHARD_GLOBALS)]
 
+
 def verify_shards(folder, expected=None):
-    "Load every file of a DeepSpeed tag folder with weights_only=True (SHARD_GLOBALS allowed) before DeepSpeed, which unpickles anything, reads one."
+    """Load every file of a DeepSpeed tag folder with weights_only=True (SHARD_GLOBALS allowed) before DeepSpeed, which
+    unpickles anything, reads one.
+    """
     folder, fix = Path(folder), "remove it, or train into a new --out"
     if folder.is_symlink() or not folder.is_dir():
-        raise UserError(f"{folder}: the run folder holds something minillm did not write (not a folder of DeepSpeed shards); {fix}")
+        raise UserError(
+            f"{folder}: the run folder holds something minillm did not write (not a folder of DeepSpeed shards); {fix}"
+        )
     files = sorted(folder.iterdir())
     if expected is not None and {p.name for p in files} != set(expected):
-        raise UserError(f"{folder}: holds {sorted(p.name for p in files)} where this run wrote {sorted(expected)}: "
-                        "a file minillm did not write appeared during the save; check who else writes to this run folder")
+        raise UserError(
+            f"{folder}: holds {sorted(p.name for p in files)} where this run wrote {sorted(expected)}: "
+            "a file minillm did not write appeared during the save; check who else writes to this run folder"
+        )
     with torch.serialization.safe_globals(shard_globals()):
         for p in files:
             try:
-                if p.is_symlink() or not p.is_file(): raise ValueError("not a plain file")
+                if p.is_symlink() or not p.is_file():
+                    raise ValueError("not a plain file")
                 torch.load(p, map_location="cpu", weights_only=True, mmap=True)
             except Exception:
-                raise UserError(f"{p}: refused: the run folder contains a file minillm did not write (or a damaged one): "
-                                f"it does not load safely as a DeepSpeed shard; {fix}") from None
+                raise UserError(
+                    f"{p}: refused: the run folder contains a file minillm did not write (or a damaged one): "
+                    f"it does not load safely as a DeepSpeed shard; {fix}"
+                ) from None
+
 
 def consolidated_weights(ds_dir: Path, tag: str, model_keys) -> dict:
-    "fp32 weights merged from a DeepSpeed checkpoint's shards (ZeRO 1-3), with every key of the model's state_dict; each shard is verified first."
+    """fp32 weights merged from a DeepSpeed checkpoint's shards (ZeRO 1-3), with every key of the model's state_dict;
+    each shard is verified first.
+    """
     import contextlib, io
-    require_deepspeed()                                        # missing: the install hint, not a bare ModuleNotFoundError
+
+    require_deepspeed()  # missing: the install hint, not a bare ModuleNotFoundError
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-    verify_shards(Path(ds_dir) / tag)                          # the merge reads every *_states.pt of this tag folder, and no other
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):   # it reports its progress on both
+
+    verify_shards(Path(ds_dir) / tag)  # the merge reads every *_states.pt of this tag folder, and no other
+    with (
+        contextlib.redirect_stdout(io.StringIO()),
+        contextlib.redirect_stderr(io.StringIO()),
+    ):  # it reports its progress on both
         sd = get_fp32_state_dict_from_zero_checkpoint(str(ds_dir), tag=tag)
     sd = {k: v.float().contiguous() for k, v in sd.items()}
-    if "lm_head.weight" in model_keys and "lm_head.weight" not in sd: sd["lm_head.weight"] = sd["tok_emb.weight"]   # tied
+    if "lm_head.weight" in model_keys and "lm_head.weight" not in sd:
+        sd["lm_head.weight"] = sd["tok_emb.weight"]  # tied
     missing = set(model_keys) - set(sd)
-    if missing: raise ValueError(f"{ds_dir / tag}: the merged weights lack {sorted(missing)}")
+    if missing:
+        raise ValueError(f"{ds_dir / tag}: the merged weights lack {sorted(missing)}")
     return sd
+
 
 def _clear(p: Path):
     "Remove whatever is at `p`: a file, a link (not what it points to) or a folder tree."
-    if p.is_symlink() or p.is_file(): p.unlink()
-    elif p.is_dir(): shutil.rmtree(p)
+    if p.is_symlink() or p.is_file():
+        p.unlink()
+    elif p.is_dir():
+        shutil.rmtree(p)
+
 
 def _written(engine, ds_dir: Path, tag: str) -> set[str]:
     "The names of the files this rank's engine.save_checkpoint writes into the tag folder."
     names = {Path(engine._get_ckpt_name(str(ds_dir), tag)).name}
-    if engine.save_zero_checkpoint: names.add(Path(engine._get_zero_ckpt_name(str(ds_dir), tag)).name)
+    if engine.save_zero_checkpoint:
+        names.add(Path(engine._get_zero_ckpt_name(str(ds_dir), tag)).name)
     return names
+
 
 @patch
 def save(self: DeepSpeedEngine, path: Path, state: dict):
-    "Every rank writes its shards into deepspeed/<tag>.tmp, swapped in whole; rank 0 then writes `path` with the merged fp32 weights."
+    """Every rank writes its shards into deepspeed/<tag>.tmp, swapped in whole; rank 0 then writes `path` with the
+    merged fp32 weights.
+    """
     d, tag, ds_dir = self.t.d, path.stem, path.parent / "deepspeed"
     new, old = ds_dir / f"{tag}.tmp", ds_dir / f"{tag}.old"
-    if d.main: _clear(new)                                     # DeepSpeed writes only into an emptied folder
-    if d.world_size > 1: dist.barrier()
+    if d.main:
+        _clear(new)  # DeepSpeed writes only into an emptied folder
+    if d.world_size > 1:
+        dist.barrier()
     self.engine.save_checkpoint(str(ds_dir), tag=new.name, client_state=state, save_latest=False)
     names = [None] * d.world_size
-    if d.world_size > 1: dist.all_gather_object(names, _written(self.engine, ds_dir, new.name))
-    else: names = [_written(self.engine, ds_dir, new.name)]
+    if d.world_size > 1:
+        dist.all_gather_object(names, _written(self.engine, ds_dir, new.name))
+    else:
+        names = [_written(self.engine, ds_dir, new.name)]
     if d.main:
-        verify_shards(new, expected=set().union(*names))       # exactly the files this run wrote, each loading safely
-        if self.zero_stage == 0: weights = {k: v.float().clone() for k, v in self.t.raw.state_dict().items()}
-        else: weights = consolidated_weights(ds_dir, new.name, self.t.raw.state_dict().keys())
+        verify_shards(new, expected=set().union(*names))  # exactly the files this run wrote, each loading safely
+        if self.zero_stage == 0:
+            weights = {k: v.float().clone() for k, v in self.t.raw.state_dict().items()}
+        else:
+            weights = consolidated_weights(ds_dir, new.name, self.t.raw.state_dict().keys())
         _clear(old)
-        if (ds_dir / tag).exists() or (ds_dir / tag).is_symlink(): (ds_dir / tag).rename(old)
-        new.rename(ds_dir / tag)                               # the previous shards stay whole until the new ones are complete
-        save_checkpoint(path, dict(state, model=weights, optimizer=None, scaler=None, engine=self.name,
-                                   deepspeed=dict(dir="deepspeed", tag=tag, zero_stage=self.zero_stage)))
+        if (ds_dir / tag).exists() or (ds_dir / tag).is_symlink():
+            (ds_dir / tag).rename(old)
+        new.rename(ds_dir / tag)  # the previous shards stay whole until the new ones are complete
+        save_checkpoint(
+            path,
+            dict(
+                state,
+                model=weights,
+                optimizer=None,
+                scaler=None,
+                engine=self.name,
+                deepspeed=dict(dir="deepspeed", tag=tag, zero_stage=self.zero_stage),
+            ),
+        )
         _clear(old)
-    if d.world_size > 1: dist.barrier()
+    if d.world_size > 1:
+        dist.barrier()
+
 
 @patch
 def load(self: DeepSpeedEngine, path: Path, ck: dict) -> dict:
-    "Weights and optimizer from the DeepSpeed shards saved beside `path`; returns the trainer's state they were saved with."
+    """Weights and optimizer from the DeepSpeed shards saved beside `path`; returns the trainer's state they were saved
+    with.
+    """
     tag, ds_dir = path.stem, path.parent / "deepspeed"
     if not (ds_dir / tag).is_dir():
-        raise FileNotFoundError(f"{ds_dir / tag}: no DeepSpeed checkpoint to resume (was this run trained with another --engine? "
-                                "Resume it the way it was trained, or start a new --out).")
-    verify_shards(ds_dir / tag)                                # every rank, before DeepSpeed unpickles any of them
+        raise FileNotFoundError(
+            f"{ds_dir / tag}: no DeepSpeed checkpoint to resume (was this run trained with another --engine? "
+            "Resume it the way it was trained, or start a new --out)."
+        )
+    verify_shards(ds_dir / tag)  # every rank, before DeepSpeed unpickles any of them
     _, client = self.engine.load_checkpoint(str(ds_dir), tag=tag)
     return client
+
 
 @patch
 def model_state(self: DeepSpeedEngine) -> dict:
     raise NotImplementedError("DeepSpeed's weights are merged from its saved shards: call save()")
 
+
 @patch
-def optimizer_state(self: DeepSpeedEngine): return None        # the moments stay in DeepSpeed's shards
+def optimizer_state(self: DeepSpeedEngine):
+    return None  # the moments stay in DeepSpeed's shards
 
 # %% ../nbs/13_deepspeed.ipynb #3e488823
 def rank_model_states(engine) -> dict:
@@ -353,78 +624,162 @@ def rank_model_states(engine) -> dict:
     inner = getattr(opt, "optimizer", opt)
     params = list(engine.module.parameters())
     weights = tensor_bytes(p.ds_tensor if hasattr(p, "ds_tensor") else p for p in params)
-    if hasattr(opt, "fp32_partitioned_groups_flat"): master = tensor_bytes(opt.fp32_partitioned_groups_flat)          # ZeRO-3
-    elif hasattr(opt, "single_partition_of_fp32_groups"): master = tensor_bytes(opt.single_partition_of_fp32_groups)  # ZeRO-1/2
-    else: master = 0
+    if hasattr(opt, "fp32_partitioned_groups_flat"):
+        master = tensor_bytes(opt.fp32_partitioned_groups_flat)  # ZeRO-3
+    elif hasattr(opt, "single_partition_of_fp32_groups"):
+        master = tensor_bytes(opt.single_partition_of_fp32_groups)  # ZeRO-1/2
+    else:
+        master = 0
     moments = [v for s in inner.state.values() for k, v in s.items() if torch.is_tensor(v) and k != "step"]
-    return dict(weights=weights, master=master, optimizer=tensor_bytes(moments), optimizer_device=str(moments[0].device) if moments else None)
+    return dict(
+        weights=weights,
+        master=master,
+        optimizer=tensor_bytes(moments),
+        optimizer_device=str(moments[0].device) if moments else None,
+    )
+
 
 @patch
 def rank_bytes(self: DeepSpeedEngine) -> dict:
-    "This rank's bytes in the contract's terms (the fp32 master partition counts as optimizer state) and DeepSpeed's own split."
+    """This rank's bytes in the contract's terms (the fp32 master partition counts as optimizer state) and DeepSpeed's
+    own split.
+    """
     r = rank_model_states(self.engine)
     return dict(params=r["weights"], grads=0, optimizer=r["master"] + r["optimizer"], deepspeed=r)
 
+
 @patch
 def report_memory(self: DeepSpeedEngine):
-    "Every rank's model-state bytes after the first step, beside the memory lesson's formula and DeepSpeed's estimator (zero_memory.json)."
+    """Every rank's model-state bytes after the first step, beside the memory lesson's formula and DeepSpeed's estimator
+    (zero_memory.json).
+    """
     t = self.t
     mine = rank_model_states(self.engine)
     ranks = [None] * t.d.world_size
-    if t.d.world_size > 1: dist.all_gather_object(ranks, mine)
-    else: ranks = [mine]
+    if t.d.world_size > 1:
+        dist.all_gather_object(ranks, mine)
+    else:
+        ranks = [mine]
     n = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in t.raw.parameters())
     off = self.ds_config["zero_optimization"]
     offload = "all" if "offload_param" in off else "optimizer" if "offload_optimizer" in off else "none"
     formula = zero_bytes(n, t.precision, self.zero_stage, t.d.world_size, offload if self.zero_stage else "none")
-    self.memory_report = dict(num_params=n, zero_stage=self.zero_stage, world_size=t.d.world_size, precision=t.precision, offload=offload,
-                              ranks=ranks, formula=formula, deepspeed_estimate=deepspeed_estimate(t.raw, n, self.zero_stage, t.d.world_size, offload))
-    if t.d.main: write_json(t.out / "zero_memory.json", self.memory_report)
+    self.memory_report = dict(
+        num_params=n,
+        zero_stage=self.zero_stage,
+        world_size=t.d.world_size,
+        precision=t.precision,
+        offload=offload,
+        ranks=ranks,
+        formula=formula,
+        deepspeed_estimate=deepspeed_estimate(t.raw, n, self.zero_stage, t.d.world_size, offload),
+    )
+    if t.d.main:
+        write_json(t.out / "zero_memory.json", self.memory_report)
+
 
 def deepspeed_estimate(model, n_params: int, stage: int, gpus: int, offload: str) -> dict | None:
     "DeepSpeed's own model-state estimator for this run (bytes per GPU and CPU), where it has one (stages 2 and 3)."
-    if stage in (2, 3): require_deepspeed()                    # missing: the install hint, not a bare ModuleNotFoundError
+    if stage in (2, 3):
+        require_deepspeed()  # missing: the install hint, not a bare ModuleNotFoundError
     if stage == 2:
         from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
-        cpu, gpu = estimate_zero2_model_states_mem_needs(n_params, gpus, 1, offload != "none", additional_buffer_factor=1.0)
+
+        cpu, gpu = estimate_zero2_model_states_mem_needs(
+            n_params, gpus, 1, offload != "none", additional_buffer_factor=1.0
+        )
     elif stage == 3:
         from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
-        largest = max(sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
-        cpu, gpu, _ = estimate_zero3_model_states_mem_needs(n_params, largest, gpus, 1, offload != "none", offload == "all", False, 1.0)
-    else: return None
-    return dict(gpu=int(gpu), cpu=int(cpu))
 
+        largest = max(
+            sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in m.parameters(recurse=False))
+            for m in model.modules()
+        )
+        cpu, gpu, _ = estimate_zero3_model_states_mem_needs(
+            n_params, largest, gpus, 1, offload != "none", offload == "all", False, 1.0
+        )
+    else:
+        return None
+    return dict(gpu=int(gpu), cpu=int(cpu))
 
 # %% ../nbs/13_deepspeed.ipynb #e13b57bd
 def find_launcher(script: str, module: str) -> list[str]:
-    "A launcher's console script beside this Python (its venv), else on PATH, else `python -m module` (the same program)."
+    """A launcher's console script beside this Python (its venv), else on PATH, else `python -m module` (the same
+    program).
+    """
     import shutil, sys
+
     exe = Path(sys.executable).parent / script
-    if exe.exists(): return [str(exe)]
+    if exe.exists():
+        return [str(exe)]
     return [found] if (found := shutil.which(script)) else [sys.executable, "-m", module]
 
-def deepspeed_command(train_args: list[str], num_procs: int, port: int | None = None, hostfile: str | None = None) -> list[str]:
-    "The `deepspeed` launcher command that runs `minillm.train` with `train_args` on `num_procs` processes (per node with a hostfile)."
-    import importlib.util                    # a `deepspeed` script on PATH from another Python would start workers that cannot import it
-    if importlib.util.find_spec("deepspeed") is None: require_deepspeed()
+
+def deepspeed_command(
+    train_args: list[str], num_procs: int, port: int | None = None, hostfile: str | None = None
+) -> list[str]:
+    """The `deepspeed` launcher command that runs `minillm.train` with `train_args` on `num_procs` processes (per node
+    with a hostfile).
+    """
+    import importlib.util  # a `deepspeed` script on PATH from another Python would start workers that cannot import it
+
+    if importlib.util.find_spec("deepspeed") is None:
+        require_deepspeed()
     launcher = find_launcher("deepspeed", "deepspeed.launcher.runner")
     hosts = ["--hostfile", hostfile] if hostfile else []
-    return [*launcher, *hosts, "--num_gpus", str(num_procs), "--master_port", str(port or free_port()), "--module", "minillm.train", *train_args]
+    return [
+        *launcher,
+        *hosts,
+        "--num_gpus",
+        str(num_procs),
+        "--master_port",
+        str(port or free_port()),
+        "--module",
+        "minillm.train",
+        *train_args,
+    ]
+
 
 def torchrun_command(train_args: list[str], num_procs: int, port: int | None = None) -> list[str]:
-    "The plain trainer's command on `num_procs` processes: `torchrun` (DDP), or a bare `python -m minillm.train` for one."
+    """The plain trainer's command on `num_procs` processes: `torchrun` (DDP), or a bare `python -m minillm.train` for
+    one.
+    """
     import sys
-    if num_procs == 1: return [sys.executable, "-m", "minillm.train", *train_args]
-    return [*find_launcher("torchrun", "torch.distributed.run"), "--nproc_per_node", str(num_procs), "--master_port", str(port or free_port()), "-m", "minillm.train", *train_args]
+
+    if num_procs == 1:
+        return [sys.executable, "-m", "minillm.train", *train_args]
+    return [
+        *find_launcher("torchrun", "torch.distributed.run"),
+        "--nproc_per_node",
+        str(num_procs),
+        "--master_port",
+        str(port or free_port()),
+        "-m",
+        "minillm.train",
+        *train_args,
+    ]
+
 
 def run_training(cmd: list[str], out: str | Path, timeout: float | None = None) -> list[dict]:
-    "Run a training command to its end and return the rows of `out/metrics.jsonl`; on failure raise with its stderr's tail, on timeout kill every process it started."
+    """Run a training command to its end and return the rows of `out/metrics.jsonl`; on failure raise with its stderr's
+    tail, on timeout kill every process it started.
+    """
     import signal, subprocess
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                         env={**os.environ, "TQDM_DISABLE": "1"})
-    try: _, err = p.communicate(timeout=timeout)
+
+    p = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "TQDM_DISABLE": "1"},
+    )
+    try:
+        _, err = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL); _, err = p.communicate()
+        os.killpg(p.pid, signal.SIGKILL)
+        _, err = p.communicate()
         raise TimeoutError(f"{' '.join(cmd[:6])} ... ran past {timeout} s and was killed:\n{err[-3000:]}") from None
-    if p.returncode: raise RuntimeError(f"{' '.join(cmd[:6])} ... exited with {p.returncode}:\n{err[-3000:]}")
+    if p.returncode:
+        raise RuntimeError(f"{' '.join(cmd[:6])} ... exited with {p.returncode}:\n{err[-3000:]}")
     return [json.loads(l) for l in (Path(out) / "metrics.jsonl").read_text().splitlines()]

@@ -18,12 +18,17 @@ __all__ = ['ExerciseFailed', 'case', 'same', 'test_fail', 'test_eq', 'test_close
 class ExerciseFailed(AssertionError):
     "Raised by `check` when a learner's function disagrees with the reference; the message says how."
 
+
 @dataclass
 class case:
     "One set of inputs for `check`: `case(3, causal=True)` calls `fn(3, causal=True)`."
+
     args: tuple = ()
     kwargs: dict = field(default_factory=dict)
-    def __init__(self, *args, **kwargs): self.args, self.kwargs = args, kwargs
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+
     def __repr__(self):
         parts = [_short(a) for a in self.args] + [f"{k}={_short(v)}" for k, v in self.kwargs.items()]
         return "(" + ", ".join(parts) + ")"
@@ -33,130 +38,204 @@ def _short(x, n=200) -> str:
     "A repr short enough to read in an error message; tensors show shape, dtype and values."
     try:
         import torch
+
         if isinstance(x, torch.Tensor):
             r = f"tensor(shape={tuple(x.shape)}, dtype={str(x.dtype).replace('torch.', '')}, values={x.tolist()!r})"
             return r if len(r) <= n else r[:n] + "...)"
-    except ImportError: pass
+    except ImportError:
+        pass
     r = repr(x)
     return r if len(r) <= n else r[:n] + "..."
 
+
 def same(expected, got, rtol=1e-5, atol=1e-6) -> bool:
-    "Are `expected` and `got` equal: tensors by shape, dtype and values (within tolerance), floats by tolerance, containers elementwise."
-    try: import torch
-    except ImportError: torch = None
+    """Are `expected` and `got` equal: tensors by shape, dtype and values (within tolerance), floats by tolerance,
+    containers elementwise.
+    """
+    try:
+        import torch
+    except ImportError:
+        torch = None
     if torch is not None and isinstance(expected, torch.Tensor):
-        if not isinstance(got, torch.Tensor) or got.shape != expected.shape or got.dtype != expected.dtype: return False
+        if not isinstance(got, torch.Tensor) or got.shape != expected.shape or got.dtype != expected.dtype:
+            return False
         if expected.dtype.is_floating_point or expected.dtype.is_complex:
             return torch.allclose(got, expected, rtol=rtol, atol=atol, equal_nan=True)
         return torch.equal(got, expected)
     if isinstance(expected, float) or isinstance(got, float):
-        if isinstance(expected, bool) or isinstance(got, bool): return expected is got
-        try: return math.isclose(expected, got, rel_tol=rtol, abs_tol=atol)
-        except TypeError: return False
+        if isinstance(expected, bool) or isinstance(got, bool):
+            return expected is got
+        try:
+            return math.isclose(expected, got, rel_tol=rtol, abs_tol=atol)
+        except TypeError:
+            return False
     if isinstance(expected, (list, tuple)):
-        return type(got) is type(expected) and len(got) == len(expected) and all(same(e, g, rtol, atol) for e, g in zip(expected, got))
+        return (
+            type(got) is type(expected)
+            and len(got) == len(expected)
+            and all(same(e, g, rtol, atol) for e, g in zip(expected, got))
+        )
     if isinstance(expected, dict):
-        return isinstance(got, dict) and got.keys() == expected.keys() and all(same(expected[k], got[k], rtol, atol) for k in expected)
+        return (
+            isinstance(got, dict)
+            and got.keys() == expected.keys()
+            and all(same(expected[k], got[k], rtol, atol) for k in expected)
+        )
     return type(got) is type(expected) and got == expected
 
 # %% ../nbs/00_exercises.ipynb #497fb212
 def test_fail(f: Callable, msg: str = "", contains: str = "", args=None, kwargs=None):
     "Assert that f(*args, **kwargs) raises an exception whose message contains `contains`."
-    try: f(*(args or ()), **(kwargs or {}))
+    try:
+        f(*(args or ()), **(kwargs or {}))
     except Exception as e:
-        assert not contains or contains in str(e), f"{msg}: the error {type(e).__name__}: {e} does not contain {contains!r}"
+        assert not contains or contains in str(e), (
+            f"{msg}: the error {type(e).__name__}: {e} does not contain {contains!r}"
+        )
         return
-    raise AssertionError(f"{msg}: expected an exception, none was raised" if msg else "expected an exception, none was raised")
+    raise AssertionError(
+        f"{msg}: expected an exception, none was raised" if msg else "expected an exception, none was raised"
+    )
+
 
 def test_eq(a, b):
     "Assert a == b (tensors and arrays: same shape and every element equal)."
-    if hasattr(a, "shape") and hasattr(b, "shape"): ok = tuple(a.shape) == tuple(b.shape) and bool((a == b).all())
-    else: ok = a == b
+    if hasattr(a, "shape") and hasattr(b, "shape"):
+        ok = tuple(a.shape) == tuple(b.shape) and bool((a == b).all())
+    else:
+        ok = a == b
     assert ok, f"{_short(a)} != {_short(b)}"
+
 
 def test_close(a, b, eps: float = 1e-5):
     "Assert |a - b| < eps, elementwise for tensors, arrays and sequences."
     if hasattr(a, "shape") or hasattr(b, "shape"):
         import numpy as np
+
         arr = lambda x: x.detach().float().cpu().numpy() if hasattr(x, "detach") else np.asarray(x, dtype=float)
         ok = bool(np.all(np.abs(arr(a) - arr(b)) < eps))
-    elif isinstance(a, (list, tuple)): return [test_close(x, y, eps) for x, y in zip(a, b, strict=True)] and None
-    else: ok = abs(a - b) < eps
+    elif isinstance(a, (list, tuple)):
+        return [test_close(x, y, eps) for x, y in zip(a, b, strict=True)] and None
+    else:
+        ok = abs(a - b) < eps
     assert ok, f"{_short(a)} and {_short(b)} differ by eps={eps} or more"
 
-test_fail.__test__ = test_eq.__test__ = test_close.__test__ = False    # pytest: helpers, not tests
+
+test_fail.__test__ = test_eq.__test__ = test_close.__test__ = False  # pytest: helpers, not tests
 
 # %% ../nbs/00_exercises.ipynb #349a0e5d
 def _resolve(reference) -> Callable:
     "A callable, or a dotted path such as 'minillm.core.bf16_capable'."
-    if callable(reference): return reference
+    if callable(reference):
+        return reference
     mod, _, name = reference.rpartition(".")
     return getattr(importlib.import_module(mod), name)
+
 
 def check(fn: Callable, cases: Iterable, reference: Callable | str, rtol: float = 1e-5, atol: float = 1e-6) -> int:
     "Run `fn` and `reference` on each case; print a pass, or raise `ExerciseFailed` with inputs, expected and got."
     ref, name = _resolve(reference), getattr(fn, "__name__", repr(fn))
-    hinted = ref if _tiers(ref) else _find_reference(name) if name.isidentifier() else None   # an independent reference has no hints:
-    if hinted is not None and name.isidentifier(): _REFERENCES[name] = hinted                # the package's function of that name has them
+    hinted = (
+        ref if _tiers(ref) else _find_reference(name) if name.isidentifier() else None
+    )  # an independent reference has no hints:
+    if hinted is not None and name.isidentifier():
+        _REFERENCES[name] = hinted  # the package's function of that name has them
     cases = [c if isinstance(c, case) else case(*c) for c in cases]
     for c in cases:
         expected = ref(*copy.deepcopy(c.args), **copy.deepcopy(c.kwargs))
-        try: got = fn(*copy.deepcopy(c.args), **copy.deepcopy(c.kwargs))
+        try:
+            got = fn(*copy.deepcopy(c.args), **copy.deepcopy(c.kwargs))
         except NotImplementedError as e:
-            raise ExerciseFailed(f"`{name}` is not implemented yet: replace the `raise NotImplementedError` in its cell.\n"
-                                 f"  hint: {e}{_next_hint(name, hinted)}") from None
+            raise ExerciseFailed(
+                f"`{name}` is not implemented yet: replace the `raise NotImplementedError` in its cell.\n"
+                f"  hint: {e}{_next_hint(name, hinted)}"
+            ) from None
         except Exception as e:
-            raise ExerciseFailed(f"`{name}{c!r}` raised {type(e).__name__}: {e}\n"
-                                 f"  inputs:   {c!r}\n  expected: {_short(expected)}{_next_hint(name, hinted)}") from e
+            raise ExerciseFailed(
+                f"`{name}{c!r}` raised {type(e).__name__}: {e}\n"
+                f"  inputs:   {c!r}\n  expected: {_short(expected)}{_next_hint(name, hinted)}"
+            ) from e
         if not same(expected, got, rtol, atol):
-            raise ExerciseFailed(f"`{name}` gave a wrong answer.\n  inputs:   {c!r}\n"
-                                 f"  expected: {_short(expected)}\n  got:      {_short(got)}{_next_hint(name, hinted)}")
+            raise ExerciseFailed(
+                f"`{name}` gave a wrong answer.\n  inputs:   {c!r}\n"
+                f"  expected: {_short(expected)}\n  got:      {_short(got)}{_next_hint(name, hinted)}"
+            )
     print(f"✓ {name}: all {len(cases)} checks passed")
     return len(cases)
 
 # %% ../nbs/00_exercises.ipynb #69f5840f
 _HINT = re.compile(r"^\s*# hint(\d*):(.*)$")
-_REFERENCES: dict[str, Callable] = {}     # exercise name -> the reference its last `check` used
-_SEEN: dict[str, int] = {}                # exercise name -> the highest tier shown (the stub's error is tier 1)
+_HINT_MORE = re.compile(r"^\s*#\s{2,}(\S.*)$")  # a hint's next line: '#' then the text indented under the hint's
+_REFERENCES: dict[str, Callable] = {}  # exercise name -> the reference its last `check` used
+_SEEN: dict[str, int] = {}  # exercise name -> the highest tier shown (the stub's error is tier 1)
+
 
 def hint_tiers(source: str) -> dict[int, str]:
-    "{tier: text} from the `# hint:` (tier 1), `# hint2:`, `# hint3:`... comments in `source`; lines of a tier are joined."
-    tiers = {}
+    """{tier: text} from the `# hint:` (tier 1), `# hint2:`, `# hint3:`... comments in `source`. A hint goes on over
+    the comment lines below it whose text is indented (`#` and two or more spaces); the lines of a tier are joined."""
+    tiers, t = {}, None
     for line in source.split("\n"):
-        if m := _HINT.match(line): t = int(m.group(1) or 1); tiers[t] = f"{tiers.get(t, '')} {m.group(2).strip()}".strip()
+        if m := _HINT.match(line):
+            t, text = int(m.group(1) or 1), m.group(2)
+        elif t is not None and (m := _HINT_MORE.match(line)):
+            text = m.group(1)
+        else:
+            t = None
+            continue
+        tiers[t] = f"{tiers.get(t, '')} {text.strip()}".strip()
     return dict(sorted(tiers.items()))
+
 
 def _find_reference(fn) -> Callable | None:
     "The reference of exercise `fn` (a function, its name, or a dotted path), or None."
-    if isinstance(fn, str) and "." in fn: return _resolve(fn)
+    if isinstance(fn, str) and "." in fn:
+        return _resolve(fn)
     name = fn if isinstance(fn, str) else getattr(fn, "__name__", "")
-    if name in _REFERENCES: return _REFERENCES[name]
-    if not isinstance(fn, str) and str(getattr(fn, "__module__", "")).startswith("minillm."): return fn
+    if name in _REFERENCES:
+        return _REFERENCES[name]
+    if not isinstance(fn, str) and str(getattr(fn, "__module__", "")).startswith("minillm."):
+        return fn
     from minillm._modidx import d
+
     found = [_resolve(f"{m}.{name}") for m, syms in d["syms"].items() if f"{m}.{name}" in syms]
     found = [f for f in found if _tiers(f)] or found
     return found[0] if len(found) == 1 else None
 
+
 def _tiers(ref) -> dict[int, str]:
-    try: return hint_tiers(inspect.getsource(ref))
-    except (TypeError, OSError): return {}
+    try:
+        return hint_tiers(inspect.getsource(ref))
+    except (TypeError, OSError):
+        return {}
+
 
 def _next_hint(name: str, ref) -> str:
     "The last line of a failure message: the call that prints the next hint, while there is one."
     tiers, nxt = _tiers(ref), _SEEN.get(name, 1) + 1
     return f"\n  next hint: hint({name})  (hint {nxt} of {max(tiers)})" if name.isidentifier() and nxt in tiers else ""
 
+
 def hint(fn, tier: int | None = None) -> None:
-    "Print hint `tier` of exercise `fn` (a function, its name, or 'minillm.mod.name'); by default the next one not yet shown."
+    """Print hint `tier` of exercise `fn` (a function, its name, or 'minillm.mod.name'); by default the next one not yet
+    shown.
+    """
     name = fn.rpartition(".")[2] if isinstance(fn, str) else getattr(fn, "__name__", repr(fn))
     ref = _find_reference(fn)
-    if ref is None: print(f"No exercise named `{name}` found in minillm: pass its path, e.g. hint('minillm.bpe.merge')."); return
+    if ref is None:
+        print(f"No exercise named `{name}` found in minillm: pass its path, e.g. hint('minillm.bpe.merge').")
+        return
     tiers = _tiers(ref)
     t = _SEEN.get(name, 1) + 1 if tier is None else tier
     if t not in tiers:
         top = max(tiers, default=0)
-        more = f"it has {top}, and hint({name}, {top}) shows the last again" if top > 1 else "the stub's error was the only one"
-        print(f"No further hints for `{name}`: {more}. The docstring and the self-check's expected values say the rest.")
+        more = (
+            f"it has {top}, and hint({name}, {top}) shows the last again"
+            if top > 1
+            else "the stub's error was the only one"
+        )
+        print(
+            f"No further hints for `{name}`: {more}. The docstring and the self-check's expected values say the rest."
+        )
         return
     _SEEN[name] = max(_SEEN.get(name, 1), t)
     print(f"hint {t} of {max(tiers)} for `{name}`: {tiers[t]}")

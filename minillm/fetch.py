@@ -19,45 +19,75 @@ def sha256_file(path: Path) -> str:
     "The sha256 of a file, read 1 MiB at a time (memory stays bounded for a multi-GB download)."
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""): h.update(chunk)
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
     return h.hexdigest()
 
-def download(url: str, dest: Path, sha256: str | None = None, size: int | None = None, retries: int = 5,
-             timeout: float = 60, progress: bool = True) -> Path:
+
+def download(
+    url: str,
+    dest: Path,
+    sha256: str | None = None,
+    size: int | None = None,
+    retries: int = 5,
+    timeout: float = 60,
+    progress: bool = True,
+) -> Path:
     "Download `url` to `dest` through `dest.part`, resuming after broken transfers; verify size and sha256."
     from tqdm.auto import tqdm
-    dest = Path(dest); dest.parent.mkdir(parents=True, exist_ok=True)
-    if dest.exists() and (sha256 is None or sha256_file(dest) == sha256): return dest
+
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists() and (sha256 is None or sha256_file(dest) == sha256):
+        return dest
     part, last_error = dest.with_name(dest.name + ".part"), None
     for attempt in range(retries):
         have = part.stat().st_size if part.exists() else 0
-        if size is not None and have >= size: break
-        req = urllib.request.Request(url, headers={"Range": f"bytes={have}-", "User-Agent": "minillm"} if have else {"User-Agent": "minillm"})
+        if size is not None and have >= size:
+            break
+        req = urllib.request.Request(
+            url, headers={"Range": f"bytes={have}-", "User-Agent": "minillm"} if have else {"User-Agent": "minillm"}
+        )
         try:
             with urllib.request.urlopen(req, timeout=timeout) as r:
-                if have and r.status != 206: have = 0                     # the server ignored the range: start over
+                if have and r.status != 206:
+                    have = 0  # the server ignored the range: start over
                 length = r.headers.get("Content-Length")
                 total = have + int(length) if length else size
-                with open(part, "ab" if have else "wb") as f, tqdm(total=total, initial=have, unit="B", unit_scale=True,
-                                                                   desc=dest.name, disable=not progress) as bar:
-                    while chunk := r.read(1 << 16): f.write(chunk); bar.update(len(chunk))
-            if total is None or part.stat().st_size >= total: break
+                with (
+                    open(part, "ab" if have else "wb") as f,
+                    tqdm(
+                        total=total, initial=have, unit="B", unit_scale=True, desc=dest.name, disable=not progress
+                    ) as bar,
+                ):
+                    while chunk := r.read(1 << 16):
+                        f.write(chunk)
+                        bar.update(len(chunk))
+            if total is None or part.stat().st_size >= total:
+                break
             last_error = f"transfer ended at {part.stat().st_size} of {total} bytes"
         except urllib.error.HTTPError as e:
-            if e.code == 416 and have: break                                # range beyond the end: we have it all
-            raise ConnectionError(f"{url}: HTTP {e.code} {e.reason}. The source may have moved; use --corpus builtin or a local path.") from None
+            if e.code == 416 and have:
+                break  # range beyond the end: we have it all
+            raise ConnectionError(
+                f"{url}: HTTP {e.code} {e.reason}. The source may have moved; use --corpus builtin or a local path."
+            ) from None
         except (IncompleteRead, ConnectionError, TimeoutError, OSError) as e:
             if isinstance(e, urllib.error.URLError) and have == 0 and attempt == retries - 1:
                 break
             last_error = f"{type(e).__name__}: {e}"
-        time.sleep(min(2 ** attempt * 0.1, 2))
+        time.sleep(min(2**attempt * 0.1, 2))
     if not part.exists() or (size is not None and part.stat().st_size != size):
         got = part.stat().st_size if part.exists() else 0
-        raise ConnectionError(f"could not download {url} ({last_error}; have {got} bytes). Offline? Use --corpus builtin, "
-                              f"or download the file yourself and pass its path. Rerunning resumes from {part}.")
+        raise ConnectionError(
+            f"could not download {url} ({last_error}; have {got} bytes). Offline? Use --corpus builtin, "
+            f"or download the file yourself and pass its path. Rerunning resumes from {part}."
+        )
     if sha256 is not None and (got := sha256_file(part)) != sha256:
         part.unlink()
-        raise ValueError(f"checksum mismatch for {url}: expected sha256 {sha256}, got {got}. The partial file was deleted; "
-                         "rerun to download again, or pass a local copy you trust as a path.")
+        raise ValueError(
+            f"checksum mismatch for {url}: expected sha256 {sha256}, got {got}. The partial file was deleted; "
+            "rerun to download again, or pass a local copy you trust as a path."
+        )
     os.replace(part, dest)
     return dest

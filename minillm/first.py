@@ -15,45 +15,63 @@ __all__ = ['unigram_entropy', 'input_target', 'bits_per_byte', 'sample_tokens']
 def unigram_entropy(data: bytes) -> float:
     """Shannon entropy, in bits per byte, of the byte frequencies of `data`: -sum of p * log2(p) over the byte values
     that occur, p being a value's count divided by len(data). Empty data: 0.0."""
-    # hint: count how often each byte value occurs, turn each count into its share of the whole, then sum minus each share times its base-2 logarithm.
-    # hint2: collections.Counter(data) counts the byte values; p = count / len(data); use math.log2 (math.log is the natural log, nats); values that never occur add nothing.
+    # hint: count how often each byte value occurs, turn each count into its share of the whole, then sum minus each
+    #       share times its base-2 logarithm.
+    # hint2: collections.Counter(data) counts the byte values; p = count / len(data); use math.log2 (math.log is the
+    #        natural log, nats); values that never occur add nothing.
     # hint3: n = len(data); return sum(c / n * math.log2(n / c) for c in Counter(data).values()) if n else 0.0
     n = len(data)
-    if n == 0: return 0.0
+    if n == 0:
+        return 0.0
     return sum(c / n * math.log2(n / c) for c in Counter(data).values())
 
 # %% ../nbs/00_first_model.ipynb #9bae6729
 def input_target(ids: torch.Tensor, starts: list[int], seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(x, y), each (len(starts), seq_len): row i of x is the window of the 1-D `ids` of length `seq_len` that begins
     at starts[i]; row i of y holds, at each position, the token that follows x's token there."""
-    # hint: cut one window per start, one token longer than seq_len; the inputs are all of it but its last token, the targets all of it but its first.
-    # hint2: stack the windows ids[s : s + seq_len + 1] with torch.stack into a (len(starts), seq_len + 1) tensor, then slice its columns.
+    # hint: cut one window per start, one token longer than seq_len; the inputs are all of it but its last token, the
+    #       targets all of it but its first.
+    # hint2: stack the windows ids[s : s + seq_len + 1] with torch.stack into a (len(starts), seq_len + 1) tensor, then
+    #        slice its columns.
     # hint3: w = torch.stack([ids[s:s + seq_len + 1] for s in starts]); return w[:, :-1], w[:, 1:]
-    w = torch.stack([ids[s:s + seq_len + 1] for s in starts])
+    w = torch.stack([ids[s : s + seq_len + 1] for s in starts])
     return w[:, :-1], w[:, 1:]
 
 # %% ../nbs/00_first_model.ipynb #6b58325f
 def bits_per_byte(loss: float, n_tokens: int, n_bytes: int) -> float:
-    "A mean cross-entropy `loss` in nats per token, as bits per byte of text, where `n_tokens` tokens encode `n_bytes` bytes."
+    """A mean cross-entropy `loss` in nats per token, as bits per byte of text, where `n_tokens` tokens encode `n_bytes`
+    bytes.
+    """
     # hint: change the logarithm's base from e to 2, then rescale from per token to per byte.
-    # hint2: one nat is 1 / ln 2 bits (math.log(2)); a cost per token times tokens per byte (n_tokens / n_bytes) is a cost per byte.
+    # hint2: one nat is 1 / ln 2 bits (math.log(2)); a cost per token times tokens per byte (n_tokens / n_bytes) is a
+    #        cost per byte.
     # hint3: return loss / math.log(2) * n_tokens / n_bytes
     return loss / math.log(2) * n_tokens / n_bytes
 
 # %% ../nbs/00_first_model.ipynb #2981858e
-def sample_tokens(model, ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, seed: int = 0) -> torch.Tensor:
+def sample_tokens(
+    model, ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, seed: int = 0
+) -> torch.Tensor:
     """Continue the (b, t) token ids `ids` by `max_new_tokens` tokens, one at a time: the model reads the last
-    `model.config.max_seq_len` tokens; the logits of its last position, divided by `temperature`, give the probabilities
-    of the next token, drawn with torch.multinomial and a torch.Generator seeded with `seed` (temperature 0: the argmax).
-    Returns (b, t + max_new_tokens) ids."""
-    # hint: in a loop, run the model on the last context-length tokens, keep the logits of the last position only, scale them by the temperature, draw one token per row and append it to the ids that the next step reads.
-    # hint2: model(x)[0] is (b, t, V) logits; take [:, -1]; divide by temperature, softmax over the vocabulary, torch.multinomial(p, 1, generator=g); torch.cat the new column on; argmax(-1) when temperature is 0.
-    # hint3: g = torch.Generator().manual_seed(seed); in the loop: logits = model(ids[:, -T:])[0][:, -1].float(); nxt = torch.multinomial((logits / temperature).softmax(-1), 1, generator=g); ids = torch.cat([ids, nxt], 1)
+    `model.config.max_seq_len` tokens; the logits of its last position, divided by `temperature`, give the
+    probabilities
+    of the next token, drawn with torch.multinomial and a torch.Generator seeded with `seed` (temperature 0: the
+    argmax).
+    Returns (b, t + max_new_tokens) ids.
+    """
+    # hint: in a loop, run the model on the last context-length tokens, keep the logits of the last position only, scale
+    #       them by the temperature, draw one token per row and append it to the ids that the next step reads.
+    # hint2: model(x)[0] is (b, t, V) logits; take [:, -1]; divide by temperature, softmax over the vocabulary,
+    #        torch.multinomial(p, 1, generator=g); torch.cat the new column on; argmax(-1) when temperature is 0.
+    # hint3: g = torch.Generator().manual_seed(seed); in the loop: logits = model(ids[:, -T:])[0][:, -1].float(); nxt =
+    #        torch.multinomial((logits / temperature).softmax(-1), 1, generator=g); ids = torch.cat([ids, nxt], 1)
     g, T = torch.Generator(device=ids.device).manual_seed(seed), model.config.max_seq_len
     with torch.no_grad():
         for _ in range(max_new_tokens):
-            logits = model(ids[:, -T:])[0][:, -1].float()                                  # (b, V)
-            if temperature == 0: nxt = logits.argmax(-1, keepdim=True)
-            else: nxt = torch.multinomial((logits / temperature).softmax(-1), 1, generator=g)
+            logits = model(ids[:, -T:])[0][:, -1].float()  # (b, V)
+            if temperature == 0:
+                nxt = logits.argmax(-1, keepdim=True)
+            else:
+                nxt = torch.multinomial((logits / temperature).softmax(-1), 1, generator=g)
             ids = torch.cat([ids, nxt], dim=1)
     return ids

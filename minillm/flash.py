@@ -17,104 +17,142 @@ __all__ = ['naive_attention', 'online_softmax_update', 'forward_tile', 'tiled_fo
 
 # %% ../nbs/14_flash.ipynb #8987a6ed
 def naive_attention(q, k, v, causal: bool = True, scale: float | None = None):
-    "The definition in fp32 for q (b, h, t_q, d), k (b, h_kv, t_k, d), v (b, h_kv, t_k, d_v). -> (out (b, h, t_q, d_v), lse (b, h, t_q))"
+    """The definition in fp32 for q (b, h, t_q, d), k (b, h_kv, t_k, d), v (b, h_kv, t_k, d_v). -> (out (b, h, t_q,
+    d_v), lse (b, h, t_q))
+    """
     scale = q.size(-1) ** -0.5 if scale is None else scale
     n_rep = q.size(1) // k.size(1)
-    k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)                          # (b, h, t_k, d)
-    s = (q.float() @ k.float().transpose(-2, -1)) * scale                    # (b, h, t_q, t_k): the t x t matrix
-    if causal: s = s.masked_fill(~causal_mask(q.size(-2), k.size(-2), q.device), float("-inf"))
+    k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)  # (b, h, t_k, d)
+    s = (q.float() @ k.float().transpose(-2, -1)) * scale  # (b, h, t_q, t_k): the t x t matrix
+    if causal:
+        s = s.masked_fill(~causal_mask(q.size(-2), k.size(-2), q.device), float("-inf"))
     return (torch.softmax(s, -1) @ v.float()).to(q.dtype), torch.logsumexp(s, -1)
 
 # %% ../nbs/14_flash.ipynb #a729aa43
 def online_softmax_update(m: torch.Tensor, l: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Fold a chunk of scores into each row's running softmax statistics. m (..., n): the running max (-inf before any
-    score); l (..., n): the running sum of exp(score - m); s (..., n, B): the chunk's scores, -inf where masked. -> (m, l)"""
-    # hint: the new max is the larger of the old max and the chunk's max; the old sum was taken relative to the old max, so scale it to the new max before adding the chunk's exponentials.
-    # hint2: the factor that moves a sum from max m_old to max m_new is exp(m_old - m_new); the chunk adds the sum of exp(s - m_new) over its last axis.
-    # hint3: a row with no finite score yet keeps m_new = -inf; subtract 0 there instead (torch.where), so exp(-inf - -inf) never makes a nan.
+    score); l (..., n): the running sum of exp(score - m); s (..., n, B): the chunk's scores, -inf where masked. ->
+    (m, l)
+
+    """
+    # hint: the new max is the larger of the old max and the chunk's max; the old sum was taken relative to the old max,
+    #       so scale it to the new max before adding the chunk's exponentials.
+    # hint2: the factor that moves a sum from max m_old to max m_new is exp(m_old - m_new); the chunk adds the sum of
+    #        exp(s - m_new) over its last axis.
+    # hint3: a row with no finite score yet keeps m_new = -inf; subtract 0 there instead (torch.where), so exp(-inf -
+    #        -inf) never makes a nan.
     m_new = torch.maximum(m, s.amax(-1))
     m_safe = torch.where(m_new == float("-inf"), 0.0, m_new)
     return m_new, l * torch.exp(m - m_safe) + torch.exp(s - m_safe[..., None]).sum(-1)
 
 # %% ../nbs/14_flash.ipynb #10e5ad08
 def forward_tile(q, k, v, m, l, acc, i0: int, j0: int, t_q: int, t_k: int, scale: float, causal: bool = True):
-    """Fold one key/value tile, k (..., Bk, d) and v (..., Bk, d_v), into the running state of a query tile q (..., Bq, d):
-    m, l (..., Bq) as in online_softmax_update and acc (..., Bq, d_v), the output not yet divided by l. The tile's rows are
-    queries i0.. of t_q, its columns keys j0.. of t_k; with `causal`, query i sees key j when j <= i + t_k - t_q. -> (m, l, acc)"""
-    # hint: score this tile of queries against this tile of keys (scaled dot products), hide the keys the causal rule forbids (the queries are the last ones of all the positions), update the running max and sum as in the previous exercise, and rescale the accumulated output by the same factor as the sum before adding this tile's exponentiated scores times its values.
-    # hint2: the rows' absolute indices are i0 + arange(Bq), the columns' j0 + arange(Bk); a key is hidden when j > i + (t_k - t_q).
-    # hint3: alpha = exp(m_old - m_new) (with online_softmax_update's -inf guard); l = alpha * l + rowsum(p); acc = alpha[..., None] * acc + p @ v.
-    s = (q @ k.transpose(-2, -1)) * scale                                     # (..., Bq, Bk)
+    """Fold one key/value tile, k (..., Bk, d) and v (..., Bk, d_v), into the running state of a query tile q (..., Bq,
+    d):
+    m, l (..., Bq) as in online_softmax_update and acc (..., Bq, d_v), the output not yet divided by l. The tile's
+    rows are
+    queries i0.. of t_q, its columns keys j0.. of t_k; with `causal`, query i sees key j when j <= i + t_k - t_q. ->
+    (m, l, acc)
+
+    """
+    # hint: score this tile of queries against this tile of keys (scaled dot products), hide the keys the causal rule
+    #       forbids (the queries are the last ones of all the positions), update the running max and sum as in the
+    #       previous exercise, and rescale the accumulated output by the same factor as the sum before adding this
+    #       tile's exponentiated scores times its values.
+    # hint2: the rows' absolute indices are i0 + arange(Bq), the columns' j0 + arange(Bk); a key is hidden when j > i +
+    #        (t_k - t_q).
+    # hint3: alpha = exp(m_old - m_new) (with online_softmax_update's -inf guard); l = alpha * l + rowsum(p); acc =
+    #        alpha[..., None] * acc + p @ v.
+    s = (q @ k.transpose(-2, -1)) * scale  # (..., Bq, Bk)
     if causal:
         i = torch.arange(i0, i0 + q.size(-2), device=q.device)[:, None]
         j = torch.arange(j0, j0 + k.size(-2), device=q.device)
         s = s.masked_fill(j > i + (t_k - t_q), float("-inf"))
     m_new = torch.maximum(m, s.amax(-1))
     m_safe = torch.where(m_new == float("-inf"), 0.0, m_new)
-    alpha, p = torch.exp(m - m_safe), torch.exp(s - m_safe[..., None])       # (..., Bq), (..., Bq, Bk)
+    alpha, p = torch.exp(m - m_safe), torch.exp(s - m_safe[..., None])  # (..., Bq), (..., Bq, Bk)
     return m_new, alpha * l + p.sum(-1), alpha[..., None] * acc + p @ v
 
 # %% ../nbs/14_flash.ipynb #da24a3ee
 def _grouped(q, k, v):
-    "q (b, h, t, d) viewed as (b, h_kv, n_rep, t, d); k, v (b, h_kv, t, d) as (b, h_kv, 1, t, d): matmuls broadcast a KV head over its query heads."
+    """q (b, h, t, d) viewed as (b, h_kv, n_rep, t, d); k, v (b, h_kv, t, d) as (b, h_kv, 1, t, d): matmuls broadcast a
+    KV head over its query heads.
+    """
     h, h_kv = q.size(1), k.size(1)
     if h % h_kv or v.size(1) != h_kv:
-        raise ValueError(f"q has {h} heads, k {h_kv} and v {v.size(1)}: k and v need the same number of heads, a divisor of q's.")
+        raise ValueError(
+            f"q has {h} heads, k {h_kv} and v {v.size(1)}: k and v need the same number of heads, a divisor of q's."
+        )
     return q.unflatten(1, (h_kv, h // h_kv)), k[:, :, None], v[:, :, None]
+
 
 def tiled_forward(q, k, v, causal: bool = True, scale: float | None = None, block_q: int = 64, block_k: int = 64):
     "Attention by tiles of block_q queries x block_k keys. -> (out (b, h, t_q, d_v) in q's dtype, lse (b, h, t_q) fp32)"
     scale = q.size(-1) ** -0.5 if scale is None else scale
     t_q, t_k = q.size(-2), k.size(-2)
     qg, kg, vg = _grouped(q, k, v)
-    out = torch.zeros(*qg.shape[:-1], v.size(-1), dtype=torch.float32, device=q.device)   # (b, h_kv, n_rep, t_q, d_v)
-    lse = torch.empty(qg.shape[:-1], dtype=torch.float32, device=q.device)                # (b, h_kv, n_rep, t_q)
+    out = torch.zeros(*qg.shape[:-1], v.size(-1), dtype=torch.float32, device=q.device)  # (b, h_kv, n_rep, t_q, d_v)
+    lse = torch.empty(qg.shape[:-1], dtype=torch.float32, device=q.device)  # (b, h_kv, n_rep, t_q)
     for i0 in range(0, t_q, block_q):
         i1 = min(i0 + block_q, t_q)
         qi = qg[..., i0:i1, :].float()
         m = torch.full(qi.shape[:-1], float("-inf"), device=q.device)
         l, acc = torch.zeros_like(m), out[..., i0:i1, :]
-        stop = min(t_k, i1 + t_k - t_q) if causal else t_k                  # later keys are hidden from every row of the block
+        stop = min(t_k, i1 + t_k - t_q) if causal else t_k  # later keys are hidden from every row of the block
         for j0 in range(0, stop, block_k):
             j1 = min(j0 + block_k, t_k)
-            m, l, acc = forward_tile(qi, kg[..., j0:j1, :].float(), vg[..., j0:j1, :].float(), m, l, acc, i0, j0, t_q, t_k, scale, causal)
-        out[..., i0:i1, :] = acc / torch.where(l == 0, 1.0, l)[..., None]   # a row that sees no key (t_q > t_k): 0
+            m, l, acc = forward_tile(
+                qi, kg[..., j0:j1, :].float(), vg[..., j0:j1, :].float(), m, l, acc, i0, j0, t_q, t_k, scale, causal
+            )
+        out[..., i0:i1, :] = acc / torch.where(l == 0, 1.0, l)[..., None]  # a row that sees no key (t_q > t_k): 0
         lse[..., i0:i1] = m + torch.log(l)
     return out.flatten(1, 2).to(q.dtype), lse.flatten(1, 2)
 
 # %% ../nbs/14_flash.ipynb #23266776
 def softmax_backward_tile(p, do, v, o):
-    """The gradient with respect to one tile of scores. p (..., Bq, Bk): the tile's attention weights; v (..., Bk, d_v): the
-    tile's values; do, o (..., Bq, d_v): the gradient of the output and the output, whole rows. -> (D (..., Bq), ds (..., Bq, Bk))"""
-    # hint: the gradient of the weights is dO times V transposed; softmax's backward subtracts from each of its rows the row's sum of P x dP over ALL keys, which equals the dot product of that row of dO with the row of O (this is D, and no other tile is needed); ds is P times the difference.
-    # hint2: D multiplies dO and O elementwise and sums over d_v, shape (..., Bq); it is not the row sum of dO alone, nor the sum of P x dP over this tile only.
+    """The gradient with respect to one tile of scores. p (..., Bq, Bk): the tile's attention weights; v (..., Bk, d_v):
+    the
+    tile's values; do, o (..., Bq, d_v): the gradient of the output and the output, whole rows. -> (D (..., Bq), ds
+    (..., Bq, Bk))
+
+    """
+    # hint: the gradient of the weights is dO times V transposed; softmax's backward subtracts from each of its rows the
+    #       row's sum of P x dP over ALL keys, which equals the dot product of that row of dO with the row of O (this is
+    #       D, and no other tile is needed); ds is P times the difference.
+    # hint2: D multiplies dO and O elementwise and sums over d_v, shape (..., Bq); it is not the row sum of dO alone,
+    #        nor the sum of P x dP over this tile only.
     # hint3: D = (do * o).sum(-1); ds = p * (do @ v.transpose(-2, -1) - D[..., None]).
     D = (do * o).sum(-1)
     return D, p * (do @ v.transpose(-2, -1) - D[..., None])
 
 # %% ../nbs/14_flash.ipynb #4391b75c
-def tiled_backward(do, q, k, v, o, lse, causal: bool = True, scale: float | None = None, block_q: int = 64, block_k: int = 64):
-    "Gradients of q, k, v from the output o, its gradient do and the logsumexp: the weights are recomputed tile by tile. -> (dq, dk, dv)"
+def tiled_backward(
+    do, q, k, v, o, lse, causal: bool = True, scale: float | None = None, block_q: int = 64, block_k: int = 64
+):
+    """Gradients of q, k, v from the output o, its gradient do and the logsumexp: the weights are recomputed tile by
+    tile. -> (dq, dk, dv)
+    """
     scale = q.size(-1) ** -0.5 if scale is None else scale
     t_q, t_k = q.size(-2), k.size(-2)
     qg, kg, vg = _grouped(q, k, v)
     dog, og, lse = (x.unflatten(1, qg.shape[1:3]) for x in (do, o, lse))
-    lse = lse.masked_fill(lse == float("-inf"), float("inf"))                  # a row that sees no key: p = exp(-inf) = 0
+    lse = lse.masked_fill(lse == float("-inf"), float("inf"))  # a row that sees no key: p = exp(-inf) = 0
     dq = torch.zeros(qg.shape, dtype=torch.float32, device=q.device)
     dk, dv = (torch.zeros(x.shape, dtype=torch.float32, device=q.device) for x in (kg, vg))
-    mask = causal_mask(t_q, t_k, q.device) if causal else None                # bools; a tile's slice is its mask
+    mask = causal_mask(t_q, t_k, q.device) if causal else None  # bools; a tile's slice is its mask
     for j0 in range(0, t_k, block_k):
         j1 = min(j0 + block_k, t_k)
         kj, vj = kg[..., j0:j1, :].float(), vg[..., j0:j1, :].float()
-        first = max(0, j0 - (t_k - t_q)) // block_q * block_q if causal else 0   # earlier queries see none of these keys
+        first = max(0, j0 - (t_k - t_q)) // block_q * block_q if causal else 0  # earlier queries see none of these keys
         for i0 in range(first, t_q, block_q):
             i1 = min(i0 + block_q, t_q)
             qi, doi, oi = qg[..., i0:i1, :].float(), dog[..., i0:i1, :].float(), og[..., i0:i1, :].float()
             s = (qi @ kj.transpose(-2, -1)) * scale
-            if causal: s = s.masked_fill(~mask[i0:i1, j0:j1], float("-inf"))
-            p = torch.exp(s - lse[..., i0:i1, None])                            # the tile's weights, recomputed
+            if causal:
+                s = s.masked_fill(~mask[i0:i1, j0:j1], float("-inf"))
+            p = torch.exp(s - lse[..., i0:i1, None])  # the tile's weights, recomputed
             _, ds = softmax_backward_tile(p, doi, vj, oi)
-            dv[..., j0:j1, :] += (p.transpose(-2, -1) @ doi).sum(2, keepdim=True)          # summed over the group's query heads
+            dv[..., j0:j1, :] += (p.transpose(-2, -1) @ doi).sum(2, keepdim=True)  # summed over the group's query heads
             dk[..., j0:j1, :] += (ds.transpose(-2, -1) @ qi).sum(2, keepdim=True) * scale
             dq[..., i0:i1, :] += ds @ kj * scale
     return dq.flatten(1, 2).to(q.dtype), dk[:, :, 0].to(k.dtype), dv[:, :, 0].to(v.dtype)
@@ -122,6 +160,7 @@ def tiled_backward(do, q, k, v, o, lse, causal: bool = True, scale: float | None
 # %% ../nbs/14_flash.ipynb #b406bc54
 class TiledAttention(torch.autograd.Function):
     "Tiled attention as one autograd node: it saves q, k, v, the output and the logsumexp, never a t x t tensor."
+
     @staticmethod
     def forward(ctx, q, k, v, causal=True, scale=None, block_q=64, block_k=64):
         out, lse = tiled_forward(q, k, v, causal, scale, block_q, block_k)
@@ -134,135 +173,272 @@ class TiledAttention(torch.autograd.Function):
     def backward(ctx, do, _dlse):
         return (*tiled_backward(do, *ctx.saved_tensors, *ctx.args), None, None, None, None)
 
-def tiled_attention(q, k, v, causal: bool = True, scale: float | None = None, block_q: int = 64, block_k: int = 64,
-                    return_lse: bool = False):
-    "Differentiable tiled attention for q (b, h, t_q, d), k (b, h_kv, t_k, d), v (b, h_kv, t_k, d_v). -> out (b, h, t_q, d_v) (, lse)"
-    if block_q < 1 or block_k < 1: raise ValueError(f"block_q={block_q}, block_k={block_k}: use block sizes >= 1")
+
+def tiled_attention(
+    q,
+    k,
+    v,
+    causal: bool = True,
+    scale: float | None = None,
+    block_q: int = 64,
+    block_k: int = 64,
+    return_lse: bool = False,
+):
+    """Differentiable tiled attention for q (b, h, t_q, d), k (b, h_kv, t_k, d), v (b, h_kv, t_k, d_v). -> out (b, h,
+    t_q, d_v) (, lse)
+    """
+    if block_q < 1 or block_k < 1:
+        raise ValueError(f"block_q={block_q}, block_k={block_k}: use block sizes >= 1")
     out, lse = TiledAttention.apply(q, k, v, causal, scale, block_q, block_k)
     return (out, lse) if return_lse else out
 
 # %% ../nbs/14_flash.ipynb #d418d54a
-def flash_attend(q, k, v, causal: bool = True, dropout_p: float = 0.0, backend: str = "tiled", scale: float | None = None):
+def flash_attend(
+    q, k, v, causal: bool = True, dropout_p: float = 0.0, backend: str = "tiled", scale: float | None = None
+):
     "Lesson 05's `attend` for the kernels of this lesson: backend 'tiled' (PyTorch) or 'triton'. -> (b, h, t_q, d_v)"
-    if backend not in ("tiled", "triton"): raise ValueError(f"flash_attend backend {backend!r}: use 'tiled' or 'triton'.")
-    if dropout_p: raise ValueError(f"attention backend {backend!r} has no attention dropout (dropout_p={dropout_p}): "
-                                   "set dropout=0 in the model config, or use backend='sdpa'.")
-    if backend == "tiled": return tiled_attention(q, k, v, causal, scale)
+    if backend not in ("tiled", "triton"):
+        raise ValueError(f"flash_attend backend {backend!r}: use 'tiled' or 'triton'.")
+    if dropout_p:
+        raise ValueError(
+            f"attention backend {backend!r} has no attention dropout (dropout_p={dropout_p}): "
+            "set dropout=0 in the model config, or use backend='sdpa'."
+        )
+    if backend == "tiled":
+        return tiled_attention(q, k, v, causal, scale)
     return triton_attention(q, k, v, causal, scale)
 
 # %% ../nbs/14_flash.ipynb #83f46d8f
-if not torch.cuda.is_available(): os.environ.setdefault("TRITON_INTERPRET", "1")   # before triton's import: it decides then
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton's import: it decides then
 try:
     import triton
     import triton.language as tl
 except ImportError:
     triton = tl = None
 
+
 def triton_status(device="cpu", dtype: torch.dtype = torch.float32) -> tuple[bool, str]:
     "Can the Triton kernels run on (device, dtype), and how (or why not)."
-    if triton is None: return False, "triton is not installed (pip install triton)"
+    if triton is None:
+        return False, "triton is not installed (pip install triton)"
     dev = torch.device(device)
     if dev.type == "cuda":
-        if type(tl.max).__name__ == "InterpretedFunction": return False, "TRITON_INTERPRET=1 is set: unset it to compile for the GPU"
+        if type(tl.max).__name__ == "InterpretedFunction":
+            return False, "TRITON_INTERPRET=1 is set: unset it to compile for the GPU"
         return True, "compiled by Triton for the GPU"
-    if dev.type != "cpu": return False, f"Triton kernels run on CUDA GPUs, or on the CPU under the interpreter; not on {dev.type}"
+    if dev.type != "cpu":
+        return False, f"Triton kernels run on CUDA GPUs, or on the CPU under the interpreter; not on {dev.type}"
     if type(tl.max).__name__ != "InterpretedFunction":
         return False, "triton was imported without TRITON_INTERPRET=1: set it before the first import of triton"
-    if dtype not in (torch.float32, torch.float16): return False, f"Triton's interpreter runs fp32 and fp16, not {dtype}"
+    if dtype not in (torch.float32, torch.float16):
+        return False, f"Triton's interpreter runs fp32 and fp16, not {dtype}"
     return True, "Triton's interpreter on the CPU (numpy, slow)"
 
 # %% ../nbs/14_flash.ipynb #03b0eecb
-def _attn_fwd(Q, K, V, O, LSE, scale, t_q, t_k, n_rep, h, d, dv,
-              CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
-    # Forward, one program per (query block, batch x head): the loop of tiled_forward over key blocks; writes out and lse.
+def _attn_fwd(
+    Q,
+    K,
+    V,
+    O,
+    LSE,
+    scale,
+    t_q,
+    t_k,
+    n_rep,
+    h,
+    d,
+    dv,
+    CAUSAL: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
+):
+    # Forward, one program per (query block, batch x head): the loop of tiled_forward over key blocks; writes out and
+    # lse.
     start_m, bh = tl.program_id(0), tl.program_id(1)
-    kvh = (bh // h) * (h // n_rep) + (bh % h) // n_rep                       # the KV head this query head reads
+    kvh = (bh // h) * (h // n_rep) + (bh % h) // n_rep  # the KV head this query head reads
     rows, cols0 = start_m * BLOCK_M + tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_N)
     od, odv = tl.arange(0, BLOCK_D), tl.arange(0, BLOCK_DV)
-    q = tl.load(Q + bh * t_q * d + rows[:, None] * d + od[None, :], mask=(rows[:, None] < t_q) & (od[None, :] < d), other=0.0)
+    q = tl.load(
+        Q + bh * t_q * d + rows[:, None] * d + od[None, :], mask=(rows[:, None] < t_q) & (od[None, :] < d), other=0.0
+    )
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
-    off = t_k - t_q                                                           # bottom-right: query i sees keys j <= i + off
+    off = t_k - t_q  # bottom-right: query i sees keys j <= i + off
     hi = t_k
-    if CAUSAL: hi = tl.minimum(t_k, (start_m + 1) * BLOCK_M + off)
+    if CAUSAL:
+        hi = tl.minimum(t_k, (start_m + 1) * BLOCK_M + off)
     for start_n in range(0, hi, BLOCK_N):
         cols = start_n + cols0
-        k = tl.load(K + kvh * t_k * d + cols[:, None] * d + od[None, :], mask=(cols[:, None] < t_k) & (od[None, :] < d), other=0.0)
-        s = tl.dot(q, tl.trans(k)) * scale                                    # (BLOCK_M, BLOCK_N) scores, fp32
+        k = tl.load(
+            K + kvh * t_k * d + cols[:, None] * d + od[None, :],
+            mask=(cols[:, None] < t_k) & (od[None, :] < d),
+            other=0.0,
+        )
+        s = tl.dot(q, tl.trans(k)) * scale  # (BLOCK_M, BLOCK_N) scores, fp32
         ok = cols[None, :] < t_k
-        if CAUSAL: ok = ok & (cols[None, :] <= rows[:, None] + off)
+        if CAUSAL:
+            ok = ok & (cols[None, :] <= rows[:, None] + off)
         s = tl.where(ok, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.exp(m_i - m_safe)
         p = tl.exp(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(V + kvh * t_k * dv + cols[:, None] * dv + odv[None, :], mask=(cols[:, None] < t_k) & (odv[None, :] < dv), other=0.0)
+        v = tl.load(
+            V + kvh * t_k * dv + cols[:, None] * dv + odv[None, :],
+            mask=(cols[:, None] < t_k) & (odv[None, :] < dv),
+            other=0.0,
+        )
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m_i = m_new
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
-    tl.store(O + bh * t_q * dv + rows[:, None] * dv + odv[None, :], out.to(O.dtype.element_ty), mask=(rows[:, None] < t_q) & (odv[None, :] < dv))
+    tl.store(
+        O + bh * t_q * dv + rows[:, None] * dv + odv[None, :],
+        out.to(O.dtype.element_ty),
+        mask=(rows[:, None] < t_q) & (odv[None, :] < dv),
+    )
     tl.store(LSE + bh * t_q + rows, m_i + tl.log(l_i), mask=rows < t_q)
 
 # %% ../nbs/14_flash.ipynb #1f0dd9bd
-def _attn_bwd_dkdv(Q, K, V, DO, LSE, D, DK, DV, scale, t_q, t_k, n_rep, h, d, dv,
-                   CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+def _attn_bwd_dkdv(
+    Q,
+    K,
+    V,
+    DO,
+    LSE,
+    D,
+    DK,
+    DV,
+    scale,
+    t_q,
+    t_k,
+    n_rep,
+    h,
+    d,
+    dv,
+    CAUSAL: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
+):
     # One program: the gradients of BLOCK_N keys and values from one query head; loops over query tiles.
     start_n, bh = tl.program_id(0), tl.program_id(1)
     kvh = (bh // h) * (h // n_rep) + (bh % h) // n_rep
     cols, rows0 = start_n * BLOCK_N + tl.arange(0, BLOCK_N), tl.arange(0, BLOCK_M)
     od, odv = tl.arange(0, BLOCK_D), tl.arange(0, BLOCK_DV)
-    k = tl.load(K + kvh * t_k * d + cols[:, None] * d + od[None, :], mask=(cols[:, None] < t_k) & (od[None, :] < d), other=0.0)
-    v = tl.load(V + kvh * t_k * dv + cols[:, None] * dv + odv[None, :], mask=(cols[:, None] < t_k) & (odv[None, :] < dv), other=0.0)
+    k = tl.load(
+        K + kvh * t_k * d + cols[:, None] * d + od[None, :], mask=(cols[:, None] < t_k) & (od[None, :] < d), other=0.0
+    )
+    v = tl.load(
+        V + kvh * t_k * dv + cols[:, None] * dv + odv[None, :],
+        mask=(cols[:, None] < t_k) & (odv[None, :] < dv),
+        other=0.0,
+    )
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv_acc = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
     off = t_k - t_q
     lo = 0
-    if CAUSAL: lo = (tl.maximum(start_n * BLOCK_N - off, 0) // BLOCK_M) * BLOCK_M   # earlier queries see none of these keys
+    if CAUSAL:
+        lo = (tl.maximum(start_n * BLOCK_N - off, 0) // BLOCK_M) * BLOCK_M  # earlier queries see none of these keys
     for start_m in range(lo, t_q, BLOCK_M):
         rows = start_m + rows0
-        q = tl.load(Q + bh * t_q * d + rows[:, None] * d + od[None, :], mask=(rows[:, None] < t_q) & (od[None, :] < d), other=0.0)
-        do = tl.load(DO + bh * t_q * dv + rows[:, None] * dv + odv[None, :], mask=(rows[:, None] < t_q) & (odv[None, :] < dv), other=0.0)
+        q = tl.load(
+            Q + bh * t_q * d + rows[:, None] * d + od[None, :],
+            mask=(rows[:, None] < t_q) & (od[None, :] < d),
+            other=0.0,
+        )
+        do = tl.load(
+            DO + bh * t_q * dv + rows[:, None] * dv + odv[None, :],
+            mask=(rows[:, None] < t_q) & (odv[None, :] < dv),
+            other=0.0,
+        )
         lse = tl.load(LSE + bh * t_q + rows, mask=rows < t_q, other=0.0)
         Di = tl.load(D + bh * t_q + rows, mask=rows < t_q, other=0.0)
         s = tl.dot(q, tl.trans(k)) * scale
         ok = (rows[:, None] < t_q) & (cols[None, :] < t_k)
-        if CAUSAL: ok = ok & (cols[None, :] <= rows[:, None] + off)
-        p = tl.where(ok, tl.exp(s - tl.where(lse == float("-inf"), 0.0, lse)[:, None]), 0.0)   # the weights, recomputed
+        if CAUSAL:
+            ok = ok & (cols[None, :] <= rows[:, None] + off)
+        p = tl.where(ok, tl.exp(s - tl.where(lse == float("-inf"), 0.0, lse)[:, None]), 0.0)  # the weights, recomputed
         dv_acc += tl.dot(tl.trans(p.to(do.dtype)), do)
         ds = p * (tl.dot(do, tl.trans(v)) - Di[:, None])
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
-    tl.store(DK + bh * t_k * d + cols[:, None] * d + od[None, :], dk * scale, mask=(cols[:, None] < t_k) & (od[None, :] < d))
-    tl.store(DV + bh * t_k * dv + cols[:, None] * dv + odv[None, :], dv_acc, mask=(cols[:, None] < t_k) & (odv[None, :] < dv))
+    tl.store(
+        DK + bh * t_k * d + cols[:, None] * d + od[None, :], dk * scale, mask=(cols[:, None] < t_k) & (od[None, :] < d)
+    )
+    tl.store(
+        DV + bh * t_k * dv + cols[:, None] * dv + odv[None, :], dv_acc, mask=(cols[:, None] < t_k) & (odv[None, :] < dv)
+    )
 
-def _attn_bwd_dq(Q, K, V, DO, LSE, D, DQ, scale, t_q, t_k, n_rep, h, d, dv,
-                 CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+
+def _attn_bwd_dq(
+    Q,
+    K,
+    V,
+    DO,
+    LSE,
+    D,
+    DQ,
+    scale,
+    t_q,
+    t_k,
+    n_rep,
+    h,
+    d,
+    dv,
+    CAUSAL: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
+):
     # One program: the gradient of BLOCK_M queries; loops over key tiles.
     start_m, bh = tl.program_id(0), tl.program_id(1)
     kvh = (bh // h) * (h // n_rep) + (bh % h) // n_rep
     rows, cols0 = start_m * BLOCK_M + tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_N)
     od, odv = tl.arange(0, BLOCK_D), tl.arange(0, BLOCK_DV)
-    q = tl.load(Q + bh * t_q * d + rows[:, None] * d + od[None, :], mask=(rows[:, None] < t_q) & (od[None, :] < d), other=0.0)
-    do = tl.load(DO + bh * t_q * dv + rows[:, None] * dv + odv[None, :], mask=(rows[:, None] < t_q) & (odv[None, :] < dv), other=0.0)
+    q = tl.load(
+        Q + bh * t_q * d + rows[:, None] * d + od[None, :], mask=(rows[:, None] < t_q) & (od[None, :] < d), other=0.0
+    )
+    do = tl.load(
+        DO + bh * t_q * dv + rows[:, None] * dv + odv[None, :],
+        mask=(rows[:, None] < t_q) & (odv[None, :] < dv),
+        other=0.0,
+    )
     lse = tl.load(LSE + bh * t_q + rows, mask=rows < t_q, other=0.0)
     lse = tl.where(lse == float("-inf"), 0.0, lse)
     Di = tl.load(D + bh * t_q + rows, mask=rows < t_q, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     off = t_k - t_q
     hi = t_k
-    if CAUSAL: hi = tl.minimum(t_k, (start_m + 1) * BLOCK_M + off)
+    if CAUSAL:
+        hi = tl.minimum(t_k, (start_m + 1) * BLOCK_M + off)
     for start_n in range(0, hi, BLOCK_N):
         cols = start_n + cols0
-        k = tl.load(K + kvh * t_k * d + cols[:, None] * d + od[None, :], mask=(cols[:, None] < t_k) & (od[None, :] < d), other=0.0)
-        v = tl.load(V + kvh * t_k * dv + cols[:, None] * dv + odv[None, :], mask=(cols[:, None] < t_k) & (odv[None, :] < dv), other=0.0)
+        k = tl.load(
+            K + kvh * t_k * d + cols[:, None] * d + od[None, :],
+            mask=(cols[:, None] < t_k) & (od[None, :] < d),
+            other=0.0,
+        )
+        v = tl.load(
+            V + kvh * t_k * dv + cols[:, None] * dv + odv[None, :],
+            mask=(cols[:, None] < t_k) & (odv[None, :] < dv),
+            other=0.0,
+        )
         s = tl.dot(q, tl.trans(k)) * scale
         ok = (rows[:, None] < t_q) & (cols[None, :] < t_k)
-        if CAUSAL: ok = ok & (cols[None, :] <= rows[:, None] + off)
+        if CAUSAL:
+            ok = ok & (cols[None, :] <= rows[:, None] + off)
         p = tl.where(ok, tl.exp(s - lse[:, None]), 0.0)
         ds = p * (tl.dot(do, tl.trans(v)) - Di[:, None])
         dq += tl.dot(ds.to(k.dtype), k)
-    tl.store(DQ + bh * t_q * d + rows[:, None] * d + od[None, :], dq * scale, mask=(rows[:, None] < t_q) & (od[None, :] < d))
+    tl.store(
+        DQ + bh * t_q * d + rows[:, None] * d + od[None, :], dq * scale, mask=(rows[:, None] < t_q) & (od[None, :] < d)
+    )
 
 # %% ../nbs/14_flash.ipynb #35a3241a
 @functools.lru_cache(maxsize=None)
@@ -270,22 +446,31 @@ def _kernels():
     "The three kernels, jit-compiled for the GPU (or wrapped for the interpreter when TRITON_INTERPRET=1)."
     return tuple(triton.jit(f) for f in (_attn_fwd, _attn_bwd_dkdv, _attn_bwd_dq))
 
+
 def _launch_cfg(q, d: int, dv: int, block: int | None) -> dict:
-    "Block sizes: 64 x 64 on a GPU, 16 x 16 in the interpreter (smaller blocks, less numpy work wasted on padding); head dims padded to a power of 2 >= 16 (tl.dot's minimum)."
+    """Block sizes: 64 x 64 on a GPU, 16 x 16 in the interpreter (smaller blocks, less numpy work wasted on padding);
+    head dims padded to a power of 2 >= 16 (tl.dot's minimum).
+    """
     bm = block or (64 if q.is_cuda else 16)
-    return dict(BLOCK_M=bm, BLOCK_N=bm, BLOCK_D=max(16, triton.next_power_of_2(d)), BLOCK_DV=max(16, triton.next_power_of_2(dv)))
+    return dict(
+        BLOCK_M=bm, BLOCK_N=bm, BLOCK_D=max(16, triton.next_power_of_2(d)), BLOCK_DV=max(16, triton.next_power_of_2(dv))
+    )
+
 
 class TritonAttention(torch.autograd.Function):
     "The Triton kernels as one autograd node; saves q, k, v, the output and the logsumexp, as TiledAttention does."
+
     @staticmethod
     def forward(ctx, q, k, v, causal=True, scale=None, block=None):
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         (b, h, t_q, d), (h_kv, t_k, dv) = q.shape, (k.size(1), k.size(2), v.size(-1))
-        scale = d ** -0.5 if scale is None else scale
+        scale = d**-0.5 if scale is None else scale
         cfg = _launch_cfg(q, d, dv, block)
         out = torch.empty(b, h, t_q, dv, dtype=q.dtype, device=q.device)
         lse = torch.empty(b, h, t_q, dtype=torch.float32, device=q.device)
-        _kernels()[0][(triton.cdiv(t_q, cfg["BLOCK_M"]), b * h)](q, k, v, out, lse, scale, t_q, t_k, h // h_kv, h, d, dv, CAUSAL=causal, **cfg)
+        _kernels()[0][(triton.cdiv(t_q, cfg["BLOCK_M"]), b * h)](
+            q, k, v, out, lse, scale, t_q, t_k, h // h_kv, h, d, dv, CAUSAL=causal, **cfg
+        )
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.args = (causal, scale, cfg)
         ctx.mark_non_differentiable(lse)
@@ -297,7 +482,7 @@ class TritonAttention(torch.autograd.Function):
         causal, scale, cfg = ctx.args
         (b, h, t_q, d), (h_kv, t_k, dv), n_rep = q.shape, (k.size(1), k.size(2), v.size(-1)), q.size(1) // k.size(1)
         do = do.contiguous()
-        D = (do.float() * out.float()).sum(-1)                                # (b, h, t_q)
+        D = (do.float() * out.float()).sum(-1)  # (b, h, t_q)
         dq = torch.empty(b, h, t_q, d, dtype=torch.float32, device=q.device)
         dk = torch.empty(b, h, t_k, d, dtype=torch.float32, device=q.device)  # per query head; each group summed below
         dvh = torch.empty(b, h, t_k, dv, dtype=torch.float32, device=q.device)
@@ -305,23 +490,43 @@ class TritonAttention(torch.autograd.Function):
         args = (scale, t_q, t_k, n_rep, h, d, dv)
         dkdv[(triton.cdiv(t_k, cfg["BLOCK_N"]), b * h)](q, k, v, do, lse, D, dk, dvh, *args, CAUSAL=causal, **cfg)
         dqk[(triton.cdiv(t_q, cfg["BLOCK_M"]), b * h)](q, k, v, do, lse, D, dq, *args, CAUSAL=causal, **cfg)
-        return (dq.to(q.dtype), dk.view(b, h_kv, n_rep, t_k, d).sum(2).to(k.dtype),
-                dvh.view(b, h_kv, n_rep, t_k, dv).sum(2).to(v.dtype), None, None, None)
+        return (
+            dq.to(q.dtype),
+            dk.view(b, h_kv, n_rep, t_k, d).sum(2).to(k.dtype),
+            dvh.view(b, h_kv, n_rep, t_k, dv).sum(2).to(v.dtype),
+            None,
+            None,
+            None,
+        )
 
-def triton_attention(q, k, v, causal: bool = True, scale: float | None = None, block: int | None = None, return_lse: bool = False):
-    "Attention by the Triton kernels, same arguments and result as tiled_attention (one block size for queries and keys)."
+
+def triton_attention(
+    q, k, v, causal: bool = True, scale: float | None = None, block: int | None = None, return_lse: bool = False
+):
+    """Attention by the Triton kernels, same arguments and result as tiled_attention (one block size for queries and
+    keys).
+    """
     ok, why = triton_status(q.device, q.dtype)
-    if not ok: raise RuntimeError(f"attention backend 'triton' unavailable: {why}. Use backend='tiled' or 'sdpa'.")
+    if not ok:
+        raise RuntimeError(f"attention backend 'triton' unavailable: {why}. Use backend='tiled' or 'sdpa'.")
     out, lse = TritonAttention.apply(q, k, v, causal, scale, block)
     return (out, lse) if return_lse else out
 
 # %% ../nbs/14_flash.ipynb #c3681736
-def attention_saved_bytes(backend: str, t: int, heads: int = 4, head_dim: int = 64, batch: int = 1, dtype=torch.float32) -> int:
-    "Bytes one causal attention call (backend 'manual', 'sdpa', 'tiled' or 'triton') saves for backward, q, k, v not counted."
+def attention_saved_bytes(
+    backend: str, t: int, heads: int = 4, head_dim: int = 64, batch: int = 1, dtype=torch.float32
+) -> int:
+    """Bytes one causal attention call (backend 'manual', 'sdpa', 'tiled' or 'triton') saves for backward, q, k, v not
+    counted.
+    """
     from minillm.attention import attend
     from minillm.memory import saved_tensor_bytes
+
     q, k, v = (torch.randn(batch, heads, t, head_dim, dtype=dtype, requires_grad=True) for _ in range(3))
-    run = {"manual": lambda: attend(q, k, v, backend="manual"), "sdpa": lambda: attend(q, k, v, backend="sdpa"),
-           "tiled": lambda: tiled_attention(q, k, v, block_q=256, block_k=256),
-           "triton": lambda: triton_attention(q, k, v, block=128)}[backend]
+    run = {
+        "manual": lambda: attend(q, k, v, backend="manual"),
+        "sdpa": lambda: attend(q, k, v, backend="sdpa"),
+        "tiled": lambda: tiled_attention(q, k, v, block_q=256, block_k=256),
+        "triton": lambda: triton_attention(q, k, v, block=128),
+    }[backend]
     return saved_tensor_bytes(run, exclude=(q, k, v))[0]

@@ -18,164 +18,345 @@ __all__ = ['TRAIN_MINUTES', 'ASSUMED_MFU', 'probe_hardware', 'split_batch', 'ste
 # %% ../nbs/16_launch.ipynb #60a62054
 def probe_hardware() -> dict:
     "`minillm env --json`, run in a subprocess: this kernel stays free of CUDA."
-    r = subprocess.run([sys.executable, "-c", "import sys; from minillm.cli import main; sys.exit(main(['env', '--json']))"],
-                       capture_output=True, text=True, timeout=300)
-    if r.returncode: raise RuntimeError(f"probing the hardware failed:\n{r.stderr[-2000:]}")
+    r = subprocess.run(
+        [sys.executable, "-c", "import sys; from minillm.cli import main; sys.exit(main(['env', '--json']))"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if r.returncode:
+        raise RuntimeError(f"probing the hardware failed:\n{r.stderr[-2000:]}")
     return json.loads(r.stdout)
 
 # %% ../nbs/16_launch.ipynb #b74494ef
 def split_batch(global_batch: int, gpus: int, max_micro: int) -> tuple[int, int]:
-    """(micro batch, accumulation steps) with micro x accumulation x gpus == global_batch (sequences), taking the largest micro
-    batch that is at most `max_micro` (what fits in memory). ValueError when the global batch does not split evenly over the GPUs."""
-    # hint: each GPU's share of the global batch must be whole; the micro batch is the largest size within the memory cap that divides that share evenly, and accumulation covers the rest of the share
-    # hint2: share = global_batch // gpus, refused with a ValueError unless global_batch % gpus == 0; search the micro batch downward from min(max_micro, share) for the first that divides share; accumulation is share // micro
-    # hint3: share = global_batch // gpus; micro = next(m for m in range(min(max_micro, share), 0, -1) if share % m == 0); return micro, share // micro
+    """(micro batch, accumulation steps) with micro x accumulation x gpus == global_batch (sequences), taking the
+    largest micro
+    batch that is at most `max_micro` (what fits in memory). ValueError when the global batch does not split evenly
+    over the GPUs.
+
+    """
+    # hint: each GPU's share of the global batch must be whole; the micro batch is the largest size within the memory
+    #       cap that divides that share evenly, and accumulation covers the rest of the share
+    # hint2: share = global_batch // gpus, refused with a ValueError unless global_batch % gpus == 0; search the micro
+    #        batch downward from min(max_micro, share) for the first that divides share; accumulation is share // micro
+    # hint3: share = global_batch // gpus; micro = next(m for m in range(min(max_micro, share), 0, -1) if share % m ==
+    #        0); return micro, share // micro
     if min(global_batch, gpus, max_micro) < 1:
-        raise ValueError(f"global batch {global_batch}, {gpus} GPU(s), micro batch cap {max_micro}: each must be at least 1")
+        raise ValueError(
+            f"global batch {global_batch}, {gpus} GPU(s), micro batch cap {max_micro}: each must be at least 1"
+        )
     if global_batch % gpus:
-        raise ValueError(f"a global batch of {global_batch} sequences does not split over {gpus} GPUs: use a multiple of {gpus} "
-                         f"(e.g. {global_batch // gpus * gpus or gpus} or {(global_batch // gpus + 1) * gpus})")
+        raise ValueError(
+            f"a global batch of {global_batch} sequences does not split over {gpus} GPUs: use a multiple of {gpus} "
+            f"(e.g. {global_batch // gpus * gpus or gpus} or {(global_batch // gpus + 1) * gpus})"
+        )
     share = global_batch // gpus
     micro = next(m for m in range(min(max_micro, share), 0, -1) if share % m == 0)
     return micro, share // micro
 
 # %% ../nbs/16_launch.ipynb #8a1194c9
-def steps_in_time(seconds: float, flops_per_token: float, batch_tokens: int, gpus: int, peak_flops: float, mfu: float) -> int:
-    """Optimizer steps that fit in `seconds`: each step trains `batch_tokens` tokens (all GPUs) at `flops_per_token` FLOPs each, and
-    each of the `gpus` GPUs delivers `mfu` of its `peak_flops` FLOP/s. Whole steps only, never more than fit."""
-    # hint: the FLOPs the GPUs deliver in that time at that utilisation, divided by the FLOPs one step costs, rounded down
-    # hint2: delivered = seconds x gpus x peak_flops x mfu; one step = flops_per_token x batch_tokens; math.floor of their ratio (round() or ceil() overruns)
+def steps_in_time(
+    seconds: float, flops_per_token: float, batch_tokens: int, gpus: int, peak_flops: float, mfu: float
+) -> int:
+    """Optimizer steps that fit in `seconds`: each step trains `batch_tokens` tokens (all GPUs) at `flops_per_token`
+    FLOPs each, and
+    each of the `gpus` GPUs delivers `mfu` of its `peak_flops` FLOP/s. Whole steps only, never more than fit.
+    """
+    # hint: the FLOPs the GPUs deliver in that time at that utilisation, divided by the FLOPs one step costs, rounded
+    #       down
+    # hint2: delivered = seconds x gpus x peak_flops x mfu; one step = flops_per_token x batch_tokens; math.floor of
+    #        their ratio (round() or ceil() overruns)
     # hint3: return math.floor(seconds * gpus * peak_flops * mfu / (flops_per_token * batch_tokens))
     return math.floor(seconds * gpus * peak_flops * mfu / (flops_per_token * batch_tokens))
 
 # %% ../nbs/16_launch.ipynb #7988fd3f
-TRAIN_MINUTES = 15      # the GPU run's training time: the plan's steps fit in it at ASSUMED_MFU
-ASSUMED_MFU = 0.10      # deliberately low: the plan must finish in time on a slow GPU (the run logs the MFU it measures)
+TRAIN_MINUTES = 15  # the GPU run's training time: the plan's steps fit in it at ASSUMED_MFU
+ASSUMED_MFU = 0.10  # deliberately low: the plan must finish in time on a slow GPU (the run logs the MFU it measures)
+
 
 def dense_presets() -> list[str]:
     "The presets without experts, largest first (by FLOPs per token)."
-    return sorted((n for n in PRESETS if preset(n).ffn != "moe"), key=lambda n: flops_per_token(preset(n)), reverse=True)
+    return sorted(
+        (n for n in PRESETS if preset(n).ffn != "moe"), key=lambda n: flops_per_token(preset(n)), reverse=True
+    )
 
-def plan_run(hw: dict, steps: int | None = None, minutes: float = TRAIN_MINUTES, mfu: float = ASSUMED_MFU, global_batch: int = 32,
-             min_steps: int = 200, max_steps: int = 2000, presets=None) -> dict:
-    """Processes, preset, precision, batch split, ZeRO stage, checkpointing and steps for this machine. On GPUs: the largest preset
-    that fits in memory and still trains `min_steps` steps of `global_batch` sequences in `minutes` at `mfu` of the GPUs' peak
-    (`steps` overrides the count). `minutes` in the result is the computed training time of the plan."""
+
+def plan_run(
+    hw: dict,
+    steps: int | None = None,
+    minutes: float = TRAIN_MINUTES,
+    mfu: float = ASSUMED_MFU,
+    global_batch: int = 32,
+    min_steps: int = 200,
+    max_steps: int = 2000,
+    presets=None,
+) -> dict:
+    """Processes, preset, precision, batch split, ZeRO stage, checkpointing and steps for this machine. On GPUs: the
+    largest preset
+    that fits in memory and still trains `min_steps` steps of `global_batch` sequences in `minutes` at `mfu` of the
+    GPUs' peak
+    (`steps` overrides the count). `minutes` in the result is the computed training time of the plan.
+    """
     if hw["device"] == "cuda" and hw["device_count"]:
-        n, prec, gpu_gb, gpu = hw["device_count"], hw["precision"], min(hw["memory_gib"]) * 2**30 / 1e9, hw["device_names"][0]
-        peak = peak_flops(gpu, prec) or min(p[prec] for p in PEAK_TFLOPS.values() if prec in p) * 1e12   # unknown: as the slowest known
-        gb = -(-global_batch // n) * n                                         # a multiple of the GPU count
+        n, prec, gpu_gb, gpu = (
+            hw["device_count"],
+            hw["precision"],
+            min(hw["memory_gib"]) * 2**30 / 1e9,
+            hw["device_names"][0],
+        )
+        peak = (
+            peak_flops(gpu, prec) or min(p[prec] for p in PEAK_TFLOPS.values() if prec in p) * 1e12
+        )  # unknown: as the slowest known
+        gb = -(-global_batch // n) * n  # a multiple of the GPU count
         for name in presets or dense_presets():
             c = preset(name)
             fpt, batch_tokens = flops_per_token(c), gb * c.max_seq_len
             fit = steps_in_time(minutes * 60, fpt, batch_tokens, n, peak, mfu)
-            if steps is None and fit < min_steps: continue                    # too big to learn much in the time
-            for stage in (1, 2, 3):                 # DeepSpeed stages, cheapest first (stage 0 is the plain trainer's estimate)
-                r = recommend(c, gpu_gb, gpus=n, precision=prec, max_micro_batch=gb // n, fixed=dict(zero=stage, offload="none"))
-                if not r: continue
+            if steps is None and fit < min_steps:
+                continue  # too big to learn much in the time
+            for stage in (1, 2, 3):  # DeepSpeed stages, cheapest first (stage 0 is the plain trainer's estimate)
+                r = recommend(
+                    c, gpu_gb, gpus=n, precision=prec, max_micro_batch=gb // n, fixed=dict(zero=stage, offload="none")
+                )
+                if not r:
+                    continue
                 micro, accum = split_batch(gb, n, r["micro_batch"])
                 s = steps or min(fit, max_steps)
-                return dict(procs=n, preset=name, precision=prec, micro_batch=micro, accumulation=accum, global_batch=gb, zero_stage=stage,
-                            offload="none", activation_checkpointing=r["checkpointing"], max_steps=s, gpu_gb=gpu_gb,
-                            estimate=estimate(c, None, micro, n, stage, "none", prec, r["checkpointing"]), gpu=gpu, peak_flops=peak, mfu=mfu,
-                            flops_per_token=fpt, batch_tokens=batch_tokens, budget_minutes=minutes,
-                            minutes=s * batch_tokens * fpt / (n * peak * mfu) / 60)
-        raise RuntimeError(f"no preset fits {n} x {gpu_gb:.0f} GB and trains {min_steps} steps in {minutes:g} minutes at MFU {mfu:g}: "
-                           "pass a longer `minutes`, or see `minillm memory` for offload settings")
+                return dict(
+                    procs=n,
+                    preset=name,
+                    precision=prec,
+                    micro_batch=micro,
+                    accumulation=accum,
+                    global_batch=gb,
+                    zero_stage=stage,
+                    offload="none",
+                    activation_checkpointing=r["checkpointing"],
+                    max_steps=s,
+                    gpu_gb=gpu_gb,
+                    estimate=estimate(c, None, micro, n, stage, "none", prec, r["checkpointing"]),
+                    gpu=gpu,
+                    peak_flops=peak,
+                    mfu=mfu,
+                    flops_per_token=fpt,
+                    batch_tokens=batch_tokens,
+                    budget_minutes=minutes,
+                    minutes=s * batch_tokens * fpt / (n * peak * mfu) / 60,
+                )
+        raise RuntimeError(
+            f"no preset fits {n} x {gpu_gb:.0f} GB and trains {min_steps} steps in {minutes:g} minutes at MFU {mfu:g}: "
+            "pass a longer `minutes`, or see `minillm memory` for offload settings"
+        )
     c = preset("demo")
-    return dict(procs=2, preset="demo", precision="fp32", micro_batch=8, accumulation=1, global_batch=16, zero_stage=2, offload="none",
-                activation_checkpointing="none", max_steps=steps or 40, gpu_gb=None, estimate=estimate(c, None, 8, 2, 2, precision="fp32", device="cpu"),
-                gpu=None, peak_flops=None, mfu=None, flops_per_token=flops_per_token(c), batch_tokens=16 * c.max_seq_len, budget_minutes=None, minutes=None)
+    return dict(
+        procs=2,
+        preset="demo",
+        precision="fp32",
+        micro_batch=8,
+        accumulation=1,
+        global_batch=16,
+        zero_stage=2,
+        offload="none",
+        activation_checkpointing="none",
+        max_steps=steps or 40,
+        gpu_gb=None,
+        estimate=estimate(c, None, 8, 2, 2, precision="fp32", device="cpu"),
+        gpu=None,
+        peak_flops=None,
+        mfu=None,
+        flops_per_token=flops_per_token(c),
+        batch_tokens=16 * c.max_seq_len,
+        budget_minutes=None,
+        minutes=None,
+    )
+
 
 def describe_plan(p: dict) -> str:
     "The plan in two lines: the batch split, and how its training time follows from FLOPs."
     where = f"{p['procs']} x {p['gpu']}" if p["gpu"] else f"{p['procs']} CPU processes"
-    lines = [f"{p['preset']} on {where}: global batch {p['global_batch']} sequences = micro batch {p['micro_batch']} x "
-             f"accumulation {p['accumulation']} x {p['procs']} processes, ZeRO-{p['zero_stage']}, {p['precision']}"]
+    lines = [
+        f"{p['preset']} on {where}: global batch {p['global_batch']} sequences = micro batch {p['micro_batch']} x "
+        f"accumulation {p['accumulation']} x {p['procs']} processes, ZeRO-{p['zero_stage']}, {p['precision']}"
+    ]
     tokens = p["max_steps"] * p["batch_tokens"]
     if p["peak_flops"]:
-        lines.append(f"{p['max_steps']} steps x {p['batch_tokens']:,} tokens = {tokens / 1e6:.1f}M tokens x {p['flops_per_token'] / 1e9:.3f} GFLOP/token "
-                     f"/ ({p['procs']} x {p['peak_flops'] / 1e12:g} TFLOP/s x MFU {p['mfu']:.2f}) = {p['minutes']:.1f} min of training "
-                     f"(budget {p['budget_minutes']:g} min)")
-    else: lines.append(f"{p['max_steps']} steps x {p['batch_tokens']:,} tokens = {tokens:,} tokens (a CPU has no FLOP/s peak to plan by)")
+        lines.append(
+            f"{p['max_steps']} steps x {p['batch_tokens']:,} tokens = {tokens / 1e6:.1f}M tokens x"
+            f" {p['flops_per_token'] / 1e9:.3f} GFLOP/token / ({p['procs']} x {p['peak_flops'] / 1e12:g} TFLOP/s x MFU"
+            f" {p['mfu']:.2f}) = {p['minutes']:.1f} min of training (budget {p['budget_minutes']:g} min)"
+        )
+    else:
+        lines.append(
+            f"{p['max_steps']} steps x {p['batch_tokens']:,} tokens = {tokens:,} tokens (a CPU has no FLOP/s peak to"
+            " plan by)"
+        )
     return "\n".join(lines)
 
 # %% ../nbs/16_launch.ipynb #a5009811
 def write_configs(plan: dict, run_dir, data_dir) -> tuple[list[str], Path]:
     "Write ds_config.json for `plan` into `run_dir`; return the training arguments and the config's path."
-    run_dir = Path(run_dir); run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     c = preset(plan["preset"])
-    tc = TrainConfig(data=str(data_dir), out=str(run_dir / "run"), micro_batch=plan["micro_batch"], max_steps=plan["max_steps"],
-                     batch_tokens=plan["micro_batch"] * plan["accumulation"] * plan["procs"] * c.max_seq_len,
-                     precision=plan["precision"], zero_stage=plan["zero_stage"], offload=plan["offload"],
-                     activation_checkpointing=plan["activation_checkpointing"])
+    tc = TrainConfig(
+        data=str(data_dir),
+        out=str(run_dir / "run"),
+        micro_batch=plan["micro_batch"],
+        max_steps=plan["max_steps"],
+        batch_tokens=plan["micro_batch"] * plan["accumulation"] * plan["procs"] * c.max_seq_len,
+        precision=plan["precision"],
+        zero_stage=plan["zero_stage"],
+        offload=plan["offload"],
+        activation_checkpointing=plan["activation_checkpointing"],
+    )
     cfg_path = run_dir / "ds_config.json"
-    cfg_path.write_text(json.dumps(build_ds_config(tc, param_formula(c)["total"], plan["procs"], c.max_seq_len,
-                                                   "cuda" if plan["gpu_gb"] else "cpu", c.num_layers), indent=1))
-    args = ["--data", tc.data, "--out", tc.out, "--preset", plan["preset"], "--micro-batch", str(tc.micro_batch),
-            "--batch-tokens", str(tc.batch_tokens), "--max-steps", str(tc.max_steps), "--precision", tc.precision, "--deepspeed", str(cfg_path),
-            "--activation-checkpointing", tc.activation_checkpointing, "--eval-every", str(max(10, tc.max_steps // 4)),
-            "--log-every", "1", "--warmup-steps", str(min(30, tc.max_steps // 4)), "--sample-tokens", "0"]
+    cfg_path.write_text(
+        json.dumps(
+            build_ds_config(
+                tc,
+                param_formula(c)["total"],
+                plan["procs"],
+                c.max_seq_len,
+                "cuda" if plan["gpu_gb"] else "cpu",
+                c.num_layers,
+            ),
+            indent=1,
+        )
+    )
+    args = [
+        "--data",
+        tc.data,
+        "--out",
+        tc.out,
+        "--preset",
+        plan["preset"],
+        "--micro-batch",
+        str(tc.micro_batch),
+        "--batch-tokens",
+        str(tc.batch_tokens),
+        "--max-steps",
+        str(tc.max_steps),
+        "--precision",
+        tc.precision,
+        "--deepspeed",
+        str(cfg_path),
+        "--activation-checkpointing",
+        tc.activation_checkpointing,
+        "--eval-every",
+        str(max(10, tc.max_steps // 4)),
+        "--log-every",
+        "1",
+        "--warmup-steps",
+        str(min(30, tc.max_steps // 4)),
+        "--sample-tokens",
+        "0",
+    ]
     return args, cfg_path
 
 # %% ../nbs/16_launch.ipynb #e46e5646
 def complete_rows(text: str) -> list[dict]:
-    "The JSON records of the lines of `text` that are complete (end with a newline); the unfinished tail is left for later."
+    """The JSON records of the lines of `text` that are complete (end with a newline); the unfinished tail is left for
+    later.
+    """
     # hint: only newline-terminated lines are complete: parse those (non-empty) as JSON, leave the tail.
-    # hint2: splitting on newlines leaves the unfinished tail (or an empty string, when the text ends with a newline) as the last piece: drop it, and skip blank lines.
+    # hint2: splitting on newlines leaves the unfinished tail (or an empty string, when the text ends with a newline) as
+    #        the last piece: drop it, and skip blank lines.
     # hint3: *done, _tail = text.split("\n"); return [json.loads(l) for l in done if l.strip()]
     *done, _tail = text.split("\n")
     return [json.loads(l) for l in done if l.strip()]
 
 # %% ../nbs/16_launch.ipynb #6a61cc50
-_NOISE = re.compile(r"^\[\d{4}-\d\d-\d\d [\d:,]+\] \[(INFO|WARNING)\]|^\s*$|real_accelerator\.py|warnings\.warn|return func\(")
+_NOISE = re.compile(
+    r"^\[\d{4}-\d\d-\d\d [\d:,]+\] \[(INFO|WARNING)\]|^\s*$|real_accelerator\.py|warnings\.warn|return func\("
+)
+
 
 def _group_alive(pgid: int) -> bool:
-    try: os.killpg(pgid, 0); return True
-    except (ProcessLookupError, PermissionError): return False
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
 
-def launch(train_args: list[str], procs: int, out, plot: bool = True, verbose: bool = False, hostfile: str | None = None,
-           print_fn=print) -> dict:
-    """Run `deepspeed ... --module minillm.train train_args` on `procs` processes (per node, with a hostfile); stream its log and curves.
-    Returns dict(returncode, interrupted, rows): rows are the metrics the run wrote."""
+
+def launch(
+    train_args: list[str],
+    procs: int,
+    out,
+    plot: bool = True,
+    verbose: bool = False,
+    hostfile: str | None = None,
+    print_fn=print,
+) -> dict:
+    """Run `deepspeed ... --module minillm.train train_args` on `procs` processes (per node, with a hostfile); stream
+    its log and curves.
+    Returns dict(returncode, interrupted, rows): rows are the metrics the run wrote.
+    """
     out = Path(out)
-    if hostfile: print_fn(describe_layout(rank_layout([(h, min(s, procs)) for h, s in read_hostfile(hostfile)])))   # --num_gpus caps each node
-    env = dict(os.environ, PYTHONUNBUFFERED="1", TQDM_DISABLE="1")             # no progress bars in a streamed log
-    p = subprocess.Popen(deepspeed_command(train_args, procs, hostfile=hostfile), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         text=True, bufsize=1, start_new_session=True, env=env)
+    if hostfile:
+        print_fn(
+            describe_layout(rank_layout([(h, min(s, procs)) for h, s in read_hostfile(hostfile)]))
+        )  # --num_gpus caps each node
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TQDM_DISABLE="1")  # no progress bars in a streamed log
+    p = subprocess.Popen(
+        deepspeed_command(train_args, procs, hostfile=hostfile),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        start_new_session=True,
+        env=env,
+    )
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(l) for l in p.stdout], daemon=True).start()
     live, rows, seen, interrupted = (LivePlot() if plot else None), [], 0, False
+
     def pump():
         nonlocal seen
         while not lines.empty():
             l = lines.get_nowait().rstrip()
-            if verbose or not _NOISE.search(l): print_fn(l)
+            if verbose or not _NOISE.search(l):
+                print_fn(l)
         m = out / "metrics.jsonl"
         for row in (complete_rows(m.read_text()) if m.exists() else [])[seen:]:
-            rows.append(row); seen += 1
-            if live: live(row)
+            rows.append(row)
+            seen += 1
+            if live:
+                live(row)
+
     while True:
         try:
-            while p.poll() is None or _group_alive(p.pid):          # the launcher may exit before its workers
-                pump(); time.sleep(0.2)
+            while p.poll() is None or _group_alive(p.pid):  # the launcher may exit before its workers
+                pump()
+                time.sleep(0.2)
             break
         except KeyboardInterrupt:
             if interrupted:
-                print_fn("second interrupt: killing the run"); os.killpg(p.pid, signal.SIGKILL); continue
+                print_fn("second interrupt: killing the run")
+                os.killpg(p.pid, signal.SIGKILL)
+                continue
             interrupted = True
             print_fn("interrupt: every rank finishes its step, saves a checkpoint and stops (interrupt again to kill)")
-            try: os.killpg(p.pid, signal.SIGINT)
-            except ProcessLookupError: pass
+            try:
+                os.killpg(p.pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
     pump()
     return dict(returncode=p.returncode, interrupted=interrupted, rows=rows)
 
 # %% ../nbs/16_launch.ipynb #48badc52
 def rank_layout(nodes: list[tuple[str, int]]) -> list[tuple[str, int]]:
-    """The (host, local rank) of each process of a launch over `nodes` ((host, slots) in hostfile order, slots >= 1), indexed by
-    global rank: ranks are numbered node by node, `slots` per node, and local ranks restart at 0 on each node. Its length is the world size."""
-    # hint: walk the nodes in order; each gives one process per slot, and the numbering of the processes within a node starts again from zero on each node
-    # hint2: two nested loops, nodes outside and range(slots) inside, appending (host, local) pairs: a process's global rank is its position in the list
+    """The (host, local rank) of each process of a launch over `nodes` ((host, slots) in hostfile order, slots >= 1),
+    indexed by
+    global rank: ranks are numbered node by node, `slots` per node, and local ranks restart at 0 on each node. Its
+    length is the world size.
+
+    """
+    # hint: walk the nodes in order; each gives one process per slot, and the numbering of the processes within a node
+    #       starts again from zero on each node
+    # hint2: two nested loops, nodes outside and range(slots) inside, appending (host, local) pairs: a process's global
+    #        rank is its position in the list
     # hint3: return [(host, local) for host, slots in nodes for local in range(slots)]
     return [(host, local) for host, slots in nodes for local in range(slots)]
 
@@ -185,16 +366,24 @@ def read_hostfile(path) -> list[tuple[str, int]]:
     nodes = []
     for i, line in enumerate(Path(path).read_text().splitlines(), 1):
         line = line.split("#")[0].strip()
-        if not line: continue
+        if not line:
+            continue
         m = re.fullmatch(r"(\S+)\s+slots=(\d+)", line)
         if not m or int(m.group(2)) < 1:
-            raise ValueError(f"hostfile {path} line {i}: {line!r} is not `hostname slots=N` with N >= 1 (one line per node)")
+            raise ValueError(
+                f"hostfile {path} line {i}: {line!r} is not `hostname slots=N` with N >= 1 (one line per node)"
+            )
         nodes.append((m.group(1), int(m.group(2))))
-    if not nodes: raise ValueError(f"hostfile {path}: no `hostname slots=N` line in it (one line per node)")
+    if not nodes:
+        raise ValueError(f"hostfile {path}: no `hostname slots=N` line in it (one line per node)")
     return nodes
+
 
 def describe_layout(layout: list[tuple[str, int]]) -> str:
     "One line: how many processes, and which global ranks run on each host."
     hosts: dict[str, list[int]] = {}
-    for rank, (host, _) in enumerate(layout): hosts.setdefault(host, []).append(rank)
-    return f"{len(layout)} processes: " + ", ".join(f"{h} rank {r[0]}" if len(r) == 1 else f"{h} ranks {r[0]}-{r[-1]}" for h, r in hosts.items())
+    for rank, (host, _) in enumerate(layout):
+        hosts.setdefault(host, []).append(rank)
+    return f"{len(layout)} processes: " + ", ".join(
+        f"{h} rank {r[0]}" if len(r) == 1 else f"{h} ranks {r[0]}-{r[-1]}" for h, r in hosts.items()
+    )

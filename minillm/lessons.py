@@ -26,19 +26,25 @@ __all__ = ['find_root', 'project_root', 'read_settings', 'read_nb', 'src', 'spli
 # %% ../nbs/90_lessons.ipynb #267572ac
 _DIRECTIVE = re.compile(r"^\s*#\|\s*([\w-]+):?\s*(.*?)\s*$")
 
+
 def find_root(start: Path | str | None = None) -> Path:
     "The project root: the nearest folder at or above `start` (default: the cwd) holding settings.ini."
     p = Path(start or Path.cwd()).resolve()
     for d in [p, *p.parents]:
-        if (d / "settings.ini").exists(): return d
+        if (d / "settings.ini").exists():
+            return d
     raise FileNotFoundError(f"no settings.ini in {p} or above: run this inside a minillm checkout, or pass --root.")
+
 
 def project_root(start: Path | str | None = None) -> Path:
     """Where a lesson reads and writes the project's `data/` and `runs/`: the checkout's root when `start` (default:
     the cwd) is inside one (a lesson opened from lessons/ or nbs/), else `start` itself (a lesson opened alone:
     Colab's /content, Kaggle's /kaggle/working)."""
-    try: return find_root(start)
-    except FileNotFoundError: return Path(start or Path.cwd()).resolve()
+    try:
+        return find_root(start)
+    except FileNotFoundError:
+        return Path(start or Path.cwd()).resolve()
+
 
 def read_settings(root: Path) -> dict:
     "settings.ini's [DEFAULT] section, with %(key)s references filled in."
@@ -46,25 +52,34 @@ def read_settings(root: Path) -> dict:
     cp.read(Path(root) / "settings.ini", encoding="utf-8")
     return dict(cp["DEFAULT"])
 
-def read_nb(path: Path) -> dict: return json.loads(Path(path).read_text(encoding="utf-8"))
 
-def src(cell: dict) -> str: return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+def read_nb(path: Path) -> dict:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def src(cell: dict) -> str:
+    return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+
 
 def split_directives(code: str) -> tuple[dict, str]:
     "({directive: args}, code without the leading `#|` lines)."
     lines, found = code.split("\n"), {}
     while lines and (m := _DIRECTIVE.match(lines[0])):
-        found[m.group(1)] = m.group(2); lines.pop(0)
+        found[m.group(1)] = m.group(2)
+        lines.pop(0)
     return found, "\n".join(lines)
+
 
 def frontmatter(nb: dict) -> dict:
     "The `key: value` pairs of the notebook's leading raw `---` cell (empty when it has none)."
     cells = [c for c in nb["cells"] if c["cell_type"] == "raw"]
-    if not cells or not src(cells[0]).strip().startswith("---"): return {}
+    if not cells or not src(cells[0]).strip().startswith("---"):
+        return {}
     out = {}
     for line in src(cells[0]).strip().strip("-").strip().splitlines():
         k, sep, v = line.partition(":")
-        if sep: out[k.strip()] = v.strip().strip("'\"")
+        if sep:
+            out[k.strip()] = v.strip().strip("'\"")
     return out
 
 # %% ../nbs/90_lessons.ipynb #93f52332
@@ -72,92 +87,156 @@ def stub_exercise(code: str, where: str = "cell") -> str:
     "`code` with the body of each top-level function replaced by a `NotImplementedError` stub raising its tier-1 hint."
     tree, lines = ast.parse(code), code.split("\n")
     funcs = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
-    if not funcs: raise ValueError(f"{where}: an `#| exercise` cell must define at least one function.")
+    if not funcs:
+        raise ValueError(f"{where}: an `#| exercise` cell must define at least one function.")
     for fn in reversed(funcs):
         body = fn.body
-        has_doc = isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) and isinstance(body[0].value.value, str)
-        if has_doc and len(body) == 1: raise ValueError(f"{where}: exercise `{fn.name}` has a docstring but no body to stub.")
+        has_doc = (
+            isinstance(body[0], ast.Expr)
+            and isinstance(getattr(body[0], "value", None), ast.Constant)
+            and isinstance(body[0].value.value, str)
+        )
+        if has_doc and len(body) == 1:
+            raise ValueError(f"{where}: exercise `{fn.name}` has a docstring but no body to stub.")
         first = body[1] if has_doc else body[0]
-        if first.lineno == fn.lineno: raise ValueError(f"{where}: put the body of exercise `{fn.name}` on its own lines.")
-        start = body[0].end_lineno if has_doc else first.lineno - 1   # 0-based index of the first body line
+        if first.lineno == fn.lineno:
+            raise ValueError(f"{where}: put the body of exercise `{fn.name}` on its own lines.")
+        start = body[0].end_lineno if has_doc else first.lineno - 1  # 0-based index of the first body line
         indent = " " * first.col_offset
-        hint = hint_tiers("\n".join(lines[start:fn.end_lineno])).get(1) or f"implement {fn.name} as its docstring says"
+        hint = (
+            hint_tiers("\n".join(lines[start : fn.end_lineno])).get(1) or f"implement {fn.name} as its docstring says"
+        )
         stub = [f"{indent}# Your code here (replace the line below).", f"{indent}raise NotImplementedError({hint!r})"]
-        lines[start:fn.end_lineno] = stub
+        lines[start : fn.end_lineno] = stub
     return "\n".join(lines)
 
 # %% ../nbs/90_lessons.ipynb #87dbd910
-_PASTEABLE = [(re.compile(p), why) for p, why in [
-    (r"[\w\])]\(", "a call"), (r"\w\[", "indexing"), (r"(?<![=<>!])=(?![=])", "an assignment"),
-    (r"[\w)\]]\s*(==|!=|>=|<=)\s*[\w(]", "a comparison"), (r"\{\w[^}]*\}", "a format string"),
-    (r"\w(//|\*\*|[+*%@])[\w(]|\w\s(//|\*\*|[-+*/%@])\s[\w(]", "arithmetic between names"),   # spaced alike; top-k, fp32/bf16 are words
-    (r"\w\.\w+\(", "a method call")]]
+_PASTEABLE = [
+    (re.compile(p), why)
+    for p, why in [
+        (r"[\w\])]\(", "a call"),
+        (r"\w\[", "indexing"),
+        (r"(?<![=<>!])=(?![=])", "an assignment"),
+        (r"[\w)\]]\s*(==|!=|>=|<=)\s*[\w(]", "a comparison"),
+        (r"\{\w[^}]*\}", "a format string"),
+        (
+            r"\w(//|\*\*|[+*%@])[\w(]|\w\s(//|\*\*|[-+*/%@])\s[\w(]",
+            "arithmetic between names",
+        ),  # spaced alike; top-k, fp32/bf16 are words
+        (r"\w\.\w+\(", "a method call"),
+    ]
+]
+
 
 def pasteable(hint: str) -> list[str]:
     "What in a tier-1 hint is code a learner could paste instead of thinking: e.g. ['a call'] for 'use -(-n // k)'."
     return [why for pat, why in _PASTEABLE if pat.search(hint)]
+
 
 def exercise_hints(nb: dict) -> dict[str, dict[int, str]]:
     "{function name: {tier: text}} for the exercises of notebook `nb`."
     out = {}
     for c in nb["cells"]:
         d, code = split_directives(src(c)) if c["cell_type"] == "code" else ({}, "")
-        if "exercise" not in d: continue
+        if "exercise" not in d:
+            continue
         for fn in ast.parse(code).body:
-            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)): out[fn.name] = hint_tiers(ast.get_source_segment(code, fn))
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                out[fn.name] = hint_tiers(ast.get_source_segment(code, fn))
     return out
 
 # %% ../nbs/90_lessons.ipynb #f8d84531
-_GUARDS = {"gpu": ("torch.cuda.is_available()", "Needs a CUDA GPU", "no CUDA GPU here"),
-           "multigpu": ("torch.cuda.device_count() > 1", "Needs two or more CUDA GPUs", "fewer than two CUDA GPUs here")}
+_GUARDS = {
+    "gpu": ("torch.cuda.is_available()", "Needs a CUDA GPU", "no CUDA GPU here"),
+    "multigpu": ("torch.cuda.device_count() > 1", "Needs two or more CUDA GPUs", "fewer than two CUDA GPUs here"),
+}
+
 
 def _guard(code: str, flag: str) -> str:
     cond, why, skip = _GUARDS[flag]
-    return (f"# {why}: skipped elsewhere.\nimport torch\nif {cond}:\n{textwrap.indent(code, '    ')}\n"
-            f"else:\n    print('skipped: {skip}')")
+    return (
+        f"# {why}: skipped elsewhere.\nimport torch\nif {cond}:\n{textwrap.indent(code, '    ')}\n"
+        f"else:\n    print('skipped: {skip}')"
+    )
+
 
 def _cell(kind: str, text: str, id: str) -> dict:
     c = {"cell_type": kind, "id": id, "metadata": {}, "source": text}
-    if kind == "code": c.update(execution_count=None, outputs=[])
+    if kind == "code":
+        c.update(execution_count=None, outputs=[])
     return c
+
 
 def urls(cfg: dict, path: str) -> dict:
     "Links to `path` (relative to the repo root) on GitHub, Colab and Kaggle, from settings.ini."
     gh = f"github.com/{cfg['user']}/{cfg['repo']}/blob/{cfg['branch']}/{path}"
-    return {"github": f"https://{gh}", "colab": f"https://colab.research.google.com/{gh.replace('github.com', 'github', 1)}",
-            "kaggle": f"https://kaggle.com/kernels/welcome?src=https://{gh}"}
+    return {
+        "github": f"https://{gh}",
+        "colab": f"https://colab.research.google.com/{gh.replace('github.com', 'github', 1)}",
+        "kaggle": f"https://kaggle.com/kernels/welcome?src=https://{gh}",
+    }
 
-_EXTRA_MODULES = {"deepspeed": "deepspeed", "flash": "flash_attn"}   # extra -> the module it installs
+
+_EXTRA_MODULES = {"deepspeed": "deepspeed", "flash": "flash_attn"}  # extra -> the module it installs
 # Names of minillm's that run DeepSpeed: a lesson calling one needs the `deepspeed` extra as much as one importing it.
-_DEEPSPEED_NAMES = {"deepspeed_command", "require_deepspeed", "DeepSpeedEngine", "consolidated_weights", "deepspeed_estimate"}
+_DEEPSPEED_NAMES = {
+    "deepspeed_command",
+    "require_deepspeed",
+    "DeepSpeedEngine",
+    "consolidated_weights",
+    "deepspeed_estimate",
+}
+
 
 def code_tree(code: str) -> ast.Module:
     "The AST of a notebook cell, its IPython lines (`%magic`, `!shell`) left out."
     return ast.parse("\n".join("" if l.lstrip().startswith(("%", "!")) else l for l in code.split("\n")))
+
 
 def lesson_extras(nb: dict, where: str = "notebook") -> list[str]:
     """The extras a lesson's setup cell installs: front matter `extras:` (space-separated names), plus `deepspeed`
     when a cell the lesson keeps imports deepspeed or uses one of minillm's DeepSpeed functions."""
     extras = frontmatter(nb).get("extras", "").replace(",", " ").split()
     if bad := [e for e in extras if e not in _EXTRA_MODULES]:
-        raise ValueError(f"{where}: front matter `extras: {' '.join(extras)}`: unknown {', '.join(bad)}; known: {', '.join(_EXTRA_MODULES)}")
+        raise ValueError(
+            f"{where}: front matter `extras: {' '.join(extras)}`: unknown {', '.join(bad)}; known:"
+            f" {', '.join(_EXTRA_MODULES)}"
+        )
     for c in nb["cells"]:
         d, code = split_directives(src(c)) if c["cell_type"] == "code" else ({"hide": ""}, "")
-        if "hide" in d or "deepspeed" in extras: continue
+        if "hide" in d or "deepspeed" in extras:
+            continue
         for n in ast.walk(code_tree(code)):
-            mods = [a.name for a in n.names] if isinstance(n, ast.Import) else [n.module or ""] if isinstance(n, ast.ImportFrom) else []
-            names = {a.name for a in n.names} if isinstance(n, ast.ImportFrom) else {getattr(n, "id", None), getattr(n, "attr", None)}
-            if any(m.split(".")[0] == "deepspeed" for m in mods) or names & _DEEPSPEED_NAMES: extras.append("deepspeed"); break
+            mods = (
+                [a.name for a in n.names]
+                if isinstance(n, ast.Import)
+                else [n.module or ""]
+                if isinstance(n, ast.ImportFrom)
+                else []
+            )
+            names = (
+                {a.name for a in n.names}
+                if isinstance(n, ast.ImportFrom)
+                else {getattr(n, "id", None), getattr(n, "attr", None)}
+            )
+            if any(m.split(".")[0] == "deepspeed" for m in mods) or names & _DEEPSPEED_NAMES:
+                extras.append("deepspeed")
+                break
     return extras
 
+
 def setup_cell(cfg: dict, extras: list[str] = ()) -> str:
-    "The first code cell of every lesson: installs minillm, with `extras` (e.g. ['deepspeed']), where it is missing (Colab, Kaggle)."
+    """The first code cell of every lesson: installs minillm, with `extras` (e.g. ['deepspeed']), where it is missing
+    (Colab, Kaggle).
+    """
     name = f"minillm[{','.join(extras)}]" if extras else "minillm"
     spec = f"{name} @ git+https://github.com/{cfg['user']}/{cfg['repo']}@{cfg['branch']}"
     mods = ", ".join(["minillm", *(_EXTRA_MODULES[e] for e in extras)])
-    return (f"# Setup: installs {name} where it is missing (Colab, Kaggle); does nothing where it is installed.\n"
-            f"try:\n    import {mods}\nexcept ImportError:\n"
-            f"    %pip install -q \"{spec}\"\n    import {mods}\nprint('minillm', minillm.__version__)")
+    return (
+        f"# Setup: installs {name} where it is missing (Colab, Kaggle); does nothing where it is installed.\n"
+        f"try:\n    import {mods}\nexcept ImportError:\n"
+        f"    %pip install -q \"{spec}\"\n    import {mods}\nprint('minillm', minillm.__version__)"
+    )
 
 # %% ../nbs/90_lessons.ipynb #c2168702
 def make_lesson(nb: dict, name: str, cfg: dict, keep_hidden: bool = False) -> dict:
@@ -166,34 +245,59 @@ def make_lesson(nb: dict, name: str, cfg: dict, keep_hidden: bool = False) -> di
     fm, cells = frontmatter(nb), []
     links = urls(cfg, f"lessons/{name}")
     facts = " · ".join(f"**{k.title()}:** {fm[k]}" for k in ("hardware", "time", "builds") if fm.get(k))
-    cells.append(_cell("markdown", f"# {fm.get('title', name)}\n\n> {fm.get('description', '')}\n\n"
-        f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({links['colab']}) "
-        f"[![Open In Kaggle](https://kaggle.com/static/images/open-in-kaggle.svg)]({links['kaggle']})\n\n{facts}\n\n"
-        "Cells marked ✏️ are exercises: fill in the body, then run the self-check cell below it.", "lesson-header"))
+    cells.append(
+        _cell(
+            "markdown",
+            f"# {fm.get('title', name)}\n\n> {fm.get('description', '')}\n\n[![Open In"
+            f" Colab](https://colab.research.google.com/assets/colab-badge.svg)]({links['colab']}) [![Open In"
+            f" Kaggle](https://kaggle.com/static/images/open-in-kaggle.svg)]({links['kaggle']})\n\n{facts}\n\nCells"
+            " marked ✏️ are exercises: fill in the body, then run the self-check cell below it.",
+            "lesson-header",
+        )
+    )
     cells.append(_cell("code", setup_cell(cfg, lesson_extras(nb, f"nbs/{name}")), "lesson-setup"))
-    pending = None                                   # the exercise waiting for its self-check
+    pending = None  # the exercise waiting for its self-check
     for i, c in enumerate(nb["cells"]):
         where = f"nbs/{name}, cell {i}"
-        if c["cell_type"] == "raw": continue
+        if c["cell_type"] == "raw":
+            continue
         cid = c.get("id") or f"cell-{i}"
-        if c["cell_type"] == "markdown": cells.append(_cell("markdown", src(c), cid)); continue
+        if c["cell_type"] == "markdown":
+            cells.append(_cell("markdown", src(c), cid))
+            continue
         d, code = split_directives(src(c))
-        if not code.strip() or ("hide" in d and not keep_hidden): continue
-        if "hide" in d: code = "# Hidden in the learner's copy: a test.\n" + code
+        if not code.strip() or ("hide" in d and not keep_hidden):
+            continue
+        if "hide" in d:
+            code = "# Hidden in the learner's copy: a test.\n" + code
         if pending and "selfcheck" not in d:
             raise ValueError(f"nbs/{name}: exercise cell {pending} must be followed by a `#| selfcheck` cell.")
         if "exercise" in d:
-            code, pending = "# ✏️ Exercise: fill in the body, then run the self-check below.\n" + stub_exercise(code, where), i
+            code, pending = (
+                "# ✏️ Exercise: fill in the body, then run the self-check below.\n" + stub_exercise(code, where),
+                i,
+            )
         elif "selfcheck" in d:
-            if pending is None: raise ValueError(f"{where}: a `#| selfcheck` cell must follow an `#| exercise` cell.")
+            if pending is None:
+                raise ValueError(f"{where}: a `#| selfcheck` cell must follow an `#| exercise` cell.")
             code, pending = "# Self-check: runs the reference tests against your function above.\n" + code, None
         for flag in ("gpu", "multigpu"):
-            if flag in d: code = _guard(code, flag)
-        if "slow" in d: code = "# Slow on a CPU: minutes, not seconds.\n" + code
+            if flag in d:
+                code = _guard(code, flag)
+        if "slow" in d:
+            code = "# Slow on a CPU: minutes, not seconds.\n" + code
         cells.append(_cell("code", code, cid))
-    if pending is not None: raise ValueError(f"nbs/{name}: exercise cell {pending} must be followed by a `#| selfcheck` cell.")
-    return {"cells": cells, "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-            "language_info": {"name": "python"}}, "nbformat": 4, "nbformat_minor": 5}
+    if pending is not None:
+        raise ValueError(f"nbs/{name}: exercise cell {pending} must be followed by a `#| selfcheck` cell.")
+    return {
+        "cells": cells,
+        "metadata": {
+            "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+            "language_info": {"name": "python"},
+        },
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
 
 # %% ../nbs/90_lessons.ipynb #06653154
 def lesson_sources(root: Path) -> list[Path]:
@@ -201,55 +305,76 @@ def lesson_sources(root: Path) -> list[Path]:
     nbs = sorted((Path(root) / "nbs").glob("[0-9][0-9]*_*.ipynb"))
     return [p for p in nbs if frontmatter(read_nb(p)).get("lesson", "true").lower() != "false"]
 
+
 def course_map_markdown(root: Path | str | None = None, prefix: str = "lessons/") -> str:
     "The lesson table (lesson, what you build, hardware, time, links), read from the notebooks' front matter."
-    root = Path(root or find_root()); cfg = read_settings(root)
+    root = Path(root or find_root())
+    cfg = read_settings(root)
     rows = ["| # | lesson | what you build | hardware | time | open |", "|---|---|---|---|---|---|"]
     for p in lesson_sources(root):
         fm, num = frontmatter(read_nb(p)), p.stem.split("_")[0]
         u = urls(cfg, f"lessons/{p.name}")
-        rows.append(f"| {num} | [{fm.get('title', p.stem)}]({prefix}{p.name}) | {fm.get('builds', '')} | "
-                    f"{fm.get('hardware', 'CPU')} | {fm.get('time', '')} | [Colab]({u['colab']}) · [Kaggle]({u['kaggle']}) |")
+        rows.append(
+            f"| {num} | [{fm.get('title', p.stem)}]({prefix}{p.name}) | {fm.get('builds', '')} | "
+            f"{fm.get('hardware', 'CPU')} | {fm.get('time', '')} | [Colab]({u['colab']}) · [Kaggle]({u['kaggle']}) |"
+        )
     return "\n".join(rows)
 
+
 _HEADER = "<!-- Generated from {src} by `minillm lessons`. Do not edit: change {src}, then run `make sync`. -->\n\n"
+
 
 def readme_from_index(root: Path) -> str:
     "README.md from nbs/index.ipynb: markdown as is, code shown, `output: asis` cells run and their output inlined."
     parts = []
     for c in read_nb(Path(root) / "nbs" / "index.ipynb")["cells"]:
-        if c["cell_type"] == "markdown": parts.append(src(c).strip()); continue
-        if c["cell_type"] != "code": continue
+        if c["cell_type"] == "markdown":
+            parts.append(src(c).strip())
+            continue
+        if c["cell_type"] != "code":
+            continue
         d, code = split_directives(src(c))
-        if "hide" in d or not code.strip(): continue
+        if "hide" in d or not code.strip():
+            continue
         if d.get("output") == "asis":
             buf, cwd = io.StringIO(), os.getcwd()
             try:
                 os.chdir(root)
-                with contextlib.redirect_stdout(buf): exec(compile(code, "nbs/index.ipynb", "exec"), {"__name__": "__readme__"})
-            finally: os.chdir(cwd)
+                with contextlib.redirect_stdout(buf):
+                    exec(compile(code, "nbs/index.ipynb", "exec"), {"__name__": "__readme__"})
+            finally:
+                os.chdir(cwd)
             parts.append(buf.getvalue().strip())
-        elif d.get("echo") != "false": parts.append(f"```python\n{code.strip()}\n```")
+        elif d.get("echo") != "false":
+            parts.append(f"```python\n{code.strip()}\n```")
     return _HEADER.format(src="nbs/index.ipynb") + "\n\n".join(parts) + "\n"
+
 
 def lessons_readme(root: Path) -> str:
     "lessons/README.md: the course map with links relative to lessons/."
-    return (_HEADER.format(src="the notebooks' front matter") + "# Lessons\n\n"
-            "Each lesson is a notebook: prose, code, plots, and exercises (✏️) that check themselves. "
-            "Open one in Jupyter, or with the Colab/Kaggle links; the first cell installs minillm where it is missing.\n\n"
-            + course_map_markdown(root, prefix="") + "\n")
+    return (
+        _HEADER.format(src="the notebooks' front matter") + "# Lessons\n\n"
+        "Each lesson is a notebook: prose, code, plots, and exercises (✏️) that check themselves. "
+        "Open one in Jupyter, or with the Colab/Kaggle links; the first cell installs minillm where it is missing.\n\n"
+        + course_map_markdown(root, prefix="")
+        + "\n"
+    )
 
 # %% ../nbs/90_lessons.ipynb #a923b53c
-def dumps_nb(nb: dict) -> str: return json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
+def dumps_nb(nb: dict) -> str:
+    return json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
+
 
 def generated_files(root: Path | str) -> dict[str, str]:
     "{path relative to root: text} for every file this module generates."
     root, out = Path(root), {}
     cfg = read_settings(root)
-    for p in lesson_sources(root): out[f"lessons/{p.name}"] = dumps_nb(make_lesson(read_nb(p), p.name, cfg))
+    for p in lesson_sources(root):
+        out[f"lessons/{p.name}"] = dumps_nb(make_lesson(read_nb(p), p.name, cfg))
     out["lessons/README.md"] = lessons_readme(root)
     out["README.md"] = readme_from_index(root)
     return out
+
 
 def stale_lessons(root: Path, files: dict) -> list[Path]:
     "Notebooks in lessons/ that no source notebook generates any more."
@@ -258,23 +383,44 @@ def stale_lessons(root: Path, files: dict) -> list[Path]:
 # %% ../nbs/90_lessons.ipynb #2633786d
 def lessons_main(argv: list[str] | None = None) -> int:
     "`minillm lessons`: write lessons/, lessons/README.md and README.md from nbs/ (or, with --check, compare)."
-    p = argparse.ArgumentParser(prog="minillm lessons", description="Generate the learner notebooks in lessons/, "
-                                "the course map in lessons/README.md and README.md from the notebooks in nbs/.")
-    p.add_argument("--root", default=None, help="project root (default: the folder holding settings.ini, at or above the cwd)")
-    p.add_argument("--check", action="store_true", help="write nothing; exit 1 if any generated file differs from what is on disk")
+    p = argparse.ArgumentParser(
+        prog="minillm lessons",
+        description="Generate the learner notebooks in lessons/, "
+        "the course map in lessons/README.md and README.md from the notebooks in nbs/.",
+    )
+    p.add_argument(
+        "--root", default=None, help="project root (default: the folder holding settings.ini, at or above the cwd)"
+    )
+    p.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 if any generated file differs from what is on disk"
+    )
     args = p.parse_args(argv)
-    try: root = find_root(args.root)
-    except FileNotFoundError as e: raise SystemExit(f"minillm lessons: {e}") from None
-    try: files = generated_files(root)
-    except ValueError as e: raise SystemExit(f"minillm lessons: {e}") from None
+    try:
+        root = find_root(args.root)
+    except FileNotFoundError as e:
+        raise SystemExit(f"minillm lessons: {e}") from None
+    try:
+        files = generated_files(root)
+    except ValueError as e:
+        raise SystemExit(f"minillm lessons: {e}") from None
     differ = [k for k, v in files.items() if not (root / k).exists() or (root / k).read_text(encoding="utf-8") != v]
     stale = stale_lessons(root, files)
     if args.check:
-        for k in differ: print(f"out of date: {k}")
-        for s in stale: print(f"stale (no source in nbs/): {s.relative_to(root)}")
-        if differ or stale: print("Fix: run `minillm lessons` (or `make sync`), then commit."); return 1
-        print(f"lessons up to date ({len(files)} files)"); return 0
-    for k in differ: write_atomic(root / k, files[k]); print(f"wrote {k}")
-    for s in stale: s.unlink(); print(f"removed {s.relative_to(root)}")
-    if not differ and not stale: print(f"lessons up to date ({len(files)} files)")
+        for k in differ:
+            print(f"out of date: {k}")
+        for s in stale:
+            print(f"stale (no source in nbs/): {s.relative_to(root)}")
+        if differ or stale:
+            print("Fix: run `minillm lessons` (or `make sync`), then commit.")
+            return 1
+        print(f"lessons up to date ({len(files)} files)")
+        return 0
+    for k in differ:
+        write_atomic(root / k, files[k])
+        print(f"wrote {k}")
+    for s in stale:
+        s.unlink()
+        print(f"removed {s.relative_to(root)}")
+    if not differ and not stale:
+        print(f"lessons up to date ({len(files)} files)")
     return 0

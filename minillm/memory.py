@@ -6,7 +6,17 @@ import argparse, json, math, shlex, sys
 from pathlib import Path
 from dataclasses import dataclass, asdict, replace
 import torch
-from .model import ModelConfig, MiniLLM, preset, param_formula, ffn_hidden, PRESETS, attention_params, resolve_layers, checkpoint_mode
+from minillm.model import (
+    ModelConfig,
+    MiniLLM,
+    preset,
+    param_formula,
+    ffn_hidden,
+    PRESETS,
+    attention_params,
+    resolve_layers,
+    checkpoint_mode,
+)
 from .utils import positive_int, positive_float
 
 # %% auto #0
@@ -21,94 +31,153 @@ __all__ = ['RECIPES', 'ADAM_STEP_BYTES', 'CHECKPOINTING', 'GPU_MEMORY_GB', 'CUDA
 @dataclass(frozen=True)
 class Recipe:
     "Bytes per parameter of each model state."
+
     weights: int
     grads: int
-    master: int       # fp32 copy of the weights the optimizer updates (mixed precision)
-    moments: int      # Adam's exp_avg + exp_avg_sq
+    master: int  # fp32 copy of the weights the optimizer updates (mixed precision)
+    moments: int  # Adam's exp_avg + exp_avg_sq
+
     @property
-    def total(self) -> int: return self.weights + self.grads + self.master + self.moments
+    def total(self) -> int:
+        return self.weights + self.grads + self.master + self.moments
+
 
 RECIPES = {
     "fp32": Recipe(4, 4, 0, 8),
-    "bf16": Recipe(2, 2, 4, 8),          # mixed precision: 16-bit weights and grads, fp32 master and moments
+    "bf16": Recipe(2, 2, 4, 8),  # mixed precision: 16-bit weights and grads, fp32 master and moments
     "fp16": Recipe(2, 2, 4, 8),
-    "bf16-pure": Recipe(2, 2, 0, 4),     # everything in bf16
+    "bf16-pure": Recipe(2, 2, 0, 4),  # everything in bf16
 }
-ADAM_STEP_BYTES = 4   # torch's AdamW keeps one fp32 `step` scalar per parameter tensor
+ADAM_STEP_BYTES = 4  # torch's AdamW keeps one fp32 `step` scalar per parameter tensor
 
 # %% ../nbs/10_memory.ipynb #cd2cc764
 def model_state_bytes(n_params: int, precision: str = "bf16", n_tensors: int = 0) -> dict:
     "Bytes of weights, gradients, master weights and optimizer state for `n_params` parameters in `n_tensors` tensors."
-    # hint: bytes per parameter from the precision's recipe for weights, gradients, fp32 master and moments, plus Adam's step per tensor
-    # hint2: the recipe is RECIPES[precision] (a Recipe); each state is its bytes per parameter times n_params; the optimizer state adds ADAM_STEP_BYTES for each of the n_tensors tensors.
-    # hint3: r = RECIPES[precision]; return dict(weights=r.weights * n_params, grads=r.grads * n_params, master=r.master * n_params, optimizer=r.moments * n_params + ADAM_STEP_BYTES * n_tensors)
-    if precision not in RECIPES: raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(RECIPES)}")
+    # hint: bytes per parameter from the precision's recipe for weights, gradients, fp32 master and moments, plus Adam's
+    #       step per tensor
+    # hint2: the recipe is RECIPES[precision] (a Recipe); each state is its bytes per parameter times n_params; the
+    #        optimizer state adds ADAM_STEP_BYTES for each of the n_tensors tensors.
+    # hint3: r = RECIPES[precision]; return dict(weights=r.weights * n_params, grads=r.grads * n_params, master=r.master
+    #        * n_params, optimizer=r.moments * n_params + ADAM_STEP_BYTES * n_tensors)
+    if precision not in RECIPES:
+        raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(RECIPES)}")
     r = RECIPES[precision]
-    return dict(weights=r.weights * n_params, grads=r.grads * n_params, master=r.master * n_params,
-                optimizer=r.moments * n_params + ADAM_STEP_BYTES * n_tensors)
+    return dict(
+        weights=r.weights * n_params,
+        grads=r.grads * n_params,
+        master=r.master * n_params,
+        optimizer=r.moments * n_params + ADAM_STEP_BYTES * n_tensors,
+    )
 
 # %% ../nbs/10_memory.ipynb #7ed5c689
-def tensor_bytes(ts) -> int: return sum(t.numel() * t.element_size() for t in ts if t is not None)
+def tensor_bytes(ts) -> int:
+    return sum(t.numel() * t.element_size() for t in ts if t is not None)
+
 
 def measured_model_states(model: torch.nn.Module, opt: torch.optim.Optimizer, master=()) -> dict:
     "Bytes the model, its gradients, the master copy and the optimizer really hold."
     ps = list(model.parameters())
-    return dict(weights=tensor_bytes(ps), grads=tensor_bytes(p.grad for p in ps), master=tensor_bytes(master),
-                optimizer=tensor_bytes(v for s in opt.state.values() for v in s.values() if torch.is_tensor(v)))
+    return dict(
+        weights=tensor_bytes(ps),
+        grads=tensor_bytes(p.grad for p in ps),
+        master=tensor_bytes(master),
+        optimizer=tensor_bytes(v for s in opt.state.values() for v in s.values() if torch.is_tensor(v)),
+    )
 
 # %% ../nbs/10_memory.ipynb #4a1a25b6
-def zero_bytes(n_params: int, precision: str = "bf16", stage: int = 0, gpus: int = 1, offload: str = "none", n_tensors: int = 0) -> dict:
-    "Model-state bytes on each GPU, and in CPU RAM per rank, under ZeRO `stage` over `gpus` ranks with `offload` none|optimizer|all."
-    # hint: start from model_state_bytes; from stage 1 on there is always an fp32 master copy; split what the stage partitions (stage 1 master and optimizer, stage 2 the gradients too, stage 3 the weights too) over the GPUs, rounding up; offload moves the optimizer's share to the CPU with an fp32 copy of the gradient share, and offload all the weights' share too.
-    # hint2: the master copy at stage 1 or more is 4 bytes per parameter even when the recipe has none (fp32, bf16-pure). A partitioned state holds math.ceil(bytes / gpus) on each GPU. Return dict(gpu={state: bytes}, cpu={state: bytes}) with the same four keys.
-    # hint3: split = {"weights": stage >= 3, "grads": stage >= 2, "master": stage >= 1, "optimizer": stage >= 1}; offload: cpu master and optimizer take the GPU's (which become 0) and cpu["grads"] = math.ceil(4 * n_params / gpus); offload all: cpu weights take the GPU's.
-    if stage not in (0, 1, 2, 3): raise ValueError(f"ZeRO stage {stage}: use 0, 1, 2 or 3")
-    if offload not in ("none", "optimizer", "all"): raise ValueError(f"offload {offload!r}: use none, optimizer or all")
-    if offload != "none" and stage == 0: raise ValueError("offload needs ZeRO stage 1, 2 or 3")
-    if offload == "all" and stage != 3: raise ValueError("offload all (parameters too) needs ZeRO stage 3")
-    if gpus < 1: raise ValueError("gpus must be >= 1")
+def zero_bytes(
+    n_params: int, precision: str = "bf16", stage: int = 0, gpus: int = 1, offload: str = "none", n_tensors: int = 0
+) -> dict:
+    """Model-state bytes on each GPU, and in CPU RAM per rank, under ZeRO `stage` over `gpus` ranks with `offload`
+    none|optimizer|all.
+    """
+    # hint: start from model_state_bytes; from stage 1 on there is always an fp32 master copy; split what the stage
+    #       partitions (stage 1 master and optimizer, stage 2 the gradients too, stage 3 the weights too) over the GPUs,
+    #       rounding up; offload moves the optimizer's share to the CPU with an fp32 copy of the gradient share, and
+    #       offload all the weights' share too.
+    # hint2: the master copy at stage 1 or more is 4 bytes per parameter even when the recipe has none (fp32,
+    #        bf16-pure). A partitioned state holds math.ceil(bytes / gpus) on each GPU. Return dict(gpu={state: bytes},
+    #        cpu={state: bytes}) with the same four keys.
+    # hint3: split = {"weights": stage >= 3, "grads": stage >= 2, "master": stage >= 1, "optimizer": stage >= 1};
+    #        offload: cpu master and optimizer take the GPU's (which become 0) and cpu["grads"] = math.ceil(4 * n_params
+    #        / gpus); offload all: cpu weights take the GPU's.
+    if stage not in (0, 1, 2, 3):
+        raise ValueError(f"ZeRO stage {stage}: use 0, 1, 2 or 3")
+    if offload not in ("none", "optimizer", "all"):
+        raise ValueError(f"offload {offload!r}: use none, optimizer or all")
+    if offload != "none" and stage == 0:
+        raise ValueError("offload needs ZeRO stage 1, 2 or 3")
+    if offload == "all" and stage != 3:
+        raise ValueError("offload all (parameters too) needs ZeRO stage 3")
+    if gpus < 1:
+        raise ValueError("gpus must be >= 1")
     states = model_state_bytes(n_params, precision, n_tensors)
-    if stage >= 1 and not states["master"]: states["master"] = 4 * n_params   # DeepSpeed's ZeRO steps a flat fp32 copy, even in fp32
+    if stage >= 1 and not states["master"]:
+        states["master"] = 4 * n_params  # DeepSpeed's ZeRO steps a flat fp32 copy, even in fp32
     split = {"weights": stage >= 3, "grads": stage >= 2, "master": stage >= 1, "optimizer": stage >= 1}
     gpu = {k: math.ceil(v / gpus) if split[k] else v for k, v in states.items()}
     cpu = dict.fromkeys(states, 0)
-    if offload != "none":      # the optimizer steps on the CPU, on an fp32 copy of this rank's gradient partition
-        for k in ("master", "optimizer"): cpu[k], gpu[k] = gpu[k], 0
+    if offload != "none":  # the optimizer steps on the CPU, on an fp32 copy of this rank's gradient partition
+        for k in ("master", "optimizer"):
+            cpu[k], gpu[k] = gpu[k], 0
         cpu["grads"] = math.ceil(4 * n_params / gpus)
-    if offload == "all": cpu["weights"], gpu["weights"] = gpu["weights"], 0
+    if offload == "all":
+        cpu["weights"], gpu["weights"] = gpu["weights"], 0
     return dict(gpu=gpu, cpu=cpu)
 
 # %% ../nbs/10_memory.ipynb #d14519e2
 def llama8b() -> ModelConfig:
     "An 8B model of this architecture, Llama-3-8B's shape."
-    return ModelConfig(vocab_size=128256, embed_dim=4096, num_heads=32, num_kv_heads=8, attention="gqa", num_layers=32,
-                       max_seq_len=16384, ffn_hidden=14336, tie_embeddings=False, rope_theta=500000.0)
+    return ModelConfig(
+        vocab_size=128256,
+        embed_dim=4096,
+        num_heads=32,
+        num_kv_heads=8,
+        attention="gqa",
+        num_layers=32,
+        max_seq_len=16384,
+        ffn_hidden=14336,
+        tie_embeddings=False,
+        rope_theta=500000.0,
+    )
 
-def gb(n: float) -> str: return f"{n / 1e9:,.1f} GB"
+
+def gb(n: float) -> str:
+    return f"{n / 1e9:,.1f} GB"
 
 # %% ../nbs/10_memory.ipynb #356142ca
-_SCHEMES = ("fp32", "amp", "half")    # fp32 model; fp32 model under bf16/fp16 autocast; model cast to 16 bits
+_SCHEMES = ("fp32", "amp", "half")  # fp32 model; fp32 model under bf16/fp16 autocast; model cast to 16 bits
+
 
 def _norm_items(kind: str, n: int, C: int, scheme: str, consumers: int, w: int) -> list[tuple[str, int]]:
     "Saved bytes of one norm over n tokens of width C whose output `consumers` linears read."
     if kind == "rmsnorm":
         items = [("norm input (fp32)", 4 * n * C), ("norm 1/rms", 4 * n), ("norm x_hat (fp32)", 4 * n * C)]
-        if scheme == "half": items.append(("norm weight (fp32 copy)", 4 * C))
+        if scheme == "half":
+            items.append(("norm weight (fp32 copy)", 4 * C))
     else:
         items = [("norm input", (2 if scheme == "half" else 4) * n * C), ("norm mean, 1/std", 8 * n)]
-    if scheme == "amp": items.append((f"norm output, 16-bit copies for {consumers} linears", consumers * 2 * n * C))
-    else: items.append(("norm output", (2 if scheme == "half" else 4) * n * C))
+    if scheme == "amp":
+        items.append((f"norm output, 16-bit copies for {consumers} linears", consumers * 2 * n * C))
+    else:
+        items.append(("norm output", (2 if scheme == "half" else 4) * n * C))
     return items
 
 # %% ../nbs/10_memory.ipynb #c37860a6
 def attention_kernel(c: ModelConfig, device: str = "cuda", backend: str | None = None) -> str:
-    "Which attention path runs in training: 'fused' (flash-attn or an SDPA kernel that keeps no t x t), 'math' (SDPA's fallback) or 'manual'."
+    """Which attention path runs in training: 'fused' (flash-attn or an SDPA kernel that keeps no t x t), 'math' (SDPA's
+    fallback) or 'manual'.
+    """
     backend = backend or c.backend
-    if backend == "manual": return "manual"
-    if backend in ("tiled", "triton"): return "fused"                 # lesson 14's kernels keep only the output and the logsumexp
+    if backend == "manual":
+        return "manual"
+    if backend in ("tiled", "triton"):
+        return "fused"  # lesson 14's kernels keep only the output and the logsumexp
     dq, dv = (c.head_dim, c.head_dim) if c.attention != "mla" else _mla_dims(c)[:2]
-    if device == "cpu" and (dq != dv or c.dropout > 0): return "math"   # the CPU flash kernel needs equal head dims and no dropout
+    if device == "cpu" and (dq != dv or c.dropout > 0):
+        return "math"  # the CPU flash kernel needs equal head dims and no dropout
     return "fused"
+
 
 def _mla_dims(c: ModelConfig) -> tuple[int, int, int, int, int, int]:
     "MLA's (q/k head dim, v head dim, no-RoPE part of q/k, RoPE part of q/k, latent rank, q rank)."
@@ -118,27 +187,40 @@ def _mla_dims(c: ModelConfig) -> tuple[int, int, int, int, int, int]:
     dv = hd if c.v_head_dim is None else c.v_head_dim
     return dn + dr, dv, dn, dr, c.kv_lora_rank or 4 * hd, c.q_lora_rank
 
+
 def _core_items(kernel, b, t, h, h_kv_saved, dq, dv, s, mb, dropout, device, q_contiguous) -> list[tuple[str, int]]:
     "Saved bytes of the attention computation itself, from q, k, v to the output projection's input."
     n, att, s_out = b * t, b * h * t * t, s
     if kernel == "fused":
-        items = [("q", s * n * h * dq), ("k", s * n * h_kv_saved * dq), ("v", s * n * h_kv_saved * dv),
-                 ("attention output", s * n * h * dv), ("log-sum-exp per head (fp32)", 4 * b * h * t)]
-        if device == "cpu" and q_contiguous: items.append(("output projection input (copy)", s * n * h * dv))
+        items = [
+            ("q", s * n * h * dq),
+            ("k", s * n * h_kv_saved * dq),
+            ("v", s * n * h_kv_saved * dv),
+            ("attention output", s * n * h * dv),
+            ("log-sum-exp per head (fp32)", 4 * b * h * t),
+        ]
+        if device == "cpu" and q_contiguous:
+            items.append(("output projection input (copy)", s * n * h * dv))
         return items
-    if kernel == "math" and device == "cpu": s, mb = 4, 4      # SDPA's CPU math path computes half inputs in fp32
+    if kernel == "math" and device == "cpu":
+        s, mb = 4, 4  # SDPA's CPU math path computes half inputs in fp32
     items = [("q", s * n * h * dq), ("k (all heads)", s * n * h * dq), ("v (all heads)", s * n * h * dv)]
     if kernel == "manual":
         items += [("causal mask (bools)", t * t), ("softmax output (fp32, t x t)", 4 * att)]
-        if dropout: items += [("attention dropout mask", mb * att), ("dropped weights", s * att)]
-        elif s != 4: items.append(("softmax output, 16-bit copy", s * att))
+        if dropout:
+            items += [("attention dropout mask", mb * att), ("dropped weights", s * att)]
+        elif s != 4:
+            items.append(("softmax output, 16-bit copy", s * att))
     else:
         items.append(("softmax output (t x t)", s * att))
-        if dropout: items += [("attention dropout mask", mb * att), ("dropped weights", s * att)]
+        if dropout:
+            items += [("attention dropout mask", mb * att), ("dropped weights", s * att)]
     return items + [("output projection input (copy)", s_out * n * h * dv)]
 
 # %% ../nbs/10_memory.ipynb #ba2f44e9
-def _attention_items(c: ModelConfig, b: int, t: int, scheme: str, device: str, backend: str | None) -> list[tuple[str, int]]:
+def _attention_items(
+    c: ModelConfig, b: int, t: int, scheme: str, device: str, backend: str | None
+) -> list[tuple[str, int]]:
     n, h, s = b * t, c.num_heads, 4 if scheme == "fp32" else 2
     mb = 1 if device == "cuda" else s
     kernel = attention_kernel(c, device, backend)
@@ -146,84 +228,141 @@ def _attention_items(c: ModelConfig, b: int, t: int, scheme: str, device: str, b
     items = []
     if c.attention == "mla":
         dq, dv, dn, dr, r, rq = _mla_dims(c)
-        for name, width, stored in (("kv_norm", r, r + dr), ("q_norm", rq, rq)):   # nn.RMSNorm: fp32 inside, output in the input's dtype
-            if not width: continue
-            items += [(f"{name} input" + (" (fp32 copy)" if s != 4 else ""), 4 * n * (stored if s == 4 else width)),
-                      (f"{name} 1/rms", 4 * n), (f"{name} x_hat (fp32)", 4 * n * width), (f"{name} output", s * n * width)]
-        if dr and rope: items.append(("RoPE cos, sin (fp32)", 4 * 2 * t * dr))
+        for name, width, stored in (
+            ("kv_norm", r, r + dr),
+            ("q_norm", rq, rq),
+        ):  # nn.RMSNorm: fp32 inside, output in the input's dtype
+            if not width:
+                continue
+            items += [
+                (f"{name} input" + (" (fp32 copy)" if s != 4 else ""), 4 * n * (stored if s == 4 else width)),
+                (f"{name} 1/rms", 4 * n),
+                (f"{name} x_hat (fp32)", 4 * n * width),
+                (f"{name} output", s * n * width),
+            ]
+        if dr and rope:
+            items.append(("RoPE cos, sin (fp32)", 4 * 2 * t * dr))
         core = _core_items(kernel, b, t, h, h, dq, dv, s, mb, c.dropout, device, True)
-        if kernel == "fused":    # q and k are concatenations (new tensors); v is a view of kv_up's output
+        if kernel == "fused":  # q and k are concatenations (new tensors); v is a view of kv_up's output
             core[2] = ("v (a view of kv_up's output: k_nope and v)", s * n * h * (dn + dv))
         items += core
     else:
         d, h_kv = c.head_dim, c.kv_heads
-        h_saved = h if (h_kv > 1 or kernel != "fused") else 1    # GQA's repeat_kv copies; MQA's single head is a view
-        if rope: items.append(("RoPE cos, sin (fp32)", 4 * 2 * t * d))
+        h_saved = h if (h_kv > 1 or kernel != "fused") else 1  # GQA's repeat_kv copies; MQA's single head is a view
+        if rope:
+            items.append(("RoPE cos, sin (fp32)", 4 * 2 * t * d))
         items += _core_items(kernel, b, t, h, h_saved, d, d, s, mb, c.dropout, device, rope)
-    if c.dropout: items.append(("residual dropout mask", mb * n * c.embed_dim))
-    if scheme == "amp": items.append(("16-bit weight copies (autocast)", 2 * attention_params(c)[1]))
+    if c.dropout:
+        items.append(("residual dropout mask", mb * n * c.embed_dim))
+    if scheme == "amp":
+        items.append(("16-bit weight copies (autocast)", 2 * attention_params(c)[1]))
     return [("attention: " + k, v) for k, v in items if v]
+
 
 def _moe_items(c: ModelConfig, b: int, t: int, scheme: str, device: str) -> list[tuple[str, int]]:
     "Saved bytes of one MoE layer in training (no capacity dropping: all N x top_k slots run; dropping only lowers it)."
     N, C, E, k, S = b * t, c.embed_dim, c.num_experts, c.top_k, c.num_shared_experts
-    H, s, slots = c.expert_hidden or ffn_hidden("swiglu", C, c.ffn_hidden, c.ffn_multiple_of), 4 if scheme == "fp32" else 2, N * c.top_k
-    items = [("moe: router logits, probabilities (fp32, N x E)", 4 * N * E * (2 if c.z_loss_coef or c.router == "sigmoid" else 1) + (4 * N if c.z_loss_coef else 0)),
-             ("moe: chosen ids, gates (N x top_k)", 8 * slots + (4 * slots + 4 * N if k > 1 else 0)),
-             ("moe: sorted slots' token ids and order (int64)", 2 * 8 * slots),
-             ("moe: routed tokens (16-bit: one copy per input projection), expert outputs, gated (top_k x N x C each)", (6 if scheme == "half" else 12) * slots * C + 4 * slots),
-             ("moe: experts' gate, up, silu(gate), product (4 x top_k x N x H)", 4 * s * slots * H)]
-    if S: items.append(("moe: shared experts' gate, up, silu(gate), product", 4 * s * N * S * H))
-    if c.dropout: items.append(("moe: dropout mask", (1 if device == "cuda" else s) * N * C))
-    if scheme == "amp": items.append(("moe: 16-bit weight copies (autocast)", 2 * (3 * (E + S) * C * H + C * E)))
+    H, s, slots = (
+        c.expert_hidden or ffn_hidden("swiglu", C, c.ffn_hidden, c.ffn_multiple_of),
+        4 if scheme == "fp32" else 2,
+        N * c.top_k,
+    )
+    items = [
+        (
+            "moe: router logits, probabilities (fp32, N x E)",
+            4 * N * E * (2 if c.z_loss_coef or c.router == "sigmoid" else 1) + (4 * N if c.z_loss_coef else 0),
+        ),
+        ("moe: chosen ids, gates (N x top_k)", 8 * slots + (4 * slots + 4 * N if k > 1 else 0)),
+        ("moe: sorted slots' token ids and order (int64)", 2 * 8 * slots),
+        (
+            "moe: routed tokens (16-bit: one copy per input projection), expert outputs, gated (top_k x N x C each)",
+            (6 if scheme == "half" else 12) * slots * C + 4 * slots,
+        ),
+        ("moe: experts' gate, up, silu(gate), product (4 x top_k x N x H)", 4 * s * slots * H),
+    ]
+    if S:
+        items.append(("moe: shared experts' gate, up, silu(gate), product", 4 * s * N * S * H))
+    if c.dropout:
+        items.append(("moe: dropout mask", (1 if device == "cuda" else s) * N * C))
+    if scheme == "amp":
+        items.append(("moe: 16-bit weight copies (autocast)", 2 * (3 * (E + S) * C * H + C * E)))
     return items
 
+
 def _ffn_items(c: ModelConfig, b: int, t: int, scheme: str, device: str) -> list[tuple[str, int]]:
-    if c.ffn == "moe": return _moe_items(c, b, t, scheme, device)
+    if c.ffn == "moe":
+        return _moe_items(c, b, t, scheme, device)
     n, s, H = b * t, 4 if scheme == "fp32" else 2, ffn_hidden(c.ffn, c.embed_dim, c.ffn_hidden, c.ffn_multiple_of)
-    items = [("ffn: gate, up, silu(gate), product (4H)", 4 * s * n * H)] if c.ffn == "swiglu" else [("ffn: fc output, gelu output (2H)", 2 * s * n * H)]
-    if c.dropout: items.append(("ffn: dropout mask", (1 if device == "cuda" else s) * n * c.embed_dim))
-    if scheme == "amp": items.append(("ffn: 16-bit weight copies (autocast)", 2 * (2 if c.ffn == "gelu" else 3) * c.embed_dim * H))
+    items = (
+        [("ffn: gate, up, silu(gate), product (4H)", 4 * s * n * H)]
+        if c.ffn == "swiglu"
+        else [("ffn: fc output, gelu output (2H)", 2 * s * n * H)]
+    )
+    if c.dropout:
+        items.append(("ffn: dropout mask", (1 if device == "cuda" else s) * n * c.embed_dim))
+    if scheme == "amp":
+        items.append(("ffn: 16-bit weight copies (autocast)", 2 * (2 if c.ffn == "gelu" else 3) * c.embed_dim * H))
     return items
 
 # %% ../nbs/10_memory.ipynb #ce030419
 CHECKPOINTING = ("none", "attention", "full")
 
+
 def _ffn_consumers(c: ModelConfig) -> int:
-    "Linears that read the FFN's input: GELU's fc; SwiGLU's gate and up; a MoE's router and its shared experts' gate and up."
+    """Linears that read the FFN's input: GELU's fc; SwiGLU's gate and up; a MoE's router and its shared experts' gate
+    and up.
+    """
     return {"gelu": 1, "swiglu": 2}.get(c.ffn, 1 + 2 * c.num_shared_experts)
 
-def activation_inventory(c: ModelConfig, seq_len: int, micro_batch: int, scheme: str = "fp32", device: str = "cuda",
-                         backend: str | None = None, checkpointing: str = "none", checkpoint_layers: int | None = None) -> list[tuple[str, str, int]]:
+
+def activation_inventory(
+    c: ModelConfig,
+    seq_len: int,
+    micro_batch: int,
+    scheme: str = "fp32",
+    device: str = "cuda",
+    backend: str | None = None,
+    checkpointing: str = "none",
+    checkpoint_layers: int | None = None,
+) -> list[tuple[str, str, int]]:
     """Every tensor the forward pass of `MiniLLM(c)` saves for backward, as (where, what, bytes), in training mode.
     `scheme`: 'fp32', 'amp' (fp32 weights under 16-bit autocast) or 'half' (the model cast to bf16/fp16).
     `checkpointing`: 'none'; 'attention' (each block's whole attention sub-layer recomputed: its input kept);
     'full' (each block recomputed: only its input kept); `checkpoint_layers`: only the first k blocks (None: all)."""
-    if scheme not in _SCHEMES: raise ValueError(f"scheme {scheme!r}: use one of {_SCHEMES}")
-    if checkpointing == "selective": checkpoint_mode(checkpointing)    # the earlier name: refused, naming the new one
-    if checkpointing not in CHECKPOINTING: raise ValueError(f"checkpointing {checkpointing!r}: use none, attention or full")
+    if scheme not in _SCHEMES:
+        raise ValueError(f"scheme {scheme!r}: use one of {_SCHEMES}")
+    if checkpointing == "selective":
+        checkpoint_mode(checkpointing)  # the earlier name: refused, naming the new one
+    if checkpointing not in CHECKPOINTING:
+        raise ValueError(f"checkpointing {checkpointing!r}: use none, attention or full")
     b, t, C, V = micro_batch, seq_len, c.embed_dim, c.vocab_size
-    n, s, r = b * t, 4 if scheme == "fp32" else 2, 2 if scheme == "half" else 4   # activation and residual-stream bytes
+    n, s, r = b * t, 4 if scheme == "fp32" else 2, 2 if scheme == "half" else 4  # activation and residual-stream bytes
     out = [("embedding", "token ids (int64)", 8 * n)]
-    if c.positional == "learned": out.append(("embedding", "position ids (int64)", 8 * t))
-    if c.dropout: out.append(("embedding", "dropout mask", (1 if device == "cuda" else r) * n * C))
+    if c.positional == "learned":
+        out.append(("embedding", "position ids (int64)", 8 * t))
+    if c.dropout:
+        out.append(("embedding", "dropout mask", (1 if device == "cuda" else r) * n * C))
     for i in range(c.num_layers):
         lc, w = c.layer(i), f"layer {i}"
         ck = checkpointing if checkpoint_layers is None or i < checkpoint_layers else "none"
         if ck == "full":
-            out.append((w, "block input (kept by the checkpoint)", r * n * C)); continue
+            out.append((w, "block input (kept by the checkpoint)", r * n * C))
+            continue
         attn_inputs = 2 if lc.attention == "mla" else 3
         norm1 = _norm_items(lc.norm, n, C, scheme, attn_inputs, lc.embed_dim)
-        if ck == "attention":                 # the recomputed sub-layer keeps only its input: the norm's output
+        if ck == "attention":  # the recomputed sub-layer keeps only its input: the norm's output
             norm1 = norm1[:-1] + [("output (kept by the checkpoint)", r * n * C if scheme != "amp" else 4 * n * C)]
         out += [(w, "norm1 " + k, v) for k, v in norm1]
-        if ck == "none": out += [(w, k, v) for k, v in _attention_items(lc, b, t, scheme, device, backend)]
+        if ck == "none":
+            out += [(w, k, v) for k, v in _attention_items(lc, b, t, scheme, device, backend)]
         out += [(w, "norm2 " + k, v) for k, v in _norm_items(lc.norm, n, C, scheme, _ffn_consumers(lc), lc.embed_dim)]
         out += [(w, k, v) for k, v in _ffn_items(lc, b, t, scheme, device)]
     out += [("head", "final norm " + k, v) for k, v in _norm_items(c.norm, n, C, scheme, 1, C)]
-    if scheme == "amp": out.append(("head", "16-bit LM-head weight copy (autocast)", 2 * V * C))
+    if scheme == "amp":
+        out.append(("head", "16-bit LM-head weight copy (autocast)", 2 * V * C))
     out += [("head", "log-softmax (fp32)", 4 * n * V), ("head", "labels (int64)", 8 * n)]
     return out
+
 
 def activation_bytes(c: ModelConfig, seq_len: int, micro_batch: int, **kw) -> int:
     "Total bytes saved for backward (see `activation_inventory`)."
@@ -231,23 +370,38 @@ def activation_bytes(c: ModelConfig, seq_len: int, micro_batch: int, **kw) -> in
 
 # %% ../nbs/10_memory.ipynb #15b0244f
 def saved_tensor_bytes(fn, exclude=()) -> tuple[int, object]:
-    "Run `fn()`; return (bytes of distinct storages autograd saved for backward, not counting `exclude`'s, fn's result)."
+    """Run `fn()`; return (bytes of distinct storages autograd saved for backward, not counting `exclude`'s, fn's
+    result).
+    """
     skip = {p.untyped_storage().data_ptr() for p in exclude}
     seen = {}
+
     def pack(x):
         st = x.untyped_storage()
-        if st.data_ptr() not in skip: seen[st.data_ptr()] = st.nbytes()
+        if st.data_ptr() not in skip:
+            seen[st.data_ptr()] = st.nbytes()
         return x
+
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
         out = fn()
     return sum(seen.values()), out
 
-def measured_activations(c: ModelConfig, seq_len: int, micro_batch: int, scheme: str = "fp32", checkpointing: str = "none",
-                         checkpoint_fn=None, checkpoint_layers: int | None = None, seed: int = 0) -> int:
+
+def measured_activations(
+    c: ModelConfig,
+    seq_len: int,
+    micro_batch: int,
+    scheme: str = "fp32",
+    checkpointing: str = "none",
+    checkpoint_fn=None,
+    checkpoint_layers: int | None = None,
+    seed: int = 0,
+) -> int:
     "Bytes saved by one training forward of MiniLLM(c) on the CPU (loss included)."
     torch.manual_seed(seed)
     m = MiniLLM(c).train()
-    if scheme == "half": m = m.to(torch.bfloat16)
+    if scheme == "half":
+        m = m.to(torch.bfloat16)
     m.activation_checkpointing = checkpointing if checkpointing != "none" else False
     m.checkpoint_fn, m.checkpoint_layers = checkpoint_fn, checkpoint_layers
     x = torch.randint(0, c.vocab_size, (micro_batch, seq_len))
@@ -258,15 +412,21 @@ def measured_activations(c: ModelConfig, seq_len: int, micro_batch: int, scheme:
 # %% ../nbs/10_memory.ipynb #dde4664e
 def kv_cache_bytes(c: ModelConfig, batch: int, seq_len: int, bytes_per_el: int = 2) -> int:
     "KV-cache bytes of `MiniLLM(c)` holding `seq_len` tokens for `batch` sequences."
-    # hint: per token and layer, a key and a value for each KV head (not each query head), or for an MLA layer its latent and its shared RoPE key; add up the layers, then multiply by the tokens, the sequences and the bytes per element.
-    # hint2: layer i's config is c.layer(i): kv_heads and head_dim for MHA/GQA/MQA; for attention == "mla", _mla_dims(lc) returns (qk head dim, v head dim, no-RoPE dim, RoPE dim d_rope, latent rank r, q rank).
-    # hint3: per_token += 2 * lc.kv_heads * lc.head_dim, or r + dr from _, _, _, dr, r, _ = _mla_dims(lc); return per_token * batch * seq_len * bytes_per_el
+    # hint: per token and layer, a key and a value for each KV head (not each query head), or for an MLA layer its
+    #       latent and its shared RoPE key; add up the layers, then multiply by the tokens, the sequences and the bytes
+    #       per element.
+    # hint2: layer i's config is c.layer(i): kv_heads and head_dim for MHA/GQA/MQA; for attention == "mla",
+    #        _mla_dims(lc) returns (qk head dim, v head dim, no-RoPE dim, RoPE dim d_rope, latent rank r, q rank).
+    # hint3: per_token += 2 * lc.kv_heads * lc.head_dim, or r + dr from _, _, _, dr, r, _ = _mla_dims(lc); return
+    #        per_token * batch * seq_len * bytes_per_el
     per_token = 0
     for i in range(c.num_layers):
         lc = c.layer(i)
         if lc.attention == "mla":
-            _, _, _, dr, r, _ = _mla_dims(lc); per_token += r + dr      # the latent and the shared RoPE key
-        else: per_token += 2 * lc.kv_heads * lc.head_dim
+            _, _, _, dr, r, _ = _mla_dims(lc)
+            per_token += r + dr  # the latent and the shared RoPE key
+        else:
+            per_token += 2 * lc.kv_heads * lc.head_dim
     return per_token * batch * seq_len * bytes_per_el
 
 # %% ../nbs/10_memory.ipynb #9a6be324
@@ -274,229 +434,483 @@ GPU_MEMORY_GB = {"T4 16GB": 16, "A100 40GB": 40, "A100 80GB": 80, "H100 80GB": 8
 CUDA_CONTEXT = 500 * 2**20
 MARGIN = 0.10
 
+
 def bucket_elements(n_params: int) -> int:
-    "ZeRO communication bucket size (elements), scaled to the model: 1/8 of it, between 1M and DeepSpeed's 500M default."
+    """ZeRO communication bucket size (elements), scaled to the model: 1/8 of it, between 1M and DeepSpeed's 500M
+    default.
+    """
     return int(min(5e8, max(1e6, n_params // 8)))
+
 
 def _largest_layer(c: ModelConfig) -> int:
     pf = param_formula(c)
     return max(c.vocab_size * c.embed_dim, (pf["non_embedding"]) // max(1, c.num_layers))
 
-def estimate(c: ModelConfig, seq_len: int | None = None, micro_batch: int = 1, gpus: int = 1, zero: int = 0, offload: str = "none",
-             precision: str = "bf16", checkpointing: str = "none", device: str = "cuda", backend: str | None = None) -> dict:
-    "Peak training memory per GPU, in bytes, by part; plus CPU RAM per rank for offload. See the cell above for what it counts."
-    t = c.max_seq_len if seq_len is None else seq_len          # sizes below 1 would give negative bytes: refused here, at the source
-    if not isinstance(t, int) or t < 1: raise ValueError(f"seq_len={seq_len!r}: use an integer >= 1 (or None for the model's max_seq_len)")
-    if t > c.max_seq_len: raise ValueError(f"seq_len {t} exceeds the model's max_seq_len {c.max_seq_len}")
-    if precision not in ("bf16", "fp16", "fp32"): raise ValueError(f"precision {precision!r}: use bf16, fp16 or fp32")
+
+def estimate(
+    c: ModelConfig,
+    seq_len: int | None = None,
+    micro_batch: int = 1,
+    gpus: int = 1,
+    zero: int = 0,
+    offload: str = "none",
+    precision: str = "bf16",
+    checkpointing: str = "none",
+    device: str = "cuda",
+    backend: str | None = None,
+) -> dict:
+    """Peak training memory per GPU, in bytes, by part; plus CPU RAM per rank for offload. See the cell above for what
+    it counts.
+    """
+    t = (
+        c.max_seq_len if seq_len is None else seq_len
+    )  # sizes below 1 would give negative bytes: refused here, at the source
+    if not isinstance(t, int) or t < 1:
+        raise ValueError(f"seq_len={seq_len!r}: use an integer >= 1 (or None for the model's max_seq_len)")
+    if t > c.max_seq_len:
+        raise ValueError(f"seq_len {t} exceeds the model's max_seq_len {c.max_seq_len}")
+    if precision not in ("bf16", "fp16", "fp32"):
+        raise ValueError(f"precision {precision!r}: use bf16, fp16 or fp32")
     for name, v in (("micro_batch", micro_batch), ("gpus", gpus)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1: raise ValueError(f"{name}={v!r}: use an integer >= 1")
-    pf = param_formula(c); n = pf["total"]
-    recipe = "fp32" if zero == 0 or precision == "fp32" else precision       # the plain trainer keeps fp32 weights under autocast
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{name}={v!r}: use an integer >= 1")
+    pf = param_formula(c)
+    n = pf["total"]
+    recipe = (
+        "fp32" if zero == 0 or precision == "fp32" else precision
+    )  # the plain trainer keeps fp32 weights under autocast
     scheme = "fp32" if precision == "fp32" else ("amp" if zero == 0 else "half")
     z = zero_bytes(n, recipe, zero, gpus, offload)
     inv = activation_inventory(c, t, micro_batch, scheme, device, backend, checkpointing)
     acts = sum(v for *_, v in inv)
     temp = 2 * 4 * micro_batch * t * c.vocab_size
     if checkpointing != "none":
-        layer = activation_inventory(replace(c, num_layers=1, layers=None), t, micro_batch, scheme, device, backend, "none")
+        layer = activation_inventory(
+            replace(c, num_layers=1, layers=None), t, micro_batch, scheme, device, backend, "none"
+        )
         temp += sum(v for w, k, v in layer if w == "layer 0" and (checkpointing == "full" or k.startswith("attention")))
     if zero >= 1:
         temp += (0 if offload != "none" else math.ceil(4 * n / gpus)) + 2 * 2 * bucket_elements(n)
-    if zero == 3: temp += 2 * 2 * _largest_layer(c)
+    if zero == 3:
+        temp += 2 * 2 * _largest_layer(c)
     parts = dict(z["gpu"], activations=acts, temporary=temp)
     allocated = sum(parts.values())
-    return dict(parts, allocated=allocated, margin=int(MARGIN * allocated) + CUDA_CONTEXT, total=int((1 + MARGIN) * allocated) + CUDA_CONTEXT,
-                cpu=sum(z["cpu"].values()), num_params=n, seq_len=t, micro_batch=micro_batch, gpus=gpus, zero=zero, offload=offload,
-                precision=precision, checkpointing=checkpointing)
+    return dict(
+        parts,
+        allocated=allocated,
+        margin=int(MARGIN * allocated) + CUDA_CONTEXT,
+        total=int((1 + MARGIN) * allocated) + CUDA_CONTEXT,
+        cpu=sum(z["cpu"].values()),
+        num_params=n,
+        seq_len=t,
+        micro_batch=micro_batch,
+        gpus=gpus,
+        zero=zero,
+        offload=offload,
+        precision=precision,
+        checkpointing=checkpointing,
+    )
 
 # %% ../nbs/10_memory.ipynb #d81e24bd
 def _options(gpus: int):
     for offload in ("none", "optimizer", "all"):
         for ck in CHECKPOINTING:
             for zero in (0, 1, 2, 3):
-                if (offload != "none" and zero == 0) or (offload == "all" and zero != 3): continue
+                if (offload != "none" and zero == 0) or (offload == "all" and zero != 3):
+                    continue
                 yield dict(offload=offload, checkpointing=ck, zero=zero)
 
-def fits(est: dict, gpu_mem_gb: float) -> bool: return est["total"] <= gpu_mem_gb * 1e9
 
-def recommend(c: ModelConfig, gpu_mem_gb: float, seq_len: int | None = None, gpus: int = 1, precision: str = "bf16",
-              max_micro_batch: int = 1024, fixed: dict | None = None, micro_batch: int | None = None) -> dict | None:
-    """The cheapest settings that fit (see above) with the largest micro batch, as `estimate`'s dict; None if nothing fits.
-    `fixed`: settings to hold (zero, offload, checkpointing); `micro_batch`: hold it too instead of maximising it."""
-    def est(mb, opt): return estimate(c, seq_len, mb, gpus, precision=precision, **opt)
+def fits(est: dict, gpu_mem_gb: float) -> bool:
+    return est["total"] <= gpu_mem_gb * 1e9
+
+
+def recommend(
+    c: ModelConfig,
+    gpu_mem_gb: float,
+    seq_len: int | None = None,
+    gpus: int = 1,
+    precision: str = "bf16",
+    max_micro_batch: int = 1024,
+    fixed: dict | None = None,
+    micro_batch: int | None = None,
+) -> dict | None:
+    """The cheapest settings that fit (see above) with the largest micro batch, as `estimate`'s dict; None if nothing
+    fits.
+    `fixed`: settings to hold (zero, offload, checkpointing); `micro_batch`: hold it too instead of maximising it.
+    """
+
+    def est(mb, opt):
+        return estimate(c, seq_len, mb, gpus, precision=precision, **opt)
+
     for opt in _options(gpus):
-        if any(opt[k] != v for k, v in (fixed or {}).items()): continue
-        if not fits(est(micro_batch or 1, opt), gpu_mem_gb): continue
-        if micro_batch: return est(micro_batch, opt)
-        lo, hi = 1, max_micro_batch                     # largest micro batch that fits: memory grows with it
+        if any(opt[k] != v for k, v in (fixed or {}).items()):
+            continue
+        if not fits(est(micro_batch or 1, opt), gpu_mem_gb):
+            continue
+        if micro_batch:
+            return est(micro_batch, opt)
+        lo, hi = 1, max_micro_batch  # largest micro batch that fits: memory grows with it
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if fits(est(mid, opt), gpu_mem_gb): lo = mid
-            else: hi = mid - 1
+            if fits(est(mid, opt), gpu_mem_gb):
+                lo = mid
+            else:
+                hi = mid - 1
         return est(lo, opt)
     return None
 
+
 PARTS = ("weights", "grads", "master", "optimizer", "activations", "temporary", "margin")
+
 
 def memory_table(est: dict, gpu_mem_gb: float | None = None) -> str:
     "A printable breakdown of an `estimate`."
-    head = (f"{est['num_params'] / 1e6:,.1f}M params | seq {est['seq_len']} x micro batch {est['micro_batch']} | {est['gpus']} GPU(s) | "
-            f"ZeRO-{est['zero']} | offload {est['offload']} | {est['precision']} | checkpointing {est['checkpointing']}")
-    lines = [head] + [f"  {k:12} {est[k] / 1e9:10.2f} GB" for k in PARTS] + [f"  {'total':12} {est['total'] / 1e9:10.2f} GB per GPU"]
-    if est["cpu"]: lines.append(f"  {'CPU RAM':12} {est['cpu'] / 1e9:10.2f} GB per rank (pinned)")
-    if gpu_mem_gb: lines.append(f"  {'fits' if fits(est, gpu_mem_gb) else 'does NOT fit'} in {gpu_mem_gb:g} GB")
+    head = (
+        f"{est['num_params'] / 1e6:,.1f}M params | seq {est['seq_len']} x micro batch {est['micro_batch']} |"
+        f" {est['gpus']} GPU(s) | ZeRO-{est['zero']} | offload {est['offload']} | {est['precision']} | checkpointing"
+        f" {est['checkpointing']}"
+    )
+    lines = (
+        [head]
+        + [f"  {k:12} {est[k] / 1e9:10.2f} GB" for k in PARTS]
+        + [f"  {'total':12} {est['total'] / 1e9:10.2f} GB per GPU"]
+    )
+    if est["cpu"]:
+        lines.append(f"  {'CPU RAM':12} {est['cpu'] / 1e9:10.2f} GB per rank (pinned)")
+    if gpu_mem_gb:
+        lines.append(f"  {'fits' if fits(est, gpu_mem_gb) else 'does NOT fit'} in {gpu_mem_gb:g} GB")
     return "\n".join(lines)
 
 # %% ../nbs/10_memory.ipynb #f5f68c2c
-COLORS = dict(weights="#4c72b0", grads="#dd8452", master="#8172b3", optimizer="#c44e52", activations="#55a868", temporary="#937860", margin="#cccccc")
+COLORS = dict(
+    weights="#4c72b0",
+    grads="#dd8452",
+    master="#8172b3",
+    optimizer="#c44e52",
+    activations="#55a868",
+    temporary="#937860",
+    margin="#cccccc",
+)
+
 
 def draw_bars(est: dict, gpu_mem_gb: float, ax=None):
     "A stacked bar per GPU (weights, gradients, master, optimizer, activations, temporary, margin) against capacity."
     import matplotlib.pyplot as plt
-    if ax is None: _, ax = plt.subplots(figsize=(7, 3))
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 3))
     n = min(est["gpus"], 8)
     bottom = [0.0] * n
     for k in PARTS:
         h = est[k] / 1e9
         ax.bar(range(n), [h] * n, bottom=bottom, color=COLORS[k], label=k)
         bottom = [b + h for b in bottom]
-    ax.axhline(gpu_mem_gb, color="k", ls="--", lw=1); ax.text(n - 0.5, gpu_mem_gb, f" {gpu_mem_gb:g} GB", va="bottom", ha="right")
-    ax.set_xticks(range(n), [f"GPU {i}" for i in range(n)]); ax.set_ylabel("GB")
-    ax.set_title(("fits" if fits(est, gpu_mem_gb) else "does NOT fit") + f": {est['total'] / 1e9:.1f} GB per GPU", fontsize=10)
+    ax.axhline(gpu_mem_gb, color="k", ls="--", lw=1)
+    ax.text(n - 0.5, gpu_mem_gb, f" {gpu_mem_gb:g} GB", va="bottom", ha="right")
+    ax.set_xticks(range(n), [f"GPU {i}" for i in range(n)])
+    ax.set_ylabel("GB")
+    ax.set_title(
+        ("fits" if fits(est, gpu_mem_gb) else "does NOT fit") + f": {est['total'] / 1e9:.1f} GB per GPU", fontsize=10
+    )
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
     return ax
 
+
 def calculator(model: str = "mini", **start):
-    "An ipywidgets panel that redraws the per-GPU memory bars (returns its widgets); a printed table where widgets are unavailable (returns None)."
-    settings = dict(seq_len=None, micro_batch=8, gpus=1, gpu="A100 80GB", zero=0, offload="none", precision="bf16", checkpointing="none") | start
+    """An ipywidgets panel that redraws the per-GPU memory bars (returns its widgets); a printed table where widgets are
+    unavailable (returns None).
+    """
+    settings = (
+        dict(
+            seq_len=None,
+            micro_batch=8,
+            gpus=1,
+            gpu="A100 80GB",
+            zero=0,
+            offload="none",
+            precision="bf16",
+            checkpointing="none",
+        )
+        | start
+    )
     try:
         import ipywidgets as W
         from IPython import get_ipython
         from IPython.display import display
-        if get_ipython() is None or not hasattr(get_ipython(), "kernel"): raise ImportError("no notebook kernel")
+
+        if get_ipython() is None or not hasattr(get_ipython(), "kernel"):
+            raise ImportError("no notebook kernel")
     except ImportError:
         c = preset(model) if isinstance(model, str) else model
-        est = estimate(c, settings["seq_len"], settings["micro_batch"], settings["gpus"], settings["zero"], settings["offload"],
-                       settings["precision"], settings["checkpointing"])
-        print(memory_table(est, GPU_MEMORY_GB.get(settings["gpu"], 80))); return None
+        est = estimate(
+            c,
+            settings["seq_len"],
+            settings["micro_batch"],
+            settings["gpus"],
+            settings["zero"],
+            settings["offload"],
+            settings["precision"],
+            settings["checkpointing"],
+        )
+        print(memory_table(est, GPU_MEMORY_GB.get(settings["gpu"], 80)))
+        return None
     import matplotlib.pyplot as plt
-    w = dict(model=W.Dropdown(options=list(PRESETS) + ["llama-8b"], value=model, description="model"),
-             seq_len=W.IntText(value=settings["seq_len"] or 0, description="seq (0=max)"),
-             micro_batch=W.IntSlider(value=settings["micro_batch"], min=1, max=128, description="micro batch"),
-             gpus=W.IntSlider(value=settings["gpus"], min=1, max=64, description="GPUs"),
-             gpu=W.Dropdown(options=list(GPU_MEMORY_GB) + ["custom"], value=settings["gpu"], description="GPU"),
-             gpu_mem=W.FloatText(value=80, description="custom GB"),
-             zero=W.Dropdown(options=[0, 1, 2, 3], value=settings["zero"], description="ZeRO"),
-             offload=W.Dropdown(options=["none", "optimizer", "all"], value=settings["offload"], description="offload"),
-             precision=W.Dropdown(options=["bf16", "fp16", "fp32"], value=settings["precision"], description="precision"),
-             checkpointing=W.Dropdown(options=list(CHECKPOINTING), value=settings["checkpointing"], description="recompute"))
+
+    w = dict(
+        model=W.Dropdown(options=list(PRESETS) + ["llama-8b"], value=model, description="model"),
+        seq_len=W.IntText(value=settings["seq_len"] or 0, description="seq (0=max)"),
+        micro_batch=W.IntSlider(value=settings["micro_batch"], min=1, max=128, description="micro batch"),
+        gpus=W.IntSlider(value=settings["gpus"], min=1, max=64, description="GPUs"),
+        gpu=W.Dropdown(options=list(GPU_MEMORY_GB) + ["custom"], value=settings["gpu"], description="GPU"),
+        gpu_mem=W.FloatText(value=80, description="custom GB"),
+        zero=W.Dropdown(options=[0, 1, 2, 3], value=settings["zero"], description="ZeRO"),
+        offload=W.Dropdown(options=["none", "optimizer", "all"], value=settings["offload"], description="offload"),
+        precision=W.Dropdown(options=["bf16", "fp16", "fp32"], value=settings["precision"], description="precision"),
+        checkpointing=W.Dropdown(options=list(CHECKPOINTING), value=settings["checkpointing"], description="recompute"),
+    )
     out = W.Output()
+
     def redraw(*_):
         v = {k: x.value for k, x in w.items()}
         c = llama8b() if v["model"] == "llama-8b" else preset(v["model"])
         mem = v["gpu_mem"] if v["gpu"] == "custom" else GPU_MEMORY_GB[v["gpu"]]
         with out:
             out.clear_output(wait=True)
-            if not mem > 0: print(f"custom GB must be a number > 0, got {mem}"); return
-            try: est = estimate(c, v["seq_len"] or None, v["micro_batch"], v["gpus"], v["zero"], v["offload"], v["precision"], v["checkpointing"])
-            except ValueError as e: print(e); return
-            draw_bars(est, mem); plt.show(); print(memory_table(est, mem))
-    for x in w.values(): x.observe(redraw, names="value")
-    display(W.VBox([W.HBox(list(w.values())[:5]), W.HBox(list(w.values())[5:]), out])); redraw()
+            if not mem > 0:
+                print(f"custom GB must be a number > 0, got {mem}")
+                return
+            try:
+                est = estimate(
+                    c,
+                    v["seq_len"] or None,
+                    v["micro_batch"],
+                    v["gpus"],
+                    v["zero"],
+                    v["offload"],
+                    v["precision"],
+                    v["checkpointing"],
+                )
+            except ValueError as e:
+                print(e)
+                return
+            draw_bars(est, mem)
+            plt.show()
+            print(memory_table(est, mem))
+
+    for x in w.values():
+        x.observe(redraw, names="value")
+    display(W.VBox([W.HBox(list(w.values())[:5]), W.HBox(list(w.values())[5:]), out]))
+    redraw()
     return w
 
 # %% ../nbs/10_memory.ipynb #3a768bd2
 SIZE_FLAGS = ("vocab_size", "embed_dim", "num_heads", "num_kv_heads", "num_layers", "max_seq_len", "ffn_hidden")
-MEMORY_PRESETS = {"llama-8b": llama8b}     # shapes `minillm memory` knows that `minillm train` has no preset for
+MEMORY_PRESETS = {"llama-8b": llama8b}  # shapes `minillm memory` knows that `minillm train` has no preset for
+
 
 def memory_parser() -> argparse.ArgumentParser:
-    from minillm.train import model_override          # --model values are read exactly as `minillm train` reads them
-    p = argparse.ArgumentParser(prog="minillm memory", description="Estimate training memory per GPU and recommend settings that fit, "
-                                "with the `minillm train` command that runs them.")
-    p.add_argument("--preset", default="mini", help=f"model preset: {', '.join(PRESETS)}, or {', '.join(MEMORY_PRESETS)}")
-    for k in SIZE_FLAGS: p.add_argument("--" + k.replace("_", "-"), type=positive_int, metavar="N", help=f"override the preset's {k} (an integer >= 1)")
-    p.add_argument("--model", action="append", default=[], type=model_override, metavar="KEY=VALUE",
-                   help="override any model field, as `minillm train --model` does, e.g. --model attention=gqa --model num_kv_heads=2")
-    p.add_argument("--seq-len", type=positive_int, metavar="N", help="tokens per sequence, an integer >= 1 (default: the model's max_seq_len)")
-    p.add_argument("--micro-batch", type=positive_int, metavar="N", help="sequences per GPU per step, an integer >= 1 (default: the largest that fits)")
-    p.add_argument("--gpus", type=positive_int, default=1, metavar="N", help="GPUs training together, an integer >= 1 (default 1)")
-    p.add_argument("--gpu-mem", type=positive_float, default=80.0, metavar="GB", help="GB per GPU, a number > 0 (T4 16, A100 40/80, H100 80; default 80)")
+    from minillm.train import model_override  # --model values are read exactly as `minillm train` reads them
+
+    p = argparse.ArgumentParser(
+        prog="minillm memory",
+        description=(
+            "Estimate training memory per GPU and recommend settings that fit, "
+            "with the `minillm train` command that runs them."
+        ),
+    )
+    p.add_argument(
+        "--preset", default="mini", help=f"model preset: {', '.join(PRESETS)}, or {', '.join(MEMORY_PRESETS)}"
+    )
+    for k in SIZE_FLAGS:
+        p.add_argument(
+            "--" + k.replace("_", "-"),
+            type=positive_int,
+            metavar="N",
+            help=f"override the preset's {k} (an integer >= 1)",
+        )
+    p.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        type=model_override,
+        metavar="KEY=VALUE",
+        help=(
+            "override any model field, as `minillm train --model` does, e.g. --model attention=gqa --model"
+            " num_kv_heads=2"
+        ),
+    )
+    p.add_argument(
+        "--seq-len",
+        type=positive_int,
+        metavar="N",
+        help="tokens per sequence, an integer >= 1 (default: the model's max_seq_len)",
+    )
+    p.add_argument(
+        "--micro-batch",
+        type=positive_int,
+        metavar="N",
+        help="sequences per GPU per step, an integer >= 1 (default: the largest that fits)",
+    )
+    p.add_argument(
+        "--gpus", type=positive_int, default=1, metavar="N", help="GPUs training together, an integer >= 1 (default 1)"
+    )
+    p.add_argument(
+        "--gpu-mem",
+        type=positive_float,
+        default=80.0,
+        metavar="GB",
+        help="GB per GPU, a number > 0 (T4 16, A100 40/80, H100 80; default 80)",
+    )
     p.add_argument("--zero", type=int, choices=[0, 1, 2, 3], help="ZeRO stage (default: recommended)")
-    p.add_argument("--offload", choices=["none", "optimizer", "all"], help="offload to CPU: optimizer (ZeRO 1-3) or all (ZeRO 3) (default: recommended)")
-    p.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default="bf16", help="training precision (default bf16)")
-    p.add_argument("--checkpointing", choices=list(CHECKPOINTING), help="activation recomputation (default: recommended)")
-    p.add_argument("--json", action="store_true", help="print every figure (bytes) as JSON, with the recommended command")
+    p.add_argument(
+        "--offload",
+        choices=["none", "optimizer", "all"],
+        help="offload to CPU: optimizer (ZeRO 1-3) or all (ZeRO 3) (default: recommended)",
+    )
+    p.add_argument(
+        "--precision", choices=["bf16", "fp16", "fp32"], default="bf16", help="training precision (default bf16)"
+    )
+    p.add_argument(
+        "--checkpointing", choices=list(CHECKPOINTING), help="activation recomputation (default: recommended)"
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print every figure (bytes) as JSON, with the recommended command"
+    )
     return p
 
+
 def memory_config(name: str, overrides: dict) -> ModelConfig:
-    "The config `minillm memory` sizes: a train preset or a memory-only shape, with overrides (a `layers` path is read as train reads it)."
-    if name not in PRESETS and name not in MEMORY_PRESETS: raise ValueError(f"--preset {name!r}: use one of {', '.join([*PRESETS, *MEMORY_PRESETS])}")
+    """The config `minillm memory` sizes: a train preset or a memory-only shape, with overrides (a `layers` path is read
+    as train reads it).
+    """
+    if name not in PRESETS and name not in MEMORY_PRESETS:
+        raise ValueError(f"--preset {name!r}: use one of {', '.join([*PRESETS, *MEMORY_PRESETS])}")
     if isinstance(overrides.get("layers"), str):
-        path = Path(overrides["layers"]); overrides = {**overrides, "layers": resolve_layers(path.name, path.parent)}
-    try: return ModelConfig.from_dict({**(MEMORY_PRESETS[name]().to_dict() if name in MEMORY_PRESETS else PRESETS[name]), **overrides})
-    except ValueError as e: raise ValueError(f"model settings (--preset, size flags, --model): {e}") from None
+        path = Path(overrides["layers"])
+        overrides = {**overrides, "layers": resolve_layers(path.name, path.parent)}
+    try:
+        return ModelConfig.from_dict(
+            {**(MEMORY_PRESETS[name]().to_dict() if name in MEMORY_PRESETS else PRESETS[name]), **overrides}
+        )
+    except ValueError as e:
+        raise ValueError(f"model settings (--preset, size flags, --model): {e}") from None
 
 # %% ../nbs/10_memory.ipynb #b0699ad0
 def _base_preset(c: ModelConfig, name: str) -> str:
-    "The train preset to start from: `name` itself, or (for a memory-only shape) the one that needs the fewest overrides."
-    if name in PRESETS: return name
+    """The train preset to start from: `name` itself, or (for a memory-only shape) the one that needs the fewest
+    overrides.
+    """
+    if name in PRESETS:
+        return name
     return min(PRESETS, key=lambda p: sum(getattr(c, k) != v for k, v in preset(p).to_dict().items()))
 
+
 def _cli_value(v) -> str:
-    "A value as `--model KEY=VALUE` reads it back: JSON, except a plain string that JSON would not parse (attention=gqa)."
+    """A value as `--model KEY=VALUE` reads it back: JSON, except a plain string that JSON would not parse
+    (attention=gqa).
+    """
     if isinstance(v, str):
-        try: json.loads(v)
-        except json.JSONDecodeError: return v
+        try:
+            json.loads(v)
+        except json.JSONDecodeError:
+            return v
     return json.dumps(v)
 
-def train_args(c: ModelConfig, rec: dict, preset_name: str, seq_len: int | None = None, raw: dict | None = None) -> list[str]:
-    """`minillm train` arguments that train `c` with the settings of `rec` (an `estimate`): the preset, then a --model KEY=VALUE
-    for every field that differs from it, so train builds exactly the model that was sized. `raw`: values as the user wrote them."""
+
+def train_args(
+    c: ModelConfig, rec: dict, preset_name: str, seq_len: int | None = None, raw: dict | None = None
+) -> list[str]:
+    """`minillm train` arguments that train `c` with the settings of `rec` (an `estimate`): the preset, then a --model
+    KEY=VALUE
+    for every field that differs from it, so train builds exactly the model that was sized. `raw`: values as the user
+    wrote them.
+
+    """
     base = _base_preset(c, preset_name)
     args = ["--preset", base]
     for k, v in preset(base).to_dict().items():
-        if getattr(c, k) == v: continue
-        layers_path = k == "layers" and isinstance((raw or {}).get(k), str)        # a JSONL path: print it as given
+        if getattr(c, k) == v:
+            continue
+        layers_path = k == "layers" and isinstance((raw or {}).get(k), str)  # a JSONL path: print it as given
         args += ["--model", f"{k}={raw[k] if layers_path else _cli_value(getattr(c, k))}"]
     args += ["--micro-batch", str(rec["micro_batch"]), "--precision", rec["precision"]]
-    if seq_len: args += ["--seq-len", str(seq_len)]
-    if rec["checkpointing"] != "none": args += ["--activation-checkpointing", rec["checkpointing"]]
-    if rec["zero"]: args += ["--deepspeed", "--zero-stage", str(rec["zero"])] + (["--offload", rec["offload"]] if rec["offload"] != "none" else [])
+    if seq_len:
+        args += ["--seq-len", str(seq_len)]
+    if rec["checkpointing"] != "none":
+        args += ["--activation-checkpointing", rec["checkpointing"]]
+    if rec["zero"]:
+        args += ["--deepspeed", "--zero-stage", str(rec["zero"])] + (
+            ["--offload", rec["offload"]] if rec["offload"] != "none" else []
+        )
     return args
+
 
 def launch_command(args: list[str], gpus: int, deepspeed: bool) -> str:
     "The shell command that runs `minillm train ARGS` on `gpus` GPUs of one machine."
-    head = (["minillm", "train"] if gpus == 1 else ["deepspeed", "--num_gpus", str(gpus), "--module", "minillm.train"] if deepspeed
-            else ["torchrun", "--nproc_per_node", str(gpus), "-m", "minillm.train"])
+    head = (
+        ["minillm", "train"]
+        if gpus == 1
+        else (
+            ["deepspeed", "--num_gpus", str(gpus), "--module", "minillm.train"]
+            if deepspeed
+            else ["torchrun", "--nproc_per_node", str(gpus), "-m", "minillm.train"]
+        )
+    )
     return shlex.join(head + args)
 
 # %% ../nbs/10_memory.ipynb #4a0277f8
 def memory_main(argv: list[str] | None = None) -> int:
     "`minillm memory`."
     a = memory_parser().parse_args(argv)
-    raw = dict(a.model)                                              # later --model KEY=VALUE wins, as in train
+    raw = dict(a.model)  # later --model KEY=VALUE wins, as in train
     over = {k: getattr(a, k) for k in SIZE_FLAGS if getattr(a, k) is not None} | raw
     c = memory_config(a.preset, over)
     if a.seq_len and a.seq_len > c.max_seq_len:
-        raise ValueError(f"--seq-len {a.seq_len} exceeds the model's max_seq_len {c.max_seq_len}: shorten it, or raise --max-seq-len")
-    if a.offload not in (None, "none") and a.zero == 0: raise ValueError(f"--offload {a.offload} needs ZeRO stage 1, 2 or 3: drop --zero 0")
-    if a.offload == "all" and a.zero not in (None, 3): raise ValueError(f"--offload all (parameters too) needs ZeRO stage 3: use --zero 3")
+        raise ValueError(
+            f"--seq-len {a.seq_len} exceeds the model's max_seq_len {c.max_seq_len}: shorten it, or raise --max-seq-len"
+        )
+    if a.offload not in (None, "none") and a.zero == 0:
+        raise ValueError(f"--offload {a.offload} needs ZeRO stage 1, 2 or 3: drop --zero 0")
+    if a.offload == "all" and a.zero not in (None, 3):
+        raise ValueError(f"--offload all (parameters too) needs ZeRO stage 3: use --zero 3")
     fixed = {k: getattr(a, k) for k in ("zero", "offload", "checkpointing") if getattr(a, k) is not None}
     asked = {"zero": {"all": 3, "optimizer": 1}.get(a.offload, 0), "offload": "none", "checkpointing": "none"} | fixed
     est = estimate(c, a.seq_len, a.micro_batch or 1, a.gpus, precision=a.precision, **asked)
     everything_fixed = a.micro_batch is not None and len(fixed) == 3
-    rec = None if everything_fixed else recommend(c, a.gpu_mem, a.seq_len, a.gpus, a.precision, fixed=fixed, micro_batch=a.micro_batch)
+    rec = (
+        None
+        if everything_fixed
+        else recommend(c, a.gpu_mem, a.seq_len, a.gpus, a.precision, fixed=fixed, micro_batch=a.micro_batch)
+    )
     args = train_args(c, rec, a.preset, a.seq_len, raw) if rec else None
     cmd = launch_command(args, a.gpus, rec["zero"] > 0) if rec else None
     if a.json:
-        print(json.dumps(dict(estimate=est, fits=fits(est, a.gpu_mem), gpu_mem_bytes=int(a.gpu_mem * 1e9), recommended=rec, command=cmd), indent=1))
+        print(
+            json.dumps(
+                dict(
+                    estimate=est,
+                    fits=fits(est, a.gpu_mem),
+                    gpu_mem_bytes=int(a.gpu_mem * 1e9),
+                    recommended=rec,
+                    command=cmd,
+                ),
+                indent=1,
+            )
+        )
         return 0
     print(memory_table(est, a.gpu_mem))
     if rec is None and not everything_fixed:
-        print(f"\nnothing fits in {a.gpu_mem:g} GB x {a.gpus} GPU(s): add GPUs, shorten --seq-len, or pick a smaller model.")
+        print(
+            f"\nnothing fits in {a.gpu_mem:g} GB x {a.gpus} GPU(s): add GPUs, shorten --seq-len, or pick a smaller"
+            " model."
+        )
     elif rec is not None:
-        print("\nrecommended (cheapest settings that fit, largest micro batch):\n" + memory_table(rec, a.gpu_mem) + f"\n\n  {cmd}")
+        print(
+            "\nrecommended (cheapest settings that fit, largest micro batch):\n"
+            + memory_table(rec, a.gpu_mem)
+            + f"\n\n  {cmd}"
+        )
         if f"vocab_size={c.vocab_size}" in args:
             print(f"  (train takes vocab_size from the --data tokenizer: prepare it with --vocab-size {c.vocab_size})")
     return 0

@@ -15,21 +15,23 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from .attention import BACKENDS, LATER_KERNELS, resolve_backend
-from .utils import write_json
+from .utils import patch, write_json
 from .variants import GroupedQueryAttention, KVCache, MultiHeadLatentAttention, RoPE, sinusoidal_positions
 
 # %% auto #0
 __all__ = ['ATTENTION', 'POSITIONAL', 'NORMS', 'FFNS', 'LAYER_KEYS', 'FIELD_RULES', 'PRESETS', 'rms_norm', 'RMSNorm', 'LayerNorm',
            'make_norm', 'MLP', 'SwiGLU', 'ffn_hidden', 'ModelConfig', 'load_layer_configs', 'resolve_layers',
            'pre_norm_block', 'make_attention', 'make_ffn', 'Block', 'lm_loss', 'checkpoint_mode', 'MiniLLM',
-           'decoder_forward', 'filter_logits', 'sample_next', 'generate', 'num_params', 'attention_params',
-           'param_formula', 'flops_per_token', 'config_from_checkpoint', 'check_state_dict', 'preset', 'param_table']
+           'decoder_forward', 'filter_logits', 'sample_next', 'attention_params', 'param_formula', 'flops_per_token',
+           'config_from_checkpoint', 'check_state_dict', 'preset', 'param_table']
 
 # %% ../nbs/07_model.ipynb #a6f82b8c
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     "x / sqrt(mean(x^2 over the last dim) + eps) * weight, computed in fp32, returned in x's dtype."
-    # hint: square every feature, average the squares over the last dimension, add eps, divide x by the square root of that and scale by weight; do the arithmetic in fp32 and return x's dtype.
-    # hint2: keep the averaged dimension (keepdim) so that it broadcasts back over the features; torch.rsqrt is one over the square root; upcast with .float() first, cast back with .to(x.dtype) last.
+    # hint: square every feature, average the squares over the last dimension, add eps, divide x by the square root of
+    #       that and scale by weight; do the arithmetic in fp32 and return x's dtype.
+    # hint2: keep the averaged dimension (keepdim) so that it broadcasts back over the features; torch.rsqrt is one over
+    #        the square root; upcast with .float() first, cast back with .to(x.dtype) last.
     # hint3: xf = x.float(); (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * weight.float()).to(x.dtype)
     xf = x.float()
     return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * weight.float()).to(x.dtype)
@@ -37,18 +39,26 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.
 # %% ../nbs/07_model.ipynb #864c6c11
 class RMSNorm(nn.Module):
     "Root-mean-square normalisation with a learned scale."
+
     def __init__(self, dim: int, eps: float = 1e-5):
         super().__init__()
         self.eps, self.weight = eps, nn.Parameter(torch.ones(dim))
-    def forward(self, x): return rms_norm(x, self.weight, self.eps)
+
+    def forward(self, x):
+        return rms_norm(x, self.weight, self.eps)
+
 
 class LayerNorm(nn.Module):
     "LayerNorm with an optional bias (GPT-2 has one; many recent models drop it)."
+
     def __init__(self, dim: int, eps: float = 1e-5, bias: bool = True):
         super().__init__()
         self.eps, self.weight = eps, nn.Parameter(torch.ones(dim))
         self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
-    def forward(self, x): return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+
+    def forward(self, x):
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+
 
 def make_norm(kind: str, dim: int, eps: float = 1e-5, bias: bool = False) -> nn.Module:
     "'rmsnorm' or 'layernorm'."
@@ -57,214 +67,358 @@ def make_norm(kind: str, dim: int, eps: float = 1e-5, bias: bool = False) -> nn.
 # %% ../nbs/07_model.ipynb #123e493c
 class MLP(nn.Module):
     "GELU MLP: C -> hidden -> C."
+
     def __init__(self, dim: int, hidden: int, bias: bool = False, dropout: float = 0.0):
         super().__init__()
-        self.fc, self.proj, self.drop = nn.Linear(dim, hidden, bias=bias), nn.Linear(hidden, dim, bias=bias), nn.Dropout(dropout)
-    def forward(self, x): return self.drop(self.proj(F.gelu(self.fc(x))))
+        self.fc, self.proj, self.drop = (
+            nn.Linear(dim, hidden, bias=bias),
+            nn.Linear(hidden, dim, bias=bias),
+            nn.Dropout(dropout),
+        )
+
+    def forward(self, x):
+        return self.drop(self.proj(F.gelu(self.fc(x))))
+
 
 class SwiGLU(nn.Module):
     "SwiGLU: down(silu(gate(x)) * up(x))."
+
     def __init__(self, dim: int, hidden: int, bias: bool = False, dropout: float = 0.0):
         super().__init__()
         self.gate, self.up = nn.Linear(dim, hidden, bias=bias), nn.Linear(dim, hidden, bias=bias)
         self.proj, self.drop = nn.Linear(hidden, dim, bias=bias), nn.Dropout(dropout)
-    def forward(self, x): return self.drop(self.proj(F.silu(self.gate(x)) * self.up(x)))
+
+    def forward(self, x):
+        return self.drop(self.proj(F.silu(self.gate(x)) * self.up(x)))
+
 
 def ffn_hidden(kind: str, dim: int, hidden: int | None = None, multiple_of: int = 64) -> int:
     "The hidden size: `hidden` when given, else 4*dim (gelu) or 8/3*dim rounded up to `multiple_of` (swiglu)."
-    if hidden: return hidden
-    if kind == "gelu": return 4 * dim
+    if hidden:
+        return hidden
+    if kind == "gelu":
+        return 4 * dim
     return multiple_of * math.ceil(8 * dim / 3 / multiple_of)
 
 # %% ../nbs/07_model.ipynb #2089e968
-ATTENTION, POSITIONAL, NORMS, FFNS = ("mha", "mqa", "gqa", "mla"), ("learned", "sinusoidal", "rope", "none"), ("layernorm", "rmsnorm"), ("gelu", "swiglu", "moe")
-LAYER_KEYS = ("attention", "num_heads", "num_kv_heads", "ffn", "ffn_hidden", "ffn_multiple_of", "backend",
-              "kv_lora_rank", "q_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim",
-              "num_experts", "top_k", "num_shared_experts", "expert_hidden", "router", "balance", "aux_loss_coef",
-              "bias_update_rate", "capacity_factor", "z_loss_coef", "seq_aux_loss_coef")
+ATTENTION, POSITIONAL, NORMS, FFNS = (
+    ("mha", "mqa", "gqa", "mla"),
+    ("learned", "sinusoidal", "rope", "none"),
+    ("layernorm", "rmsnorm"),
+    ("gelu", "swiglu", "moe"),
+)
+LAYER_KEYS = (
+    "attention",
+    "num_heads",
+    "num_kv_heads",
+    "ffn",
+    "ffn_hidden",
+    "ffn_multiple_of",
+    "backend",
+    "kv_lora_rank",
+    "q_lora_rank",
+    "qk_nope_head_dim",
+    "qk_rope_head_dim",
+    "v_head_dim",
+    "num_experts",
+    "top_k",
+    "num_shared_experts",
+    "expert_hidden",
+    "router",
+    "balance",
+    "aux_loss_coef",
+    "bias_update_rate",
+    "capacity_factor",
+    "z_loss_coef",
+    "seq_aux_loss_coef",
+)
+
 
 @dataclass
 class ModelConfig:
-    "Everything that defines a MiniLLM. `layers`: optional per-layer overrides of LAYER_KEYS (a list of dicts, one per layer)."
+    """Everything that defines a MiniLLM. `layers`: optional per-layer overrides of LAYER_KEYS (a list of dicts, one per
+    layer).
+    """
+
     vocab_size: int = 4096
     embed_dim: int = 256
     num_heads: int = 8
-    num_kv_heads: int | None = None     # None: num_heads for 'mha', 1 for 'mqa'; required for 'gqa'
+    num_kv_heads: int | None = None  # None: num_heads for 'mha', 1 for 'mqa'; required for 'gqa'
     num_layers: int = 4
     max_seq_len: int = 256
-    attention: str = "mha"              # mha | mqa | gqa | mla
-    positional: str = "rope"            # learned | sinusoidal | rope | none
+    attention: str = "mha"  # mha | mqa | gqa | mla
+    positional: str = "rope"  # learned | sinusoidal | rope | none
     rope_theta: float = 10000.0
-    norm: str = "rmsnorm"               # layernorm | rmsnorm
+    norm: str = "rmsnorm"  # layernorm | rmsnorm
     norm_eps: float = 1e-5
-    ffn: str = "swiglu"                 # gelu | swiglu | moe (mixture of experts: lesson 08)
-    ffn_hidden: int | None = None       # None: 4C (gelu) or 8/3 C rounded up to ffn_multiple_of (swiglu)
+    ffn: str = "swiglu"  # gelu | swiglu | moe (mixture of experts: lesson 08)
+    ffn_hidden: int | None = None  # None: 4C (gelu) or 8/3 C rounded up to ffn_multiple_of (swiglu)
     ffn_multiple_of: int = 64
     dropout: float = 0.0
     bias: bool = False
     tie_embeddings: bool = True
-    backend: str = "auto"               # auto | manual | sdpa | flash | tiled | triton (lesson 14's kernels; auto never picks them)
-    kv_lora_rank: int | None = None     # MLA latent rank; None: 4 * head_dim
-    q_lora_rank: int = 0                # MLA query compression; 0: none
-    qk_nope_head_dim: int | None = None # MLA; None: head_dim
-    qk_rope_head_dim: int | None = None # MLA decoupled RoPE dims; None: head_dim // 2
-    v_head_dim: int | None = None       # MLA; None: head_dim
-    num_experts: int = 8                # MoE (ffn='moe', lesson 08): routed experts
-    top_k: int = 2                      # MoE: experts per token
-    num_shared_experts: int = 0         # MoE: experts every token uses
-    expert_hidden: int | None = None    # MoE: an expert's hidden size; None: the dense SwiGLU's
-    router: str = "softmax"             # MoE: softmax | sigmoid scores
-    balance: str = "aux_loss"           # MoE: none | aux_loss | aux_free
-    aux_loss_coef: float = 0.01         # MoE: weight of the load-balancing loss (balance='aux_loss')
-    bias_update_rate: float = 1e-3      # MoE: the aux-free bias step per optimizer step
+    backend: str = "auto"  # auto | manual | sdpa | flash | tiled | triton (lesson 14's kernels; auto never picks them)
+    kv_lora_rank: int | None = None  # MLA latent rank; None: 4 * head_dim
+    q_lora_rank: int = 0  # MLA query compression; 0: none
+    qk_nope_head_dim: int | None = None  # MLA; None: head_dim
+    qk_rope_head_dim: int | None = None  # MLA decoupled RoPE dims; None: head_dim // 2
+    v_head_dim: int | None = None  # MLA; None: head_dim
+    num_experts: int = 8  # MoE (ffn='moe', lesson 08): routed experts
+    top_k: int = 2  # MoE: experts per token
+    num_shared_experts: int = 0  # MoE: experts every token uses
+    expert_hidden: int | None = None  # MoE: an expert's hidden size; None: the dense SwiGLU's
+    router: str = "softmax"  # MoE: softmax | sigmoid scores
+    balance: str = "aux_loss"  # MoE: none | aux_loss | aux_free
+    aux_loss_coef: float = 0.01  # MoE: weight of the load-balancing loss (balance='aux_loss')
+    bias_update_rate: float = 1e-3  # MoE: the aux-free bias step per optimizer step
     capacity_factor: float | None = None  # MoE: slots per expert x (tokens x top_k / experts); None: no dropping
-    z_loss_coef: float = 1e-3           # MoE: router z-loss weight
-    seq_aux_loss_coef: float = 0.0      # MoE: sequence-wise balance loss weight
+    z_loss_coef: float = 1e-3  # MoE: router z-loss weight
+    seq_aux_loss_coef: float = 0.0  # MoE: sequence-wise balance loss weight
     init_std: float = 0.02
     layers: list[dict] | None = None
 
     def __post_init__(self):
-        if isinstance(self.layers, (list, tuple)) and all(isinstance(d, dict) for d in self.layers): self.layers = [dict(d) for d in self.layers]
+        if isinstance(self.layers, (list, tuple)) and all(isinstance(d, dict) for d in self.layers):
+            self.layers = [dict(d) for d in self.layers]
         problems = self.problems()
-        if problems: raise ValueError("invalid ModelConfig:\n  - " + "\n  - ".join(problems))
+        if problems:
+            raise ValueError("invalid ModelConfig:\n  - " + "\n  - ".join(problems))
 
 # %% ../nbs/07_model.ipynb #08409619
-# field: (kind, lowest value, None allowed). Kinds: int, float (finite), bool; the str fields are checked against their choices.
+# field: (kind, lowest value, None allowed). Kinds: int, float (finite), bool; the str fields are checked against their
+# choices.
 FIELD_RULES = {
-    "vocab_size": ("int", 1, False), "embed_dim": ("int", 1, False), "num_heads": ("int", 1, False), "num_layers": ("int", 1, False),
-    "max_seq_len": ("int", 1, False), "num_kv_heads": ("int", 1, True), "ffn_hidden": ("int", 1, True), "ffn_multiple_of": ("int", 1, False),
-    "kv_lora_rank": ("int", 1, True), "q_lora_rank": ("int", 0, False), "qk_nope_head_dim": ("int", 0, True),
-    "qk_rope_head_dim": ("int", 0, True), "v_head_dim": ("int", 1, True),
-    "rope_theta": ("float", 0, False), "norm_eps": ("float", 0, False), "init_std": ("float", 0, False), "dropout": ("float", 0, False),
-    "bias": ("bool", None, False), "tie_embeddings": ("bool", None, False),
+    "vocab_size": ("int", 1, False),
+    "embed_dim": ("int", 1, False),
+    "num_heads": ("int", 1, False),
+    "num_layers": ("int", 1, False),
+    "max_seq_len": ("int", 1, False),
+    "num_kv_heads": ("int", 1, True),
+    "ffn_hidden": ("int", 1, True),
+    "ffn_multiple_of": ("int", 1, False),
+    "kv_lora_rank": ("int", 1, True),
+    "q_lora_rank": ("int", 0, False),
+    "qk_nope_head_dim": ("int", 0, True),
+    "qk_rope_head_dim": ("int", 0, True),
+    "v_head_dim": ("int", 1, True),
+    "rope_theta": ("float", 0, False),
+    "norm_eps": ("float", 0, False),
+    "init_std": ("float", 0, False),
+    "dropout": ("float", 0, False),
+    "bias": ("bool", None, False),
+    "tie_embeddings": ("bool", None, False),
 }
+
 
 def _field_problem(name: str, v, where: str = "") -> str | None:
     "What is wrong with one field's value (type and range), with the values accepted; None when it is fine."
     kind, lo, optional = FIELD_RULES[name]
-    if v is None and optional: return None
+    if v is None and optional:
+        return None
     if kind == "bool":
         return None if isinstance(v, bool) else f"{where}{name}={v!r}: use true or false"
     if kind == "int":
         ok = isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= lo
-        return None if ok else f"{where}{name}={v!r}: use an integer >= {lo}" + (" (or None/null for the default)" if optional else "")
+        return (
+            None
+            if ok
+            else f"{where}{name}={v!r}: use an integer >= {lo}"
+            + (" (or None/null for the default)" if optional else "")
+        )
     if name == "dropout":
         ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and 0 <= v < 1
         return None if ok else f"{where}dropout={v!r}: use a number in [0, 1)"
     ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and v > lo
     return None if ok else f"{where}{name}={v!r}: use a finite number > {lo}"
 
+
 def _layer_problems(c: ModelConfig, where: str = "") -> list[str]:
     p = [m for k in LAYER_KEYS if k in FIELD_RULES and (m := _field_problem(k, getattr(c, k), where))]
-    if c.attention not in ATTENTION: p.append(f"{where}attention={c.attention!r}: use one of {ATTENTION}")
-    if c.ffn not in FFNS: p.append(f"{where}ffn={c.ffn!r}: use one of {FFNS}")
-    if c.backend not in BACKENDS: p.append(f"{where}backend={c.backend!r}: use {', '.join(BACKENDS)}")
+    if c.attention not in ATTENTION:
+        p.append(f"{where}attention={c.attention!r}: use one of {ATTENTION}")
+    if c.ffn not in FFNS:
+        p.append(f"{where}ffn={c.ffn!r}: use one of {FFNS}")
+    if c.backend not in BACKENDS:
+        p.append(f"{where}backend={c.backend!r}: use {', '.join(BACKENDS)}")
     elif c.backend in LATER_KERNELS and c.dropout:
         p.append(f"{where}backend={c.backend!r} has no attention dropout: set dropout=0, or use backend sdpa")
-    from minillm.moe import moe_problems       # here, not at the top: minillm.moe imports this module
-    p += [where + m for m in moe_problems(c)]  # the MoE fields' types and ranges, checked for every layer (dense ones too)
-    if p or _field_problem("embed_dim", c.embed_dim): return p          # the checks below need well-typed sizes
+    from minillm.moe import moe_problems  # here, not at the top: minillm.moe imports this module
+
+    p += [
+        where + m for m in moe_problems(c)
+    ]  # the MoE fields' types and ranges, checked for every layer (dense ones too)
+    if p or _field_problem("embed_dim", c.embed_dim):
+        return p  # the checks below need well-typed sizes
     if c.embed_dim % c.num_heads:
-        return p + [f"{where}embed_dim {c.embed_dim} is not divisible by num_heads {c.num_heads}: pick num_heads that divides it"]
+        return p + [
+            f"{where}embed_dim {c.embed_dim} is not divisible by num_heads {c.num_heads}: pick num_heads that"
+            " divides it"
+        ]
     hd = c.embed_dim // c.num_heads
-    if c.attention == "mqa" and c.num_kv_heads not in (None, 1): p.append(f"{where}attention='mqa' has one KV head: drop num_kv_heads={c.num_kv_heads} or use 'gqa'")
-    if c.attention == "mha" and c.num_kv_heads not in (None, c.num_heads): p.append(f"{where}attention='mha' has num_kv_heads == num_heads: drop num_kv_heads={c.num_kv_heads} or use 'gqa'")
+    if c.attention == "mqa" and c.num_kv_heads not in (None, 1):
+        p.append(f"{where}attention='mqa' has one KV head: drop num_kv_heads={c.num_kv_heads} or use 'gqa'")
+    if c.attention == "mha" and c.num_kv_heads not in (None, c.num_heads):
+        p.append(
+            f"{where}attention='mha' has num_kv_heads == num_heads: drop num_kv_heads={c.num_kv_heads} or use 'gqa'"
+        )
     if c.attention == "gqa":
-        if not c.num_kv_heads: p.append(f"{where}attention='gqa' needs num_kv_heads (a divisor of num_heads={c.num_heads})")
-        elif c.num_heads % c.num_kv_heads: p.append(f"{where}num_heads {c.num_heads} is not divisible by num_kv_heads {c.num_kv_heads}: pick num_kv_heads that divides it")
+        if not c.num_kv_heads:
+            p.append(f"{where}attention='gqa' needs num_kv_heads (a divisor of num_heads={c.num_heads})")
+        elif c.num_heads % c.num_kv_heads:
+            p.append(
+                f"{where}num_heads {c.num_heads} is not divisible by num_kv_heads {c.num_kv_heads}: pick num_kv_heads"
+                " that divides it"
+            )
     if c.attention == "mla":
-        if c.num_kv_heads is not None: p.append(f"{where}attention='mla' has no KV-head count (keys and values come from a shared latent): drop num_kv_heads={c.num_kv_heads}; kv_lora_rank sets the latent's size")
+        if c.num_kv_heads is not None:
+            p.append(
+                f"{where}attention='mla' has no KV-head count (keys and values come from a shared latent): drop"
+                f" num_kv_heads={c.num_kv_heads}; kv_lora_rank sets the latent's size"
+            )
         dn = hd if c.qk_nope_head_dim is None else c.qk_nope_head_dim
         dr = hd // 2 if c.qk_rope_head_dim is None else c.qk_rope_head_dim
-        if dn + dr < 1: p.append(f"{where}qk_nope_head_dim + qk_rope_head_dim is 0: queries and keys need at least one dimension")
-        if c.positional == "rope" and dr % 2: p.append(f"{where}qk_rope_head_dim={dr} must be even for RoPE")
-    elif c.positional == "rope" and hd % 2: p.append(f"{where}RoPE needs an even head_dim, got {hd}: change embed_dim or num_heads")
+        if dn + dr < 1:
+            p.append(f"{where}qk_nope_head_dim + qk_rope_head_dim is 0: queries and keys need at least one dimension")
+        if c.positional == "rope" and dr % 2:
+            p.append(f"{where}qk_rope_head_dim={dr} must be even for RoPE")
+    elif c.positional == "rope" and hd % 2:
+        p.append(f"{where}RoPE needs an even head_dim, got {hd}: change embed_dim or num_heads")
     return p
 
-def _problems(self: ModelConfig) -> list[str]:
+
+@patch
+def problems(self: ModelConfig) -> list[str]:
     "Everything wrong with this config, each with its fix."
     p = [m for k in FIELD_RULES if k not in LAYER_KEYS and (m := _field_problem(k, getattr(self, k)))]
-    if self.positional not in POSITIONAL: p.append(f"positional={self.positional!r}: use one of {POSITIONAL}")
-    if self.norm not in NORMS: p.append(f"norm={self.norm!r}: use one of {NORMS}")
-    top = _layer_problems(self); p += top
-    if self.layers is None: return p
+    if self.positional not in POSITIONAL:
+        p.append(f"positional={self.positional!r}: use one of {POSITIONAL}")
+    if self.norm not in NORMS:
+        p.append(f"norm={self.norm!r}: use one of {NORMS}")
+    top = _layer_problems(self)
+    p += top
+    if self.layers is None:
+        return p
     if not isinstance(self.layers, list) or not all(isinstance(d, dict) for d in self.layers):
-        return p + [f"layers={self.layers!r:.80}: use a list of dicts, one per layer (or the path of a JSONL file in a saved config)"]
+        return p + [
+            f"layers={self.layers!r:.80}: use a list of dicts, one per layer (or the path of a JSONL file in a saved"
+            " config)"
+        ]
     if not _field_problem("num_layers", self.num_layers) and len(self.layers) != self.num_layers:
         p.append(f"layers has {len(self.layers)} entries for num_layers={self.num_layers}: give one dict per layer")
     for i, d in enumerate(self.layers):
         bad = sorted(set(d) - set(LAYER_KEYS), key=str)
-        if bad: p.append(f"layers[{i}]: unknown keys {bad}; per-layer keys are {LAYER_KEYS}")
-        elif not _field_problem("embed_dim", self.embed_dim):            # a problem the layer inherits is reported once, above
-            p += [m for m in _layer_problems(_resolved(self, d), f"layers[{i}]: ") if m[len(f"layers[{i}]: "):] not in top]
+        if bad:
+            p.append(f"layers[{i}]: unknown keys {bad}; per-layer keys are {LAYER_KEYS}")
+        elif not _field_problem("embed_dim", self.embed_dim):  # a problem the layer inherits is reported once, above
+            p += [
+                m
+                for m in _layer_problems(_resolved(self, d), f"layers[{i}]: ")
+                if m[len(f"layers[{i}]: ") :] not in top
+            ]
     return p
+
 
 def _resolved(cfg: ModelConfig, overrides: dict) -> ModelConfig:
     "A copy of `cfg` with per-layer overrides applied, built without re-validating (validation reports instead)."
     c = object.__new__(ModelConfig)
     c.__dict__.update({**cfg.__dict__, **overrides, "layers": None})
-    if "attention" in overrides and "num_kv_heads" not in overrides: c.num_kv_heads = None
+    if "attention" in overrides and "num_kv_heads" not in overrides:
+        c.num_kv_heads = None
     return c
 
-ModelConfig.problems = _problems
-
 # %% ../nbs/07_model.ipynb #f0c53c9c
-def _layer(self: ModelConfig, i: int) -> ModelConfig:
+@patch
+def layer(self: ModelConfig, i: int) -> ModelConfig:
     "The config of layer i: the model's, with layers[i]'s overrides."
     return self if self.layers is None else _resolved(self, self.layers[i])
 
-def _head_dim(self: ModelConfig) -> int: return self.embed_dim // self.num_heads
-def _kv_heads(self: ModelConfig) -> int:
+
+@patch(as_prop=True)
+def head_dim(self: ModelConfig) -> int:
+    return self.embed_dim // self.num_heads
+
+
+@patch(as_prop=True)
+def kv_heads(self: ModelConfig) -> int:
     return {"mha": self.num_heads, "mqa": 1}.get(self.attention, self.num_kv_heads or self.num_heads)
 
-def _to_dict(self: ModelConfig) -> dict: return asdict(self)
 
-@classmethod
-def _from_dict(cls, d: dict) -> ModelConfig:
+@patch
+def to_dict(self: ModelConfig) -> dict:
+    return asdict(self)
+
+
+@patch(cls_method=True)
+def from_dict(cls: ModelConfig, d: dict) -> ModelConfig:
     "A config from a dict, refusing unknown keys (a typo would otherwise be silently ignored)."
-    if not isinstance(d, dict): raise ValueError(f"a model config must be a dict of ModelConfig fields, not a {type(d).__name__}")
+    if not isinstance(d, dict):
+        raise ValueError(f"a model config must be a dict of ModelConfig fields, not a {type(d).__name__}")
     known = {f.name for f in fields(cls)}
     bad = sorted(set(d) - known, key=str)
-    if bad: raise ValueError(f"unknown ModelConfig keys {bad}; known keys: {sorted(known)}")
+    if bad:
+        raise ValueError(f"unknown ModelConfig keys {bad}; known keys: {sorted(known)}")
     return cls(**d)
 
-def _save(self: ModelConfig, path): write_json(path, self.to_dict())
 
-@classmethod
-def _load(cls, path) -> ModelConfig:
-    "A config from a .json file; `layers` may also be the path of a JSONL file with one dict per layer, inside the config's folder."
+@patch
+def save(self: ModelConfig, path):
+    write_json(path, self.to_dict())
+
+
+@patch(cls_method=True)
+def load(cls: ModelConfig, path) -> ModelConfig:
+    """A config from a .json file; `layers` may also be the path of a JSONL file with one dict per layer, inside the
+    config's folder.
+    """
     path = Path(path)
-    try: d = json.loads(path.read_text())
-    except json.JSONDecodeError as e: raise ValueError(f"{path}: not valid JSON at line {e.lineno}, column {e.colno} ({e.msg})") from None
-    if not isinstance(d, dict): raise ValueError(f"{path}: must hold an object of ModelConfig fields, not a {type(d).__name__}")
-    if "layers" in d: d["layers"] = resolve_layers(d["layers"], path.parent)
-    try: return cls.from_dict(d)
-    except ValueError as e: raise ValueError(f"{path}: {e}") from None
+    try:
+        d = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON at line {e.lineno}, column {e.colno} ({e.msg})") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: must hold an object of ModelConfig fields, not a {type(d).__name__}")
+    if "layers" in d:
+        d["layers"] = resolve_layers(d["layers"], path.parent)
+    try:
+        return cls.from_dict(d)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
 
-ModelConfig.layer, ModelConfig.head_dim, ModelConfig.kv_heads = _layer, property(_head_dim), property(_kv_heads)
-ModelConfig.to_dict, ModelConfig.from_dict, ModelConfig.save, ModelConfig.load = _to_dict, _from_dict, _save, _load
 
 def load_layer_configs(path) -> list[dict]:
     "Per-layer overrides from a JSONL file: one JSON object per line, one line per layer (blank lines skipped)."
     out = []
     for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip(): continue
-        try: d = json.loads(line)
-        except json.JSONDecodeError as e: raise ValueError(f"{path}, line {n}: not valid JSON ({e.msg}): write one object per layer") from None
-        if not isinstance(d, dict): raise ValueError(f"{path}, line {n}: a {type(d).__name__}, where an object of per-layer settings was expected")
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}, line {n}: not valid JSON ({e.msg}): write one object per layer") from None
+        if not isinstance(d, dict):
+            raise ValueError(
+                f"{path}, line {n}: a {type(d).__name__}, where an object of per-layer settings was expected"
+            )
         out.append(d)
     return out
+
 
 def resolve_layers(value, base: Path) -> list[dict] | None:
     """A config's `layers`: None or a list of dicts passes through; a string is the path of a JSONL file relative to
     `base` (the config's folder). An absolute path, or one that leaves `base` (through .. or a symlink), is refused."""
-    if value is None or isinstance(value, list): return value
-    if not isinstance(value, str): raise ValueError(f"layers={value!r:.80}: use a list of dicts, or the path of a JSONL file beside the config")
+    if value is None or isinstance(value, list):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"layers={value!r:.80}: use a list of dicts, or the path of a JSONL file beside the config")
     base = Path(base).resolve()
     p = (base / value).resolve()
     if Path(value).is_absolute() or not p.is_relative_to(base):
-        raise ValueError(f"layers path {value!r} is outside the config's folder {base}: put the JSONL file there and give a relative path")
-    if not p.is_file(): raise FileNotFoundError(f"layers file {p}: no such file (a path relative to the config's folder {base})")
+        raise ValueError(
+            f"layers path {value!r} is outside the config's folder {base}: put the JSONL file there and give a relative"
+            " path"
+        )
+    if not p.is_file():
+        raise FileNotFoundError(f"layers file {p}: no such file (a path relative to the config's folder {base})")
     return load_layer_configs(p)
 
 # %% ../nbs/07_model.ipynb #94296bef
@@ -272,8 +426,10 @@ def pre_norm_block(x: torch.Tensor, norm1, attn, norm2, ffn) -> torch.Tensor:
     """A pre-norm block on the (b, t, C) residual stream `x`: attention reads norm1 of the stream and its output is
     added to the stream; then the feed-forward layer reads norm2 of the *updated* stream and its output is added.
     Each part is a function (b, t, C) -> (b, t, C). The returned stream is not normalised."""
-    # hint: two residual steps in order: add attention's output, computed on the first norm of the stream, to the stream; then add the feed-forward output, computed on the second norm of the updated stream.
-    # hint2: the additions go to x itself, never to the normalised x; the second step reads the stream after the first (not the block's input, as a parallel block would); nothing normalises the result.
+    # hint: two residual steps in order: add attention's output, computed on the first norm of the stream, to the
+    #       stream; then add the feed-forward output, computed on the second norm of the updated stream.
+    # hint2: the additions go to x itself, never to the normalised x; the second step reads the stream after the first
+    #        (not the block's input, as a parallel block would); nothing normalises the result.
     # hint3: x = x + attn(norm1(x)); return x + ffn(norm2(x))
     x = x + attn(norm1(x))
     return x + ffn(norm2(x))
@@ -282,41 +438,63 @@ def pre_norm_block(x: torch.Tensor, norm1, attn, norm2, ffn) -> torch.Tensor:
 def make_attention(c: ModelConfig) -> nn.Module:
     "The attention layer a (resolved, per-layer) config asks for."
     if c.attention == "mla":
-        return MultiHeadLatentAttention(c.embed_dim, c.num_heads, c.kv_lora_rank or 4 * c.head_dim, c.q_lora_rank,
-                                        c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim, c.bias, c.dropout, c.backend,
-                                        c.rope_theta, use_rope=c.positional == "rope")
+        return MultiHeadLatentAttention(
+            c.embed_dim,
+            c.num_heads,
+            c.kv_lora_rank or 4 * c.head_dim,
+            c.q_lora_rank,
+            c.qk_nope_head_dim,
+            c.qk_rope_head_dim,
+            c.v_head_dim,
+            c.bias,
+            c.dropout,
+            c.backend,
+            c.rope_theta,
+            use_rope=c.positional == "rope",
+        )
     rope = RoPE(c.head_dim, c.rope_theta) if c.positional == "rope" else None
     return GroupedQueryAttention(c.embed_dim, c.num_heads, c.kv_heads, c.bias, c.dropout, c.backend, rope)
+
 
 def make_ffn(c: ModelConfig) -> nn.Module:
     "The feed-forward layer a (resolved, per-layer) config asks for: GELU MLP, SwiGLU, or a mixture of SwiGLU experts."
     if c.ffn == "moe":
         from minillm.moe import MoE
+
         return MoE.from_config(c)
     hidden = ffn_hidden(c.ffn, c.embed_dim, c.ffn_hidden, c.ffn_multiple_of)
     return (MLP if c.ffn == "gelu" else SwiGLU)(c.embed_dim, hidden, c.bias, c.dropout)
 
+
 class Block(nn.Module):
     "Pre-norm transformer block: x + attn(norm(x)), then x + ffn(norm(x))."
+
     def __init__(self, c: ModelConfig):
         super().__init__()
         self.norm1, self.attn = make_norm(c.norm, c.embed_dim, c.norm_eps, c.bias), make_attention(c)
         self.norm2, self.ffn = make_norm(c.norm, c.embed_dim, c.norm_eps, c.bias), make_ffn(c)
+
     def forward(self, x, cache=None, start_pos: int = 0):
         return pre_norm_block(x, self.norm1, lambda h: self.attn(h, cache, start_pos), self.norm2, self.ffn)
 
     def recomputed(self, x, mode: str, checkpoint):
-        "Forward whose activations are recomputed in backward: 'full' keeps only x, 'attention' keeps the attention sub-layer's input."
-        if mode == "full": return checkpoint(self, x)
+        """Forward whose activations are recomputed in backward: 'full' keeps only x, 'attention' keeps the attention
+        sub-layer's input.
+        """
+        if mode == "full":
+            return checkpoint(self, x)
         return pre_norm_block(x, self.norm1, lambda h: checkpoint(self.attn, h), self.norm2, self.ffn)
 
 # %% ../nbs/07_model.ipynb #12d44313
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
     """Mean cross-entropy of (b, t, V) `logits` against (b, t) `labels` (already shifted: labels[b, t] is the target of
     position t), over the positions whose label is not `ignore_index`. A 0-dim float32 tensor, computed in fp32."""
-    # hint: take the log-softmax over the vocabulary in fp32, pick each position's log-probability of its label, and average minus that over the positions whose label is kept.
-    # hint2: the vocabulary is the last dimension; gather needs a valid index even where the label is ignore_index (put 0 there, then mask those positions out); divide by the number of kept positions, not by b * t.
-    # hint3: logp = logits.float().log_softmax(-1); keep = labels != ignore_index; nll = -logp.gather(-1, labels.masked_fill(~keep, 0)[..., None])[..., 0]; (nll * keep).sum() / keep.sum()
+    # hint: take the log-softmax over the vocabulary in fp32, pick each position's log-probability of its label, and
+    #       average minus that over the positions whose label is kept.
+    # hint2: the vocabulary is the last dimension; gather needs a valid index even where the label is ignore_index (put
+    #        0 there, then mask those positions out); divide by the number of kept positions, not by b * t.
+    # hint3: logp = logits.float().log_softmax(-1); keep = labels != ignore_index; nll = -logp.gather(-1,
+    #        labels.masked_fill(~keep, 0)[..., None])[..., 0]; (nll * keep).sum() / keep.sum()
     logp = logits.float().log_softmax(-1)
     keep = labels != ignore_index
     nll = -logp.gather(-1, labels.masked_fill(~keep, 0).unsqueeze(-1)).squeeze(-1)
@@ -324,30 +502,51 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100
 
 # %% ../nbs/07_model.ipynb #be428a6b
 def checkpoint_mode(v) -> str:
-    "Normalise an activation-checkpointing setting: False/None/'none', True/'full', 'attention' (the attention sub-layer)."
+    """Normalise an activation-checkpointing setting: False/None/'none', True/'full', 'attention' (the attention
+    sub-layer).
+    """
     mode = {False: "none", None: "none", True: "full"}.get(v, v) if isinstance(v, (bool, type(None))) else v
-    if mode == "selective":      # the earlier name: it never was Megatron-LM's selective recomputation (core attention only)
-        raise ValueError("activation checkpointing 'selective' is now called 'attention' (it recomputes the whole attention "
-                         "sub-layer, not only the core attention as Megatron-LM's selective recomputation does): use 'attention'")
+    if (
+        mode == "selective"
+    ):  # the earlier name: it never was Megatron-LM's selective recomputation (core attention only)
+        raise ValueError(
+            "activation checkpointing 'selective' is now called 'attention' (it recomputes the whole attention "
+            "sub-layer, not only the core attention as Megatron-LM's selective recomputation does): use 'attention'"
+        )
     if mode not in ("none", "attention", "full"):
         raise ValueError(f"activation checkpointing {v!r}: use 'none', 'attention' (the attention sub-layer) or 'full'")
     return mode
 
+
 def _check_ids(ids: torch.Tensor, vocab_size: int, what: str = "input_ids"):
-    "Token ids must be a (batch, tokens) integer tensor of ids in [0, vocab_size): say which id is out, not fail inside the embedding."
+    """Token ids must be a (batch, tokens) integer tensor of ids in [0, vocab_size): say which id is out, not fail
+    inside the embedding.
+    """
     if not torch.is_tensor(ids) or ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
-        raise ValueError(f"{what} must be a tensor of integer token ids, got {type(ids).__name__ if not torch.is_tensor(ids) else ids.dtype}")
-    if ids.dim() != 2: raise ValueError(f"{what} has shape {tuple(ids.shape)}: pass shape (batch, tokens), e.g. ids[None] for one sequence")
-    if ids.size(1) == 0: raise ValueError(f"{what} holds 0 tokens: give at least one (e.g. the end-of-text id to start a new document)")
-    if torch.compiler.is_compiling() or ids.numel() == 0 or ids.device.type == "meta": return
-    lo, hi = (int(v) for v in torch.aminmax(ids))                       # one cheap reduction
+        raise ValueError(
+            f"{what} must be a tensor of integer token ids, got"
+            f" {type(ids).__name__ if not torch.is_tensor(ids) else ids.dtype}"
+        )
+    if ids.dim() != 2:
+        raise ValueError(
+            f"{what} has shape {tuple(ids.shape)}: pass shape (batch, tokens), e.g. ids[None] for one sequence"
+        )
+    if ids.size(1) == 0:
+        raise ValueError(f"{what} holds 0 tokens: give at least one (e.g. the end-of-text id to start a new document)")
+    if torch.compiler.is_compiling() or ids.numel() == 0 or ids.device.type == "meta":
+        return
+    lo, hi = (int(v) for v in torch.aminmax(ids))  # one cheap reduction
     if lo < 0 or hi >= vocab_size:
         bad = lo if lo < 0 else hi
-        raise ValueError(f"{what} holds token id {bad}, outside the vocabulary [0, {vocab_size}): "
-                         "encode with the tokenizer this model was trained with (its vocab_size must match)")
+        raise ValueError(
+            f"{what} holds token id {bad}, outside the vocabulary [0, {vocab_size}): "
+            "encode with the tokenizer this model was trained with (its vocab_size must match)"
+        )
+
 
 class MiniLLM(nn.Module):
     "Decoder-only language model: embeddings, `num_layers` pre-norm blocks, final norm, LM head."
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = c = config
@@ -357,30 +556,53 @@ class MiniLLM(nn.Module):
         self.blocks = nn.ModuleList(Block(c.layer(i)) for i in range(c.num_layers))
         self.norm = make_norm(c.norm, c.embed_dim, c.norm_eps, c.bias)
         self.lm_head = nn.Linear(c.embed_dim, c.vocab_size, bias=False)
-        if c.tie_embeddings: self.lm_head.weight = self.tok_emb.weight
-        self.activation_checkpointing = False   # the trainer's switch: False | 'full' (or True) | 'attention' (the attention sub-layer)
-        self.checkpoint_layers = None           # None: every block; k: the first k blocks
-        self.checkpoint_fn = None               # None: torch.utils.checkpoint, non-reentrant; or any fn(function, *args)
+        if c.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        self.activation_checkpointing = (
+            False  # the trainer's switch: False | 'full' (or True) | 'attention' (the attention sub-layer)
+        )
+        self.checkpoint_layers = None  # None: every block; k: the first k blocks
+        self.checkpoint_fn = None  # None: torch.utils.checkpoint, non-reentrant; or any fn(function, *args)
         self.apply(self._init_weights)
-        for name, p in self.named_parameters():   # projections into the residual stream
-            if name.endswith(("attn.o_proj.weight", "ffn.proj.weight")): nn.init.normal_(p, 0.0, c.init_std / math.sqrt(2 * c.num_layers))
-        for blk in self.blocks:                   # MoE layers hold their experts as raw tensors: they initialise themselves
-            if hasattr(blk.ffn, "init_weights"): blk.ffn.init_weights(c.init_std, c.init_std / math.sqrt(2 * c.num_layers))
+        for name, p in self.named_parameters():  # projections into the residual stream
+            if name.endswith(("attn.o_proj.weight", "ffn.proj.weight")):
+                nn.init.normal_(p, 0.0, c.init_std / math.sqrt(2 * c.num_layers))
+        for blk in self.blocks:  # MoE layers hold their experts as raw tensors: they initialise themselves
+            if hasattr(blk.ffn, "init_weights"):
+                blk.ffn.init_weights(c.init_std, c.init_std / math.sqrt(2 * c.num_layers))
 
     def _checkpoint(self, fn, *args):
-        if self.checkpoint_fn is None: return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
+        if self.checkpoint_fn is None:
+            return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
         # A reentrant checkpoint (torch's use_reentrant=True, DeepSpeed's) gives the wrapped weights no gradient when no
         # input requires grad (e.g. frozen embeddings): make the input require it. It had no graph, so nothing is cut.
-        return self.checkpoint_fn(fn, *(a.detach().requires_grad_() if torch.is_tensor(a) and a.is_floating_point() and not a.requires_grad else a for a in args))
+        return self.checkpoint_fn(
+            fn,
+            *(
+                (
+                    a.detach().requires_grad_()
+                    if torch.is_tensor(a) and a.is_floating_point() and not a.requires_grad
+                    else a
+                )
+                for a in args
+            ),
+        )
 
     def _init_weights(self, m):
         if isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, 0.0, self.config.init_std)
-            if m.bias is not None: nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Embedding): nn.init.normal_(m.weight, 0.0, self.config.init_std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, 0.0, self.config.init_std)
 
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, cache: KVCache | None = None,
-                last_only: bool = False):
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+    ):
         """input_ids (b, t) -> (logits (b, t, V), loss). `labels[b, t]` is the token that should follow
         `input_ids[b, t]`; positions labelled -100 are ignored. With `cache`, input_ids continue the cached
         sequence. `last_only`: logits of the last position only (generation)."""
@@ -389,22 +611,28 @@ class MiniLLM(nn.Module):
         b, t = input_ids.shape
         start = cache.pos if cache is not None else 0
         if t > c.max_seq_len or (c.positional in ("learned", "sinusoidal") and start + t > c.max_seq_len):
-            raise ValueError(f"sequence positions {start}..{start + t - 1} exceed max_seq_len={c.max_seq_len}: "
-                             "crop the input to the last max_seq_len tokens (generate() does this).")
-        x = self.tok_emb(input_ids)                                                       # (b, t, C)
+            raise ValueError(
+                f"sequence positions {start}..{start + t - 1} exceed max_seq_len={c.max_seq_len}: "
+                "crop the input to the last max_seq_len tokens (generate() does this)."
+            )
+        x = self.tok_emb(input_ids)  # (b, t, C)
         pos = torch.arange(start, start + t, device=input_ids.device)
-        if c.positional == "learned": x = x + self.pos_emb(pos)
-        elif c.positional == "sinusoidal": x = x + sinusoidal_positions(pos, c.embed_dim).to(x.dtype)
+        if c.positional == "learned":
+            x = x + self.pos_emb(pos)
+        elif c.positional == "sinusoidal":
+            x = x + sinusoidal_positions(pos, c.embed_dim).to(x.dtype)
         x = self.drop(x)
         mode = checkpoint_mode(self.activation_checkpointing)
         recompute = mode != "none" and self.training and cache is None and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
             if recompute and (self.checkpoint_layers is None or i < self.checkpoint_layers):
                 x = block.recomputed(x, mode, self._checkpoint)
-            else: x = block(x, cache.layers[i] if cache is not None else None, start)
-        if cache is not None: cache.pos += t
+            else:
+                x = block(x, cache.layers[i] if cache is not None else None, start)
+        if cache is not None:
+            cache.pos += t
         x = self.norm(x[:, -1:] if last_only else x)
-        logits = self.lm_head(x)                                                          # (b, t, V)
+        logits = self.lm_head(x)  # (b, t, V)
         loss = None
         if labels is not None:
             loss = lm_loss(logits, labels)
@@ -412,18 +640,27 @@ class MiniLLM(nn.Module):
 
 # %% ../nbs/07_model.ipynb #535a1026
 def decoder_forward(model: MiniLLM, input_ids: torch.Tensor) -> torch.Tensor:
-    "(b, t) token ids -> (b, t, V) logits: MiniLLM.forward without cache, recomputation or labels (dropout as the model's mode says)."
-    # hint: embed the tokens; add position vectors when the config's positional is learned or sinusoidal (RoPE needs nothing here); apply the dropout, every block in order, the final norm, then the output projection.
-    # hint2: the model holds tok_emb, pos_emb (learned only), drop, blocks, norm and lm_head; positions are 0..t-1 (torch.arange on the ids' device); sinusoidal_positions(pos, embed_dim) gives the fixed ones; a block called on x alone has no cache.
-    # hint3: x = model.tok_emb(ids); add model.pos_emb(pos) or sinusoidal_positions(pos, C).to(x.dtype); x = model.drop(x); for blk in model.blocks: x = blk(x); return model.lm_head(model.norm(x))
+    """(b, t) token ids -> (b, t, V) logits: MiniLLM.forward without cache, recomputation or labels (dropout as the
+    model's mode says).
+    """
+    # hint: embed the tokens; add position vectors when the config's positional is learned or sinusoidal (RoPE needs
+    #       nothing here); apply the dropout, every block in order, the final norm, then the output projection.
+    # hint2: the model holds tok_emb, pos_emb (learned only), drop, blocks, norm and lm_head; positions are 0..t-1
+    #        (torch.arange on the ids' device); sinusoidal_positions(pos, embed_dim) gives the fixed ones; a block
+    #        called on x alone has no cache.
+    # hint3: x = model.tok_emb(ids); add model.pos_emb(pos) or sinusoidal_positions(pos, C).to(x.dtype); x =
+    #        model.drop(x); for blk in model.blocks: x = blk(x); return model.lm_head(model.norm(x))
     c = model.config
-    x = model.tok_emb(input_ids)                                                      # (b, t, C)
+    x = model.tok_emb(input_ids)  # (b, t, C)
     pos = torch.arange(input_ids.size(1), device=input_ids.device)
-    if c.positional == "learned": x = x + model.pos_emb(pos)
-    elif c.positional == "sinusoidal": x = x + sinusoidal_positions(pos, c.embed_dim).to(x.dtype)
+    if c.positional == "learned":
+        x = x + model.pos_emb(pos)
+    elif c.positional == "sinusoidal":
+        x = x + sinusoidal_positions(pos, c.embed_dim).to(x.dtype)
     x = model.drop(x)
-    for block in model.blocks: x = block(x)
-    return model.lm_head(model.norm(x))                                               # (b, t, V)
+    for block in model.blocks:
+        x = block(x)
+    return model.lm_head(model.norm(x))  # (b, t, V)
 
 # %% ../nbs/07_model.ipynb #68666015
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
@@ -431,57 +668,101 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
     tied with the k-th; then top_p keeps each token whose strictly more likely tokens hold less than top_p of the
     probability left after top_k (so the token that crosses top_p is kept, and ties with it). None, or top_p=1,
     filters nothing."""
-    # hint: per row, find the smallest logit that survives (for top_k the k-th largest; for top_p the last token, in descending order, whose more likely tokens still hold less than top_p) and mask every logit below it; top_k first.
-    # hint2: sort each row in descending order; for top_p take the softmax of the sorted row (after top_k's mask) and the probability *before* each token (the cumulative sum shifted by one): tokens are kept while it is below top_p, and the first always is. k may exceed V.
-    # hint3: kth = logits.topk(min(top_k, V)).values[:, -1:]; s = logits.sort(-1, descending=True).values; p = s.softmax(-1); n = ((p.cumsum(-1) - p) < top_p).sum(-1, keepdim=True); keep logits >= s.gather(-1, n - 1)
+    # hint: per row, find the smallest logit that survives (for top_k the k-th largest; for top_p the last token, in
+    #       descending order, whose more likely tokens still hold less than top_p) and mask every logit below it; top_k
+    #       first.
+    # hint2: sort each row in descending order; for top_p take the softmax of the sorted row (after top_k's mask) and
+    #        the probability *before* each token (the cumulative sum shifted by one): tokens are kept while it is below
+    #        top_p, and the first always is. k may exceed V.
+    # hint3: kth = logits.topk(min(top_k, V)).values[:, -1:]; s = logits.sort(-1, descending=True).values; p =
+    #        s.softmax(-1); n = ((p.cumsum(-1) - p) < top_p).sum(-1, keepdim=True); keep logits >= s.gather(-1, n - 1)
     if top_k is not None:
-        kth = logits.topk(min(top_k, logits.size(-1)), dim=-1).values[:, -1:]               # (b, 1)
+        kth = logits.topk(min(top_k, logits.size(-1)), dim=-1).values[:, -1:]  # (b, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and top_p < 1.0:
-        s = logits.sort(dim=-1, descending=True).values                                     # (b, V)
+        s = logits.sort(dim=-1, descending=True).values  # (b, V)
         probs = s.softmax(-1)
         before = torch.cat([torch.zeros_like(probs[:, :1]), probs.cumsum(-1)[:, :-1]], -1)  # mass of the tokens ahead
-        last = s.gather(-1, (before < top_p).sum(-1, keepdim=True) - 1)                     # the smallest logit kept
+        last = s.gather(-1, (before < top_p).sum(-1, keepdim=True) - 1)  # the smallest logit kept
         logits = logits.masked_fill(logits < last, float("-inf"))
     return logits
 
 # %% ../nbs/07_model.ipynb #3191520a
-def _is_int(v) -> bool: return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-def _is_num(v) -> bool: return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
 
 def _check_sampling(temperature, top_k, top_p):
-    if not _is_num(temperature) or temperature < 0: raise ValueError(f"temperature={temperature!r}: use a finite number >= 0 (0 = greedy)")
-    if top_k is not None and not (_is_int(top_k) and top_k >= 1): raise ValueError(f"top_k={top_k!r}: use an integer >= 1, or None for no limit")
-    if top_p is not None and not (_is_num(top_p) and 0 < top_p <= 1): raise ValueError(f"top_p={top_p!r}: use a number in (0, 1], or None")
+    if not _is_num(temperature) or temperature < 0:
+        raise ValueError(f"temperature={temperature!r}: use a finite number >= 0 (0 = greedy)")
+    if top_k is not None and not (_is_int(top_k) and top_k >= 1):
+        raise ValueError(f"top_k={top_k!r}: use an integer >= 1, or None for no limit")
+    if top_p is not None and not (_is_num(top_p) and 0 < top_p <= 1):
+        raise ValueError(f"top_p={top_p!r}: use a number in (0, 1], or None")
 
-def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+
+def sample_next(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     "(b, V) logits -> (b,) token ids."
     if not torch.is_tensor(logits) or logits.dim() != 2 or logits.size(-1) == 0:
-        raise ValueError(f"logits must have shape (batch, vocab), got {tuple(logits.shape) if torch.is_tensor(logits) else type(logits).__name__}: "
-                         "e.g. logits[None] for one sequence, or logits[:, -1] for the last position of a forward pass")
+        raise ValueError(
+            "logits must have shape (batch, vocab), got"
+            f" {tuple(logits.shape) if torch.is_tensor(logits) else type(logits).__name__}: e.g. logits[None] for one"
+            " sequence, or logits[:, -1] for the last position of a forward pass"
+        )
     _check_sampling(temperature, top_k, top_p)
-    if temperature == 0: return logits.argmax(-1)
+    if temperature == 0:
+        return logits.argmax(-1)
     logits = filter_logits(logits.float() / temperature, top_k, top_p)
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+
 
 def _check_generate(m: MiniLLM, input_ids, max_new_tokens, temperature, top_k, top_p, stops, rolling):
     c = m.config
     _check_ids(input_ids, c.vocab_size)
-    if not _is_int(max_new_tokens) or max_new_tokens < 0: raise ValueError(f"max_new_tokens={max_new_tokens!r}: use an integer >= 0")
+    if not _is_int(max_new_tokens) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens={max_new_tokens!r}: use an integer >= 0")
     _check_sampling(temperature, top_k, top_p)
     for s in stops:
-        if not (_is_int(s) and 0 <= s < c.vocab_size): raise ValueError(f"stop id {s!r} (eos_id / stop_ids) is not a token id in [0, {c.vocab_size})")
+        if not (_is_int(s) and 0 <= s < c.vocab_size):
+            raise ValueError(f"stop id {s!r} (eos_id / stop_ids) is not a token id in [0, {c.vocab_size})")
     if c.positional == "learned" and input_ids.size(1) > c.max_seq_len:
-        raise ValueError(f"the prompt has {input_ids.size(1)} tokens, more than max_seq_len={c.max_seq_len}, and this model's learned "
-                         f"positions stop there: keep its last {c.max_seq_len} tokens (ids[:, -{c.max_seq_len}:])")
+        raise ValueError(
+            f"the prompt has {input_ids.size(1)} tokens, more than max_seq_len={c.max_seq_len}, and this model's"
+            f" learned positions stop there: keep its last {c.max_seq_len} tokens (ids[:, -{c.max_seq_len}:])"
+        )
     if rolling and c.positional in ("learned", "sinusoidal"):
-        raise ValueError("rolling=True needs positional 'rope' or 'none': absolute positions must be re-encoded (rolling=False).")
+        raise ValueError(
+            "rolling=True needs positional 'rope' or 'none': absolute positions must be re-encoded (rolling=False)."
+        )
 
+
+@patch
 @torch.no_grad()
-def generate(self: MiniLLM, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-             top_p: float | None = None, eos_id: int | None = None, use_cache: bool = True, rolling: bool = False,
-             generator: torch.Generator | None = None, return_logits: bool = False, stop_ids=None, on_token=None):
+def generate(
+    self: MiniLLM,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_id: int | None = None,
+    use_cache: bool = True,
+    rolling: bool = False,
+    generator: torch.Generator | None = None,
+    return_logits: bool = False,
+    stop_ids=None,
+    on_token=None,
+):
     """Continue (b, t) `input_ids` by up to `max_new_tokens` tokens. Returns (b, t + n) ids (and (b, n, V) logits).
     A sequence that emits `eos_id` or any of `stop_ids` is finished: later positions repeat that id, and generation
     ends when every sequence is finished. `on_token(nxt)` is called with each step's (b,) new ids as soon as they
@@ -495,39 +776,53 @@ def generate(self: MiniLLM, input_ids: torch.Tensor, max_new_tokens: int, temper
     pad, stop_t = torch.zeros_like(done, dtype=torch.long), torch.tensor(stops, device=input_ids.device)
     try:
         for _ in range(max_new_tokens):
-            if not use_cache: logits = self(out[:, -T:], last_only=True)[0]
-            elif cache is None or (out.size(1) > T and not rolling):                      # (re)encode the window
-                cache = KVCache(len(self.blocks)); logits = self(out[:, -T:], cache=cache, last_only=True)[0]
+            if not use_cache:
+                logits = self(out[:, -T:], last_only=True)[0]
+            elif cache is None or (out.size(1) > T and not rolling):  # (re)encode the window
+                cache = KVCache(len(self.blocks))
+                logits = self(out[:, -T:], cache=cache, last_only=True)[0]
             else:
-                if len(cache) >= T: cache.trim(T - 1)
+                if len(cache) >= T:
+                    cache.trim(T - 1)
                 logits = self(out[:, -1:], cache=cache, last_only=True)[0]
-            logits = logits[:, -1]                                                        # (b, V)
+            logits = logits[:, -1]  # (b, V)
             nxt = sample_next(logits, temperature, top_k, top_p, generator)
-            if stops:                                                                     # finished rows repeat their stop id
+            if stops:  # finished rows repeat their stop id
                 nxt = torch.where(done, pad, nxt)
                 new = ~done & torch.isin(nxt, stop_t)
                 pad, done = torch.where(new, nxt, pad), done | new
             out = torch.cat([out, nxt[:, None]], dim=1)
-            if return_logits: seen.append(logits)
-            if on_token is not None: on_token(nxt)
-            if stops and done.all(): break
-    finally: self.train(was_training)
-    if not return_logits: return out
-    return out, (torch.stack(seen, 1) if seen else out.new_zeros(out.size(0), 0, self.config.vocab_size, dtype=torch.float))
-
-MiniLLM.generate = generate
+            if return_logits:
+                seen.append(logits)
+            if on_token is not None:
+                on_token(nxt)
+            if stops and done.all():
+                break
+    finally:
+        self.train(was_training)
+    if not return_logits:
+        return out
+    return out, (
+        torch.stack(seen, 1) if seen else out.new_zeros(out.size(0), 0, self.config.vocab_size, dtype=torch.float)
+    )
 
 # %% ../nbs/07_model.ipynb #5470886b
+@patch
 def num_params(self: MiniLLM, kind: str = "total") -> int:
-    "'total' (unique tensors), 'non_embedding' (without the token and learned-position tables) or 'active' (per token: MoE layers count top_k experts)."
-    if kind not in ("total", "non_embedding", "active"): raise ValueError(f"kind={kind!r}: use 'total', 'non_embedding' or 'active'")
+    """'total' (unique tensors), 'non_embedding' (without the token and learned-position tables) or 'active' (per token:
+    MoE layers count top_k experts).
+    """
+    if kind not in ("total", "non_embedding", "active"):
+        raise ValueError(f"kind={kind!r}: use 'total', 'non_embedding' or 'active'")
     total = sum(p.numel() for p in self.parameters())
     if kind == "non_embedding":
         return total - self.tok_emb.weight.numel() - (self.pos_emb.weight.numel() if self.pos_emb is not None else 0)
-    if kind == "active":                          # a MoE layer's token uses top_k of its num_experts experts
+    if kind == "active":  # a MoE layer's token uses top_k of its num_experts experts
         from minillm.moe import moe_layers
+
         return total - sum((m.num_experts - m.top_k) * 3 * m.dim * m.expert_hidden for _, m in moe_layers(self))
     return total
+
 
 def attention_params(c: ModelConfig) -> tuple[int, int, int, int]:
     "(parameters, matmul weights, qk dim per head, v dim per head) of one attention layer."
@@ -540,24 +835,30 @@ def attention_params(c: ModelConfig) -> tuple[int, int, int, int]:
         wq = (C * rq + rq * h * (dn + dr)) if rq else C * h * (dn + dr)
         w = wq + C * (r + dr) + r * h * (dn + dv) + h * dv * C
         biases = b * ((rq if rq else 0) + h * (dn + dr) + (r + dr) + h * (dn + dv) + C)
-        return w + biases + rq + r, w, dn + dr, dv          # + the latent RMSNorms' weights
+        return w + biases + rq + r, w, dn + dr, dv  # + the latent RMSNorms' weights
     kv = c.kv_heads
     w = C * h * hd + 2 * C * kv * hd + h * hd * C
     return w + b * (h * hd + 2 * kv * hd + C), w, hd, hd
+
 
 def param_formula(c: ModelConfig) -> dict:
     """Closed-form parameter counts from the config alone: total, non_embedding, active (per token: a MoE layer's unused
     experts left out), and `matmul`, the weights N used for FLOPs (active ones only)."""
     from minillm.moe import moe_params
+
     C, norm = c.embed_dim, c.embed_dim * (2 if c.norm == "layernorm" and c.bias else 1)
-    layers, matmul, inactive = 0, c.vocab_size * C, 0         # the LM head multiplies, tied or not
+    layers, matmul, inactive = 0, c.vocab_size * C, 0  # the LM head multiplies, tied or not
     for i in range(c.num_layers):
         lc = c.layer(i)
         attn, attn_w, _, _ = attention_params(lc)
         if lc.ffn == "moe":
             H = lc.expert_hidden or ffn_hidden("swiglu", C, lc.ffn_hidden, lc.ffn_multiple_of)
             mp = moe_params(C, lc.num_experts, lc.top_k, H, lc.num_shared_experts, c.bias)
-            layers, matmul, inactive = layers + attn + mp["total"] + 2 * norm, matmul + attn_w + mp["matmul"], inactive + mp["total"] - mp["active"]
+            layers, matmul, inactive = (
+                layers + attn + mp["total"] + 2 * norm,
+                matmul + attn_w + mp["matmul"],
+                inactive + mp["total"] - mp["active"],
+            )
             continue
         H = ffn_hidden(lc.ffn, C, lc.ffn_hidden, lc.ffn_multiple_of)
         ffn_w = (2 if lc.ffn == "gelu" else 3) * C * H
@@ -567,41 +868,69 @@ def param_formula(c: ModelConfig) -> dict:
     total = emb + layers + norm + (0 if c.tie_embeddings else c.vocab_size * C)
     return {"total": total, "non_embedding": total - emb, "active": total - inactive, "matmul": matmul}
 
+
 def flops_per_token(c: ModelConfig, seq_len: int | None = None) -> int:
     "Training FLOPs per token (forward + backward), PaLM convention: 6N + 6 L T h (d_qk + d_v)."
     T = seq_len or c.max_seq_len
     attn = sum(6 * T * c.layer(i).num_heads * sum(attention_params(c.layer(i))[2:]) for i in range(c.num_layers))
     return 6 * param_formula(c)["matmul"] + attn
 
-MiniLLM.num_params = num_params
-
 # %% ../nbs/07_model.ipynb #53db8f26
 def config_from_checkpoint(d: dict, source: str, state_dict: dict | None = None) -> ModelConfig:
-    "A checkpoint's model config, validated (`source` names the file in errors); with `state_dict`, also checked against its weights."
-    if not isinstance(d, dict): raise ValueError(f"{source}: the model config is a {type(d).__name__}, not a dict: the file is not a minillm checkpoint")
-    try: config = ModelConfig.from_dict(d)                  # a `layers` path is refused here: a checkpoint reads no other file
-    except (TypeError, ValueError) as e: raise ValueError(f"{source}: {e}") from None
-    if state_dict is not None: check_state_dict(config, state_dict, source)
+    """A checkpoint's model config, validated (`source` names the file in errors); with `state_dict`, also checked
+    against its weights.
+    """
+    if not isinstance(d, dict):
+        raise ValueError(
+            f"{source}: the model config is a {type(d).__name__}, not a dict: the file is not a minillm checkpoint"
+        )
+    try:
+        config = ModelConfig.from_dict(d)  # a `layers` path is refused here: a checkpoint reads no other file
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{source}: {e}") from None
+    if state_dict is not None:
+        check_state_dict(config, state_dict, source)
     return config
 
-def _numel(shape) -> int: return math.prod(shape)
+
+def _numel(shape) -> int:
+    return math.prod(shape)
+
 
 def check_state_dict(config: ModelConfig, state_dict: dict, source: str, show: int = 4):
     """Raise ValueError naming `source` unless `state_dict` has exactly the keys and shapes of MiniLLM(config).
-    Nothing is allocated: a size that disagrees with the weights is caught by arithmetic, then shapes on the meta device."""
-    fix = "the config and the weights come from different models (or the file was edited): use the checkpoint as minillm saved it"
+    Nothing is allocated: a size that disagrees with the weights is caught by arithmetic, then shapes on the meta
+    device.
+
+    """
+    fix = (
+        "the config and the weights come from different models (or the file was edited): use the checkpoint as minillm"
+        " saved it"
+    )
     if not isinstance(state_dict, dict) or not all(isinstance(k, str) for k in state_dict):
-        raise ValueError(f"{source}: the weights are a {type(state_dict).__name__}, not a dict of named tensors: the file is not a minillm checkpoint")
+        raise ValueError(
+            f"{source}: the weights are a {type(state_dict).__name__}, not a dict of named tensors: the file is not a"
+            " minillm checkpoint"
+        )
     got = {k: tuple(v.shape) if torch.is_tensor(v) else None for k, v in state_dict.items()}
     layers = {int(k.split(".")[1]) for k in got if k.startswith("blocks.") and k.split(".")[1].isdigit()}
-    if config.num_layers != len(layers):                                   # checked first: the formula below loops over layers
-        raise ValueError(f"{source}: the config says num_layers={config.num_layers}, the weights hold {len(layers)} blocks: {fix}")
+    if config.num_layers != len(layers):  # checked first: the formula below loops over layers
+        raise ValueError(
+            f"{source}: the config says num_layers={config.num_layers}, the weights hold {len(layers)} blocks: {fix}"
+        )
     n_config, n_weights = param_formula(config)["total"], sum(_numel(s) for s in got.values() if s is not None)
     if n_config > n_weights:
-        raise ValueError(f"{source}: the config describes {n_config:,} parameters but the weights hold {n_weights:,} numbers: {fix}")
-    with torch.device("meta"): want = {k: tuple(v.shape) for k, v in MiniLLM(config).state_dict().items()}
+        raise ValueError(
+            f"{source}: the config describes {n_config:,} parameters but the weights hold {n_weights:,} numbers: {fix}"
+        )
+    with torch.device("meta"):
+        want = {k: tuple(v.shape) for k, v in MiniLLM(config).state_dict().items()}
     bad = [f"{k}: missing from the weights (the config expects {want[k]})" for k in want if k not in got]
-    bad += [f"{k}: not a tensor" if got[k] is None else f"{k}: config {want[k]}, weights {got[k]}" for k in want if k in got and got[k] != want[k]]
+    bad += [
+        f"{k}: not a tensor" if got[k] is None else f"{k}: config {want[k]}, weights {got[k]}"
+        for k in want
+        if k in got and got[k] != want[k]
+    ]
     bad += [f"{k}: in the weights, not in the model (shape {got[k]})" for k in got if k not in want]
     if bad:
         more = f"; and {len(bad) - show} more" if len(bad) > show else ""
@@ -609,30 +938,58 @@ def check_state_dict(config: ModelConfig, state_dict: dict, source: str, show: i
 
 # %% ../nbs/07_model.ipynb #7a54b078
 PRESETS: dict[str, dict] = {
-    "demo":   dict(vocab_size=4096,  embed_dim=128,  num_heads=4,  num_layers=4,  max_seq_len=128),   # chosen by search: training lesson
-    "tiny":   dict(vocab_size=8192,  embed_dim=384,  num_heads=6,  num_layers=4,  max_seq_len=512),
-    "mini":   dict(vocab_size=32000, embed_dim=512,  num_heads=8,  num_layers=8,  max_seq_len=1024),
+    "demo": dict(
+        vocab_size=4096, embed_dim=128, num_heads=4, num_layers=4, max_seq_len=128
+    ),  # chosen by search: training lesson
+    "tiny": dict(vocab_size=8192, embed_dim=384, num_heads=6, num_layers=4, max_seq_len=512),
+    "mini": dict(vocab_size=32000, embed_dim=512, num_heads=8, num_layers=8, max_seq_len=1024),
     # GPT-2's four shapes (small, medium, large, xl); vocabulary 50257 rounded up to a multiple of 64
-    "small":  dict(vocab_size=50304, embed_dim=768,  num_heads=12, num_layers=12, max_seq_len=1024),
+    "small": dict(vocab_size=50304, embed_dim=768, num_heads=12, num_layers=12, max_seq_len=1024),
     "medium": dict(vocab_size=50304, embed_dim=1024, num_heads=16, num_layers=24, max_seq_len=1024),
-    "large":  dict(vocab_size=50304, embed_dim=1280, num_heads=20, num_layers=36, max_seq_len=1024),
-    "xl":     dict(vocab_size=50304, embed_dim=1600, num_heads=25, num_layers=48, max_seq_len=1024),
-    # demo's attention and embeddings; 8 experts of hidden 192, 2 per token: the active parameters of demo's SwiGLU (hidden 384)
-    "moe":    dict(vocab_size=4096,  embed_dim=128,  num_heads=4,  num_layers=4,  max_seq_len=128, ffn="moe", num_experts=8, top_k=2, expert_hidden=192),
+    "large": dict(vocab_size=50304, embed_dim=1280, num_heads=20, num_layers=36, max_seq_len=1024),
+    "xl": dict(vocab_size=50304, embed_dim=1600, num_heads=25, num_layers=48, max_seq_len=1024),
+    # demo's attention and embeddings; 8 experts of hidden 192, 2 per token: the active parameters of demo's SwiGLU
+    # (hidden 384)
+    "moe": dict(
+        vocab_size=4096,
+        embed_dim=128,
+        num_heads=4,
+        num_layers=4,
+        max_seq_len=128,
+        ffn="moe",
+        num_experts=8,
+        top_k=2,
+        expert_hidden=192,
+    ),
 }
+
 
 def preset(name: str, **overrides) -> ModelConfig:
     "The preset's config, with any field overridden."
-    if name not in PRESETS: raise ValueError(f"unknown preset {name!r}: use one of {', '.join(PRESETS)}")
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}: use one of {', '.join(PRESETS)}")
     return ModelConfig.from_dict({**PRESETS[name], **overrides})
+
 
 def param_table(names=None) -> list[dict]:
     "Per preset: shape, parameters counted on a meta-device model and from the formula, FLOPs per token."
     rows = []
     for name in names or PRESETS:
         c = preset(name)
-        with torch.device("meta"): m = MiniLLM(c)
-        rows.append(dict(preset=name, layers=c.num_layers, dim=c.embed_dim, heads=c.num_heads, vocab=c.vocab_size,
-                         ctx=c.max_seq_len, params=m.num_params(), formula=param_formula(c)["total"],
-                         non_embedding=m.num_params("non_embedding"), flops_per_token=flops_per_token(c)))
+        with torch.device("meta"):
+            m = MiniLLM(c)
+        rows.append(
+            dict(
+                preset=name,
+                layers=c.num_layers,
+                dim=c.embed_dim,
+                heads=c.num_heads,
+                vocab=c.vocab_size,
+                ctx=c.max_seq_len,
+                params=m.num_params(),
+                formula=param_formula(c)["total"],
+                non_embedding=m.num_params("non_embedding"),
+                flops_per_token=flops_per_token(c),
+            )
+        )
     return rows

@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .model import SwiGLU, ffn_hidden
+from .utils import patch
 
 # %% auto #0
 __all__ = ['ROUTERS', 'BALANCES', 'MOE_DEFAULTS', 'moe_problems', 'route_topk', 'MoE', 'moe_reference', 'grouped_mm_ok',
@@ -20,175 +21,285 @@ __all__ = ['ROUTERS', 'BALANCES', 'MOE_DEFAULTS', 'moe_problems', 'route_topk', 
 
 # %% ../nbs/08_moe.ipynb #7703550b
 ROUTERS, BALANCES = ("softmax", "sigmoid"), ("none", "aux_loss", "aux_free")
-MOE_DEFAULTS: dict = dict(num_experts=8, top_k=2, num_shared_experts=0, expert_hidden=None, router="softmax",
-                          balance="aux_loss", aux_loss_coef=0.01, bias_update_rate=1e-3, capacity_factor=None,
-                          z_loss_coef=1e-3, seq_aux_loss_coef=0.0)
+MOE_DEFAULTS: dict = dict(
+    num_experts=8,
+    top_k=2,
+    num_shared_experts=0,
+    expert_hidden=None,
+    router="softmax",
+    balance="aux_loss",
+    aux_loss_coef=0.01,
+    bias_update_rate=1e-3,
+    capacity_factor=None,
+    z_loss_coef=1e-3,
+    seq_aux_loss_coef=0.0,
+)
 
-def _int(v, lo) -> bool: return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= lo
-def _num(v, lo) -> bool: return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and v >= lo
+
+def _int(v, lo) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= lo
+
+
+def _num(v, lo) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and v >= lo
+
 
 def moe_problems(c) -> list[str]:
-    "What is wrong with the MoE settings of `c` (a config object or a dict; absent names take MOE_DEFAULTS), each with its fix."
+    """What is wrong with the MoE settings of `c` (a config object or a dict; absent names take MOE_DEFAULTS), each with
+    its fix.
+    """
     g = (lambda k: c.get(k, MOE_DEFAULTS[k])) if isinstance(c, dict) else (lambda k: getattr(c, k, MOE_DEFAULTS[k]))
     E, k, S, H, p = g("num_experts"), g("top_k"), g("num_shared_experts"), g("expert_hidden"), []
-    if not _int(E, 1): p.append(f"num_experts={E!r}: use an integer >= 1")
-    if not _int(k, 1): p.append(f"top_k={k!r}: use an integer >= 1 (experts per token)")
-    elif _int(E, 1) and k > E: p.append(f"top_k={k} is more than num_experts={E}: use top_k <= num_experts")
-    if not _int(S, 0): p.append(f"num_shared_experts={S!r}: use an integer >= 0")
-    if H is not None and not _int(H, 1): p.append(f"expert_hidden={H!r}: use an integer >= 1, or None for the dense SwiGLU's hidden size")
-    if g("router") not in ROUTERS: p.append(f"router={g('router')!r}: use one of {ROUTERS}")
-    if g("balance") not in BALANCES: p.append(f"balance={g('balance')!r}: use one of {BALANCES}")
+    if not _int(E, 1):
+        p.append(f"num_experts={E!r}: use an integer >= 1")
+    if not _int(k, 1):
+        p.append(f"top_k={k!r}: use an integer >= 1 (experts per token)")
+    elif _int(E, 1) and k > E:
+        p.append(f"top_k={k} is more than num_experts={E}: use top_k <= num_experts")
+    if not _int(S, 0):
+        p.append(f"num_shared_experts={S!r}: use an integer >= 0")
+    if H is not None and not _int(H, 1):
+        p.append(f"expert_hidden={H!r}: use an integer >= 1, or None for the dense SwiGLU's hidden size")
+    if g("router") not in ROUTERS:
+        p.append(f"router={g('router')!r}: use one of {ROUTERS}")
+    if g("balance") not in BALANCES:
+        p.append(f"balance={g('balance')!r}: use one of {BALANCES}")
     for name in ("aux_loss_coef", "z_loss_coef", "seq_aux_loss_coef"):
-        if not _num(g(name), 0): p.append(f"{name}={g(name)!r}: use a finite number >= 0 (0 turns it off)")
+        if not _num(g(name), 0):
+            p.append(f"{name}={g(name)!r}: use a finite number >= 0 (0 turns it off)")
     u = g("bias_update_rate")
-    if not (_num(u, 0) and u > 0): p.append(f"bias_update_rate={u!r}: use a finite number > 0 (DeepSeek-V3 used 0.001)")
+    if not (_num(u, 0) and u > 0):
+        p.append(f"bias_update_rate={u!r}: use a finite number > 0 (DeepSeek-V3 used 0.001)")
     cf = g("capacity_factor")
-    if cf is not None and not (_num(cf, 0) and cf > 0): p.append(f"capacity_factor={cf!r}: use a number > 0 (1.25 is common), or None for no token dropping")
+    if cf is not None and not (_num(cf, 0) and cf > 0):
+        p.append(f"capacity_factor={cf!r}: use a number > 0 (1.25 is common), or None for no token dropping")
     return p
 
 # %% ../nbs/08_moe.ipynb #e9eb5600
 def route_topk(scores: torch.Tensor, k: int, bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, E) scores -> (expert ids (N, k), gates (N, k)). The ids are the k largest of `scores + bias` (bias: (E,) or
     None), in descending order; the gates are the unbiased scores of those experts, divided by their sum when k > 1."""
-    # hint: topk of the biased scores gives the ids; gather the *unbiased* scores at those ids; renormalise only when k > 1.
+    # hint: topk of the biased scores gives the ids; gather the *unbiased* scores at those ids; renormalise only when k
+    #       > 1.
     idx = (scores if bias is None else scores + bias).topk(k, dim=-1).indices
     gates = scores.gather(-1, idx)
     return idx, (gates / gates.sum(-1, keepdim=True) if k > 1 else gates)
 
 # %% ../nbs/08_moe.ipynb #6cbb49dd
 class MoE(nn.Module):
-    "Mixture-of-experts feed-forward layer: a router, `num_experts` SwiGLU experts of which each token uses `top_k`, and shared experts."
-    def __init__(self, dim: int, num_experts: int = 8, top_k: int = 2, expert_hidden: int | None = None, num_shared_experts: int = 0,
-                 router: str = "softmax", balance: str = "aux_loss", aux_loss_coef: float = 0.01, bias_update_rate: float = 1e-3,
-                 capacity_factor: float | None = None, z_loss_coef: float = 1e-3, seq_aux_loss_coef: float = 0.0,
-                 bias: bool = False, dropout: float = 0.0, init_std: float = 0.02):
+    """Mixture-of-experts feed-forward layer: a router, `num_experts` SwiGLU experts of which each token uses `top_k`,
+    and shared experts.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_experts: int = 8,
+        top_k: int = 2,
+        expert_hidden: int | None = None,
+        num_shared_experts: int = 0,
+        router: str = "softmax",
+        balance: str = "aux_loss",
+        aux_loss_coef: float = 0.01,
+        bias_update_rate: float = 1e-3,
+        capacity_factor: float | None = None,
+        z_loss_coef: float = 1e-3,
+        seq_aux_loss_coef: float = 0.0,
+        bias: bool = False,
+        dropout: float = 0.0,
+        init_std: float = 0.02,
+    ):
         super().__init__()
-        s = dict(num_experts=num_experts, top_k=top_k, expert_hidden=expert_hidden, num_shared_experts=num_shared_experts, router=router,
-                 balance=balance, aux_loss_coef=aux_loss_coef, bias_update_rate=bias_update_rate, capacity_factor=capacity_factor,
-                 z_loss_coef=z_loss_coef, seq_aux_loss_coef=seq_aux_loss_coef)
-        if p := moe_problems(s): raise ValueError("invalid MoE settings:\n  - " + "\n  - ".join(p))
+        s = dict(
+            num_experts=num_experts,
+            top_k=top_k,
+            expert_hidden=expert_hidden,
+            num_shared_experts=num_shared_experts,
+            router=router,
+            balance=balance,
+            aux_loss_coef=aux_loss_coef,
+            bias_update_rate=bias_update_rate,
+            capacity_factor=capacity_factor,
+            z_loss_coef=z_loss_coef,
+            seq_aux_loss_coef=seq_aux_loss_coef,
+        )
+        if p := moe_problems(s):
+            raise ValueError("invalid MoE settings:\n  - " + "\n  - ".join(p))
         H = expert_hidden or ffn_hidden("swiglu", dim)
         self.dim, self.expert_hidden, self.settings = dim, H, {**s, "expert_hidden": H}
-        self.num_experts, self.top_k, self.num_shared_experts, self.router_kind, self.balance = num_experts, top_k, num_shared_experts, router, balance
+        self.num_experts, self.top_k, self.num_shared_experts, self.router_kind, self.balance = (
+            num_experts,
+            top_k,
+            num_shared_experts,
+            router,
+            balance,
+        )
         self.aux_loss_coef, self.z_loss_coef, self.seq_aux_loss_coef = aux_loss_coef, z_loss_coef, seq_aux_loss_coef
         self.bias_update_rate, self.capacity_factor = bias_update_rate, capacity_factor
         self.router = nn.Linear(dim, num_experts, bias=False)
-        self.w_gate, self.w_up = nn.Parameter(torch.empty(num_experts, H, dim)), nn.Parameter(torch.empty(num_experts, H, dim))
+        self.w_gate, self.w_up = (
+            nn.Parameter(torch.empty(num_experts, H, dim)),
+            nn.Parameter(torch.empty(num_experts, H, dim)),
+        )
         self.w_down = nn.Parameter(torch.empty(num_experts, dim, H))
         self.shared = SwiGLU(dim, num_shared_experts * H, bias) if num_shared_experts else None
         self.drop = nn.Dropout(dropout)
-        self.register_buffer("bias_steps", torch.zeros(num_experts, dtype=torch.long))   # the bias in units of bias_update_rate
-        self.grouped = None         # None: torch's grouped matmul where grouped_mm_ok says it runs; True/False: force it on/off
-        self.losses: dict = {}      # the last training forward's weighted balancing losses: 'aux', 'seq', 'z'
+        self.register_buffer(
+            "bias_steps", torch.zeros(num_experts, dtype=torch.long)
+        )  # the bias in units of bias_update_rate
+        self.grouped = (
+            None  # None: torch's grouped matmul where grouped_mm_ok says it runs; True/False: force it on/off
+        )
+        self.losses: dict = {}  # the last training forward's weighted balancing losses: 'aux', 'seq', 'z'
         self.step_stats: dict = {}  # the last optimizer step's loads, dropped and routed slots (set by end_step)
-        self.run_load = torch.zeros(num_experts, dtype=torch.long)   # loads summed over every step so far
-        self._counts = None         # since the last optimizer step: load per expert, dropped slots, routed slots
+        self.run_load = torch.zeros(num_experts, dtype=torch.long)  # loads summed over every step so far
+        self._counts = None  # since the last optimizer step: load per expert, dropped slots, routed slots
         self.init_weights(init_std, init_std)
 
     @classmethod
     def from_config(cls, c) -> MoE:
-        "A layer from a ModelConfig-like object: the MOE_DEFAULTS names (absent: defaults), embed_dim, and ffn_hidden, ffn_multiple_of, bias, dropout, init_std if present."
+        """A layer from a ModelConfig-like object: the MOE_DEFAULTS names (absent: defaults), embed_dim, and ffn_hidden,
+        ffn_multiple_of, bias, dropout, init_std if present.
+        """
         kw = {k: getattr(c, k, v) for k, v in MOE_DEFAULTS.items()}
         if kw["expert_hidden"] is None:
-            kw["expert_hidden"] = ffn_hidden("swiglu", c.embed_dim, getattr(c, "ffn_hidden", None), getattr(c, "ffn_multiple_of", 64))
-        return cls(c.embed_dim, **kw, bias=getattr(c, "bias", False), dropout=getattr(c, "dropout", 0.0), init_std=getattr(c, "init_std", 0.02))
+            kw["expert_hidden"] = ffn_hidden(
+                "swiglu", c.embed_dim, getattr(c, "ffn_hidden", None), getattr(c, "ffn_multiple_of", 64)
+            )
+        return cls(
+            c.embed_dim,
+            **kw,
+            bias=getattr(c, "bias", False),
+            dropout=getattr(c, "dropout", 0.0),
+            init_std=getattr(c, "init_std", 0.02),
+        )
 
     def init_weights(self, std: float, proj_std: float):
-        "Normal(0, std) for the router and the experts' input projections, Normal(0, proj_std) for their projections into the residual stream."
-        for w in (self.router.weight, self.w_gate, self.w_up): nn.init.normal_(w, 0.0, std)
+        """Normal(0, std) for the router and the experts' input projections, Normal(0, proj_std) for their projections
+        into the residual stream.
+        """
+        for w in (self.router.weight, self.w_gate, self.w_up):
+            nn.init.normal_(w, 0.0, std)
         nn.init.normal_(self.w_down, 0.0, proj_std)
         if self.shared is not None:
             for lin, s in ((self.shared.gate, std), (self.shared.up, std), (self.shared.proj, proj_std)):
                 nn.init.normal_(lin.weight, 0.0, s)
-                if lin.bias is not None: nn.init.zeros_(lin.bias)
+                if lin.bias is not None:
+                    nn.init.zeros_(lin.bias)
 
     @property
-    def expert_bias(self) -> torch.Tensor: return self.bias_steps.float() * self.bias_update_rate
+    def expert_bias(self) -> torch.Tensor:
+        return self.bias_steps.float() * self.bias_update_rate
 
     def capacity(self, n_tokens: int) -> int | None:
-        "Slots per expert in training: ceil(capacity_factor x tokens x top_k / num_experts); None: no limit (and always at inference)."
-        if self.capacity_factor is None or not self.training: return None
+        """Slots per expert in training: ceil(capacity_factor x tokens x top_k / num_experts); None: no limit (and
+        always at inference).
+        """
+        if self.capacity_factor is None or not self.training:
+            return None
         return math.ceil(self.capacity_factor * n_tokens * self.top_k / self.num_experts)
 
     def route(self, x: torch.Tensor):
         "(N, C) tokens -> router logits (N, E) in fp32, scores (N, E), expert ids (N, k), gates (N, k)."
         logits = self.router(x).float()
         scores = logits.softmax(-1) if self.router_kind == "softmax" else logits.sigmoid()
-        idx, gates = route_topk(scores, self.top_k, self.expert_bias.to(scores.device) if self.balance == "aux_free" else None)
+        idx, gates = route_topk(
+            scores, self.top_k, self.expert_bias.to(scores.device) if self.balance == "aux_free" else None
+        )
         return logits, scores, idx, gates
 
 # %% ../nbs/08_moe.ipynb #983d99fe
 def moe_reference(layer: MoE, x: torch.Tensor) -> torch.Tensor:
-    "The MoE layer's output by a loop over tokens and their chosen experts (slower by far; the definition the fast path equals)."
+    """The MoE layer's output by a loop over tokens and their chosen experts (slower by far; the definition the fast
+    path equals).
+    """
     xf = x.reshape(-1, x.size(-1))
     _, _, idx, gates = layer.route(xf)
     (N, k), cap, used = idx.shape, layer.capacity(xf.size(0)), [0] * layer.num_experts
     rows = [xf.new_zeros(xf.size(1)) for _ in range(N)]
-    for r in range(k):                              # first choices first: they win the capacity
+    for r in range(k):  # first choices first: they win the capacity
         for n in range(N):
             e = int(idx[n, r])
-            if cap is not None and used[e] >= cap: continue     # dropped: this slot adds nothing
+            if cap is not None and used[e] >= cap:
+                continue  # dropped: this slot adds nothing
             used[e] += 1
             h = F.silu(layer.w_gate[e] @ xf[n]) * (layer.w_up[e] @ xf[n])
             rows[n] = rows[n] + gates[n, r] * (layer.w_down[e] @ h)
     y = torch.stack(rows)
-    if layer.shared is not None: y = y + layer.shared(xf)
+    if layer.shared is not None:
+        y = y + layer.shared(xf)
     return y.view(x.shape)
 
 # %% ../nbs/08_moe.ipynb #46790c97
 def grouped_mm_ok(x: torch.Tensor, *dims: int) -> bool:
-    "Will torch's grouped matmul run: the function exists, CUDA sm80+, bf16 (or bf16 autocast), every size a multiple of 8."
-    if not (hasattr(F, "grouped_mm") and x.is_cuda and all(d % 8 == 0 for d in dims)): return False
-    if torch.cuda.get_device_capability(x.device) < (8, 0): return False
-    return x.dtype == torch.bfloat16 or (torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") == torch.bfloat16)
+    """Will torch's grouped matmul run: the function exists, CUDA sm80+, bf16 (or bf16 autocast), every size a multiple
+    of 8.
+    """
+    if not (hasattr(F, "grouped_mm") and x.is_cuda and all(d % 8 == 0 for d in dims)):
+        return False
+    if torch.cuda.get_device_capability(x.device) < (8, 0):
+        return False
+    return x.dtype == torch.bfloat16 or (
+        torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") == torch.bfloat16
+    )
 
-def _experts(self: MoE, xs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+
+@patch
+def experts(self: MoE, xs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     "Expert e on rows counts[:e].sum() ... counts[:e+1].sum() of `xs`, for every e."
     if self.grouped if self.grouped is not None else grouped_mm_ok(xs, self.dim, self.expert_hidden):
         dt, offs = (torch.bfloat16 if xs.is_cuda else xs.dtype), counts.cumsum(0).to(torch.int32)
-        mm = lambda a, w: F.grouped_mm(a.to(dt), w.to(dt).transpose(-2, -1), offs=offs)     # row-slice e @ w[e].T
+        mm = lambda a, w: F.grouped_mm(a.to(dt), w.to(dt).transpose(-2, -1), offs=offs)  # row-slice e @ w[e].T
         return mm(F.silu(mm(xs, self.w_gate)) * mm(xs, self.w_up), self.w_down).to(xs.dtype)
-    out = [F.linear(F.silu(F.linear(xe, self.w_gate[e])) * F.linear(xe, self.w_up[e]), self.w_down[e])
-           for e, xe in enumerate(xs.split(counts.tolist()))]
+    out = [
+        F.linear(F.silu(F.linear(xe, self.w_gate[e])) * F.linear(xe, self.w_up[e]), self.w_down[e])
+        for e, xe in enumerate(xs.split(counts.tolist()))
+    ]
     return torch.cat(out).to(xs.dtype)
 
-def _dispatch(self: MoE, x: torch.Tensor, idx: torch.Tensor, gates: torch.Tensor):
+
+@patch
+def dispatch(self: MoE, x: torch.Tensor, idx: torch.Tensor, gates: torch.Tensor):
     "(N, C) tokens and their routes -> (output (N, C), load per expert (E,), dropped slots)."
     N, k, E = *idx.shape, self.num_experts
-    flat = idx.t().reshape(-1)                        # slot r*N + n: every token's first choice, then every second choice
-    order = flat.argsort(stable=True)                 # slots grouped by expert, slot order kept inside a group
-    load = torch.bincount(flat, minlength=E)          # tokens each expert was asked to take
+    flat = idx.t().reshape(-1)  # slot r*N + n: every token's first choice, then every second choice
+    order = flat.argsort(stable=True)  # slots grouped by expert, slot order kept inside a group
+    load = torch.bincount(flat, minlength=E)  # tokens each expert was asked to take
     counts, cap = load, self.capacity(N)
-    if cap is not None:                               # keep each expert's first `cap` slots
+    if cap is not None:  # keep each expert's first `cap` slots
         pos = torch.arange(N * k, device=x.device) - (load.cumsum(0) - load)[flat[order]]
         order, counts = order[pos < cap], load.clamp(max=cap)
     tok = order % N
     ys = self.experts(x[tok], counts) * gates.t().reshape(-1)[order, None].to(x.dtype)
     return torch.zeros_like(x).index_add_(0, tok, ys), load, N * k - order.numel()
 
-def _forward(self: MoE, x: torch.Tensor) -> torch.Tensor:
+
+@patch
+def forward(self: MoE, x: torch.Tensor) -> torch.Tensor:
     "(..., C) -> (..., C). In training mode also counts the loads and keeps the balancing losses (see `_record`)."
     shape, xf = x.shape, x.reshape(-1, x.size(-1))
     logits, scores, idx, gates = self.route(xf)
     y, load, dropped = self.dispatch(xf, idx, gates)
-    if self.shared is not None: y = y + self.shared(xf)
-    if self.training: self._record(logits, scores, idx, load, dropped, shape)
+    if self.shared is not None:
+        y = y + self.shared(xf)
+    if self.training:
+        self._record(logits, scores, idx, load, dropped, shape)
     return self.drop(y.view(shape))
-
-MoE.experts, MoE.dispatch, MoE.forward = _experts, _dispatch, _forward
 
 # %% ../nbs/08_moe.ipynb #d50b084d
 def load_balance_loss(probs: torch.Tensor, idx: torch.Tensor, num_experts: int) -> torch.Tensor:
     """E x sum_i f_i P_i for (N, E) router probabilities and (N, k) chosen expert ids: f_i is the fraction of the N x k
     token-slots sent to expert i, P_i the mean of probs[:, i]. A 0-dim tensor of probs' dtype."""
-    # hint: count each expert's slots (torch.bincount with minlength), divide by the number of slots (not tokens); P is probs averaged over tokens.
+    # hint: count each expert's slots (torch.bincount with minlength), divide by the number of slots (not tokens); P is
+    #       probs averaged over tokens.
     f = torch.bincount(idx.flatten(), minlength=num_experts).to(probs.dtype) / idx.numel()
     return num_experts * (f * probs.mean(0)).sum()
 
 # %% ../nbs/08_moe.ipynb #2a1d0e1d
 def aux_free_update(bias: torch.Tensor, loads: torch.Tensor, rate: float) -> torch.Tensor:
     "The new (E,) bias: bias_i + rate x sign(mean(loads) - loads_i), for float (E,) loads; of bias's dtype."
-    # hint: an overloaded expert's bias goes down, an underloaded one's up, each by the same fixed step (not by how far off it is); one exactly at the mean stays.
+    # hint: an overloaded expert's bias goes down, an underloaded one's up, each by the same fixed step (not by how far
+    #       off it is); one exactly at the mean stays.
     loads = loads.to(bias.dtype)
     return bias + rate * torch.sign(loads.mean() - loads)
 
@@ -197,28 +308,40 @@ def in_backward() -> bool:
     "Is autograd's engine running (so a forward now is a checkpointed block being recomputed)?"
     return torch._C._current_graph_task_id() != -1
 
+
 def max_violation(loads) -> float:
     "MaxVio = max load / mean load - 1 (0 when balanced); 0 when nothing was routed."
     loads = torch.as_tensor(loads, dtype=torch.float64)
     return 0.0 if loads.sum() == 0 else float(loads.max() / loads.mean() - 1)
 
+
+@patch
 def _losses(self: MoE, logits, scores, idx, shape) -> dict:
-    "The weighted balancing losses of one forward: 'aux' (balance='aux_loss'), 'seq' and 'z' when their coefficients are > 0."
+    """The weighted balancing losses of one forward: 'aux' (balance='aux_loss'), 'seq' and 'z' when their coefficients
+    are > 0.
+    """
     E, out = self.num_experts, {}
     probs = scores if self.router_kind == "softmax" else scores / scores.sum(-1, keepdim=True)
-    if self.balance == "aux_loss" and self.aux_loss_coef: out["aux"] = self.aux_loss_coef * load_balance_loss(probs, idx, E)
-    if self.seq_aux_loss_coef:                        # the same loss within each sequence, averaged over sequences
+    if self.balance == "aux_loss" and self.aux_loss_coef:
+        out["aux"] = self.aux_loss_coef * load_balance_loss(probs, idx, E)
+    if self.seq_aux_loss_coef:  # the same loss within each sequence, averaged over sequences
         b = shape[0] if len(shape) == 3 else 1
         slots = idx.reshape(b, -1)
-        f = torch.zeros(b, E, device=idx.device).scatter_add_(1, slots, torch.ones(slots.shape, device=idx.device)) / slots.size(1)
+        f = torch.zeros(b, E, device=idx.device).scatter_add_(
+            1, slots, torch.ones(slots.shape, device=idx.device)
+        ) / slots.size(1)
         out["seq"] = self.seq_aux_loss_coef * E * (f * probs.view(b, -1, E).mean(1)).sum(-1).mean()
-    if self.z_loss_coef: out["z"] = self.z_loss_coef * logits.logsumexp(-1).pow(2).mean()
+    if self.z_loss_coef:
+        out["z"] = self.z_loss_coef * logits.logsumexp(-1).pow(2).mean()
     return out
 
+
+@patch
 def _record(self: MoE, logits, scores, idx, load, dropped, shape):
     "Keep this forward's losses and add its loads to the step's counts, unless it is a recompute during backward."
     losses = self._losses(logits, scores, idx, shape)
-    if in_backward(): return
+    if in_backward():
+        return
     self.losses = losses
     with torch.no_grad():
         if self._counts is None or self._counts.device != load.device:
@@ -227,20 +350,33 @@ def _record(self: MoE, logits, scores, idx, load, dropped, shape):
         self._counts[-2] += dropped
         self._counts[-1] += idx.numel()
 
-def _pending_counts(self: MoE) -> torch.Tensor:
+
+@patch
+def pending_counts(self: MoE) -> torch.Tensor:
     "(E + 2,) int64 counts since the last optimizer step: tokens routed to each expert, dropped slots, routed slots."
-    if self._counts is not None: return self._counts.clone()
+    if self._counts is not None:
+        return self._counts.clone()
     return torch.zeros(self.num_experts + 2, dtype=torch.long, device=self.bias_steps.device)
 
-@torch.no_grad()
-def _update_bias(self: MoE, loads: torch.Tensor):
-    "balance='aux_free' only: move the bias one step against each expert's load; `loads`: summed over the optimizer step and the ranks."
-    if self.balance == "aux_free":
-        self.bias_steps.copy_(aux_free_update(self.bias_steps.double(), loads.to(self.bias_steps.device).double(), 1.0).long())
 
+@patch
 @torch.no_grad()
-def _end_step(self: MoE, counts: torch.Tensor):
-    "At an optimizer step, with pending_counts() summed across ranks: keep the step's statistics, update the bias, reset the counts."
+def update_bias(self: MoE, loads: torch.Tensor):
+    """balance='aux_free' only: move the bias one step against each expert's load; `loads`: summed over the optimizer
+    step and the ranks.
+    """
+    if self.balance == "aux_free":
+        self.bias_steps.copy_(
+            aux_free_update(self.bias_steps.double(), loads.to(self.bias_steps.device).double(), 1.0).long()
+        )
+
+
+@patch
+@torch.no_grad()
+def end_step(self: MoE, counts: torch.Tensor):
+    """At an optimizer step, with pending_counts() summed across ranks: keep the step's statistics, update the bias,
+    reset the counts.
+    """
     E = self.num_experts
     loads = counts[:E].cpu()
     self.update_bias(loads)
@@ -248,48 +384,74 @@ def _end_step(self: MoE, counts: torch.Tensor):
     self.step_stats = dict(load=loads, dropped=int(counts[E]), slots=int(counts[E + 1]))
     self._counts = None
 
-MoE._losses, MoE._record, MoE.pending_counts, MoE.update_bias, MoE.end_step = _losses, _record, _pending_counts, _update_bias, _end_step
-
 # %% ../nbs/08_moe.ipynb #489b939f
 def moe_layers(model: nn.Module) -> list[tuple[str, MoE]]:
     "Every MoE layer in `model`, with its name."
     return [(n, m) for n, m in model.named_modules() if isinstance(m, MoE)]
 
+
 def moe_losses(model: nn.Module) -> torch.Tensor:
     "Every MoE layer's balancing losses from its last training forward, summed: add this to the loss before backward."
     layers = moe_layers(model)
     terms = [v for _, m in layers for v in m.losses.values()]
-    if not terms: return torch.zeros(())
+    if not terms:
+        return torch.zeros(())
     total = sum(terms)
     if torch.is_grad_enabled() and not total.requires_grad and any(m.router.weight.requires_grad for _, m in layers):
-        raise RuntimeError("the MoE balancing losses carry no gradient: the layers ran under torch.no_grad() or inside a reentrant "
-                           "activation checkpoint; use torch.utils.checkpoint with use_reentrant=False around blocks with MoE layers")
+        raise RuntimeError(
+            "the MoE balancing losses carry no gradient: the layers ran under torch.no_grad() or inside a reentrant "
+            "activation checkpoint; use torch.utils.checkpoint with use_reentrant=False around blocks with MoE layers"
+        )
     return total
 
+
 def moe_step(model: nn.Module, all_reduce=None):
-    "Once per optimizer step: sum each layer's counts (across ranks: `all_reduce(t)` in place, else dist.all_reduce when initialised), update aux-free biases, reset."
+    """Once per optimizer step: sum each layer's counts (across ranks: `all_reduce(t)` in place, else dist.all_reduce
+    when initialised), update aux-free biases, reset.
+    """
     layers = moe_layers(model)
-    if not layers: return
+    if not layers:
+        return
     counts = torch.cat([m.pending_counts() for _, m in layers])
-    if all_reduce is not None: all_reduce(counts)
-    elif dist.is_available() and dist.is_initialized(): dist.all_reduce(counts)
-    for (_, m), c in zip(layers, counts.split([m.num_experts + 2 for _, m in layers])): m.end_step(c)
+    if all_reduce is not None:
+        all_reduce(counts)
+    elif dist.is_available() and dist.is_initialized():
+        dist.all_reduce(counts)
+    for (_, m), c in zip(layers, counts.split([m.num_experts + 2 for _, m in layers])):
+        m.end_step(c)
+
 
 def moe_metrics(model: nn.Module) -> dict:
-    "For the log, after moe_step: MaxVio of the last step and of the run (worst layer), dropped fraction, last losses, per-layer load fractions."
+    """For the log, after moe_step: MaxVio of the last step and of the run (worst layer), dropped fraction, last losses,
+    per-layer load fractions.
+    """
     layers = [m for _, m in moe_layers(model) if m.step_stats]
-    if not layers: return {}
+    if not layers:
+        return {}
     loss = lambda key: sum(float(m.losses[key].detach()) for m in layers if key in m.losses)
     loads = [m.step_stats["load"].double() for m in layers]
-    return dict(moe_maxvio=max(map(max_violation, loads)), moe_maxvio_run=max(max_violation(m.run_load) for m in layers),
-                moe_dropped=sum(m.step_stats["dropped"] for m in layers) / max(1, sum(m.step_stats["slots"] for m in layers)),
-                moe_aux_loss=loss("aux") + loss("seq"), moe_z_loss=loss("z"),
-                moe_load=[[round(float(v), 4) for v in l / max(1.0, float(l.sum()))] for l in loads])
+    return dict(
+        moe_maxvio=max(map(max_violation, loads)),
+        moe_maxvio_run=max(max_violation(m.run_load) for m in layers),
+        moe_dropped=sum(m.step_stats["dropped"] for m in layers) / max(1, sum(m.step_stats["slots"] for m in layers)),
+        moe_aux_loss=loss("aux") + loss("seq"),
+        moe_z_loss=loss("z"),
+        moe_load=[[round(float(v), 4) for v in l / max(1.0, float(l.sum()))] for l in loads],
+    )
 
 # %% ../nbs/08_moe.ipynb #57593a94
-def moe_params(dim: int, num_experts: int, top_k: int, expert_hidden: int, num_shared_experts: int = 0, bias: bool = False) -> dict:
-    "One MoE layer's parameters: 'total' (every expert), 'active' (what one token uses), 'matmul' (active weights that multiply: FLOPs = 6 x matmul per token)."
+def moe_params(
+    dim: int, num_experts: int, top_k: int, expert_hidden: int, num_shared_experts: int = 0, bias: bool = False
+) -> dict:
+    """One MoE layer's parameters: 'total' (every expert), 'active' (what one token uses), 'matmul' (active weights that
+    multiply: FLOPs = 6 x matmul per token).
+    """
     expert, router = 3 * dim * expert_hidden, dim * num_experts
-    shared = num_shared_experts * expert + ((2 * num_shared_experts * expert_hidden + dim) * int(bias) if num_shared_experts else 0)
-    return dict(total=router + num_experts * expert + shared, active=router + top_k * expert + shared,
-                matmul=router + top_k * expert + num_shared_experts * expert)
+    shared = num_shared_experts * expert + (
+        (2 * num_shared_experts * expert_hidden + dim) * int(bias) if num_shared_experts else 0
+    )
+    return dict(
+        total=router + num_experts * expert + shared,
+        active=router + top_k * expert + shared,
+        matmul=router + top_k * expert + num_shared_experts * expert,
+    )

@@ -18,8 +18,18 @@ from typing import Iterable
 import sentencepiece as spm
 
 from .bpe import BPETokenizer, train_bpe
-from .data import (CORPORA, EOT, ByteTokenizer, Tokenizer, name_full_disk, file_error, get_corpus, read_json_file,
-                          sigint_deferred, write_shards)
+from minillm.data import (
+    CORPORA,
+    EOT,
+    ByteTokenizer,
+    Tokenizer,
+    name_full_disk,
+    file_error,
+    get_corpus,
+    read_json_file,
+    sigint_deferred,
+    write_shards,
+)
 from .utils import number_arg, current_umask, positive_int, write_atomic, write_json
 
 # %% auto #0
@@ -29,78 +39,142 @@ __all__ = ['TOKENIZERS', 'VOCAB_FLOOR', 'MAX_VOCAB', 'SentencePieceTokenizer', '
 # %% ../nbs/04_tokenizer.ipynb #a8417daf
 class SentencePieceTokenizer(Tokenizer):
     "SentencePiece (BPE or Unigram) behind the course's Tokenizer interface. Ids: pad 0, unk 1, bos 2, <|endoftext|> 3."
+
     def __init__(self, model_proto: bytes):
         self.proto = model_proto
         self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
         # BPE scores pieces by merge order (-0, -1, -2, ...); Unigram by log-probabilities
-        scores = [self.sp.get_score(i) for i in range(self.sp.get_piece_size()) if self.sp.is_unknown(i) is False and self.sp.get_score(i) != 0]
+        scores = [
+            self.sp.get_score(i)
+            for i in range(self.sp.get_piece_size())
+            if self.sp.is_unknown(i) is False and self.sp.get_score(i) != 0
+        ]
         self.model_type = "bpe" if all(float(x).is_integer() for x in scores) else "unigram"
         self.kind = f"sp-{self.model_type}"
         self.special_tokens = {EOT: self.sp.piece_to_id(EOT)}
 
     @property
-    def vocab_size(self): return self.sp.get_piece_size()
+    def vocab_size(self):
+        return self.sp.get_piece_size()
+
     @property
-    def bos_id(self): return self.sp.bos_id()
+    def bos_id(self):
+        return self.sp.bos_id()
+
     @property
-    def pad_id(self): return self.sp.pad_id()
+    def pad_id(self):
+        return self.sp.pad_id()
+
     @property
-    def unk_id(self): return self.sp.unk_id()
+    def unk_id(self):
+        return self.sp.unk_id()
+
     def encode(self, text: str) -> list[int]:
         """BPE encodes lines as a batch: no piece holds a newline (training never saw one), so this equals encoding the
         whole text, 4x faster. Unigram encodes the whole text: its Viterbi search breaks ties between equal-score
         segmentations differently when the input is cut at lines."""
         lines = text.split("\n")
-        if len(lines) == 1 or self.model_type == "unigram": return self.sp.encode(text)
+        if len(lines) == 1 or self.model_type == "unigram":
+            return self.sp.encode(text)
         nl, out = self.sp.piece_to_id("<0x0A>"), []
         for i, ids in enumerate(self.sp.encode(lines)):
-            if i: out.append(nl)
+            if i:
+                out.append(nl)
             out += ids
         return out
-    def decode(self, ids) -> str: return self.sp.decode(list(map(int, ids)))
-    def state(self): return dict(kind=self.kind, model_sha256=hashlib.sha256(self.proto).hexdigest())
+
+    def decode(self, ids) -> str:
+        return self.sp.decode(list(map(int, ids)))
+
+    def state(self):
+        return dict(kind=self.kind, model_sha256=hashlib.sha256(self.proto).hexdigest())
+
     def save(self, path):
         write_atomic(Path(path) / "tokenizer.model", self.proto)
         write_json(Path(path) / "tokenizer.json", dict(kind=self.kind))
+
     @classmethod
     def load(cls, path):
-        "The model in `path` (a .model file, or a folder holding tokenizer.model); a damaged one raises ValueError naming it."
-        p = Path(path); f = p if p.suffix == ".model" else p / "tokenizer.model"
-        try: proto = f.read_bytes()
-        except FileNotFoundError: raise file_error(f, "missing") from None
-        except IsADirectoryError: raise file_error(f, "a folder, where a SentencePiece model file was expected") from None
-        if not proto: raise file_error(f, "empty (0 bytes), not a SentencePiece model")
-        try: return cls(proto)
-        except RuntimeError: raise file_error(f, f"not a SentencePiece model ({len(proto):,} bytes that do not parse as one)") from None
-    def __getstate__(self): return {"proto": self.proto}
-    def __setstate__(self, d): self.__init__(d["proto"])
+        """The model in `path` (a .model file, or a folder holding tokenizer.model); a damaged one raises ValueError
+        naming it.
+        """
+        p = Path(path)
+        f = p if p.suffix == ".model" else p / "tokenizer.model"
+        try:
+            proto = f.read_bytes()
+        except FileNotFoundError:
+            raise file_error(f, "missing") from None
+        except IsADirectoryError:
+            raise file_error(f, "a folder, where a SentencePiece model file was expected") from None
+        if not proto:
+            raise file_error(f, "empty (0 bytes), not a SentencePiece model")
+        try:
+            return cls(proto)
+        except RuntimeError:
+            raise file_error(f, f"not a SentencePiece model ({len(proto):,} bytes that do not parse as one)") from None
+
+    def __getstate__(self):
+        return {"proto": self.proto}
+
+    def __setstate__(self, d):
+        self.__init__(d["proto"])
 
 # %% ../nbs/04_tokenizer.ipynb #f346fcf6
 def _lines(texts: Iterable[str]):
     for t in texts:
         for line in t.splitlines():
-            if line.strip(): yield line
+            if line.strip():
+                yield line
 
-def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_type: str = "bpe", max_sentence_length: int = 16384) -> SentencePieceTokenizer:
-    "Train SentencePiece on the lines of `texts`: deterministic (one thread, no sampling), byte fallback, exact round trips."
-    if model_type not in ("bpe", "unigram"): raise ValueError(f"model_type {model_type!r}: use 'bpe' or 'unigram'.")
-    if vocab_size < 256 + 5: raise ValueError(f"vocab_size {vocab_size} is below 256 byte pieces + 4 special ids + 1: use at least 261.")
+
+def train_sentencepiece(
+    texts: Iterable[str], vocab_size: int, model_type: str = "bpe", max_sentence_length: int = 16384
+) -> SentencePieceTokenizer:
+    """Train SentencePiece on the lines of `texts`: deterministic (one thread, no sampling), byte fallback, exact round
+    trips.
+    """
+    if model_type not in ("bpe", "unigram"):
+        raise ValueError(f"model_type {model_type!r}: use 'bpe' or 'unigram'.")
+    if vocab_size < 256 + 5:
+        raise ValueError(f"vocab_size {vocab_size} is below 256 byte pieces + 4 special ids + 1: use at least 261.")
     out = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=_lines(texts), model_writer=out, vocab_size=vocab_size, model_type=model_type,
-            byte_fallback=True, character_coverage=1.0, normalization_rule_name="identity", add_dummy_prefix=False,
-            remove_extra_whitespaces=False, allow_whitespace_only_pieces=True, split_digits=False,
-            user_defined_symbols=[EOT], pad_id=0, unk_id=1, bos_id=2, eos_id=-1,
-            num_threads=1, input_sentence_size=0, shuffle_input_sentence=False, max_sentence_length=max_sentence_length,
-            hard_vocab_limit=True, minloglevel=2)
+            sentence_iterator=_lines(texts),
+            model_writer=out,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            byte_fallback=True,
+            character_coverage=1.0,
+            normalization_rule_name="identity",
+            add_dummy_prefix=False,
+            remove_extra_whitespaces=False,
+            allow_whitespace_only_pieces=True,
+            split_digits=False,
+            user_defined_symbols=[EOT],
+            pad_id=0,
+            unk_id=1,
+            bos_id=2,
+            eos_id=-1,
+            num_threads=1,
+            input_sentence_size=0,
+            shuffle_input_sentence=False,
+            max_sentence_length=max_sentence_length,
+            hard_vocab_limit=True,
+            minloglevel=2,
+        )
     except RuntimeError as e:
         msg = str(e)
         if m := re.search(r"smaller than required_chars\. (\d+) vs (\d+)", msg):
-            raise ValueError(f"a SentencePiece vocabulary must hold every character of the text plus 256 bytes: "
-                             f"use --vocab-size of at least {m.group(2)} (got {vocab_size}).") from None
+            raise ValueError(
+                "a SentencePiece vocabulary must hold every character of the text plus 256 bytes: "
+                f"use --vocab-size of at least {m.group(2)} (got {vocab_size})."
+            ) from None
         if "Vocabulary size too high" in msg or "vocab_size" in msg:
-            raise ValueError(f"this text cannot support a SentencePiece {model_type} vocabulary of {vocab_size}: use a smaller --vocab-size or more text ({msg.strip()})") from None
+            raise ValueError(
+                f"this text cannot support a SentencePiece {model_type} vocabulary of {vocab_size}: use a smaller"
+                f" --vocab-size or more text ({msg.strip()})"
+            ) from None
         raise
     return SentencePieceTokenizer(out.getvalue())
 
@@ -108,152 +182,289 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_type: str =
 def bytes_per_token(tok: Tokenizer, text: str) -> float:
     "UTF-8 bytes of `text` per token that `tok` produces for it."
     # hint: the text's size in UTF-8 bytes divided by its number of tokens.
-    # hint2: characters are not bytes once text leaves ASCII: encode the string to UTF-8 before counting; the tokens are what the tokenizer's encode returns.
+    # hint2: characters are not bytes once text leaves ASCII: encode the string to UTF-8 before counting; the tokens are
+    #        what the tokenizer's encode returns.
     # hint3: len(text.encode("utf-8")) / len(tok.encode(text))
     return len(text.encode("utf-8")) / len(tok.encode(text))
 
 # %% ../nbs/04_tokenizer.ipynb #0e995c75
 def viterbi_segment(text: str, scores: dict[str, float], unk_score: float | None = None) -> list[str]:
     """The split of `text` into pieces of `scores` (piece -> log-probability) whose scores sum highest. A character that
-    no piece covers is a piece of its own, scored `unk_score` (default: the lowest score minus 10, as SentencePiece does).
-    Ties go to the candidate found first when start positions are scanned left to right (the longest last piece)."""
-    # hint: for every end position keep the best total score of the text before it and where its last piece starts: try each piece that ends there (no longer than the longest piece), add its score to the best total where it starts, keep the highest; then walk back from the end to read the pieces.
-    # hint2: two lists of len(text) + 1: best (0.0 at position 0, -inf elsewhere) and back; a piece is text[start:end], its score scores.get(...), and only a one-character piece may fall back to unk_score; replace only on a strictly greater total, so the earliest start wins a tie; reverse the pieces read back.
-    # hint3: for end in range(1, len(text) + 1): for start in range(max(0, end - longest), end): s = scores.get(text[start:end], unk_score if end - start == 1 else None); if s is not None and best[start] + s > best[end]: best[end], back[end] = best[start] + s, start
-    if unk_score is None: unk_score = min(scores.values()) - 10
+    no piece covers is a piece of its own, scored `unk_score` (default: the lowest score minus 10, as SentencePiece
+    does).
+    Ties go to the candidate found first when start positions are scanned left to right (the longest last piece).
+    """
+    # hint: for every end position keep the best total score of the text before it and where its last piece starts: try
+    #       each piece that ends there (no longer than the longest piece), add its score to the best total where it
+    #       starts, keep the highest; then walk back from the end to read the pieces.
+    # hint2: two lists of len(text) + 1: best (0.0 at position 0, -inf elsewhere) and back; a piece is text[start:end],
+    #        its score scores.get(...), and only a one-character piece may fall back to unk_score; replace only on a
+    #        strictly greater total, so the earliest start wins a tie; reverse the pieces read back.
+    # hint3: for end in range(1, len(text) + 1): for start in range(max(0, end - longest), end): s =
+    #        scores.get(text[start:end], unk_score if end - start == 1 else None); if s is not None and best[start] + s
+    #        > best[end]: best[end], back[end] = best[start] + s, start
+    if unk_score is None:
+        unk_score = min(scores.values()) - 10
     longest = max(map(len, scores))
     best, back = [0.0] + [float("-inf")] * len(text), [0] * (len(text) + 1)
     for end in range(1, len(text) + 1):
         for start in range(max(0, end - longest), end):
             s = scores.get(text[start:end], unk_score if end - start == 1 else None)
-            if s is not None and best[start] + s > best[end]: best[end], back[end] = best[start] + s, start
+            if s is not None and best[start] + s > best[end]:
+                best[end], back[end] = best[start] + s, start
     pieces, end = [], len(text)
-    while end: pieces.append(text[back[end]:end]); end = back[end]
+    while end:
+        pieces.append(text[back[end] : end])
+        end = back[end]
     return pieces[::-1]
 
 # %% ../nbs/04_tokenizer.ipynb #ac16d74c
 def byte_fallback(pieces: list[str], vocab) -> list[str]:
     """`pieces` with each piece not in `vocab` spelled as its UTF-8 bytes: one piece per byte, named `<0xNN>` with two
     upper-case hex digits, as SentencePiece's byte fallback names them. Pieces in `vocab` stay as they are."""
-    # hint: keep each piece the vocabulary holds; replace every other piece by one byte piece per byte of its UTF-8 encoding, named as SentencePiece names them.
-    # hint2: bytes, not characters (é is two bytes): encode the piece to UTF-8 and loop over the bytes, which are ints; format each as two upper-case hex digits, zero-padded, inside <0x...>.
+    # hint: keep each piece the vocabulary holds; replace every other piece by one byte piece per byte of its UTF-8
+    #       encoding, named as SentencePiece names them.
+    # hint2: bytes, not characters (é is two bytes): encode the piece to UTF-8 and loop over the bytes, which are ints;
+    #        format each as two upper-case hex digits, zero-padded, inside <0x...>.
     # hint3: if piece in vocab: out.append(piece) else: out += [f"<0x{b:02X}>" for b in piece.encode("utf-8")]
     out = []
     for piece in pieces:
-        if piece in vocab: out.append(piece)
-        else: out += [f"<0x{b:02X}>" for b in piece.encode("utf-8")]
+        if piece in vocab:
+            out.append(piece)
+        else:
+            out += [f"<0x{b:02X}>" for b in piece.encode("utf-8")]
     return out
 
 # %% ../nbs/04_tokenizer.ipynb #49ff50dd
 TOKENIZERS = ("bytes", "bpe", "sp-bpe", "sp-unigram")
-_PASS = "pass a folder written by `minillm prepare` (its tokenizer/ folder) or by tokenizer.save(), or a SentencePiece .model file"
+_PASS = (
+    "pass a folder written by `minillm prepare` (its tokenizer/ folder) or by tokenizer.save(), or a SentencePiece"
+    " .model file"
+)
+
 
 def load_tokenizer(path) -> Tokenizer:
-    "Any saved tokenizer: a folder with tokenizer.json (bytes, bpe, sp-*), or a SentencePiece .model file. Damaged files raise ValueError naming them."
+    """Any saved tokenizer: a folder with tokenizer.json (bytes, bpe, sp-*), or a SentencePiece .model file. Damaged
+    files raise ValueError naming them.
+    """
     p = Path(path)
     if p.is_file():
-        if p.suffix == ".model": return SentencePieceTokenizer.load(p)
+        if p.suffix == ".model":
+            return SentencePieceTokenizer.load(p)
         raise file_error(p, "a file, not a tokenizer folder", _PASS)
-    if not p.exists(): raise file_error(p, "no such tokenizer folder or file", _PASS)
+    if not p.exists():
+        raise file_error(p, "no such tokenizer folder or file", _PASS)
     f = p / "tokenizer.json"
     if not f.exists():
-        inner = f" (a prepared folder keeps it in {p / 'tokenizer'})" if (p / "tokenizer" / "tokenizer.json").exists() else ""
+        inner = (
+            f" (a prepared folder keeps it in {p / 'tokenizer'})"
+            if (p / "tokenizer" / "tokenizer.json").exists()
+            else ""
+        )
         raise file_error(p, f"holds no tokenizer (no tokenizer.json){inner}", _PASS + "; or re-run `minillm prepare`")
     meta = read_json_file(f)
-    classes = {"bytes": ByteTokenizer, "bpe": BPETokenizer, "sp-bpe": SentencePieceTokenizer, "sp-unigram": SentencePieceTokenizer}
-    if not isinstance(meta, dict): raise file_error(f, f"a JSON {type(meta).__name__}, where an object with the tokenizer's 'kind' was expected")
-    if (kind := meta.get("kind")) not in classes: raise file_error(f, f"unknown kind {kind!r}; known: {', '.join(classes)}")
+    classes = {
+        "bytes": ByteTokenizer,
+        "bpe": BPETokenizer,
+        "sp-bpe": SentencePieceTokenizer,
+        "sp-unigram": SentencePieceTokenizer,
+    }
+    if not isinstance(meta, dict):
+        raise file_error(f, f"a JSON {type(meta).__name__}, where an object with the tokenizer's 'kind' was expected")
+    if (kind := meta.get("kind")) not in classes:
+        raise file_error(f, f"unknown kind {kind!r}; known: {', '.join(classes)}")
     tok = classes[kind].load(p)
-    if tok.kind != kind: raise file_error(f, f"says kind {kind!r}, but the model next to it is {tok.kind!r}")
+    if tok.kind != kind:
+        raise file_error(f, f"says kind {kind!r}, but the model next to it is {tok.kind!r}")
     return tok
+
 
 def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int, workers: int | None = None) -> Tokenizer:
     "A new tokenizer of `kind` ('bytes', 'bpe', 'sp-bpe', 'sp-unigram') trained on `texts`."
-    if kind == "bytes": return ByteTokenizer()
-    if kind == "bpe": return train_bpe(texts, vocab_size, workers=workers)
-    if kind in ("sp-bpe", "sp-unigram"): return train_sentencepiece(texts, vocab_size, kind[3:])
-    raise ValueError(f"unknown tokenizer {kind!r}: use one of {', '.join(TOKENIZERS)}, or the path of a saved tokenizer.")
+    if kind == "bytes":
+        return ByteTokenizer()
+    if kind == "bpe":
+        return train_bpe(texts, vocab_size, workers=workers)
+    if kind in ("sp-bpe", "sp-unigram"):
+        return train_sentencepiece(texts, vocab_size, kind[3:])
+    raise ValueError(
+        f"unknown tokenizer {kind!r}: use one of {', '.join(TOKENIZERS)}, or the path of a saved tokenizer."
+    )
 
 # %% ../nbs/04_tokenizer.ipynb #ed601243
-VOCAB_FLOOR = {"bytes": 257, "bpe": 258, "sp-bpe": 261, "sp-unigram": 261}   # 256 bytes + special ids (+ 1 merge or piece)
-MAX_VOCAB = 2**32                                                              # uint32 shards
-_vocab_size = number_arg(int, min(VOCAB_FLOOR.values()), MAX_VOCAB, what=f"at least {min(VOCAB_FLOOR.values())} (bpe: 258, sp-*: 261) and at most {MAX_VOCAB}")
+VOCAB_FLOOR = {
+    "bytes": 257,
+    "bpe": 258,
+    "sp-bpe": 261,
+    "sp-unigram": 261,
+}  # 256 bytes + special ids (+ 1 merge or piece)
+MAX_VOCAB = 2**32  # uint32 shards
+_vocab_size = number_arg(
+    int,
+    min(VOCAB_FLOOR.values()),
+    MAX_VOCAB,
+    what=f"at least {min(VOCAB_FLOOR.values())} (bpe: 258, sp-*: 261) and at most {MAX_VOCAB}",
+)
+
 
 def _out_settings_differ(out: Path, corpus: str, tokenizer: str, vocab_size: int, tok: Tokenizer | None) -> str | None:
     "Why `out`'s earlier preparation differs from this one (None if it does not, or there is none)."
-    if not (out / "meta.json").exists(): return None
+    if not (out / "meta.json").exists():
+        return None
     prev = read_json_file(out / "meta.json", f"choose another --out, or delete {out} first")
     pt = prev.get("tokenizer") if isinstance(prev, dict) else None
-    if not isinstance(pt, dict): return "a meta.json that `minillm prepare` did not write"
-    if prev.get("corpus") != corpus: return f"shards of another corpus ({prev.get('corpus')!r})"
-    same = (pt.get("fingerprint") == tok.fingerprint() if tok is not None else
-            pt.get("kind") == tokenizer and (tokenizer == "bytes" or pt.get("vocab_size") == vocab_size))
-    return None if same else f"shards made with another tokenizer ({pt.get('kind')}, vocab {pt.get('vocab_size')}, {pt.get('fingerprint')})"
+    if not isinstance(pt, dict):
+        return "a meta.json that `minillm prepare` did not write"
+    if prev.get("corpus") != corpus:
+        return f"shards of another corpus ({prev.get('corpus')!r})"
+    same = (
+        pt.get("fingerprint") == tok.fingerprint()
+        if tok is not None
+        else pt.get("kind") == tokenizer and (tokenizer == "bytes" or pt.get("vocab_size") == vocab_size)
+    )
+    return (
+        None
+        if same
+        else (
+            f"shards made with another tokenizer ({pt.get('kind')}, vocab {pt.get('vocab_size')},"
+            f" {pt.get('fingerprint')})"
+        )
+    )
+
 
 def _writable_folder(out: Path):
     "Create `out` if needed and prove a file can be written there, before any minutes are spent."
     try:
         out.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=out).close()
-    except PermissionError: raise ValueError(f"--out {out}: not writable (permission denied): choose a folder you can write to.") from None
-    except (FileExistsError, NotADirectoryError): raise ValueError(f"--out {out}: a folder above it is a file: choose another path.") from None
-    except OSError as e: raise ValueError(f"--out {out}: cannot write there ({e.strerror or e}): choose another folder.") from None
+    except PermissionError:
+        raise ValueError(f"--out {out}: not writable (permission denied): choose a folder you can write to.") from None
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(f"--out {out}: a folder above it is a file: choose another path.") from None
+    except OSError as e:
+        raise ValueError(f"--out {out}: cannot write there ({e.strerror or e}): choose another folder.") from None
 
-def prepare(corpus: str, tokenizer: str = "bpe", vocab_size: int = 4096, out: str | Path = "data/builtin",
-            workers: int | None = None, max_bytes: int | None = None, sample_bytes: int = 20_000_000, progress: bool = True) -> dict:
+
+def prepare(
+    corpus: str,
+    tokenizer: str = "bpe",
+    vocab_size: int = 4096,
+    out: str | Path = "data/builtin",
+    workers: int | None = None,
+    max_bytes: int | None = None,
+    sample_bytes: int = 20_000_000,
+    progress: bool = True,
+) -> dict:
     "Tokenise `corpus` into shards in `out` with a trained (or loaded) tokenizer; returns meta.json's content."
     out, t0 = Path(out), time.perf_counter()
-    if out.exists() and not out.is_dir(): raise ValueError(f"--out {out} is a file: choose a folder (it will hold train.bin, val.bin, meta.json, tokenizer/).")
+    if out.exists() and not out.is_dir():
+        raise ValueError(
+            f"--out {out} is a file: choose a folder (it will hold train.bin, val.bin, meta.json, tokenizer/)."
+        )
     c = get_corpus(corpus, max_bytes)
     tok = load_tokenizer(tokenizer) if Path(tokenizer).exists() else None
     if tok is None and tokenizer not in TOKENIZERS:
         raise ValueError(f"--tokenizer {tokenizer!r} is neither a kind ({', '.join(TOKENIZERS)}) nor an existing path.")
     if tok is None and not VOCAB_FLOOR[tokenizer] <= vocab_size <= MAX_VOCAB:
-        raise ValueError(f"--vocab-size {vocab_size}: a {tokenizer} tokenizer needs 256 byte tokens, its special ids and at least one "
-                         f"more; use at least {VOCAB_FLOOR[tokenizer]} (and at most {MAX_VOCAB}).")
+        raise ValueError(
+            f"--vocab-size {vocab_size}: a {tokenizer} tokenizer needs 256 byte tokens, its special ids and at least"
+            f" one more; use at least {VOCAB_FLOOR[tokenizer]} (and at most {MAX_VOCAB})."
+        )
     if why := _out_settings_differ(out, c.name, tokenizer, vocab_size, tok):
         raise FileExistsError(f"--out {out} holds {why}: choose another --out, or delete {out} first.")
     _writable_folder(out)
     if next(iter(c.split("train")), None) is None:
-        raise ValueError(f"--corpus {corpus}: no text in it (its train split is empty): point it at .txt or .jsonl files that hold text.")
+        raise ValueError(
+            f"--corpus {corpus}: no text in it (its train split is empty): point it at .txt or .jsonl files that hold"
+            " text."
+        )
     if tok is None:
+
         def sample():
             n = 0
             for t in c.split("train"):
-                yield t; n += len(t)
-                if n >= sample_bytes: return
+                yield t
+                n += len(t)
+                if n >= sample_bytes:
+                    return
+
         tok = train_tokenizer(tokenizer, sample(), vocab_size, workers)
     tmp = Path(tempfile.mkdtemp(dir=out, prefix=".tokenizer."))
     old = out / f".tokenizer.old.{os.getpid()}"
     try:
-        try: tok.save(tmp)
-        except OSError as e: name_full_disk(e, out / "tokenizer"); raise
+        try:
+            tok.save(tmp)
+        except OSError as e:
+            name_full_disk(e, out / "tokenizer")
+            raise
         meta = write_shards(c, tok, out, workers, progress)
         tmp.chmod(0o777 & ~current_umask())
-        with sigint_deferred():                                   # the tokenizer folder is swapped whole
-            if (out / "tokenizer").exists(): os.replace(out / "tokenizer", old)
+        with sigint_deferred():  # the tokenizer folder is swapped whole
+            if (out / "tokenizer").exists():
+                os.replace(out / "tokenizer", old)
             os.replace(tmp, out / "tokenizer")
     finally:
         for d in (tmp, old):
-            if d.exists(): shutil.rmtree(d)
+            if d.exists():
+                shutil.rmtree(d)
     if progress:
         s = meta["splits"]
-        print(f"{c.name} -> {out}: {tok.kind} vocab {tok.vocab_size}, train {s['train']['tokens']:,} tokens, val {s['val']['tokens']:,} tokens "
-              f"({s['val']['bytes'] / s['val']['tokens']:.2f} bytes/token), {meta['dtype']}, {time.perf_counter() - t0:.0f} s")
+        print(
+            f"{c.name} -> {out}: {tok.kind} vocab {tok.vocab_size}, train {s['train']['tokens']:,} tokens, val"
+            f" {s['val']['tokens']:,} tokens ({s['val']['bytes'] / s['val']['tokens']:.2f} bytes/token),"
+            f" {meta['dtype']}, {time.perf_counter() - t0:.0f} s"
+        )
     return meta
 
+
 def prepare_main(argv: list[str] | None = None) -> int:
-    "`minillm prepare`: corpus -> tokenizer + train.bin/val.bin/meta.json. Failures raise; the console script prints them as one line."
-    p = argparse.ArgumentParser(prog="minillm prepare", description="Tokenise a corpus into token shards (train.bin, val.bin, meta.json, tokenizer/).")
-    p.add_argument("--corpus", default="builtin", help=f"a registered corpus ({', '.join(CORPORA)}) or a path/glob of .txt/.jsonl files")
-    p.add_argument("--tokenizer", default="bpe", help=f"one of {', '.join(TOKENIZERS)}, or the path of a saved tokenizer")
-    p.add_argument("--vocab-size", type=_vocab_size, default=4096, metavar="N",
-                   help=f"vocabulary size of a trained tokenizer: bpe at least 258, sp-* at least 261, at most {MAX_VOCAB} (ignored for bytes and a saved tokenizer)")
-    p.add_argument("--out", required=True, help="output folder (created if needed; refused if it holds another preparation)")
+    """`minillm prepare`: corpus -> tokenizer + train.bin/val.bin/meta.json. Failures raise; the console script prints
+    them as one line.
+    """
+    p = argparse.ArgumentParser(
+        prog="minillm prepare",
+        description="Tokenise a corpus into token shards (train.bin, val.bin, meta.json, tokenizer/).",
+    )
+    p.add_argument(
+        "--corpus",
+        default="builtin",
+        help=f"a registered corpus ({', '.join(CORPORA)}) or a path/glob of .txt/.jsonl files",
+    )
+    p.add_argument(
+        "--tokenizer", default="bpe", help=f"one of {', '.join(TOKENIZERS)}, or the path of a saved tokenizer"
+    )
+    p.add_argument(
+        "--vocab-size",
+        type=_vocab_size,
+        default=4096,
+        metavar="N",
+        help=(
+            f"vocabulary size of a trained tokenizer: bpe at least 258, sp-* at least 261, at most {MAX_VOCAB} (ignored"
+            " for bytes and a saved tokenizer)"
+        ),
+    )
+    p.add_argument(
+        "--out", required=True, help="output folder (created if needed; refused if it holds another preparation)"
+    )
     p.add_argument("--workers", type=positive_int, default=None, help="tokenizer processes (default: up to 8)")
-    p.add_argument("--max-bytes", type=positive_int, default=None, help="take only the corpus's first N bytes (any corpus; a download stops there)")
-    p.add_argument("--sample-bytes", type=positive_int, default=20_000_000, help="characters of the train split used to train the tokenizer")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show progress bars and the closing summary")
+    p.add_argument(
+        "--max-bytes",
+        type=positive_int,
+        default=None,
+        help="take only the corpus's first N bytes (any corpus; a download stops there)",
+    )
+    p.add_argument(
+        "--sample-bytes",
+        type=positive_int,
+        default=20_000_000,
+        help="characters of the train split used to train the tokenizer",
+    )
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="show progress bars and the closing summary",
+    )
     a = p.parse_args(argv)
     prepare(a.corpus, a.tokenizer, a.vocab_size, a.out, a.workers, a.max_bytes, a.sample_bytes, a.progress)
     return 0

@@ -23,9 +23,29 @@ import torch.nn.functional as F
 from .core import detect_hardware, peak_flops, seed_everything
 from .data import TokenDataset, TrainSampler, eval_batches, verify_data
 from .moe import moe_layers, moe_losses, moe_metrics, moe_step
-from .model import PRESETS, MiniLLM, ModelConfig, check_state_dict, config_from_checkpoint, flops_per_token, preset
+from minillm.model import (
+    PRESETS,
+    MiniLLM,
+    ModelConfig,
+    check_state_dict,
+    config_from_checkpoint,
+    flops_per_token,
+    preset,
+)
 from .tokenizer import load_tokenizer
-from .utils import UserError, patch, MetricWriters, signals_noted, nonneg_float, nonneg_int, positive_float, positive_int, unit_float, write_atomic, write_json
+from minillm.utils import (
+    UserError,
+    patch,
+    MetricWriters,
+    signals_noted,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    unit_float,
+    write_atomic,
+    write_json,
+)
 
 # %% auto #0
 __all__ = ['UNCAPPED', 'CHECKPOINT_KEYS', 'ENGINES', 'RUN_FILES', 'FLAGS', 'TrainConfig', 'accumulation_steps', 'param_groups',
@@ -36,293 +56,505 @@ __all__ = ['UNCAPPED', 'CHECKPOINT_KEYS', 'ENGINES', 'RUN_FILES', 'FLAGS', 'Trai
            'sample_parser', 'sample_main']
 
 # %% ../nbs/09_train.ipynb #9c1266ab
-UNCAPPED = 10**9        # max_steps when a time budget or --epochs decides the length
+UNCAPPED = 10**9  # max_steps when a time budget or --epochs decides the length
+
 
 @dataclass
 class TrainConfig:
-    "Everything about a run except the model's shape. `batch_tokens`: tokens per optimizer step (all ranks, all micro-batches)."
-    data: str = "data/builtin"           # a folder written by `minillm prepare`
+    """Everything about a run except the model's shape. `batch_tokens`: tokens per optimizer step (all ranks, all
+    micro-batches).
+    """
+
+    data: str = "data/builtin"  # a folder written by `minillm prepare`
     out: str = "runs/demo"
-    micro_batch: int = 16                # sequences per forward pass, per rank
-    batch_tokens: int | None = None      # None: micro_batch * seq_len * world size (no accumulation)
-    seq_len: int | None = None           # None: the model's max_seq_len
+    micro_batch: int = 16  # sequences per forward pass, per rank
+    batch_tokens: int | None = None  # None: micro_batch * seq_len * world size (no accumulation)
+    seq_len: int | None = None  # None: the model's max_seq_len
     lr: float = 3e-3
-    min_lr: float | None = None          # None: lr / 10
+    min_lr: float | None = None  # None: lr / 10
     warmup_steps: int = 30
-    schedule: str = "cosine"             # cosine | linear
-    max_steps: int | None = None         # None: 1000, unless --time-budget or --epochs sets the length
-    epochs: float | None = None          # passes over the training tokens; sets max_steps from the data size
-    time_budget: float | None = None     # seconds of training; sets the schedule's length (capped by max_steps or epochs when given)
-    stop_at: int | None = None           # save and stop after this step (the schedule still runs to max_steps): --resume continues
-    keep_every: int | None = None        # also keep step_NNNNNNN.pt every N steps (latest.pt and best.pt are always kept)
+    schedule: str = "cosine"  # cosine | linear
+    max_steps: int | None = None  # None: 1000, unless --time-budget or --epochs sets the length
+    epochs: float | None = None  # passes over the training tokens; sets max_steps from the data size
+    time_budget: float | None = (
+        None  # seconds of training; sets the schedule's length (capped by max_steps or epochs when given)
+    )
+    stop_at: int | None = (
+        None  # save and stop after this step (the schedule still runs to max_steps): --resume continues
+    )
+    keep_every: int | None = None  # also keep step_NNNNNNN.pt every N steps (latest.pt and best.pt are always kept)
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
-    grad_clip: float = 1.0               # 0: no clipping
-    precision: str = "auto"              # auto | bf16 | fp16 | fp32
+    grad_clip: float = 1.0  # 0: no clipping
+    precision: str = "auto"  # auto | bf16 | fp16 | fp32
     compile: bool = False
-    activation_checkpointing: str = "none"   # none | attention (the attention sub-layer) | full; True/False accepted as full/none
+    activation_checkpointing: str = (
+        "none"  # none | attention (the attention sub-layer) | full; True/False accepted as full/none
+    )
     eval_every: int = 100
     eval_batches: int = 20
     log_every: int = 10
     seed: int = 0
-    device: str = "auto"                 # auto | cpu | cuda | cuda:N
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
     tensorboard: bool = False
     wandb: bool = False
-    engine: str | None = None            # single | ddp | zero1 | zero2 | zero3 | fsdp | deepspeed (None: see Trainer.engine_name)
-    prefetch: bool = False               # zero3: gather the next block's weights while this one computes
-    deepspeed: str | None = None         # None: no DeepSpeed; "": a ds_config built from these settings; or a ds_config.json path
-    zero_stage: int | None = None        # DeepSpeed ZeRO stage 0-3 (None: 2 when DeepSpeed is on)
-    offload: str = "none"                # DeepSpeed offload to CPU: none | optimizer | all (all: stage 3)
+    engine: str | None = None  # single | ddp | zero1 | zero2 | zero3 | fsdp | deepspeed (None: see Trainer.engine_name)
+    prefetch: bool = False  # zero3: gather the next block's weights while this one computes
+    deepspeed: str | None = (
+        None  # None: no DeepSpeed; "": a ds_config built from these settings; or a ds_config.json path
+    )
+    zero_stage: int | None = None  # DeepSpeed ZeRO stage 0-3 (None: 2 when DeepSpeed is on)
+    offload: str = "none"  # DeepSpeed offload to CPU: none | optimizer | all (all: stage 3)
 
     def __post_init__(self):
-        if isinstance(self.activation_checkpointing, bool): self.activation_checkpointing = "full" if self.activation_checkpointing else "none"
+        if isinstance(self.activation_checkpointing, bool):
+            self.activation_checkpointing = "full" if self.activation_checkpointing else "none"
         bad = _type_problems(self)
-        if bad: raise ValueError("invalid TrainConfig:\n  - " + "\n  - ".join(bad))
-        if self.max_steps is None: self.max_steps = UNCAPPED if (self.time_budget or self.epochs) else 1000
+        if bad:
+            raise ValueError("invalid TrainConfig:\n  - " + "\n  - ".join(bad))
+        if self.max_steps is None:
+            self.max_steps = UNCAPPED if (self.time_budget or self.epochs) else 1000
         bad = _value_problems(self)
-        if bad: raise ValueError("invalid TrainConfig:\n  - " + "\n  - ".join(bad))
+        if bad:
+            raise ValueError("invalid TrainConfig:\n  - " + "\n  - ".join(bad))
 
 # %% ../nbs/09_train.ipynb #e0bf6ca3
 _TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+
 
 def _type_problems(c) -> list[str]:
     "Each field must hold its declared type (a config file can hold anything: 'abc', 2.5, true)."
     bad = []
     for f in fields(c):
         v, kinds = getattr(c, f.name), [k.strip() for k in str(f.type).split("|")]
-        if v is None and "None" in kinds: continue
-        ok = any(isinstance(v, _TYPES[k]) and not (isinstance(v, bool) and k in ("int", "float")) for k in kinds if k in _TYPES)
-        if not ok: bad.append(f"{f.name}={v!r}: must be {' or '.join(kinds)}")
-        elif isinstance(v, float) and not math.isfinite(v): bad.append(f"{f.name}={v!r}: must be a finite number")
+        if v is None and "None" in kinds:
+            continue
+        ok = any(
+            isinstance(v, _TYPES[k]) and not (isinstance(v, bool) and k in ("int", "float"))
+            for k in kinds
+            if k in _TYPES
+        )
+        if not ok:
+            bad.append(f"{f.name}={v!r}: must be {' or '.join(kinds)}")
+        elif isinstance(v, float) and not math.isfinite(v):
+            bad.append(f"{f.name}={v!r}: must be a finite number")
     return bad
+
 
 def _value_problems(c) -> list[str]:
     "Ranges, and settings that contradict each other, each with the fix."
-    bad, choices = [], dict(schedule=("cosine", "linear"), precision=("auto", "bf16", "fp16", "fp32"),
-                             activation_checkpointing=("none", "attention", "full"), offload=("none", "optimizer", "all"))
+    bad, choices = (
+        [],
+        dict(
+            schedule=("cosine", "linear"),
+            precision=("auto", "bf16", "fp16", "fp32"),
+            activation_checkpointing=("none", "attention", "full"),
+            offload=("none", "optimizer", "all"),
+        ),
+    )
     for k, ok in choices.items():
-        if getattr(c, k) not in ok: bad.append(f"{k}={getattr(c, k)!r}: use {', '.join(ok)}")
-    for k in ("micro_batch", "max_steps", "eval_every", "eval_batches", "log_every", "seq_len", "batch_tokens", "stop_at", "keep_every"):
-        if getattr(c, k) is not None and getattr(c, k) < 1: bad.append(f"{k}={getattr(c, k)}: must be >= 1")
+        if getattr(c, k) not in ok:
+            bad.append(f"{k}={getattr(c, k)!r}: use {', '.join(ok)}")
+    for k in (
+        "micro_batch",
+        "max_steps",
+        "eval_every",
+        "eval_batches",
+        "log_every",
+        "seq_len",
+        "batch_tokens",
+        "stop_at",
+        "keep_every",
+    ):
+        if getattr(c, k) is not None and getattr(c, k) < 1:
+            bad.append(f"{k}={getattr(c, k)}: must be >= 1")
     for k in ("lr", "epochs", "time_budget"):
-        if getattr(c, k) is not None and getattr(c, k) <= 0: bad.append(f"{k}={getattr(c, k)}: must be > 0")
+        if getattr(c, k) is not None and getattr(c, k) <= 0:
+            bad.append(f"{k}={getattr(c, k)}: must be > 0")
     for k in ("warmup_steps", "weight_decay", "grad_clip", "seed", "min_lr"):
-        if getattr(c, k) is not None and getattr(c, k) < 0: bad.append(f"{k}={getattr(c, k)}: must be >= 0")
-    if c.min_lr is not None and c.min_lr > c.lr: bad.append(f"min_lr {c.min_lr} is above lr {c.lr}: the schedule decays from lr to min_lr")
+        if getattr(c, k) is not None and getattr(c, k) < 0:
+            bad.append(f"{k}={getattr(c, k)}: must be >= 0")
+    if c.min_lr is not None and c.min_lr > c.lr:
+        bad.append(f"min_lr {c.min_lr} is above lr {c.lr}: the schedule decays from lr to min_lr")
     for k in ("beta1", "beta2"):
-        if not 0 <= getattr(c, k) < 1: bad.append(f"{k}={getattr(c, k)}: must be in [0, 1)")
-    if c.epochs is not None and c.max_steps != UNCAPPED: bad.append("epochs and max_steps both set the run's length: give one of them")
-    if c.engine is not None and c.engine not in ENGINES: bad.append(f"engine={c.engine!r}: use {', '.join(ENGINES)}")
-    ds_only = [f for f, on in (("deepspeed", c.deepspeed is not None), ("zero_stage", c.zero_stage is not None), ("offload", c.offload != "none")) if on]
+        if not 0 <= getattr(c, k) < 1:
+            bad.append(f"{k}={getattr(c, k)}: must be in [0, 1)")
+    if c.epochs is not None and c.max_steps != UNCAPPED:
+        bad.append("epochs and max_steps both set the run's length: give one of them")
+    if c.engine is not None and c.engine not in ENGINES:
+        bad.append(f"engine={c.engine!r}: use {', '.join(ENGINES)}")
+    ds_only = [
+        f
+        for f, on in (
+            ("deepspeed", c.deepspeed is not None),
+            ("zero_stage", c.zero_stage is not None),
+            ("offload", c.offload != "none"),
+        )
+        if on
+    ]
     if c.engine not in (None, "deepspeed") and ds_only:
-        bad.append(f"{', '.join(ds_only)}: DeepSpeed's settings, but engine={c.engine!r}: drop them, or use engine deepspeed")
-    if c.prefetch and c.engine != "zero3": bad.append(f"prefetch: only the zero3 engine prefetches (engine={c.engine!r}): drop it, or use engine zero3")
-    if c.zero_stage not in (None, 0, 1, 2, 3): bad.append(f"zero_stage={c.zero_stage!r}: use 0, 1, 2 or 3")
-    if not (c.device in ("auto", "cpu", "cuda") or c.device.startswith("cuda:")): bad.append(f"device={c.device!r}: use auto, cpu, cuda or cuda:N")
+        bad.append(
+            f"{', '.join(ds_only)}: DeepSpeed's settings, but engine={c.engine!r}: drop them, or use engine deepspeed"
+        )
+    if c.prefetch and c.engine != "zero3":
+        bad.append(f"prefetch: only the zero3 engine prefetches (engine={c.engine!r}): drop it, or use engine zero3")
+    if c.zero_stage not in (None, 0, 1, 2, 3):
+        bad.append(f"zero_stage={c.zero_stage!r}: use 0, 1, 2 or 3")
+    if not (c.device in ("auto", "cpu", "cuda") or c.device.startswith("cuda:")):
+        bad.append(f"device={c.device!r}: use auto, cpu, cuda or cuda:N")
     return bad
 
 # %% ../nbs/09_train.ipynb #bf5b31f5
 def accumulation_steps(batch_tokens: int | None, micro_batch: int, seq_len: int, world_size: int = 1) -> int:
-    "Micro-batches per optimizer step: batch_tokens / (micro_batch * seq_len * world_size), which must be a positive integer."
+    """Micro-batches per optimizer step: batch_tokens / (micro_batch * seq_len * world_size), which must be a positive
+    integer.
+    """
     # hint: tokens per micro-step over all ranks; the batch must be a whole multiple, else a ValueError naming both
     # hint2: None means one micro-step per optimizer step; a batch smaller than one micro-step is refused too.
-    # hint3: per = micro_batch * seq_len * world_size; raise ValueError(f"batch_tokens {batch_tokens} is not a multiple of ... = {per}") unless batch_tokens % per == 0 and batch_tokens >= per; return batch_tokens // per.
+    # hint3: per = micro_batch * seq_len * world_size; raise ValueError(f"batch_tokens {batch_tokens} is not a multiple
+    #        of ... = {per}") unless batch_tokens % per == 0 and batch_tokens >= per; return batch_tokens // per.
     per = micro_batch * seq_len * world_size
-    if batch_tokens is None: return 1
+    if batch_tokens is None:
+        return 1
     if batch_tokens < per or batch_tokens % per:
         near = sorted({max(per, batch_tokens // per * per), (batch_tokens // per + 1) * per})
-        raise ValueError(f"batch_tokens {batch_tokens} is not a multiple of micro_batch x seq_len x world_size = "
-                         f"{micro_batch} x {seq_len} x {world_size} = {per}: use {' or '.join(map(str, near))}, or change micro_batch.")
+        raise ValueError(
+            f"batch_tokens {batch_tokens} is not a multiple of micro_batch x seq_len x world_size = {micro_batch} x"
+            f" {seq_len} x {world_size} = {per}: use {' or '.join(map(str, near))}, or change micro_batch."
+        )
     return batch_tokens // per
 
 # %% ../nbs/09_train.ipynb #7d0158a3
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    "AdamW groups: decay on matrices of linear layers; none on norms, biases and embeddings (a tied head is the embedding)."
+    """AdamW groups: decay on matrices of linear layers; none on norms, biases and embeddings (a tied head is the
+    embedding).
+    """
     emb = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
     decay, no_decay, seen = [], [], set()
     for p in model.parameters():
-        if id(p) in seen or not p.requires_grad: continue
+        if id(p) in seen or not p.requires_grad:
+            continue
         seen.add(id(p))
         (decay if p.dim() >= 2 and id(p) not in emb else no_decay).append(p)
     return [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
 
 # %% ../nbs/09_train.ipynb #70de86db
 def lr_at(step: int, max_steps: int, lr: float, min_lr: float, warmup: int, kind: str = "cosine") -> float:
-    "Linear warmup over `warmup` steps (step counts from 0), then cosine or linear decay from lr to min_lr at max_steps, min_lr after."
-    # hint: the first step already gets a share of lr and the last warmup step all of it; after warmup, track the fraction of the decay done (capped at one) and move from lr to min_lr along half a cosine period, or a straight line for the linear kind.
-    # hint2: warmup: lr times (step + 1) / warmup while step < warmup. Decay: progress = (step - warmup) / (max_steps - warmup), at most 1 (guard a zero denominator with max(1, ...)).
-    # hint3: cosine: min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (lr - min_lr); linear: lr + (min_lr - lr) * progress.
-    if step < warmup: return lr * (step + 1) / warmup
+    """Linear warmup over `warmup` steps (step counts from 0), then cosine or linear decay from lr to min_lr at
+    max_steps, min_lr after.
+    """
+    # hint: the first step already gets a share of lr and the last warmup step all of it; after warmup, track the
+    #       fraction of the decay done (capped at one) and move from lr to min_lr along half a cosine period, or a
+    #       straight line for the linear kind.
+    # hint2: warmup: lr times (step + 1) / warmup while step < warmup. Decay: progress = (step - warmup) / (max_steps -
+    #        warmup), at most 1 (guard a zero denominator with max(1, ...)).
+    # hint3: cosine: min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (lr - min_lr); linear: lr + (min_lr - lr) *
+    #        progress.
+    if step < warmup:
+        return lr * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
-    if kind == "linear": return lr + (min_lr - lr) * progress
+    if kind == "linear":
+        return lr + (min_lr - lr) * progress
     return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (lr - min_lr)
 
 # %% ../nbs/09_train.ipynb #fb7c0fc3
-def adamw_update(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, step: int, lr: float, weight_decay: float,
-                 betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    "AdamW's step number `step` (1, 2, ...) of weights `p` with gradient `g` and moments `m`, `v`, in place; returns (p, m, v)."
-    # hint: shrink the weights by a fraction proportional to lr, apart from the gradient (decoupled decay); update the two moments as running averages of the gradient and of its square; correct each for its start at zero; step the weights against the corrected mean over the root of the corrected square, plus eps.
-    # hint2: the decay comes first and never enters the moments: p shrinks by the factor 1 - lr * weight_decay. The corrections divide m by 1 - beta1 ** step and v by 1 - beta2 ** step.
-    # hint3: p.mul_(1 - lr * weight_decay); m.lerp_(g, 1 - b1); v.mul_(b2).addcmul_(g, g, value=1 - b2); p.sub_(lr * (m / (1 - b1 ** step)) / ((v / (1 - b2 ** step)).sqrt() + eps))
+def adamw_update(
+    p: torch.Tensor,
+    g: torch.Tensor,
+    m: torch.Tensor,
+    v: torch.Tensor,
+    step: int,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float] = (0.9, 0.95),
+    eps: float = 1e-8,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """AdamW's step number `step` (1, 2, ...) of weights `p` with gradient `g` and moments `m`, `v`, in place; returns
+    (p, m, v).
+    """
+    # hint: shrink the weights by a fraction proportional to lr, apart from the gradient (decoupled decay); update the
+    #       two moments as running averages of the gradient and of its square; correct each for its start at zero; step
+    #       the weights against the corrected mean over the root of the corrected square, plus eps.
+    # hint2: the decay comes first and never enters the moments: p shrinks by the factor 1 - lr * weight_decay. The
+    #        corrections divide m by 1 - beta1 ** step and v by 1 - beta2 ** step.
+    # hint3: p.mul_(1 - lr * weight_decay); m.lerp_(g, 1 - b1); v.mul_(b2).addcmul_(g, g, value=1 - b2); p.sub_(lr * (m
+    #        / (1 - b1 ** step)) / ((v / (1 - b2 ** step)).sqrt() + eps))
     b1, b2 = betas
     p.mul_(1 - lr * weight_decay)
     m.lerp_(g, 1 - b1)
     v.mul_(b2).addcmul_(g, g, value=1 - b2)
-    p.sub_(lr * (m / (1 - b1 ** step)) / ((v / (1 - b2 ** step)).sqrt() + eps))
+    p.sub_(lr * (m / (1 - b1**step)) / ((v / (1 - b2**step)).sqrt() + eps))
     return p, m, v
 
 # %% ../nbs/09_train.ipynb #4c2ebbf0
 @dataclass
 class Dist:
     "Where this process runs: rank, world size, device."
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
     @property
-    def main(self) -> bool: return self.rank == 0
+    def main(self) -> bool:
+        return self.rank == 0
+
 
 def dist_env(env=None) -> tuple[int, int, int, int]:
-    """(rank, local rank, world size, processes on this node) from the launcher's environment: torchrun's and deepspeed's
-    RANK, LOCAL_RANK, WORLD_SIZE; or, when RANK is unset and SLURM_NTASKS > 1 (`srun`), SLURM_PROCID, SLURM_LOCALID, SLURM_NTASKS."""
+    """(rank, local rank, world size, processes on this node) from the launcher's environment: torchrun's and
+    deepspeed's
+    RANK, LOCAL_RANK, WORLD_SIZE; or, when RANK is unset and SLURM_NTASKS > 1 (`srun`), SLURM_PROCID, SLURM_LOCALID,
+    SLURM_NTASKS.
+
+    """
     env = os.environ if env is None else env
     if "RANK" not in env and int(env.get("SLURM_NTASKS", 1)) > 1:
         world = int(env["SLURM_NTASKS"])
-        per_node = (env.get("SLURM_NTASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE") or "").split("(")[0].split(",")[0]   # "4", "4(x2)"
-        return int(env.get("SLURM_PROCID", 0)), int(env.get("SLURM_LOCALID", 0)), world, int(per_node) if per_node.isdigit() else world
+        per_node = (
+            (env.get("SLURM_NTASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE") or "").split("(")[0].split(",")[0]
+        )  # "4", "4(x2)"
+        return (
+            int(env.get("SLURM_PROCID", 0)),
+            int(env.get("SLURM_LOCALID", 0)),
+            world,
+            int(per_node) if per_node.isdigit() else world,
+        )
     world = int(env.get("WORLD_SIZE", 1))
-    return int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0)), world, int(env.get("LOCAL_WORLD_SIZE", env.get("LOCAL_SIZE", world)))
+    return (
+        int(env.get("RANK", 0)),
+        int(env.get("LOCAL_RANK", 0)),
+        world,
+        int(env.get("LOCAL_WORLD_SIZE", env.get("LOCAL_SIZE", world))),
+    )
+
 
 def setup_dist(device: str = "auto") -> Dist:
-    "Read the launcher's environment (torchrun, deepspeed or srun); join the process group when there are several ranks; pick this rank's device."
+    """Read the launcher's environment (torchrun, deepspeed or srun); join the process group when there are several
+    ranks; pick this rank's device.
+    """
     rank, local, world, local_world = dist_env()
-    if "RANK" not in os.environ and world > 1:            # srun (dist_env read SLURM's names): rendezvous needs an address every task reaches
+    if (
+        "RANK" not in os.environ and world > 1
+    ):  # srun (dist_env read SLURM's names): rendezvous needs an address every task reaches
         missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(k)]
         if missing:
-            raise ValueError(f"srun started {world} tasks (SLURM_NTASKS) but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
-                             "not set: in the sbatch script, export MASTER_ADDR=$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n 1) "
-                             "and MASTER_PORT=29500 (any free port) before srun.")
-        os.environ.update(RANK=str(rank), LOCAL_RANK=str(local), WORLD_SIZE=str(world))   # DeepSpeed and torch read these names
+            raise ValueError(
+                f"srun started {world} tasks (SLURM_NTASKS) but {' and '.join(missing)}"
+                f" {'is' if len(missing) == 1 else 'are'} not set: in the sbatch script, export MASTER_ADDR=$(scontrol"
+                " show hostnames $SLURM_JOB_NODELIST | head -n 1) and MASTER_PORT=29500 (any free port) before srun."
+            )
+        os.environ.update(
+            RANK=str(rank), LOCAL_RANK=str(local), WORLD_SIZE=str(world)
+        )  # DeepSpeed and torch read these names
     use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
     if use_cuda and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: torch sees no CUDA GPU on this machine (torch {torch.__version__}, "
-                         f"{'a CPU-only build' if torch.version.cuda is None else 'CUDA ' + torch.version.cuda}): use --device cpu or auto.")
+        raise ValueError(
+            f"--device {device}: torch sees no CUDA GPU on this machine (torch {torch.__version__},"
+            f" {'a CPU-only build' if torch.version.cuda is None else 'CUDA ' + torch.version.cuda}): use --device cpu"
+            " or auto."
+        )
     if use_cuda and local_world > torch.cuda.device_count():
         n = torch.cuda.device_count()
-        raise ValueError(f"{local_world} processes on this node but {n} CUDA device(s): launch at most {n} "
-                         f"(deepspeed --num_gpus {n}, torchrun --nproc_per_node {n}, srun --ntasks-per-node {n}).")
+        raise ValueError(
+            f"{local_world} processes on this node but {n} CUDA device(s): launch at most {n} "
+            f"(deepspeed --num_gpus {n}, torchrun --nproc_per_node {n}, srun --ntasks-per-node {n})."
+        )
     if not use_cuda and local_world > (os.cpu_count() or 1):
-        raise ValueError(f"{local_world} processes on this node but {os.cpu_count()} CPU cores: launch at most {os.cpu_count()}.")
-    if not use_cuda and local_world > 1 and "OMP_NUM_THREADS" not in os.environ:   # torchrun sets it; deepspeed's launcher does not
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))         # share the cores: each rank using all of them thrashes
+        raise ValueError(
+            f"{local_world} processes on this node but {os.cpu_count()} CPU cores: launch at most {os.cpu_count()}."
+        )
+    if (
+        not use_cuda and local_world > 1 and "OMP_NUM_THREADS" not in os.environ
+    ):  # torchrun sets it; deepspeed's launcher does not
+        torch.set_num_threads(
+            max(1, (os.cpu_count() or 1) // local_world)
+        )  # share the cores: each rank using all of them thrashes
     dev = torch.device(f"cuda:{local}" if use_cuda else "cpu")
-    if use_cuda: torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized(): dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world)
+    if use_cuda:
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world)
     return Dist(rank, world, local, dev)
+
 
 def choose_amp(precision: str, device: torch.device) -> tuple[str, torch.dtype | None]:
     "('bf16' | 'fp16' | 'fp32', the autocast dtype or None)."
-    if precision == "auto": precision = detect_hardware().precision if device.type == "cuda" else "fp32"
-    if precision != "fp32" and device.type != "cuda": raise ValueError(f"precision {precision} needs a CUDA device; this run is on {device}. Use --precision fp32.")
+    if precision == "auto":
+        precision = detect_hardware().precision if device.type == "cuda" else "fp32"
+    if precision != "fp32" and device.type != "cuda":
+        raise ValueError(f"precision {precision} needs a CUDA device; this run is on {device}. Use --precision fp32.")
     return precision, {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
 # %% ../nbs/09_train.ipynb #2eb2df9e
 def rng_state() -> dict:
-    "Python, NumPy, torch and CUDA random states as plain lists of ints (they gather across ranks and load with weights_only)."
+    """Python, NumPy, torch and CUDA random states as plain lists of ints (they gather across ranks and load with
+    weights_only).
+    """
     np_state = np.random.get_state()
-    return dict(python=[random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
-                numpy=[np_state[0], np_state[1].tolist(), *np_state[2:]], torch=torch.get_rng_state().tolist(),
-                cuda=[t.tolist() for t in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [])
+    return dict(
+        python=[random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+        numpy=[np_state[0], np_state[1].tolist(), *np_state[2:]],
+        torch=torch.get_rng_state().tolist(),
+        cuda=[t.tolist() for t in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
+    )
+
 
 def set_rng_state(s: dict):
     random.setstate((s["python"][0], tuple(s["python"][1]), s["python"][2]))
     np.random.set_state((s["numpy"][0], np.array(s["numpy"][1], dtype=np.uint32), *s["numpy"][2:]))
     torch.set_rng_state(torch.tensor(s["torch"], dtype=torch.uint8))
-    if s["cuda"] and torch.cuda.is_available(): torch.cuda.set_rng_state_all([torch.tensor(t, dtype=torch.uint8) for t in s["cuda"]])
+    if s["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(t, dtype=torch.uint8) for t in s["cuda"]])
+
 
 def _state_bytes(state) -> int:
-    if torch.is_tensor(state): return state.numel() * state.element_size()
-    if isinstance(state, dict): return sum(map(_state_bytes, state.values()))
-    if isinstance(state, (list, tuple)): return sum(map(_state_bytes, state))
+    if torch.is_tensor(state):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(map(_state_bytes, state.values()))
+    if isinstance(state, (list, tuple)):
+        return sum(map(_state_bytes, state))
     return 0
 
+
 def save_checkpoint(path: Path, state: dict):
-    "torch.save to a temporary file beside `path` (through Python's file object, so a full disk is an OSError), then rename."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    """torch.save to a temporary file beside `path` (through Python's file object, so a full disk is an OSError), then
+    rename.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f: torch.save(state, f); f.flush(); os.fsync(f.fileno())
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        e.minillm_path, e.minillm_needed = str(path), _state_bytes(state)   # "disk full writing latest.pt (.. MB needed)"
+        e.minillm_path, e.minillm_needed = (
+            str(path),
+            _state_bytes(state),
+        )  # "disk full writing latest.pt (.. MB needed)"
         raise
-    finally: tmp.unlink(missing_ok=True)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 # %% ../nbs/09_train.ipynb #ac331c3b
 CHECKPOINT_KEYS = ("model", "model_config", "tokenizer")
 
+
 def _open_checkpoint(path: Path, map_location="cpu", need=CHECKPOINT_KEYS) -> tuple[dict | None, str]:
     "(checkpoint, '') or (None, what is wrong with the file). Never unpickles anything but tensors and plain values."
     import pickle, zipfile
-    if not path.exists(): return None, "no such file"
-    if path.is_dir(): return None, "is a folder, not a checkpoint file"
-    if path.stat().st_size == 0: return None, "is empty (0 bytes)"
+
+    if not path.exists():
+        return None, "no such file"
+    if path.is_dir():
+        return None, "is a folder, not a checkpoint file"
+    if path.stat().st_size == 0:
+        return None, "is empty (0 bytes)"
     import warnings
+
     try:
-        with warnings.catch_warnings():            # torch warns about a file's pickle protocol while refusing it: the line below says it all
-            warnings.simplefilter("ignore"); ck = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError: return None, ("holds objects a minillm checkpoint never contains (code could run when such a file is "
-                                                 "unpickled), so it was not opened")
+        with (
+            warnings.catch_warnings()
+        ):  # torch warns about a file's pickle protocol while refusing it: the line below says it all
+            warnings.simplefilter("ignore")
+            ck = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        return (
+            None,
+            (
+                "holds objects a minillm checkpoint never contains (code could run when such a file is "
+                "unpickled), so it was not opened"
+            ),
+        )
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, IndexError, KeyError):
         return None, "is truncated or not a checkpoint (torch cannot read it)"
     missing = [k for k in need if not isinstance(ck, dict) or k not in ck]
-    if missing: return None, f"is not a minillm checkpoint (it has no {', '.join(missing)})"
+    if missing:
+        return None, f"is not a minillm checkpoint (it has no {', '.join(missing)})"
     return ck, ""
 
+
 def load_checkpoint(path: Path, map_location="cpu", need=CHECKPOINT_KEYS) -> dict:
-    "A checkpoint, loaded without unpickling arbitrary objects; a damaged one is refused in one line that says which sibling is intact."
+    """A checkpoint, loaded without unpickling arbitrary objects; a damaged one is refused in one line that says which
+    sibling is intact.
+    """
     path = Path(path)
     ck, problem = _open_checkpoint(path, map_location, need)
-    if ck is not None: return ck
+    if ck is not None:
+        return ck
     others = []
     for name in ("latest.pt", "best.pt"):
         other = path.with_name(name)
-        if other == path or not other.exists(): continue
+        if other == path or not other.exists():
+            continue
         ok, _ = _open_checkpoint(other)
-        others.append(f"{name} beside it is intact (step {ok.get('step', '?')}): pass it instead" if ok else f"{name} beside it is damaged too")
-    raise ValueError(f"checkpoint {path} {problem}. " + ("; ".join(others) + "." if others else "No other checkpoint is beside it."))
+        others.append(
+            f"{name} beside it is intact (step {ok.get('step', '?')}): pass it instead"
+            if ok
+            else f"{name} beside it is damaged too"
+        )
+    raise ValueError(
+        f"checkpoint {path} {problem}. " + ("; ".join(others) + "." if others else "No other checkpoint is beside it.")
+    )
+
 
 def check_compatible(ckpt: dict, model_config: ModelConfig, tokenizer_fp: str):
     "Refuse a checkpoint from another model config or tokenizer, naming what differs."
     old, new = ckpt["model_config"], model_config.to_dict()
-    if not isinstance(old, dict): raise ValueError("the checkpoint's model_config is not a dict: the file is not one minillm wrote.")
+    if not isinstance(old, dict):
+        raise ValueError("the checkpoint's model_config is not a dict: the file is not one minillm wrote.")
     diff = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
-    if diff: raise ValueError("checkpoint was trained with another model config: " + ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
-                              + ". Resume with the same settings, or start a new --out.")
+    if diff:
+        raise ValueError(
+            "checkpoint was trained with another model config: "
+            + ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+            + ". Resume with the same settings, or start a new --out."
+        )
     if ckpt["tokenizer"] != tokenizer_fp:
-        raise ValueError(f"checkpoint was trained with tokenizer {ckpt['tokenizer']}, but --data uses {tokenizer_fp}: use the data it was trained on, or start a new --out.")
+        raise ValueError(
+            f"checkpoint was trained with tokenizer {ckpt['tokenizer']}, but --data uses {tokenizer_fp}: use the data"
+            " it was trained on, or start a new --out."
+        )
 
 # %% ../nbs/09_train.ipynb #2c0141cf
-ENGINES = {"single": "minillm.train.Engine", "ddp": "minillm.train.DDPEngine", "ddp-scratch": "minillm.zero.ScratchDDPEngine",
-           "zero1": "minillm.zero.Zero1Engine", "zero2": "minillm.zero.Zero2Engine", "zero3": "minillm.zero.Zero3Engine",
-           "fsdp": "minillm.zero.FSDPEngine", "deepspeed": "minillm.ds.DeepSpeedEngine"}
+ENGINES = {
+    "single": "minillm.train.Engine",
+    "ddp": "minillm.train.DDPEngine",
+    "ddp-scratch": "minillm.zero.ScratchDDPEngine",
+    "zero1": "minillm.zero.Zero1Engine",
+    "zero2": "minillm.zero.Zero2Engine",
+    "zero3": "minillm.zero.Zero3Engine",
+    "fsdp": "minillm.zero.FSDPEngine",
+    "deepspeed": "minillm.ds.DeepSpeedEngine",
+}
+
 
 def engine_class(name: str) -> type:
     "The engine class registered as `name` in ENGINES, imported on first use."
     import importlib
-    if name not in ENGINES: raise ValueError(f"--engine {name!r}: use one of {', '.join(ENGINES)}")
+
+    if name not in ENGINES:
+        raise ValueError(f"--engine {name!r}: use one of {', '.join(ENGINES)}")
     module, cls = ENGINES[name].rsplit(".", 1)
     return getattr(importlib.import_module(module), cls)
+
 
 def held_bytes(tensors) -> int:
     "Bytes held by `tensors` (each counted once by its storage)."
     seen, total = set(), 0
     for x in tensors:
-        if x is None: continue
-        x = x.to_local() if hasattr(x, "to_local") else x                   # a DTensor: this rank's piece
+        if x is None:
+            continue
+        x = x.to_local() if hasattr(x, "to_local") else x  # a DTensor: this rank's piece
         key = (x.untyped_storage().data_ptr(), x.device)
-        if key not in seen: seen.add(key); total += x.untyped_storage().nbytes()
+        if key not in seen:
+            seen.add(key)
+            total += x.untyped_storage().nbytes()
     return total
 
 # %% ../nbs/09_train.ipynb #aadb428e
@@ -342,8 +574,11 @@ class Engine:
       state this rank holds right now.
 
     This class is itself the `single` engine: one process, torch's AdamW."""
+
     name = "single"
-    def __init__(self, trainer): self.t = trainer
+
+    def __init__(self, trainer):
+        self.t = trainer
 
     def setup(self):
         t, c = self.t, self.t.cfg
@@ -351,13 +586,18 @@ class Engine:
         self.scaler = torch.amp.GradScaler("cuda", enabled=t.precision == "fp16")
         self.model = self.wrap(t.raw)
         self.opt = self.build_optimizer(param_groups(t.raw, c.weight_decay))
-        if c.compile: self.model = torch.compile(self.model)
+        if c.compile:
+            self.model = torch.compile(self.model)
 
-    def wrap(self, raw: torch.nn.Module) -> torch.nn.Module: return raw
+    def wrap(self, raw: torch.nn.Module) -> torch.nn.Module:
+        return raw
+
     def build_optimizer(self, groups: list[dict]) -> torch.optim.Optimizer:
         c = self.t.cfg
         return torch.optim.AdamW(groups, lr=c.lr, betas=(c.beta1, c.beta2), fused=self.t.d.device.type == "cuda")
-    def no_sync(self): return contextlib.nullcontext()      # DDP: hold the gradient all-reduce until the last micro-batch
+
+    def no_sync(self):
+        return contextlib.nullcontext()  # DDP: hold the gradient all-reduce until the last micro-batch
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         "(the loss to backpropagate: LM plus MoE balancing terms, the LM loss) of one micro-batch, under autocast."
@@ -372,36 +612,58 @@ class Engine:
             self.scaler.scale(loss / self.t.accum).backward()
         return lm.detach()
 
-    def clip(self, max_norm: float): torch.nn.utils.clip_grad_norm_(self.t.raw.parameters(), max_norm)
+    def clip(self, max_norm: float):
+        torch.nn.utils.clip_grad_norm_(self.t.raw.parameters(), max_norm)
 
     def step(self, lr: float):
-        for g in self.opt.param_groups: g["lr"] = lr
+        for g in self.opt.param_groups:
+            g["lr"] = lr
         if self.t.cfg.grad_clip:
-            self.scaler.unscale_(self.opt)                   # fp16: clip the true gradients, not the scaled ones
+            self.scaler.unscale_(self.opt)  # fp16: clip the true gradients, not the scaled ones
             self.clip(self.t.cfg.grad_clip)
-        self.scaler.step(self.opt); self.scaler.update(); self.opt.zero_grad(set_to_none=True)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.opt.zero_grad(set_to_none=True)
 
-    def model_state(self) -> dict: return self.t.raw.state_dict()
-    def optimizer_state(self) -> dict: return self.opt.state_dict()
-    def load_model_state(self, sd: dict): self.t.raw.load_state_dict(sd)
-    def load_optimizer_state(self, sd: dict): self.opt.load_state_dict(sd)
+    def model_state(self) -> dict:
+        return self.t.raw.state_dict()
+
+    def optimizer_state(self) -> dict:
+        return self.opt.state_dict()
+
+    def load_model_state(self, sd: dict):
+        self.t.raw.load_state_dict(sd)
+
+    def load_optimizer_state(self, sd: dict):
+        self.opt.load_state_dict(sd)
 
     def save(self, path: Path, state: dict):
         "Collective: the trainer's `state` with weights, optimizer and loss scaler, written by rank 0."
-        s = dict(state, model=self.model_state(), optimizer=self.optimizer_state(), scaler=self.scaler.state_dict(), engine=self.name)
-        if self.t.d.main: save_checkpoint(path, s)
+        s = dict(
+            state,
+            model=self.model_state(),
+            optimizer=self.optimizer_state(),
+            scaler=self.scaler.state_dict(),
+            engine=self.name,
+        )
+        if self.t.d.main:
+            save_checkpoint(path, s)
 
     def load(self, path: Path, ck: dict) -> dict:
         "Weights and optimizer from `ck` (read from `path`); returns the trainer's part of the state."
         self.load_model_state(ck["model"])
         if ck.get("optimizer") is None:
-            self.t.log(f"{path} has weights but no optimizer state (written by DeepSpeed): AdamW's moments start from zero")
+            self.t.log(
+                f"{path} has weights but no optimizer state (written by DeepSpeed): AdamW's moments start from zero"
+            )
             return ck
         self.load_optimizer_state(ck["optimizer"])
-        if ck.get("scaler"): self.scaler.load_state_dict(ck["scaler"])
+        if ck.get("scaler"):
+            self.scaler.load_state_dict(ck["scaler"])
         return ck
 
-    def describe(self) -> str: return "engine single: one process"
+    def describe(self) -> str:
+        return "engine single: one process"
 
     def rank_bytes(self) -> dict:
         "Bytes of weights, gradients and optimizer state (moments, not the step counters) on this rank."
@@ -409,65 +671,99 @@ class Engine:
         moments = [v for s in self.opt.state.values() for k, v in s.items() if torch.is_tensor(v) and k != "step"]
         return dict(params=held_bytes(params), grads=held_bytes(p.grad for p in params), optimizer=held_bytes(moments))
 
+
 class DDPEngine(Engine):
-    "torch's DistributedDataParallel: every rank holds everything; gradients are all-reduced in buckets during backward."
+    """torch's DistributedDataParallel: every rank holds everything; gradients are all-reduced in buckets during
+    backward.
+    """
+
     name = "ddp"
+
     def wrap(self, raw):
         d = self.t.d
-        if d.world_size == 1: self.ddp = None; return raw
-        self.ddp = torch.nn.parallel.DistributedDataParallel(raw, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
+        if d.world_size == 1:
+            self.ddp = None
+            return raw
+        self.ddp = torch.nn.parallel.DistributedDataParallel(
+            raw, device_ids=[d.local_rank] if d.device.type == "cuda" else None
+        )
         return self.ddp
-    def no_sync(self): return self.ddp.no_sync() if self.ddp is not None else contextlib.nullcontext()
-    def describe(self) -> str: return f"engine ddp: torch DistributedDataParallel over {self.t.d.world_size} ranks"
+
+    def no_sync(self):
+        return self.ddp.no_sync() if self.ddp is not None else contextlib.nullcontext()
+
+    def describe(self) -> str:
+        return f"engine ddp: torch DistributedDataParallel over {self.t.d.world_size} ranks"
 
 # %% ../nbs/09_train.ipynb #14cca068
 class Trainer:
     "The loop every engine shares: data, schedule, evaluation, logging, signals, checkpoints."
+
     def __init__(self, model_config: ModelConfig, cfg: TrainConfig, log=print, callbacks=()):
         self.cfg, self.callbacks = cfg, list(callbacks)
         self.d = setup_dist(cfg.device)
         self.log = log if self.d.main else (lambda *a, **k: None)
         self.tok = load_tokenizer(Path(cfg.data) / "tokenizer")
-        verify_data(cfg.data, self.tok)          # fingerprint, shard sizes, dtype, token ids < vocab: before any weight exists
+        verify_data(cfg.data, self.tok)  # fingerprint, shard sizes, dtype, token ids < vocab: before any weight exists
         if model_config.vocab_size != self.tok.vocab_size:
-            self.log(f"vocab_size {model_config.vocab_size} -> {self.tok.vocab_size}: the tokenizer of {cfg.data} decides it")
+            self.log(
+                f"vocab_size {model_config.vocab_size} -> {self.tok.vocab_size}: the tokenizer of {cfg.data} decides it"
+            )
             model_config = replace(model_config, vocab_size=self.tok.vocab_size)
         self.T = cfg.seq_len or model_config.max_seq_len
-        if self.T > model_config.max_seq_len: raise ValueError(f"seq_len {self.T} exceeds the model's max_seq_len {model_config.max_seq_len}.")
+        if self.T > model_config.max_seq_len:
+            raise ValueError(f"seq_len {self.T} exceeds the model's max_seq_len {model_config.max_seq_len}.")
         self.model_config = model_config
         self.accum = accumulation_steps(cfg.batch_tokens, cfg.micro_batch, self.T, self.d.world_size)
         seed_everything(cfg.seed)
         self.raw = MiniLLM(model_config).to(self.d.device)
         self.raw.activation_checkpointing = cfg.activation_checkpointing
-        self.moe = bool(moe_layers(self.raw))    # MoE layers: balancing losses join the loss, loads are counted per optimizer step
-        self.n_params, self.n_active = self.raw.num_params(), self.raw.num_params("active")   # before an engine shards the weights
+        self.moe = bool(
+            moe_layers(self.raw)
+        )  # MoE layers: balancing losses join the loss, loads are counted per optimizer step
+        self.n_params, self.n_active = (
+            self.raw.num_params(),
+            self.raw.num_params("active"),
+        )  # before an engine shards the weights
         self.engine = engine_class(self.engine_name())(self)
-        self.engine.setup()                      # sets self.precision; DeepSpeed's config may set micro_batch and accum
+        self.engine.setup()  # sets self.precision; DeepSpeed's config may set micro_batch and accum
         self.train_data, self.val_data = TokenDataset(cfg.data, "train"), TokenDataset(cfg.data, "val")
-        self.sampler = TrainSampler(self.train_data, self.T, self.cfg.micro_batch, self.d.rank, self.d.world_size, cfg.seed)   # the engine's micro batch
-        if (len(self.val_data) - 1) // self.T < self.d.world_size:        # every rank evaluates at least one window
-            raise ValueError(f"{Path(cfg.data) / 'val.bin'} holds {len(self.val_data)} tokens, fewer than {self.d.world_size} evaluation "
-                             f"window(s) of seq_len + 1 = {self.T + 1} (one per rank): use a shorter --seq-len, or prepare more data.")
+        self.sampler = TrainSampler(
+            self.train_data, self.T, self.cfg.micro_batch, self.d.rank, self.d.world_size, cfg.seed
+        )  # the engine's micro batch
+        if (len(self.val_data) - 1) // self.T < self.d.world_size:  # every rank evaluates at least one window
+            raise ValueError(
+                f"{Path(cfg.data) / 'val.bin'} holds {len(self.val_data)} tokens, fewer than {self.d.world_size}"
+                f" evaluation window(s) of seq_len + 1 = {self.T + 1} (one per rank): use a shorter --seq-len, or"
+                " prepare more data."
+            )
         splits = self.train_data.meta["splits"]["val"]
         self.bytes_per_token = splits.get("bytes", 0) / splits["tokens"] if splits.get("bytes") else None
         self.step, self.best, self.max_steps, self.stop, self.signalled = 0, float("inf"), cfg.max_steps, None, None
-        if cfg.epochs: self.max_steps = self.steps_for_epochs(cfg.epochs)
+        if cfg.epochs:
+            self.max_steps = self.steps_for_epochs(cfg.epochs)
         self.out = Path(cfg.out)
         self.flops = flops_per_token(model_config, self.T)
-        self.peak = peak_flops(torch.cuda.get_device_name(self.d.device), self.precision) if self.d.device.type == "cuda" else None
-        self.writers = MetricWriters(None)       # opened by fit, once the run folder is checked
+        self.peak = (
+            peak_flops(torch.cuda.get_device_name(self.d.device), self.precision)
+            if self.d.device.type == "cuda"
+            else None
+        )
+        self.writers = MetricWriters(None)  # opened by fit, once the run folder is checked
 
     def steps_for_epochs(self, epochs: float) -> int:
         "Optimizer steps that draw `epochs` passes over the training windows (every rank, every micro-batch)."
-        windows = (len(self.train_data) - 1) // self.T // self.d.world_size          # per rank, per epoch
+        windows = (len(self.train_data) - 1) // self.T // self.d.world_size  # per rank, per epoch
         per_epoch = max(1, windows // self.cfg.micro_batch // self.accum)
         return max(1, math.ceil(epochs * per_epoch))
 
     def engine_name(self) -> str:
         "--engine, or the default: deepspeed when a DeepSpeed setting is given, ddp under a launcher, single otherwise."
         c = self.cfg
-        if c.engine: return c.engine
-        if c.deepspeed is not None or c.zero_stage is not None or c.offload != "none": return "deepspeed"
+        if c.engine:
+            return c.engine
+        if c.deepspeed is not None or c.zero_stage is not None or c.offload != "none":
+            return "deepspeed"
         return "ddp" if self.d.world_size > 1 else "single"
 
     def _writers(self) -> MetricWriters:
@@ -478,47 +774,71 @@ class Trainer:
     def describe(self) -> str:
         n, active = self.n_params, self.n_active
         moe = f", {active / 1e6:.2f}M active per token" if active != n else ""
-        return (f"model {n / 1e6:.2f}M params{moe} ({self.model_config.num_layers} layers, dim {self.model_config.embed_dim}, {self.model_config.attention}, "
-                f"{self.model_config.positional}) | {self.d.world_size} x {self.d.device.type} | precision {self.precision} | "
-                f"batch {self.cfg.micro_batch} x {self.T} x {self.d.world_size} ranks x {self.accum} accumulation = "
-                f"{self.cfg.micro_batch * self.T * self.d.world_size * self.accum:,} tokens/step | {self.engine.describe()}")
+        return (
+            f"model {n / 1e6:.2f}M params{moe} ({self.model_config.num_layers} layers, dim"
+            f" {self.model_config.embed_dim}, {self.model_config.attention}, {self.model_config.positional}) |"
+            f" {self.d.world_size} x {self.d.device.type} | precision {self.precision} | batch {self.cfg.micro_batch} x"
+            f" {self.T} x {self.d.world_size} ranks x {self.accum} accumulation ="
+            f" {self.cfg.micro_batch * self.T * self.d.world_size * self.accum:,} tokens/step |"
+            f" {self.engine.describe()}"
+        )
 
 # %% ../nbs/09_train.ipynb #8e02fc7d
 @patch
 def _lr(self: Trainer) -> float:
     c = self.cfg
-    return lr_at(self.step, self.max_steps, c.lr, c.lr / 10 if c.min_lr is None else c.min_lr, c.warmup_steps, c.schedule)
+    return lr_at(
+        self.step, self.max_steps, c.lr, c.lr / 10 if c.min_lr is None else c.min_lr, c.warmup_steps, c.schedule
+    )
+
 
 @patch
 def accumulate(self: Trainer) -> torch.Tensor:
-    "Forward and backward of `accum` micro-batches through the engine (gradients summed); returns this rank's mean loss."
+    """Forward and backward of `accum` micro-batches through the engine (gradients summed); returns this rank's mean
+    loss.
+    """
     total = torch.zeros((), device=self.d.device)
     for i in range(self.accum):
         x, y = (t.to(self.d.device, non_blocking=True) for t in self.sampler.next_batch())
         total += self.engine.backward(x, y, last=i == self.accum - 1).float() / self.accum
     return total
 
+
 @patch
 def train_step(self: Trainer) -> float:
     "One optimizer step: accumulate, then the engine's update. Returns the mean loss (averaged across ranks)."
     total = self.accumulate()
     self.engine.step(self._lr())
-    if self.moe: moe_step(self.raw)          # once per optimizer step, every rank: loads summed across ranks, aux-free biases move
-    if self.d.world_size > 1: dist.all_reduce(total, op=dist.ReduceOp.AVG)
+    if self.moe:
+        moe_step(self.raw)  # once per optimizer step, every rank: loads summed across ranks, aux-free biases move
+    if self.d.world_size > 1:
+        dist.all_reduce(total, op=dist.ReduceOp.AVG)
     self.step += 1
-    if not hasattr(self, "rank_bytes"): self._write_rank_bytes()     # after the first step every state exists
+    if not hasattr(self, "rank_bytes"):
+        self._write_rank_bytes()  # after the first step every state exists
     return total.item()
+
 
 @patch
 def _write_rank_bytes(self: Trainer):
     "Every rank's bytes of weights, gradients and optimizer state after the first step, gathered into memory.json."
     mine = self.engine.rank_bytes()
     self.rank_bytes = [mine] * self.d.world_size
-    if self.d.world_size > 1: dist.all_gather_object(self.rank_bytes, mine)
+    if self.d.world_size > 1:
+        dist.all_gather_object(self.rank_bytes, mine)
     if self.d.main:
         self.out.mkdir(parents=True, exist_ok=True)
-        write_json(self.out / "memory.json", dict(engine=self.engine.name, world_size=self.d.world_size, precision=self.precision,
-                                                   num_params=self.n_params, ranks=self.rank_bytes))
+        write_json(
+            self.out / "memory.json",
+            dict(
+                engine=self.engine.name,
+                world_size=self.d.world_size,
+                precision=self.precision,
+                num_params=self.n_params,
+                ranks=self.rank_bytes,
+            ),
+        )
+
 
 @patch
 @torch.no_grad()
@@ -527,166 +847,279 @@ def evaluate(self: Trainer) -> dict:
     self.raw.eval()
     s = torch.zeros(2, device=self.d.device)
     amp = self.engine.amp_dtype
-    for x, y in eval_batches(self.val_data, self.T, self.cfg.micro_batch, self.d.rank, self.d.world_size, self.cfg.eval_batches):
+    for x, y in eval_batches(
+        self.val_data, self.T, self.cfg.micro_batch, self.d.rank, self.d.world_size, self.cfg.eval_batches
+    ):
         with torch.autocast(self.d.device.type, dtype=amp, enabled=amp is not None):
             logits = self.raw(x.to(self.d.device))[0]
-        s += torch.stack([F.cross_entropy(logits.float().flatten(0, 1), y.to(self.d.device).flatten(), reduction="sum"), torch.tensor(float(y.numel()), device=self.d.device)])
-    if self.d.world_size > 1: dist.all_reduce(s)
+        s += torch.stack(
+            [
+                F.cross_entropy(logits.float().flatten(0, 1), y.to(self.d.device).flatten(), reduction="sum"),
+                torch.tensor(float(y.numel()), device=self.d.device),
+            ]
+        )
+    if self.d.world_size > 1:
+        dist.all_reduce(s)
     self.raw.train()
     loss = (s[0] / s[1]).item()
     out = dict(val_loss=loss, val_ppl=math.exp(min(loss, 50)))
-    if self.bytes_per_token: out["val_bpb"] = loss / math.log(2) / self.bytes_per_token
+    if self.bytes_per_token:
+        out["val_bpb"] = loss / math.log(2) / self.bytes_per_token
     return out
 
 # %% ../nbs/09_train.ipynb #60dd3839
 @patch
 def _rng_states(self: Trainer) -> list:
     "Every rank's random states, gathered (a collective: all ranks call it)."
-    if self.d.world_size == 1: return [rng_state()]
+    if self.d.world_size == 1:
+        return [rng_state()]
     rngs = [None] * self.d.world_size
     dist.all_gather_object(rngs, rng_state())
     return rngs
 
+
 @patch
 def state(self: Trainer) -> dict:
-    "The trainer's part of a checkpoint, for every rank (random states gathered to rank 0); the engine adds weights and optimizer."
-    return dict(rng=self._rng_states(), sampler=self.sampler.state_dict(), step=self.step, max_steps=self.max_steps, best=self.best,
-                model_config=self.model_config.to_dict(), train_config=asdict(self.cfg), tokenizer=self.tok.fingerprint())
+    """The trainer's part of a checkpoint, for every rank (random states gathered to rank 0); the engine adds weights
+    and optimizer.
+    """
+    return dict(
+        rng=self._rng_states(),
+        sampler=self.sampler.state_dict(),
+        step=self.step,
+        max_steps=self.max_steps,
+        best=self.best,
+        model_config=self.model_config.to_dict(),
+        train_config=asdict(self.cfg),
+        tokenizer=self.tok.fingerprint(),
+    )
+
 
 @patch
 def save(self: Trainer, name: str = "latest.pt"):
-    self.engine.save(self.out / name, self.state())       # every rank takes part: gathers, and sharded engines' collectives
+    self.engine.save(self.out / name, self.state())  # every rank takes part: gathers, and sharded engines' collectives
+
 
 @patch
 def resume(self: Trainer, path: Path):
     "Continue from a checkpoint of the same model and tokenizer, exactly where it stopped."
     ck = load_checkpoint(path, map_location="cpu")
     missing = [k for k in ("sampler", "step", "max_steps", "best", "train_config", "rng") if k not in ck]
-    if missing: raise ValueError(f"{path} holds weights but not a training state (no {', '.join(missing)}): it cannot be resumed; start a new --out.")
+    if missing:
+        raise ValueError(
+            f"{path} holds weights but not a training state (no {', '.join(missing)}): it cannot be resumed; start a"
+            " new --out."
+        )
     check_compatible(ck, self.model_config, self.tok.fingerprint())
     check_state_dict(self.model_config, ck["model"], str(path))
     ck = self.engine.load(Path(path), ck)
-    self.sampler.load_state_dict(ck["sampler"]); self.step, self.max_steps, self.best = ck["step"], ck["max_steps"], ck["best"]
-    if self.cfg.max_steps != ck["train_config"]["max_steps"]:          # asked for another length: the schedule follows
-        self.max_steps = self.cfg.max_steps; self.log(f"max_steps changed on resume: the schedule now ends at step {self.max_steps}")
+    self.sampler.load_state_dict(ck["sampler"])
+    self.step, self.max_steps, self.best = ck["step"], ck["max_steps"], ck["best"]
+    if self.cfg.max_steps != ck["train_config"]["max_steps"]:  # asked for another length: the schedule follows
+        self.max_steps = self.cfg.max_steps
+        self.log(f"max_steps changed on resume: the schedule now ends at step {self.max_steps}")
     set_rng_state(ck["rng"][self.d.rank] if self.d.rank < len(ck["rng"]) else ck["rng"][0])
     self.log(f"resumed from {path} at step {self.step}")
 
 # %% ../nbs/09_train.ipynb #9083b226
-RUN_FILES = ("latest.pt", "best.pt", "metrics.jsonl", "config.json", "tokenizer", "deepspeed", "ds_config.json", "zero_memory.json", "memory.json", "tensorboard")
+RUN_FILES = (
+    "latest.pt",
+    "best.pt",
+    "metrics.jsonl",
+    "config.json",
+    "tokenizer",
+    "deepspeed",
+    "ds_config.json",
+    "zero_memory.json",
+    "memory.json",
+    "tensorboard",
+)
+
 
 def run_files(out: Path, skip=()) -> list[str]:
     "The names of a run's files present in `out` (RUN_FILES and kept step_*.pt checkpoints)."
     out = Path(out)
-    if not out.is_dir(): return []
-    return [n for n in RUN_FILES if n not in skip and (out / n).exists()] + sorted(p.name for p in out.glob("step_*.pt"))
+    if not out.is_dir():
+        return []
+    return [n for n in RUN_FILES if n not in skip and (out / n).exists()] + sorted(
+        p.name for p in out.glob("step_*.pt")
+    )
+
 
 def clear_run(out: Path, keep=()):
-    "Remove every file of the run in `out` (checkpoints, shards, metrics, tokenizer, logs), and half-written temporaries."
+    """Remove every file of the run in `out` (checkpoints, shards, metrics, tokenizer, logs), and half-written
+    temporaries.
+    """
     import shutil
+
     for n in run_files(out, skip=keep):
         p = Path(out) / n
         shutil.rmtree(p) if p.is_dir() else p.unlink()
-    for tmp in Path(out).glob(".*.tmp"): tmp.unlink(missing_ok=True)
+    for tmp in Path(out).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
 
 @patch
 def _write_run_files(self: Trainer):
-    if not self.d.main: return
-    write_json(self.out / "config.json", dict(model=self.model_config.to_dict(), train=asdict(self.cfg), tokenizer=self.tok.fingerprint()))
-    if not (self.out / "tokenizer").exists(): self.tok.save(self.out / "tokenizer")
+    if not self.d.main:
+        return
+    write_json(
+        self.out / "config.json",
+        dict(model=self.model_config.to_dict(), train=asdict(self.cfg), tokenizer=self.tok.fingerprint()),
+    )
+    if not (self.out / "tokenizer").exists():
+        self.tok.save(self.out / "tokenizer")
+
 
 @patch
 def _record(self: Trainer, row: dict):
-    for cb in self.callbacks: cb(row)
-    self.writers.write(row)                        # metrics.jsonl (+ TensorBoard / W&B), rank 0 only
+    for cb in self.callbacks:
+        cb(row)
+    self.writers.write(row)  # metrics.jsonl (+ TensorBoard / W&B), rank 0 only
+
 
 @patch
 def _stop_on_signals(self: Trainer):
     "SIGINT/SIGTERM are noted; the loop stops where the ranks agree (`_agree_on_stop`), saves a checkpoint and exits."
     return signals_noted(lambda name: setattr(self, "signalled", name))
 
+
 @patch
 def _agree_on_stop(self: Trainer):
     """A signal may reach the ranks a step apart: they stop only where all of them have agreed, after the same step.
     (A rank that stopped on its own signal would start saving while another, signalled a moment later, runs the next
     step's collectives: the ranks would deadlock or fail.)"""
-    if self.d.world_size == 1: flag = bool(self.signalled)
+    if self.d.world_size == 1:
+        flag = bool(self.signalled)
     else:
         t = torch.tensor([1.0 if self.signalled else 0.0], device=self.d.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX); flag = bool(t.item())
-    if flag and self.stop is None: self.stop = self.signalled or "SIGNAL"
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        flag = bool(t.item())
+    if flag and self.stop is None:
+        self.stop = self.signalled or "SIGNAL"
 
 # %% ../nbs/09_train.ipynb #fe7be5dd
 class Diverged(UserError):
     "The loss became NaN or infinite."
+
 
 @patch
 def _fit_schedule(self: Trainer, t0: float, t1: float) -> int:
     "Steps that fill the time budget at the pace of the steps after the first; every rank takes rank 0's figure."
     per_step = (time.perf_counter() - t1) / max(1, self.step - 1)
     fitted = max(self.step + 1, int((self.cfg.time_budget - (t1 - t0)) / per_step))
-    if self.max_steps < UNCAPPED: fitted = min(fitted, self.max_steps)           # --max-steps or --epochs cap it
-    if self.d.world_size > 1:                                                     # clocks differ: agree, or ranks stop apart and hang
-        n = torch.tensor([fitted], device=self.d.device); dist.broadcast(n, 0); fitted = int(n.item())
-    if fitted != self.max_steps: self.log(f"time budget {self.cfg.time_budget:.0f} s at {per_step * 1e3:.0f} ms/step: schedule fitted to {fitted} steps")
+    if self.max_steps < UNCAPPED:
+        fitted = min(fitted, self.max_steps)  # --max-steps or --epochs cap it
+    if self.d.world_size > 1:  # clocks differ: agree, or ranks stop apart and hang
+        n = torch.tensor([fitted], device=self.d.device)
+        dist.broadcast(n, 0)
+        fitted = int(n.item())
+    if fitted != self.max_steps:
+        self.log(
+            f"time budget {self.cfg.time_budget:.0f} s at {per_step * 1e3:.0f} ms/step: schedule fitted to {fitted}"
+            " steps"
+        )
     return fitted
+
 
 @patch
 def _check_finite(self: Trainer, loss: float):
     "Stop a diverged run before anything is saved: the last good checkpoint stays as it was."
-    if math.isfinite(loss): return
+    if math.isfinite(loss):
+        return
     kept = self.out / "latest.pt"
-    raise Diverged(f"the loss is {loss} at step {self.step}: the run diverged and was stopped without saving. Likely causes: "
-                   f"the learning rate (--lr {self.cfg.lr:g}: try a third of it, or a longer --warmup-steps), the precision "
-                   f"({self.precision}: fp16 overflows where bf16 or fp32 does not), or --grad-clip {self.cfg.grad_clip:g}. "
-                   + (f"{kept} (step {load_checkpoint(kept)['step']}) is kept; --resume continues from it." if kept.exists() else "No checkpoint was written."))
+    raise Diverged(
+        f"the loss is {loss} at step {self.step}: the run diverged and was stopped without saving. Likely causes: "
+        f"the learning rate (--lr {self.cfg.lr:g}: try a third of it, or a longer --warmup-steps), the precision "
+        f"({self.precision}: fp16 overflows where bf16 or fp32 does not), or --grad-clip {self.cfg.grad_clip:g}. "
+        + (
+            f"{kept} (step {load_checkpoint(kept)['step']}) is kept; --resume continues from it."
+            if kept.exists()
+            else "No checkpoint was written."
+        )
+    )
+
 
 @patch
 def fit(self: Trainer, resume: bool | str | Path = False) -> dict:
-    "Train to max_steps (or the time budget), evaluating and saving; returns the last evaluation. `resume`: True (latest.pt) or a checkpoint path."
+    """Train to max_steps (or the time budget), evaluating and saving; returns the last evaluation. `resume`: True
+    (latest.pt) or a checkpoint path.
+    """
     from tqdm.auto import tqdm
+
     cfg = self.cfg
     if self.d.main:
         self.out.mkdir(parents=True, exist_ok=True)
-        for tmp in self.out.glob(".*.tmp"): tmp.unlink(missing_ok=True)          # left by a save that was killed
+        for tmp in self.out.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)  # left by a save that was killed
     if resume:
         path = self.out / "latest.pt" if resume is True else Path(resume)
-        if not path.exists(): raise FileNotFoundError(f"--resume: no {path}; drop --resume to start a new run.")
+        if not path.exists():
+            raise FileNotFoundError(f"--resume: no {path}; drop --resume to start a new run.")
         self.resume(path)
-    elif self.d.main and (held := run_files(self.out, skip=("ds_config.json",))):    # DeepSpeed wrote its config while starting
-        raise FileExistsError(f"{self.out} already holds a run ({', '.join(held)}): pass --resume to continue it, --overwrite to replace it, or choose another --out.")
+    elif self.d.main and (
+        held := run_files(self.out, skip=("ds_config.json",))
+    ):  # DeepSpeed wrote its config while starting
+        raise FileExistsError(
+            f"{self.out} already holds a run ({', '.join(held)}): pass --resume to continue it, --overwrite to replace"
+            " it, or choose another --out."
+        )
     self._write_run_files()
     self.writers = self._writers()
     self.log(self.describe())
-    bar = tqdm(total=self.max_steps, initial=self.step, dynamic_ncols=True,       # TQDM_DISABLE=1: no bar (a launcher streaming the log)
-               disable=not self.d.main or os.environ.get("TQDM_DISABLE", "") not in ("", "0"))
+    bar = tqdm(
+        total=self.max_steps,
+        initial=self.step,
+        dynamic_ncols=True,  # TQDM_DISABLE=1: no bar (a launcher streaming the log)
+        disable=not self.d.main or os.environ.get("TQDM_DISABLE", "") not in ("", "0"),
+    )
     t0, tokens, last, t1 = time.perf_counter(), 0, {}, None
     step_tokens = cfg.micro_batch * self.T * self.d.world_size * self.accum
     with self._stop_on_signals():
         while self.step < self.max_steps and self.stop is None:
-            loss = self.train_step(); tokens += step_tokens
+            loss = self.train_step()
+            tokens += step_tokens
             self._check_finite(loss)
             self._agree_on_stop()
-            if t1 is None: t1 = time.perf_counter()              # the first step pays for compilation and warm-up: time the rest
+            if t1 is None:
+                t1 = time.perf_counter()  # the first step pays for compilation and warm-up: time the rest
             if cfg.time_budget and self.step == min(self.max_steps, max(5, cfg.warmup_steps // 2)) and not resume:
-                self.max_steps = self._fit_schedule(t0, t1); bar.total = self.max_steps
+                self.max_steps = self._fit_schedule(t0, t1)
+                bar.total = self.max_steps
             elapsed = time.perf_counter() - t0
             row = dict(step=self.step, loss=loss, lr=self._lr(), tokens_per_s=tokens / elapsed, elapsed_s=elapsed)
-            if self.peak: row["mfu"] = row["tokens_per_s"] * self.flops / self.peak / self.d.world_size
-            if self.d.device.type == "cuda": row["mem_gb"] = torch.cuda.max_memory_allocated(self.d.device) / 1e9
+            if self.peak:
+                row["mfu"] = row["tokens_per_s"] * self.flops / self.peak / self.d.world_size
+            if self.d.device.type == "cuda":
+                row["mem_gb"] = torch.cuda.max_memory_allocated(self.d.device) / 1e9
             moe = moe_metrics(self.raw) if self.moe else {}
             row.update({k: v for k, v in moe.items() if k != "moe_load"})
             if self.step % cfg.eval_every == 0 or self.step == self.max_steps:
-                last = self.evaluate(); row.update(last)
-                if "moe_load" in moe: row["moe_load"] = moe["moe_load"]       # per layer, per expert: at evaluations only
-                if last["val_loss"] < self.best: self.best = last["val_loss"]; self.save("best.pt")
+                last = self.evaluate()
+                row.update(last)
+                if "moe_load" in moe:
+                    row["moe_load"] = moe["moe_load"]  # per layer, per expert: at evaluations only
+                if last["val_loss"] < self.best:
+                    self.best = last["val_loss"]
+                    self.save("best.pt")
                 self.save("latest.pt")
-            if cfg.keep_every and self.step % cfg.keep_every == 0: self.save(f"step_{self.step:07d}.pt")
-            if self.step % cfg.log_every == 0 or "val_loss" in row: self._record(row)
-            if cfg.stop_at and self.step >= cfg.stop_at and self.stop is None: self.stop = "stop_at"
+            if cfg.keep_every and self.step % cfg.keep_every == 0:
+                self.save(f"step_{self.step:07d}.pt")
+            if self.step % cfg.log_every == 0 or "val_loss" in row:
+                self._record(row)
+            if cfg.stop_at and self.step >= cfg.stop_at and self.stop is None:
+                self.stop = "stop_at"
             bar.update(1)
-            bar.set_postfix({k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in row.items() if k in ("loss", "lr", "tokens_per_s", "mfu", "val_bpb")})
-        if self.stop: self.save("latest.pt"); self.log(f"\n{self.stop}: saved {self.out / 'latest.pt'} at step {self.step}; --resume continues it.")
+            bar.set_postfix(
+                {
+                    k: f"{v:.3g}" if isinstance(v, float) else v
+                    for k, v in row.items()
+                    if k in ("loss", "lr", "tokens_per_s", "mfu", "val_bpb")
+                }
+            )
+        if self.stop:
+            self.save("latest.pt")
+            self.log(f"\n{self.stop}: saved {self.out / 'latest.pt'} at step {self.step}; --resume continues it.")
     bar.close()
     self.writers.close()
     return last
@@ -694,130 +1127,234 @@ def fit(self: Trainer, resume: bool | str | Path = False) -> dict:
 # %% ../nbs/09_train.ipynb #2196007f
 class LivePlot:
     "Loss and learning-rate curves that redraw in place in a notebook, every `every` records."
-    def __init__(self, every: int = 1): self.rows, self.every, self.handle = [], every, None
+
+    def __init__(self, every: int = 1):
+        self.rows, self.every, self.handle = [], every, None
+
     def __call__(self, row: dict):
         self.rows.append(row)
-        if len(self.rows) % self.every and "val_loss" not in row: return
+        if len(self.rows) % self.every and "val_loss" not in row:
+            return
         import matplotlib.pyplot as plt
         from IPython.display import display
+
         fig, (a, b) = plt.subplots(1, 2, figsize=(9, 2.6))
         a.plot([r["step"] for r in self.rows], [r["loss"] for r in self.rows], label="train")
         ev = [r for r in self.rows if "val_loss" in r]
-        if ev: a.plot([r["step"] for r in ev], [r["val_loss"] for r in ev], "o-", label="val")
-        a.set_xlabel("step"); a.set_ylabel("loss"); a.legend()
-        b.plot([r["step"] for r in self.rows], [r["lr"] for r in self.rows]); b.set_xlabel("step"); b.set_ylabel("lr")
-        if self.handle is None: self.handle = display(fig, display_id=True)
-        else: self.handle.update(fig)
+        if ev:
+            a.plot([r["step"] for r in ev], [r["val_loss"] for r in ev], "o-", label="val")
+        a.set_xlabel("step")
+        a.set_ylabel("loss")
+        a.legend()
+        b.plot([r["step"] for r in self.rows], [r["lr"] for r in self.rows])
+        b.set_xlabel("step")
+        b.set_ylabel("lr")
+        if self.handle is None:
+            self.handle = display(fig, display_id=True)
+        else:
+            self.handle.update(fig)
         plt.close(fig)
 
 # %% ../nbs/09_train.ipynb #f1eb82f8
 def load_model(path, device: str = "cpu", checkpoint: str | None = None):
-    "(model, tokenizer) from a run folder (best.pt, else latest.pt) or a checkpoint file beside its run's tokenizer/. Every part is checked first."
+    """(model, tokenizer) from a run folder (best.pt, else latest.pt) or a checkpoint file beside its run's tokenizer/.
+    Every part is checked first.
+    """
     path = Path(path)
-    if not path.exists(): raise FileNotFoundError(f"{path}: no such run folder or checkpoint file.")
-    ck_path = path if path.is_file() else next((path / n for n in ([checkpoint] if checkpoint else ["best.pt", "latest.pt"]) if (path / n).exists()), None)
-    if ck_path is None: raise FileNotFoundError(f"{path}: no best.pt or latest.pt; pass a run folder written by `minillm train`, or a checkpoint file.")
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such run folder or checkpoint file.")
+    ck_path = (
+        path
+        if path.is_file()
+        else next(
+            (path / n for n in ([checkpoint] if checkpoint else ["best.pt", "latest.pt"]) if (path / n).exists()), None
+        )
+    )
+    if ck_path is None:
+        raise FileNotFoundError(
+            f"{path}: no best.pt or latest.pt; pass a run folder written by `minillm train`, or a checkpoint file."
+        )
     ck = load_checkpoint(ck_path, map_location="cpu")
     tok_dir = ck_path.parent / "tokenizer"
-    if not tok_dir.exists(): raise FileNotFoundError(f"no tokenizer/ beside {ck_path}: copy the run's tokenizer folder there.")
+    if not tok_dir.exists():
+        raise FileNotFoundError(f"no tokenizer/ beside {ck_path}: copy the run's tokenizer folder there.")
     tok = load_tokenizer(tok_dir)
-    if tok.fingerprint() != ck["tokenizer"]: raise ValueError(f"{tok_dir} is not the tokenizer {ck_path} was trained with.")
-    config = config_from_checkpoint(ck["model_config"], str(ck_path))      # sizes checked against the weights: nothing allocated yet
+    if tok.fingerprint() != ck["tokenizer"]:
+        raise ValueError(f"{tok_dir} is not the tokenizer {ck_path} was trained with.")
+    config = config_from_checkpoint(
+        ck["model_config"], str(ck_path)
+    )  # sizes checked against the weights: nothing allocated yet
     check_state_dict(config, ck["model"], str(ck_path))
-    bad = [k for k, v in ck["model"].items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad: raise ValueError(f"{ck_path}: weights hold NaN or inf ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): the run diverged "
-                             "before this save; use an earlier checkpoint (see --keep-every) or retrain with a lower --lr.")
-    if config.vocab_size != tok.vocab_size: raise ValueError(f"{ck_path}: the model has {config.vocab_size} token ids but {tok_dir} has {tok.vocab_size}.")
+    bad = [
+        k
+        for k, v in ck["model"].items()
+        if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()
+    ]
+    if bad:
+        raise ValueError(
+            f"{ck_path}: weights hold NaN or inf ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): the run"
+            " diverged before this save; use an earlier checkpoint (see --keep-every) or retrain with a lower --lr."
+        )
+    if config.vocab_size != tok.vocab_size:
+        raise ValueError(f"{ck_path}: the model has {config.vocab_size} token ids but {tok_dir} has {tok.vocab_size}.")
     model = MiniLLM(config).to(device)
-    model.load_state_dict(ck["model"]); model.eval()
+    model.load_state_dict(ck["model"])
+    model.eval()
     return model, tok
 
-def sample_text(model: MiniLLM, tok, prompt: str = "", max_new_tokens: int = 200, temperature: float = 0.8, top_k: int | None = 50,
-                top_p: float | None = None, seed: int = 0, stop_at_eos: bool = True, on_text=None) -> str:
-    """Continue `prompt` (or start a new document when it is empty); returns prompt + continuation, ending before the end-of-text
-    token when `stop_at_eos`. `on_text(s)` receives each new piece of text as soon as it decodes (a character split across
-    tokens waits for its last byte)."""
+
+def sample_text(
+    model: MiniLLM,
+    tok,
+    prompt: str = "",
+    max_new_tokens: int = 200,
+    temperature: float = 0.8,
+    top_k: int | None = 50,
+    top_p: float | None = None,
+    seed: int = 0,
+    stop_at_eos: bool = True,
+    on_text=None,
+) -> str:
+    """Continue `prompt` (or start a new document when it is empty); returns prompt + continuation, ending before the
+    end-of-text
+    token when `stop_at_eos`. `on_text(s)` receives each new piece of text as soon as it decodes (a character split
+    across
+    tokens waits for its last byte).
+    """
     device = next(model.parameters()).device
     ids = tok.encode(prompt) if prompt else [tok.eos_id]
-    if not ids: raise ValueError("the prompt encodes to no tokens: give some text, or no --prompt to start a new document.")
+    if not ids:
+        raise ValueError("the prompt encodes to no tokens: give some text, or no --prompt to start a new document.")
     eos = tok.eos_id if stop_at_eos else None
     g = torch.Generator(device=device).manual_seed(seed)
     new, shown = [], 0
-    class _End(Exception): pass
+
+    class _End(Exception):
+        pass
+
     def stream(nxt):
         nonlocal shown
         if eos is not None and int(nxt[0]) == eos:
-            if new: raise _End                               # the document ended (an empty one is skipped: a new one starts)
+            if new:
+                raise _End  # the document ended (an empty one is skipped: a new one starts)
             return
         new.append(int(nxt[0]))
         text = tok.decode(new)
-        stable = len(text.rstrip("\ufffd"))                 # hold back an incomplete UTF-8 character
-        if on_text and stable > shown: on_text(text[shown:stable]); shown = stable
-    try: model.generate(torch.tensor([ids], device=device), max_new_tokens, temperature, top_k, top_p, generator=g, on_token=stream)
-    except _End: pass
+        stable = len(text.rstrip("\ufffd"))  # hold back an incomplete UTF-8 character
+        if on_text and stable > shown:
+            on_text(text[shown:stable])
+            shown = stable
+
+    try:
+        model.generate(
+            torch.tensor([ids], device=device), max_new_tokens, temperature, top_k, top_p, generator=g, on_token=stream
+        )
+    except _End:
+        pass
     text = tok.decode(new)
-    if on_text and len(text) > shown: on_text(text[shown:])
+    if on_text and len(text) > shown:
+        on_text(text[shown:])
     return (prompt + text) if prompt else text
 
 # %% ../nbs/09_train.ipynb #da1ab85a
 def _parse_value(v: str):
-    try: return json.loads(v)
-    except json.JSONDecodeError: return v
+    try:
+        return json.loads(v)
+    except json.JSONDecodeError:
+        return v
+
 
 def model_override(s: str) -> tuple[str, object]:
     "--model KEY=VALUE -> (key, value parsed as JSON where it parses)."
     k, eq, v = s.partition("=")
-    if not eq or not k.strip(): raise argparse.ArgumentTypeError(f"{s!r} is not KEY=VALUE: write e.g. --model num_heads=8")
+    if not eq or not k.strip():
+        raise argparse.ArgumentTypeError(f"{s!r} is not KEY=VALUE: write e.g. --model num_heads=8")
     return k.strip(), _parse_value(v)
+
 
 def read_config_file(path) -> dict:
     "A --config file's settings: JSON, or YAML with PyYAML. Errors name the file and the line."
     p = Path(path)
-    if not p.is_file(): raise FileNotFoundError(f"--config {p}: {'is a folder' if p.is_dir() else 'no such file'}")
+    if not p.is_file():
+        raise FileNotFoundError(f"--config {p}: {'is a folder' if p.is_dir() else 'no such file'}")
     text = p.read_text(errors="replace")
     if p.suffix in (".yaml", ".yml"):
-        try: import yaml
-        except ImportError: raise ImportError("YAML configs need PyYAML: pip install pyyaml (or use a .json config)") from None
-        try: d = yaml.safe_load(text)
+        try:
+            import yaml
+        except ImportError:
+            raise ImportError("YAML configs need PyYAML: pip install pyyaml (or use a .json config)") from None
+        try:
+            d = yaml.safe_load(text)
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
-            raise ValueError(f"--config {p}: not valid YAML" + (f" at line {mark.line + 1}, column {mark.column + 1}" if mark else "")
-                             + f" ({getattr(e, 'problem', None) or e})") from None
+            raise ValueError(
+                f"--config {p}: not valid YAML"
+                + (f" at line {mark.line + 1}, column {mark.column + 1}" if mark else "")
+                + f" ({getattr(e, 'problem', None) or e})"
+            ) from None
     else:
-        try: d = json.loads(text)
-        except json.JSONDecodeError as e: raise ValueError(f"--config {p}: not valid JSON at line {e.lineno}, column {e.colno} ({e.msg})") from None
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--config {p}: not valid JSON at line {e.lineno}, column {e.colno} ({e.msg})") from None
     d = {} if d is None else d
-    if not isinstance(d, dict): raise ValueError(f"--config {p}: must hold an object of settings (key: value), not a {type(d).__name__}")
-    if not isinstance(d.get("model", {}), dict): raise ValueError(f"--config {p}: 'model' must be an object of model fields")
+    if not isinstance(d, dict):
+        raise ValueError(f"--config {p}: must hold an object of settings (key: value), not a {type(d).__name__}")
+    if not isinstance(d.get("model", {}), dict):
+        raise ValueError(f"--config {p}: 'model' must be an object of model fields")
     return d
 
+
 def build_configs(args) -> tuple[ModelConfig, TrainConfig]:
-    "preset < --config file < flags. A `layers` value that is a path is read relative to the config file (or as given, from --model)."
+    """preset < --config file < flags. A `layers` value that is a path is read relative to the config file (or as given,
+    from --model).
+    """
     file = read_config_file(args.config) if args.config else {}
     overrides = dict(args.model)
-    model_kw = {**{k: _parse_value(v) if isinstance(v, str) else v for k, v in file.get("model", {}).items()}, **overrides}
+    model_kw = {
+        **{k: _parse_value(v) if isinstance(v, str) else v for k, v in file.get("model", {}).items()},
+        **overrides,
+    }
     if isinstance(model_kw.get("layers"), str):
         from minillm.model import resolve_layers
+
         path = Path(model_kw["layers"])
-        model_kw["layers"] = resolve_layers(path.name, path.parent) if "layers" in overrides else resolve_layers(str(path), Path(args.config).parent)
-    try: mc = preset(file.get("preset", args.preset), **model_kw)
-    except (TypeError, ValueError) as e: raise ValueError(f"model settings (--preset, --model, --config's 'model'): {e}") from None
+        model_kw["layers"] = (
+            resolve_layers(path.name, path.parent)
+            if "layers" in overrides
+            else resolve_layers(str(path), Path(args.config).parent)
+        )
+    try:
+        mc = preset(file.get("preset", args.preset), **model_kw)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"model settings (--preset, --model, --config's 'model'): {e}") from None
     train_kw = {k: v for k, v in file.items() if k not in ("model", "preset")}
     unknown = set(train_kw) - {f.name for f in fields(TrainConfig)}
-    if unknown: raise ValueError(f"--config {args.config}: unknown keys {sorted(unknown)}; train keys are {[f.name for f in fields(TrainConfig)]}, plus 'model' and 'preset'.")
+    if unknown:
+        raise ValueError(
+            f"--config {args.config}: unknown keys {sorted(unknown)}; train keys are"
+            f" {[f.name for f in fields(TrainConfig)]}, plus 'model' and 'preset'."
+        )
     flags = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
-    try: return mc, TrainConfig(**{**train_kw, **flags})
-    except TypeError as e: raise ValueError(f"train settings: {e}") from None
+    try:
+        return mc, TrainConfig(**{**train_kw, **flags})
+    except TypeError as e:
+        raise ValueError(f"train settings: {e}") from None
 
 # %% ../nbs/09_train.ipynb #119e8825
 def _beta(s: str) -> float:
     v = nonneg_float(s)
-    if not v < 1: raise argparse.ArgumentTypeError(f"{s!r}: use a number in [0, 1)")
+    if not v < 1:
+        raise argparse.ArgumentTypeError(f"{s!r}: use a number in [0, 1)")
     return v
 
-FLAGS = {   # TrainConfig field: (argparse type or choices, help)
+
+FLAGS = {  # TrainConfig field: (argparse type or choices, help)
     "micro_batch": (positive_int, "sequences per forward pass, per process"),
-    "batch_tokens": (positive_int, "tokens per optimizer step over all processes; accumulation makes up the rest (default: no accumulation)"),
+    "batch_tokens": (
+        positive_int,
+        "tokens per optimizer step over all processes; accumulation makes up the rest (default: no accumulation)",
+    ),
     "seq_len": (positive_int, "tokens per training sequence (default: the model's max_seq_len)"),
     "lr": (positive_float, "peak learning rate"),
     "min_lr": (nonneg_float, "learning rate at the end of the schedule (default: lr / 10)"),
@@ -825,14 +1362,23 @@ FLAGS = {   # TrainConfig field: (argparse type or choices, help)
     "schedule": (["cosine", "linear"], "decay after warmup"),
     "max_steps": (positive_int, "optimizer steps (default 1000; with --time-budget: fitted to the budget)"),
     "epochs": (positive_float, "passes over the training tokens: sets max_steps from the data size"),
-    "time_budget": (positive_float, "seconds of training: sets the schedule's length (capped by --max-steps or --epochs)"),
-    "stop_at": (positive_int, "save and stop after this step (the schedule still ends at max_steps); --resume continues"),
+    "time_budget": (
+        positive_float,
+        "seconds of training: sets the schedule's length (capped by --max-steps or --epochs)",
+    ),
+    "stop_at": (
+        positive_int,
+        "save and stop after this step (the schedule still ends at max_steps); --resume continues",
+    ),
     "keep_every": (positive_int, "also keep a checkpoint step_NNNNNNN.pt every N steps"),
     "weight_decay": (nonneg_float, "AdamW's decoupled weight decay (matrices only)"),
     "beta1": (_beta, "AdamW's beta1, in [0, 1)"),
     "beta2": (_beta, "AdamW's beta2, in [0, 1)"),
     "grad_clip": (nonneg_float, "clip the gradient norm to this (0: no clipping)"),
-    "precision": (["auto", "bf16", "fp16", "fp32"], "auto: bf16 where native, fp16 with loss scaling on older GPUs, fp32 on a CPU"),
+    "precision": (
+        ["auto", "bf16", "fp16", "fp32"],
+        "auto: bf16 where native, fp16 with loss scaling on older GPUs, fp32 on a CPU",
+    ),
     "compile": (bool, "torch.compile the model"),
     "eval_every": (positive_int, "evaluate and save latest.pt every N steps"),
     "eval_batches": (positive_int, "validation batches per evaluation"),
@@ -841,8 +1387,11 @@ FLAGS = {   # TrainConfig field: (argparse type or choices, help)
     "device": (str, "auto, cpu, cuda or cuda:N"),
     "tensorboard": (bool, "log to TensorBoard (needs the tensorboard package)"),
     "wandb": (bool, "log to Weights & Biases (needs the wandb package)"),
-    "engine": (list(ENGINES), "what runs a step across processes: single, ddp (torch DDP), zero1/zero2/zero3 (lesson 12's), "
-                              "fsdp (torch FSDP2), deepspeed (default: ddp under torchrun, deepspeed with a DeepSpeed flag, else single)"),
+    "engine": (
+        list(ENGINES),
+        "what runs a step across processes: single, ddp (torch DDP), zero1/zero2/zero3 (lesson 12's), "
+        "fsdp (torch FSDP2), deepspeed (default: ddp under torchrun, deepspeed with a DeepSpeed flag, else single)",
+    ),
     "prefetch": (bool, "zero3: gather the next block's weights while this one computes"),
     "zero_stage": ([0, 1, 2, 3], "DeepSpeed ZeRO stage (default 2 with DeepSpeed)"),
     "offload": (["none", "optimizer", "all"], "DeepSpeed: offload the optimizer, or everything (stage 3), to the CPU"),
@@ -850,72 +1399,141 @@ FLAGS = {   # TrainConfig field: (argparse type or choices, help)
 
 # %% ../nbs/09_train.ipynb #228a437b
 def train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="minillm train", description="Train a MiniLLM on shards from `minillm prepare`; also runs under torchrun.")
+    p = argparse.ArgumentParser(
+        prog="minillm train", description="Train a MiniLLM on shards from `minillm prepare`; also runs under torchrun."
+    )
     p.add_argument("--data", help="folder from `minillm prepare` (default data/builtin)")
     p.add_argument("--out", help="run folder (default runs/demo)")
     p.add_argument("--preset", default="demo", choices=list(PRESETS), help="model preset")
     p.add_argument("--config", help="JSON or YAML file: train keys, plus 'preset' and a 'model' dict")
-    p.add_argument("--model", action="append", default=[], type=model_override, metavar="KEY=VALUE",
-                   help="override a model field, e.g. --model attention=gqa --model num_kv_heads=2")
+    p.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        type=model_override,
+        metavar="KEY=VALUE",
+        help="override a model field, e.g. --model attention=gqa --model num_kv_heads=2",
+    )
     for f in fields(TrainConfig):
-        if f.name in ("data", "out"): continue
+        if f.name in ("data", "out"):
+            continue
         flag = "--" + f.name.replace("_", "-")
         if f.name == "deepspeed":
-            p.add_argument("--deepspeed", "--deepspeed_config", dest="deepspeed", nargs="?", const="", default=None, metavar="DS_CONFIG",
-                           help="train with DeepSpeed: a ds_config.json, a shipped one (zero2-offload, zero3-max), or nothing to build one from these settings (see --zero-stage, --offload)")
+            p.add_argument(
+                "--deepspeed",
+                "--deepspeed_config",
+                dest="deepspeed",
+                nargs="?",
+                const="",
+                default=None,
+                metavar="DS_CONFIG",
+                help=(
+                    "train with DeepSpeed: a ds_config.json, a shipped one (zero2-offload, zero3-max), or nothing to"
+                    " build one from these settings (see --zero-stage, --offload)"
+                ),
+            )
         elif f.name == "activation_checkpointing":
-            p.add_argument(flag, nargs="?", const="full", default=None, choices=["none", "attention", "full"],
-                           help="recompute activations in backward: full (default when given without a value) or attention (each block's attention sub-layer)")
+            p.add_argument(
+                flag,
+                nargs="?",
+                const="full",
+                default=None,
+                choices=["none", "attention", "full"],
+                help=(
+                    "recompute activations in backward: full (default when given without a value) or attention (each"
+                    " block's attention sub-layer)"
+                ),
+            )
         else:
             kind, help = FLAGS[f.name]
-            if kind is bool: p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help)
-            elif isinstance(kind, list): p.add_argument(flag, choices=kind, type=type(kind[0]), default=None, help=help)
-            else: p.add_argument(flag, type=kind, default=None, help=help)
-    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
-                   help="continue the run in --out from latest.pt, or from the checkpoint file given")
-    p.add_argument("--overwrite", action="store_true", help="start afresh in --out, replacing its whole run (checks everything first)")
+            if kind is bool:
+                p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help)
+            elif isinstance(kind, list):
+                p.add_argument(flag, choices=kind, type=type(kind[0]), default=None, help=help)
+            else:
+                p.add_argument(flag, type=kind, default=None, help=help)
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="CHECKPOINT",
+        help="continue the run in --out from latest.pt, or from the checkpoint file given",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in --out, replacing its whole run (checks everything first)",
+    )
     p.add_argument("--sample-tokens", type=nonneg_int, default=200, help="tokens to sample at the end (0: none)")
-    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # appended by the deepspeed launcher
+    p.add_argument(
+        "--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS
+    )  # appended by the deepspeed launcher
     return p
 
+
 def check_out(out: Path, resume, overwrite: bool) -> bool:
-    "Check the run folder before anything is built or deleted; True when it holds nothing yet (a failed start then removes it)."
+    """Check the run folder before anything is built or deleted; True when it holds nothing yet (a failed start then
+    removes it).
+    """
     out = Path(out)
-    if out.exists() and not out.is_dir(): raise ValueError(f"--out {out} is a file: give a folder (a new one, or one holding a run).")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file: give a folder (a new one, or one holding a run).")
     parent = out
-    while not parent.exists(): parent = parent.parent
-    if not os.access(parent, os.W_OK): raise PermissionError(13, "Permission denied", str(parent))
-    if resume and overwrite: raise ValueError("--resume continues the run in --out and --overwrite replaces it: give one of them.")
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK):
+        raise PermissionError(13, "Permission denied", str(parent))
+    if resume and overwrite:
+        raise ValueError("--resume continues the run in --out and --overwrite replaces it: give one of them.")
     held = run_files(out)
     if resume:
         path = out / "latest.pt" if resume is True else Path(resume)
-        if not path.exists(): raise FileNotFoundError(f"--resume: no {path}" + ("; drop --resume to start a new run." if resume is True else "."))
+        if not path.exists():
+            raise FileNotFoundError(
+                f"--resume: no {path}" + ("; drop --resume to start a new run." if resume is True else ".")
+            )
         if resume is not True and path.resolve().parent != out.resolve() and held:
-            raise FileExistsError(f"--out {out} holds another run ({', '.join(held)}): resume {path} into a new --out, or into its own folder.")
+            raise FileExistsError(
+                f"--out {out} holds another run ({', '.join(held)}): resume {path} into a new --out, or into its own"
+                " folder."
+            )
     elif held and not overwrite:
-        raise FileExistsError(f"--out {out} already holds a run ({', '.join(held)}): pass --resume to continue it, --overwrite to replace it, or choose another --out.")
+        raise FileExistsError(
+            f"--out {out} already holds a run ({', '.join(held)}): pass --resume to continue it, --overwrite to replace"
+            " it, or choose another --out."
+        )
     return not out.exists() or not any(out.iterdir())
 
 # %% ../nbs/09_train.ipynb #28d58e5a
 def train_main(argv: list[str] | None = None) -> int:
-    "`minillm train`: check everything, then (with --overwrite) clear the old run, then train; a failed start leaves no folder behind."
+    """`minillm train`: check everything, then (with --overwrite) clear the old run, then train; a failed start leaves
+    no folder behind.
+    """
     import shutil
+
     args = train_parser().parse_args(argv)
     mc, tc = build_configs(args)
     if any(k == "vocab_size" for k, _ in args.model):
         n = load_tokenizer(Path(tc.data) / "tokenizer").vocab_size
-        if mc.vocab_size != n: raise ValueError(f"--model vocab_size={mc.vocab_size}, but the tokenizer of {tc.data} has {n} tokens: drop it (the tokenizer sets it).")
+        if mc.vocab_size != n:
+            raise ValueError(
+                f"--model vocab_size={mc.vocab_size}, but the tokenizer of {tc.data} has {n} tokens: drop it (the"
+                " tokenizer sets it)."
+            )
     fresh = check_out(Path(tc.out), args.resume, args.overwrite)
     trainer = None
     try:
         trainer = Trainer(mc, tc)
-        if args.overwrite and trainer.d.main: clear_run(Path(tc.out), keep=("ds_config.json",))   # everything checked: now replace
-        if trainer.d.world_size > 1: dist.barrier()
+        if args.overwrite and trainer.d.main:
+            clear_run(Path(tc.out), keep=("ds_config.json",))  # everything checked: now replace
+        if trainer.d.world_size > 1:
+            dist.barrier()
         final = trainer.fit(resume=args.resume)
     except BaseException:
         out = Path(tc.out)
         if fresh and int(os.environ.get("RANK", 0)) == 0 and out.is_dir() and not any(out.glob("*.pt")):
-            shutil.rmtree(out, ignore_errors=True)                           # nothing worth keeping: a retry starts clean
+            shutil.rmtree(out, ignore_errors=True)  # nothing worth keeping: a retry starts clean
         raise
     if trainer.d.main and final:
         msg = ", ".join(f"{k} {v:.4f}" for k, v in final.items())
@@ -925,43 +1543,74 @@ def train_main(argv: list[str] | None = None) -> int:
             print("sample:\n" + sample_text(model, tok, max_new_tokens=args.sample_tokens))
     rc = 130 if trainer.stop and trainer.stop != "stop_at" else 0
     if dist.is_initialized():
-        dist.barrier()                  # every rank is done (rank 0 has written and sampled) before the group goes
-        del trainer; gc.collect()       # DDP and DeepSpeed hold the group: free them now, not while the interpreter shuts down
-        dist.destroy_process_group()    # (a gloo group destroyed during shutdown can abort: "terminate called without an active exception")
+        dist.barrier()  # every rank is done (rank 0 has written and sampled) before the group goes
+        del trainer
+        gc.collect()  # DDP and DeepSpeed hold the group: free them now, not while the interpreter shuts down
+        # (a gloo group destroyed during shutdown can abort: "terminate called without an active exception")
+        dist.destroy_process_group()
     return rc
 
+
 def sample_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="minillm sample", description="Generate text from a trained run; tokens print as they are generated.")
+    p = argparse.ArgumentParser(
+        prog="minillm sample", description="Generate text from a trained run; tokens print as they are generated."
+    )
     p.add_argument("--run", help="run folder from `minillm train`")
     p.add_argument("--checkpoint", help="a checkpoint file (its run's tokenizer/ must sit beside it)")
     p.add_argument("--prompt", default="", help="text to continue (default: start a new document)")
     p.add_argument("--max-new-tokens", type=nonneg_int, default=200, help="tokens to generate at most")
     p.add_argument("--temperature", type=nonneg_float, default=0.8, help="0: greedy; higher: more random")
     p.add_argument("--top-k", type=positive_int, default=50, help="sample among the k most likely tokens")
-    p.add_argument("--top-p", type=unit_float, default=None, help="sample among the most likely tokens holding this much probability, in (0, 1]")
+    p.add_argument(
+        "--top-p",
+        type=unit_float,
+        default=None,
+        help="sample among the most likely tokens holding this much probability, in (0, 1]",
+    )
     p.add_argument("--seed", type=nonneg_int, default=0, help="random seed")
-    p.add_argument("--stop-at-eos", action=argparse.BooleanOptionalAction, default=True, help="stop at the end-of-text token")
+    p.add_argument(
+        "--stop-at-eos", action=argparse.BooleanOptionalAction, default=True, help="stop at the end-of-text token"
+    )
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when there is one)")
     return p
+
 
 def sample_main(argv: list[str] | None = None) -> int:
     "`minillm sample`: streams the continuation; Ctrl-C keeps what was printed."
     p = sample_parser()
     a = p.parse_args(argv)
-    if not (a.run or a.checkpoint): p.error("give --run DIR or --checkpoint FILE")
+    if not (a.run or a.checkpoint):
+        p.error("give --run DIR or --checkpoint FILE")
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available(): raise ValueError(f"--device {device}: torch sees no CUDA GPU on this machine; use --device cpu.")
-    if device != "cpu" and not device.startswith("cuda"): raise ValueError(f"--device {device!r}: use cpu, cuda or cuda:N")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: torch sees no CUDA GPU on this machine; use --device cpu.")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"--device {device!r}: use cpu, cuda or cuda:N")
     model, tok = load_model(a.checkpoint or a.run, device)
     print(a.prompt, end="", flush=True)
-    try: sample_text(model, tok, a.prompt, a.max_new_tokens, a.temperature, a.top_k, a.top_p, a.seed, stop_at_eos=a.stop_at_eos,
-                     on_text=lambda s: print(s, end="", flush=True))
-    except KeyboardInterrupt: print(flush=True); raise
+    try:
+        sample_text(
+            model,
+            tok,
+            a.prompt,
+            a.max_new_tokens,
+            a.temperature,
+            a.top_k,
+            a.top_p,
+            a.seed,
+            stop_at_eos=a.stop_at_eos,
+            on_text=lambda s: print(s, end="", flush=True),
+        )
+    except KeyboardInterrupt:
+        print(flush=True)
+        raise
     print(flush=True)
     return 0
 
 # %% ../nbs/09_train.ipynb #0e98a563
 import builtins
+
 if __name__ == "__main__" and "__file__" in globals() and not getattr(builtins, "__IPYTHON__", False):
     from minillm.utils import run_main
-    sys.exit(run_main("minillm train", train_main))        # python -m minillm.train / torchrun -m minillm.train
+
+    sys.exit(run_main("minillm train", train_main))  # python -m minillm.train / torchrun -m minillm.train

@@ -21,7 +21,10 @@ __all__ = ['DEBUG_ENV', 'USER_ERRORS', 'positive_int', 'nonneg_int', 'positive_f
 
 # %% ../nbs/00_utils.ipynb #5bbfc377
 def current_umask() -> int:
-    mask = os.umask(0); os.umask(mask); return mask
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
 
 def write_atomic(path: Path | str, data: str | bytes):
     "Write `data` (text or bytes) to `path` through a temporary file in the same folder, then rename."
@@ -31,11 +34,14 @@ def write_atomic(path: Path | str, data: str | bytes):
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
-            f.flush(); os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~current_umask())          # mkstemp makes 0600 files; give the usual permissions
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True); raise
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
 
 def write_json(path: Path | str, obj, indent: int = 2):
     "`obj` as JSON (keys in the order given), written atomically, ending in a newline."
@@ -45,60 +51,91 @@ def write_json(path: Path | str, obj, indent: int = 2):
 class UserError(Exception):
     "A failure the user can fix: the command line prints the message alone, without a traceback."
 
-DEBUG_ENV = "MINILLM_DEBUG"   # set to 1 to see the traceback of any failure
+
+DEBUG_ENV = "MINILLM_DEBUG"  # set to 1 to see the traceback of any failure
+
 
 def _free(path) -> str:
     p = Path(path or ".").resolve()
-    while not p.exists() and p != p.parent: p = p.parent
-    try: return f"{shutil.disk_usage(p).free / 1e6:,.1f} MB free"
-    except OSError: return "free space unknown"
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return f"{shutil.disk_usage(p).free / 1e6:,.1f} MB free"
+    except OSError:
+        return "free space unknown"
+
 
 def describe_error(e: BaseException) -> str:
     "One line for an exception a user can meet: the file it concerns, and what to do."
     if isinstance(e, OSError) and e.errno == errno.ENOSPC:
         where = e.filename or getattr(e, "minillm_path", None)
         need = getattr(e, "minillm_needed", None)
-        return (f"disk full writing {where or 'a file'} ({_free(where)}" + (f", {need / 1e6:,.1f} MB needed" if need else "")
-                + "): free some space or choose another folder.")
-    if isinstance(e, PermissionError): return f"permission denied: {e.filename or e}: choose a folder you can write to, or fix its permissions."
-    if isinstance(e, IsADirectoryError): return f"{e.filename} is a folder, where a file was expected."
-    if isinstance(e, NotADirectoryError): return f"{e.filename} (or a folder above it) is a file, where a folder was expected: choose another path."
-    if isinstance(e, FileNotFoundError) and e.filename: return f"no such file or folder: {e.filename}"
-    if isinstance(e, OSError) and e.filename: return f"{e.filename}: {e.strerror or e}"
-    if isinstance(e, json.JSONDecodeError): return f"not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}"
-    if isinstance(e, MemoryError): return "out of memory: use a smaller model, batch or sequence length."
+        return (
+            f"disk full writing {where or 'a file'} ({_free(where)}"
+            + (f", {need / 1e6:,.1f} MB needed" if need else "")
+            + "): free some space or choose another folder."
+        )
+    if isinstance(e, PermissionError):
+        return f"permission denied: {e.filename or e}: choose a folder you can write to, or fix its permissions."
+    if isinstance(e, IsADirectoryError):
+        return f"{e.filename} is a folder, where a file was expected."
+    if isinstance(e, NotADirectoryError):
+        return f"{e.filename} (or a folder above it) is a file, where a folder was expected: choose another path."
+    if isinstance(e, FileNotFoundError) and e.filename:
+        return f"no such file or folder: {e.filename}"
+    if isinstance(e, OSError) and e.filename:
+        return f"{e.filename}: {e.strerror or e}"
+    if isinstance(e, json.JSONDecodeError):
+        return f"not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}"
+    if isinstance(e, MemoryError):
+        return "out of memory: use a smaller model, batch or sequence length."
     return str(e).strip() or type(e).__name__
+
 
 USER_ERRORS = (UserError, ValueError, OSError, ImportError, KeyError, MemoryError)
 
+
 def run_main(prog: str, main, argv=None) -> int:
     "Run `main(argv)`; print a failure as one line `prog: message` on stderr (exit 1, or 130 on Ctrl-C)."
-    if os.environ.get(DEBUG_ENV, "") not in ("", "0"): return main(argv) or 0
-    try: return main(argv) or 0
+    if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+        return main(argv) or 0
+    try:
+        return main(argv) or 0
     except KeyboardInterrupt:
-        print(f"\n{prog}: interrupted.", file=sys.stderr); return 130
-    except SystemExit: raise
+        print(f"\n{prog}: interrupted.", file=sys.stderr)
+        return 130
+    except SystemExit:
+        raise
     except USER_ERRORS as e:
         msg = describe_error(e)
-        if isinstance(e, KeyError) and not isinstance(e, UserError): msg = f"missing entry {e}: the file is not one minillm wrote"
-        print(f"{prog}: {msg}", file=sys.stderr); return 1
+        if isinstance(e, KeyError) and not isinstance(e, UserError):
+            msg = f"missing entry {e}: the file is not one minillm wrote"
+        print(f"{prog}: {msg}", file=sys.stderr)
+        return 1
     except Exception as e:
-        print(f"{prog}: unexpected {type(e).__name__}: {describe_error(e)} (a bug: rerun with {DEBUG_ENV}=1 for the traceback "
-              "and report it)", file=sys.stderr)
+        print(
+            f"{prog}: unexpected {type(e).__name__}: {describe_error(e)} (a bug: rerun with {DEBUG_ENV}=1 for the"
+            " traceback and report it)",
+            file=sys.stderr,
+        )
         return 1
 
 # %% ../nbs/00_utils.ipynb #6a16b409
 def number_arg(kind, lo=None, hi=None, lo_open=False, what=None):
     def parse(s: str):
-        try: v = kind(s)
+        try:
+            v = kind(s)
         except (TypeError, ValueError):
             raise argparse.ArgumentTypeError(f"{s!r} is not {'an integer' if kind is int else 'a number'}") from None
-        if isinstance(v, float) and not math.isfinite(v): raise argparse.ArgumentTypeError(f"{s!r} is not a finite number")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"{s!r} is not a finite number")
         if (lo is not None and (v < lo or (lo_open and v == lo))) or (hi is not None and v > hi):
             raise argparse.ArgumentTypeError(f"{s!r}: use {what}")
         return v
+
     parse.__name__ = what or kind.__name__
     return parse
+
 
 positive_int = number_arg(int, 1, what="an integer >= 1")
 nonneg_int = number_arg(int, 0, what="an integer >= 0")
@@ -108,64 +145,92 @@ finite_float = number_arg(float, what="a finite number")
 unit_float = number_arg(float, 0, 1, lo_open=True, what="a number in (0, 1]")
 
 # %% ../nbs/00_utils.ipynb #322c0894
-def patch(f):
-    "Make `f` a method of the class its first parameter is annotated with: `@patch def step(self: Engine, lr): ...`."
-    import inspect
+def patch(f=None, *, as_prop: bool = False, cls_method: bool = False):
+    """Make `f` a method of the class its first parameter is annotated with: `@patch def step(self: Engine, lr): ...`.
+    `@patch(as_prop=True)` adds a property, `@patch(cls_method=True)` a classmethod (`def load(cls: Engine, path)`)."""
+    import functools, inspect
+
+    if f is None:
+        return functools.partial(patch, as_prop=as_prop, cls_method=cls_method)
     first = next(iter(inspect.signature(f).parameters))
     cls = f.__annotations__[first]
-    if isinstance(cls, str): cls = eval(cls, inspect.unwrap(f).__globals__)   # `from __future__ import annotations` keeps it as text
-                                                                               # (unwrap: a decorator's wrapper has other globals)
+    if isinstance(cls, str):
+        # `from __future__ import annotations` keeps it as text (unwrap: a decorator's wrapper has other globals)
+        cls = eval(cls, inspect.unwrap(f).__globals__)
     f.__qualname__ = f"{cls.__name__}.{f.__name__}"
-    setattr(cls, f.__name__, f)
+    setattr(cls, f.__name__, property(f) if as_prop else classmethod(f) if cls_method else f)
     return f
 
 # %% ../nbs/00_utils.ipynb #8d42a26a
 def free_port() -> int:
     "A TCP port nothing listens on right now (for a launcher's --master_port)."
     import socket
-    with socket.socket() as s: s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
 
 def threading_main() -> bool:
     "True in the main thread, the only one that may install signal handlers."
     import threading
+
     return threading.current_thread() is threading.main_thread()
+
 
 @contextlib.contextmanager
 def signals_noted(on_signal, signals=("SIGINT", "SIGTERM")):
     "Inside the block, each of `signals` calls on_signal(name) instead of stopping the process (main thread only)."
     import signal
+
     old = {}
     if threading_main():
         for name in signals:
             s = getattr(signal, name)
             old[s] = signal.signal(s, lambda sig, frame: on_signal(signal.Signals(sig).name))
-    try: yield
+    try:
+        yield
     finally:
-        for s, h in old.items(): signal.signal(s, h)
+        for s, h in old.items():
+            signal.signal(s, h)
+
 
 class MetricWriters:
-    "One row at a time into out/metrics.jsonl, and TensorBoard (out/tensorboard) or W&B when asked; nothing when out is None."
+    """One row at a time into out/metrics.jsonl, and TensorBoard (out/tensorboard) or W&B when asked; nothing when out
+    is None.
+    """
+
     def __init__(self, out: Path | None, tensorboard: bool = False, wandb_config: dict | None = None):
         self.out, self.sinks = (Path(out) if out is not None else None), []
-        if out is None: return
+        if out is None:
+            return
         if tensorboard:
-            try: from torch.utils.tensorboard import SummaryWriter
-            except ImportError: raise ImportError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ImportError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
             self.sinks.append(("tb", SummaryWriter(str(self.out / "tensorboard"))))
         if wandb_config is not None:
-            try: import wandb
-            except ImportError: raise ImportError("--wandb needs the wandb package: pip install wandb") from None
+            try:
+                import wandb
+            except ImportError:
+                raise ImportError("--wandb needs the wandb package: pip install wandb") from None
             self.sinks.append(("wandb", wandb.init(project="minillm", config=wandb_config)))
 
     def write(self, row: dict):
-        if self.out is None: return
-        with open(self.out / "metrics.jsonl", "a") as f: f.write(json.dumps(row) + "\n")
+        if self.out is None:
+            return
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
         nums = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}
         for kind, w in self.sinks:
             if kind == "tb":
-                for k, v in nums.items(): w.add_scalar(k, v, row["step"])
-            else: w.log(nums, step=row["step"])
+                for k, v in nums.items():
+                    w.add_scalar(k, v, row["step"])
+            else:
+                w.log(nums, step=row["step"])
 
     def close(self):
-        for kind, w in self.sinks: w.close() if kind == "tb" else w.finish()
+        for kind, w in self.sinks:
+            w.close() if kind == "tb" else w.finish()
         self.sinks = []

@@ -19,45 +19,63 @@ __all__ = ['sinusoidal_positions', 'apply_rotary', 'RoPE', 'cache_append', 'Laye
 def sinusoidal_positions(positions: torch.Tensor, dim: int, base: float = 10000.0) -> torch.Tensor:
     "(t,) positions -> (t, dim): sin on even features, cos on odd, frequencies base^(-2i/dim)."
     inv_freq = base ** (-torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32) / dim)  # (dim/2,)
-    ang = positions.float()[:, None] * inv_freq                                   # (t, dim/2)
-    return torch.stack([ang.sin(), ang.cos()], dim=-1).flatten(-2)                # (t, dim)
+    ang = positions.float()[:, None] * inv_freq  # (t, dim/2)
+    return torch.stack([ang.sin(), ang.cos()], dim=-1).flatten(-2)  # (t, dim)
 
 # %% ../nbs/06_variants.ipynb #f1bbaea1
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    "Rotate feature pairs (i, i + d/2) of x (..., t, d) (the half-split layout) by the angles whose cos and sin (t, d/2) are given."
+    """Rotate feature pairs (i, i + d/2) of x (..., t, d) (the half-split layout) by the angles whose cos and sin (t,
+    d/2) are given.
+    """
     # hint: pair feature i with the feature half a head later (index i plus d/2) and rotate each pair by its angle.
-    # hint2: split the last dim into its two halves x1, x2 (not even/odd features: that is the interleaved layout); a point (x1, x2) rotated by an angle with cosine c and sine s is (x1 c - x2 s, x1 s + x2 c); put the halves back in order.
+    # hint2: split the last dim into its two halves x1, x2 (not even/odd features: that is the interleaved layout); a
+    #        point (x1, x2) rotated by an angle with cosine c and sine s is (x1 c - x2 s, x1 s + x2 c); put the halves
+    #        back in order.
     # hint3: x1, x2 = x.chunk(2, dim=-1); return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
-    x1, x2 = x.chunk(2, dim=-1)                                                   # 2 x (..., t, d/2)
+    x1, x2 = x.chunk(2, dim=-1)  # 2 x (..., t, d/2)
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 # %% ../nbs/06_variants.ipynb #6cd591ee
 class RoPE(nn.Module):
-    "Rotary position embedding on the last dim of x (..., t, d): feature pairs (i, i + d/2) rotate by pos * theta^(-2i/d)."
+    """Rotary position embedding on the last dim of x (..., t, d): feature pairs (i, i + d/2) rotate by pos *
+    theta^(-2i/d).
+    """
+
     def __init__(self, head_dim: int, theta: float = 10000.0):
         super().__init__()
-        if head_dim % 2: raise ValueError(f"RoPE needs an even head dim, got {head_dim}.")
+        if head_dim % 2:
+            raise ValueError(f"RoPE needs an even head dim, got {head_dim}.")
         self.head_dim, self.theta = head_dim, theta
 
     def forward(self, x: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
-        t = x.size(-2)   # angles in fp32, computed on the fly: a buffer would lose precision when the model is cast to bf16
-        inv_freq = self.theta ** (-torch.arange(0, self.head_dim, 2, device=x.device, dtype=torch.float32) / self.head_dim)
-        ang = torch.arange(start_pos, start_pos + t, device=x.device, dtype=torch.float32)[:, None] * inv_freq  # (t, d/2)
+        t = x.size(
+            -2
+        )  # angles in fp32, computed on the fly: a buffer would lose precision when the model is cast to bf16
+        inv_freq = self.theta ** (
+            -torch.arange(0, self.head_dim, 2, device=x.device, dtype=torch.float32) / self.head_dim
+        )
+        ang = (
+            torch.arange(start_pos, start_pos + t, device=x.device, dtype=torch.float32)[:, None] * inv_freq
+        )  # (t, d/2)
         return apply_rotary(x.float(), ang.cos(), ang.sin()).to(x.dtype)
 
 # %% ../nbs/06_variants.ipynb #0873a36e
 def cache_append(cached: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:
     """The cache after one decoding step: the `cached` steps, then the `new` ones, along time (dim -2, whatever the
     number of dims: (b, h, t, d) keys and values, (b, t, r) latents). With nothing cached yet (None), just `new`."""
-    # hint: join the new steps after the old ones along the time axis, which is the second-to-last one; the first step starts the cache.
-    # hint2: the time axis is dim -2 for every tensor a layer caches (counting from the end, so 3-d latents and 4-d keys both work); old steps first, then new: the last position of the cache is the newest token.
+    # hint: join the new steps after the old ones along the time axis, which is the second-to-last one; the first step
+    #       starts the cache.
+    # hint2: the time axis is dim -2 for every tensor a layer caches (counting from the end, so 3-d latents and 4-d keys
+    #        both work); old steps first, then new: the last position of the cache is the newest token.
     # hint3: return new if cached is None else torch.cat([cached, new], dim=-2)
     return new if cached is None else torch.cat([cached, new], dim=-2)
 
 # %% ../nbs/06_variants.ipynb #301ee530
 class LayerCache:
     "The tensors one attention layer keeps between decoding steps, by name; time is dim -2 of each."
-    def __init__(self): self.tensors: dict[str, torch.Tensor] = {}
+
+    def __init__(self):
+        self.tensors: dict[str, torch.Tensor] = {}
 
     def update(self, **new: torch.Tensor) -> tuple[torch.Tensor, ...]:
         "Append the new steps to each named tensor; return the full tensors, in the order given."
@@ -65,29 +83,58 @@ class LayerCache:
             self.tensors[name] = cache_append(self.tensors.get(name), x)
         return tuple(self.tensors[name] for name in new)
 
-    def __len__(self): return next(iter(self.tensors.values())).size(-2) if self.tensors else 0
+    def __len__(self):
+        return next(iter(self.tensors.values())).size(-2) if self.tensors else 0
+
     def trim(self, keep: int):
         "Keep only the last `keep` steps (a rolling window)."
-        self.tensors = {k: v[..., v.size(-2) - keep:, :] if v.size(-2) > keep else v for k, v in self.tensors.items()}
-    def nbytes(self) -> int: return sum(v.numel() * v.element_size() for v in self.tensors.values())
+        self.tensors = {k: v[..., v.size(-2) - keep :, :] if v.size(-2) > keep else v for k, v in self.tensors.items()}
+
+    def nbytes(self) -> int:
+        return sum(v.numel() * v.element_size() for v in self.tensors.values())
+
 
 class KVCache:
     "One LayerCache per layer, plus `pos`: the absolute position of the next token (it keeps counting through trims)."
-    def __init__(self, num_layers: int): self.layers, self.pos = [LayerCache() for _ in range(num_layers)], 0
-    def __len__(self): return len(self.layers[0])
+
+    def __init__(self, num_layers: int):
+        self.layers, self.pos = [LayerCache() for _ in range(num_layers)], 0
+
+    def __len__(self):
+        return len(self.layers[0])
+
     def trim(self, keep: int):
-        for layer in self.layers: layer.trim(keep)
-    def nbytes(self) -> int: return sum(layer.nbytes() for layer in self.layers)
+        for layer in self.layers:
+            layer.trim(keep)
+
+    def nbytes(self) -> int:
+        return sum(layer.nbytes() for layer in self.layers)
 
 # %% ../nbs/06_variants.ipynb #3f745672
 class GroupedQueryAttention(nn.Module):
     "Causal self-attention with `num_kv_heads` KV heads (MHA when = num_heads, MQA when 1), optional RoPE and KV cache."
-    def __init__(self, embed_dim: int, num_heads: int, num_kv_heads: int | None = None, bias: bool = False,
-                 dropout: float = 0.0, backend: str = "auto", rope: RoPE | None = None):
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        num_kv_heads: int | None = None,
+        bias: bool = False,
+        dropout: float = 0.0,
+        backend: str = "auto",
+        rope: RoPE | None = None,
+    ):
         super().__init__()
         num_kv_heads = num_kv_heads or num_heads
-        if embed_dim % num_heads: raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}: pick num_heads that divides it.")
-        if num_heads % num_kv_heads: raise ValueError(f"num_heads {num_heads} is not divisible by num_kv_heads {num_kv_heads}: pick num_kv_heads that divides it.")
+        if embed_dim % num_heads:
+            raise ValueError(
+                f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}: pick num_heads that divides it."
+            )
+        if num_heads % num_kv_heads:
+            raise ValueError(
+                f"num_heads {num_heads} is not divisible by num_kv_heads {num_kv_heads}: pick num_kv_heads that"
+                " divides it."
+            )
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, embed_dim // num_heads
         self.dropout, self.backend, self.rope = dropout, backend, rope
         self.q_proj = nn.Linear(embed_dim, num_heads * self.head_dim, bias=bias)
@@ -98,30 +145,52 @@ class GroupedQueryAttention(nn.Module):
 
     def forward(self, x, cache: LayerCache | None = None, start_pos: int = 0):
         b, t, _ = x.shape
-        q = split_heads(self.q_proj(x), self.num_heads)                                   # (b, h, t, d)
+        q = split_heads(self.q_proj(x), self.num_heads)  # (b, h, t, d)
         k, v = (split_heads(p(x), self.num_kv_heads) for p in (self.k_proj, self.v_proj))  # 2 x (b, h_kv, t, d)
-        if self.rope is not None: q, k = self.rope(q, start_pos), self.rope(k, start_pos)
-        if cache is not None: k, v = cache.update(k=k, v=v)                               # (b, h_kv, t_k, d)
+        if self.rope is not None:
+            q, k = self.rope(q, start_pos), self.rope(k, start_pos)
+        if cache is not None:
+            k, v = cache.update(k=k, v=v)  # (b, h_kv, t_k, d)
         y = attend(q, k, v, dropout_p=self.dropout if self.training else 0.0, backend=self.backend)  # (b, h, t, d)
-        return self.resid_drop(self.o_proj(merge_heads(y)))                               # (b, t, C)
+        return self.resid_drop(self.o_proj(merge_heads(y)))  # (b, t, C)
 
 # %% ../nbs/06_variants.ipynb #3e5a0988
 def absorb_query(q_nope: torch.Tensor, w_uk: torch.Tensor) -> torch.Tensor:
-    """MLA's absorbed query. q_nope (b, h, t, dn) are the queries' non-rotary features; w_uk (h, dn, r) holds each head's key
-    up-projection: head h's key for a latent c (r) is w_uk[h] @ c. Returns q_lat (b, h, t, r) with q_lat[b, h, t] . c ==
-    q_nope[b, h, t] . (w_uk[h] @ c) for every latent c: the scores against the cached latents directly."""
-    # hint: the score of a query against an up-projected key equals the score of a new query against the latent itself: carry each head's query through the transpose of its own key up-projection, from key space (dn) into latent space (r).
-    # hint2: per head h, the row vector q (dn) times the matrix w_uk[h] (dn, r) is that new query (r); batched matrix products broadcast the (h, dn, r) weights over the batch. Multiplying by w_uk[h] transposed has the same shape when dn == r, and the wrong values.
+    """MLA's absorbed query. q_nope (b, h, t, dn) are the queries' non-rotary features; w_uk (h, dn, r) holds each
+    head's key
+    up-projection: head h's key for a latent c (r) is w_uk[h] @ c. Returns q_lat (b, h, t, r) with q_lat[b, h, t] . c
+    ==
+    q_nope[b, h, t] . (w_uk[h] @ c) for every latent c: the scores against the cached latents directly.
+    """
+    # hint: the score of a query against an up-projected key equals the score of a new query against the latent itself:
+    #       carry each head's query through the transpose of its own key up-projection, from key space (dn) into latent
+    #       space (r).
+    # hint2: per head h, the row vector q (dn) times the matrix w_uk[h] (dn, r) is that new query (r); batched matrix
+    #        products broadcast the (h, dn, r) weights over the batch. Multiplying by w_uk[h] transposed has the same
+    #        shape when dn == r, and the wrong values.
     # hint3: return q_nope @ w_uk    (the same as torch.einsum("bhtn,hnr->bhtr", q_nope, w_uk))
-    return torch.einsum("bhtn,hnr->bhtr", q_nope, w_uk)                                 # (b, h, t, r)
+    return torch.einsum("bhtn,hnr->bhtr", q_nope, w_uk)  # (b, h, t, r)
 
 # %% ../nbs/06_variants.ipynb #547d2a1c
 class MultiHeadLatentAttention(nn.Module):
     "DeepSeek-V2 MLA: cache a KV latent (b, t, kv_lora_rank) and one shared RoPE key (b, t, rope_head_dim) per token."
-    def __init__(self, embed_dim: int, num_heads: int, kv_lora_rank: int, q_lora_rank: int = 0,
-                 qk_nope_head_dim: int | None = None, qk_rope_head_dim: int | None = None, v_head_dim: int | None = None,
-                 bias: bool = False, dropout: float = 0.0, backend: str = "auto", rope_theta: float = 10000.0,
-                 use_rope: bool = True, absorb: str | bool = "auto"):
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        kv_lora_rank: int,
+        q_lora_rank: int = 0,
+        qk_nope_head_dim: int | None = None,
+        qk_rope_head_dim: int | None = None,
+        v_head_dim: int | None = None,
+        bias: bool = False,
+        dropout: float = 0.0,
+        backend: str = "auto",
+        rope_theta: float = 10000.0,
+        use_rope: bool = True,
+        absorb: str | bool = "auto",
+    ):
         super().__init__()
         hd = embed_dim // num_heads
         self.h, self.r, self.rq = num_heads, kv_lora_rank, q_lora_rank
@@ -133,7 +202,8 @@ class MultiHeadLatentAttention(nn.Module):
         if q_lora_rank:
             self.q_down, self.q_norm = nn.Linear(embed_dim, q_lora_rank, bias=bias), nn.RMSNorm(q_lora_rank)
             self.q_up = nn.Linear(q_lora_rank, num_heads * (self.dn + self.dr), bias=bias)
-        else: self.q_proj = nn.Linear(embed_dim, num_heads * (self.dn + self.dr), bias=bias)
+        else:
+            self.q_proj = nn.Linear(embed_dim, num_heads * (self.dn + self.dr), bias=bias)
         self.kv_down = nn.Linear(embed_dim, kv_lora_rank + self.dr, bias=bias)
         self.kv_norm = nn.RMSNorm(kv_lora_rank)
         self.kv_up = nn.Linear(kv_lora_rank, num_heads * (self.dn + self.dv), bias=bias)
@@ -142,51 +212,74 @@ class MultiHeadLatentAttention(nn.Module):
 
     def forward(self, x, cache: LayerCache | None = None, start_pos: int = 0):
         b, t, _ = x.shape
-        q = self.q_up(self.q_norm(self.q_down(x))) if self.rq else self.q_proj(x)          # (b, t, h*(dn+dr))
+        q = self.q_up(self.q_norm(self.q_down(x))) if self.rq else self.q_proj(x)  # (b, t, h*(dn+dr))
         q_nope, q_rope = split_heads(q, self.h).split([self.dn, self.dr], -1)  # (b, h, t, dn), (b, h, t, dr)
-        c_kv, k_rope = self.kv_down(x).split([self.r, self.dr], -1)                          # (b, t, r), (b, t, dr)
-        c_kv, k_rope = self.kv_norm(c_kv), k_rope.unsqueeze(1)                               # (b, t, r), (b, 1, t, dr)
-        if self.rope is not None: q_rope, k_rope = self.rope(q_rope, start_pos), self.rope(k_rope, start_pos)
-        if cache is not None: c_kv, k_rope = cache.update(c_kv=c_kv, k_rope=k_rope)         # (b, t_k, r), (b, 1, t_k, dr)
+        c_kv, k_rope = self.kv_down(x).split([self.r, self.dr], -1)  # (b, t, r), (b, t, dr)
+        c_kv, k_rope = self.kv_norm(c_kv), k_rope.unsqueeze(1)  # (b, t, r), (b, 1, t, dr)
+        if self.rope is not None:
+            q_rope, k_rope = self.rope(q_rope, start_pos), self.rope(k_rope, start_pos)
+        if cache is not None:
+            c_kv, k_rope = cache.update(c_kv=c_kv, k_rope=k_rope)  # (b, t_k, r), (b, 1, t_k, dr)
         absorb = cache is not None if self.absorb == "auto" else self.absorb
-        y = (self._absorbed if absorb else self._naive)(q_nope, q_rope, c_kv, k_rope)       # (b, h, t, dv)
-        return self.resid_drop(self.o_proj(merge_heads(y)))                                  # (b, t, C)
+        y = (self._absorbed if absorb else self._naive)(q_nope, q_rope, c_kv, k_rope)  # (b, h, t, dv)
+        return self.resid_drop(self.o_proj(merge_heads(y)))  # (b, t, C)
 
     def _attend(self, q, k, v, causal: bool = True):
-        return attend(q, k, v, causal, dropout_p=self.dropout if self.training else 0.0, backend=self.backend,
-                      scale=1 / math.sqrt(self.dn + self.dr))
+        return attend(
+            q,
+            k,
+            v,
+            causal,
+            dropout_p=self.dropout if self.training else 0.0,
+            backend=self.backend,
+            scale=1 / math.sqrt(self.dn + self.dr),
+        )
 
     def _naive(self, q_nope, q_rope, c_kv, k_rope):
         "Up-project the latent to per-head keys and values, then attend as usual."
         b, t_k, _ = c_kv.shape
-        k_nope, v = split_heads(self.kv_up(c_kv), self.h).split([self.dn, self.dv], -1)  # (b, h, t_k, dn), (b, h, t_k, dv)
-        k = torch.cat([k_nope, k_rope.expand(b, self.h, t_k, self.dr)], -1)                 # (b, h, t_k, dn+dr)
-        return self._attend(torch.cat([q_nope, q_rope], -1), k, v)                           # (b, h, t, dv)
+        k_nope, v = split_heads(self.kv_up(c_kv), self.h).split(
+            [self.dn, self.dv], -1
+        )  # (b, h, t_k, dn), (b, h, t_k, dv)
+        k = torch.cat([k_nope, k_rope.expand(b, self.h, t_k, self.dr)], -1)  # (b, h, t_k, dn+dr)
+        return self._attend(torch.cat([q_nope, q_rope], -1), k, v)  # (b, h, t, dv)
 
     def _absorbed(self, q_nope, q_rope, c_kv, k_rope):
         "Fold W_UK into the query and apply W_UV after attending: MQA over the cached latents."
-        w_uk, w_uv = self.kv_up.weight.view(self.h, self.dn + self.dv, self.r).split([self.dn, self.dv], 1)  # (h, dn, r), (h, dv, r)
+        w_uk, w_uv = self.kv_up.weight.view(self.h, self.dn + self.dv, self.r).split(
+            [self.dn, self.dv], 1
+        )  # (h, dn, r), (h, dv, r)
         b, h, t, _ = q_nope.shape
         t_k = c_kv.size(1)
         # One key "head" serves every query head, so fold the heads into the query rows, (b, 1, h*t, r+dr), instead of
         # repeating the latent per head: each score is then one matmul against the single cached latent, never copied.
         q = torch.cat([absorb_query(q_nope, w_uk), q_rope], -1).reshape(b, 1, h * t, self.r + self.dr)
-        k = torch.cat([c_kv, k_rope.squeeze(1)], -1).unsqueeze(1)                            # (b, 1, t_k, r+dr)
-        if t == 1: o_lat = self._attend(q, k, c_kv.unsqueeze(1), causal=False)             # decoding: each query sees every key
-        else:                                                      # row j*t + i is head j's query i, at position t_k - t + i
-            mask = causal_mask(t, t_k, q.device).repeat(h, 1)                                 # (h*t, t_k)
-            o_lat = F.scaled_dot_product_attention(q, k, c_kv.unsqueeze(1), attn_mask=mask, scale=1 / math.sqrt(self.dn + self.dr),
-                                                   dropout_p=self.dropout if self.training else 0.0)
-        o_lat = o_lat.view(b, h, t, self.r)                                                   # (b, h, t, r)
-        y = torch.einsum("bhtr,hvr->bhtv", o_lat, w_uv)                                       # (b, h, t, dv)
-        if self.kv_up.bias is not None:   # the key bias adds a per-query constant (softmax ignores it); the value bias passes through
-            y = y + self.kv_up.bias.view(self.h, self.dn + self.dv)[:, self.dn:].view(1, self.h, 1, self.dv)
+        k = torch.cat([c_kv, k_rope.squeeze(1)], -1).unsqueeze(1)  # (b, 1, t_k, r+dr)
+        if t == 1:
+            o_lat = self._attend(q, k, c_kv.unsqueeze(1), causal=False)  # decoding: each query sees every key
+        else:  # row j*t + i is head j's query i, at position t_k - t + i
+            mask = causal_mask(t, t_k, q.device).repeat(h, 1)  # (h*t, t_k)
+            o_lat = F.scaled_dot_product_attention(
+                q,
+                k,
+                c_kv.unsqueeze(1),
+                attn_mask=mask,
+                scale=1 / math.sqrt(self.dn + self.dr),
+                dropout_p=self.dropout if self.training else 0.0,
+            )
+        o_lat = o_lat.view(b, h, t, self.r)  # (b, h, t, r)
+        y = torch.einsum("bhtr,hvr->bhtv", o_lat, w_uv)  # (b, h, t, dv)
+        if (
+            self.kv_up.bias is not None
+        ):  # the key bias adds a per-query constant (softmax ignores it); the value bias passes through
+            y = y + self.kv_up.bias.view(self.h, self.dn + self.dv)[:, self.dn :].view(1, self.h, 1, self.dv)
         return y
 
 # %% ../nbs/06_variants.ipynb #bdaa2a12
 def cache_bytes_per_token(attn: nn.Module, embed_dim: int, steps: int = 8, dtype=torch.float16) -> float:
     "Measured KV-cache bytes per token for one attention layer: run `steps` tokens through it with a cache."
     cache = LayerCache()
-    with torch.no_grad(): attn.to(dtype)(torch.randn(1, steps, embed_dim, dtype=dtype), cache)
+    with torch.no_grad():
+        attn.to(dtype)(torch.randn(1, steps, embed_dim, dtype=dtype), cache)
     attn.float()
     return cache.nbytes() / steps

@@ -19,62 +19,102 @@ __all__ = ['spawn', 'bare_trainer', 'bookkeeping', 'reduce_scatter_flat', 'all_g
 
 # %% ../nbs/12_zero.ipynb #5989ae36
 def _rank_main(fn, rank: int, world: int, store: str, args: tuple, kwargs: dict, conn, threads: int, timeout: float):
-    "One forked rank: join the gloo group, run fn(rank, world, *args, **kwargs), send back ('ok', result) or ('error', traceback)."
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))   # for libraries that read them (DeepSpeed); the group
-    torch.set_num_threads(threads)                                         # meets through `store`, a file, not that port
-    try: dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
-    except BaseException: out = ("init", traceback.format_exc())
+    """One forked rank: join the gloo group, run fn(rank, world, *args, **kwargs), send back ('ok', result) or ('error',
+    traceback).
+    """
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(free_port()),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world),
+    )  # for libraries that read them (DeepSpeed); the group
+    torch.set_num_threads(threads)  # meets through `store`, a file, not that port
+    try:
+        dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    except BaseException:
+        out = ("init", traceback.format_exc())
     else:
         try:
             out = ("ok", fn(rank, world, *args, **kwargs))
-            dist.barrier()           # no rank leaves while another still talks to it (its exit would fail that rank's last steps)
-        except BaseException: out = ("error", traceback.format_exc())
-    try: conn.send_bytes(pickle.dumps(out))
-    except Exception: conn.send_bytes(pickle.dumps(("error", traceback.format_exc())))
+            # no rank leaves while another still talks to it (its exit would fail that rank's last steps)
+            dist.barrier()
+        except BaseException:
+            out = ("error", traceback.format_exc())
+    try:
+        conn.send_bytes(pickle.dumps(out))
+    except Exception:
+        conn.send_bytes(pickle.dumps(("error", traceback.format_exc())))
     conn.close()
-    if out[0] != "ok": time.sleep(timeout)   # a failed rank keeps its sockets open until the parent, holding its error, stops all
-    os._exit(0)                      # a forked child: no atexit handlers of the parent (a Jupyter kernel's) run here
+    if out[0] != "ok":
+        time.sleep(timeout)  # a failed rank keeps its sockets open until the parent, holding its error, stops all
+    os._exit(0)  # a forked child: no atexit handlers of the parent (a Jupyter kernel's) run here
+
 
 def spawn(fn, *args, world: int = 2, timeout: float = 120.0, **kwargs) -> list:
-    "Run fn(rank, world, *args, **kwargs) on `world` forked CPU processes joined in a gloo group; their return values, by rank."
-    for attempt in range(3):                 # a group that failed to form (before fn ran) is formed again, twice at most
-        try: return _spawn(fn, args, kwargs, world, timeout)
+    """Run fn(rank, world, *args, **kwargs) on `world` forked CPU processes joined in a gloo group; their return values,
+    by rank.
+    """
+    for attempt in range(3):  # a group that failed to form (before fn ran) is formed again, twice at most
+        try:
+            return _spawn(fn, args, kwargs, world, timeout)
         except _GroupFailed:
-            if attempt == 2: raise
+            if attempt == 2:
+                raise
 
-class _GroupFailed(RuntimeError): "The ranks could not form their process group; fn never ran."
+
+class _GroupFailed(RuntimeError):
+    "The ranks could not form their process group; fn never ran."
+
 
 def _spawn(fn, args: tuple, kwargs: dict, world: int, timeout: float) -> list:
     ctx, tmp = mp.get_context("fork"), tempfile.TemporaryDirectory(prefix="minillm-spawn-")
-    store = os.path.join(tmp.name, "store")   # a file store: no TCP port that another program could take first
+    store = os.path.join(tmp.name, "store")  # a file store: no TCP port that another program could take first
     threads = max(1, (os.cpu_count() or 1) // world)
     procs, pipes = [], []
     for r in range(world):
         recv, send = ctx.Pipe(duplex=False)
-        p = ctx.Process(target=_rank_main, args=(fn, r, world, store, args, kwargs, send, threads, timeout),
-                        daemon=True)
-        p.start(); send.close(); procs.append(p); pipes.append(recv)
+        p = ctx.Process(
+            target=_rank_main, args=(fn, r, world, store, args, kwargs, send, threads, timeout), daemon=True
+        )
+        p.start()
+        send.close()
+        procs.append(p)
+        pipes.append(recv)
     results, pending, deadline = [None] * world, set(range(world)), time.monotonic() + timeout
     try:
         while pending:
             left = deadline - time.monotonic()
-            if left <= 0 or not _wait_any([pipes[r] for r in pending] + [procs[r].sentinel for r in pending], timeout=left):
-                raise TimeoutError(f"spawn: rank(s) {sorted(pending)} still running after {timeout:.0f} s (a collective some rank never "
-                                   "reached?); every rank was stopped. Raise `timeout` if the work is just slow.")
+            if left <= 0 or not _wait_any(
+                [pipes[r] for r in pending] + [procs[r].sentinel for r in pending], timeout=left
+            ):
+                raise TimeoutError(
+                    f"spawn: rank(s) {sorted(pending)} still running after {timeout:.0f} s (a collective some rank"
+                    " never reached?); every rank was stopped. Raise `timeout` if the work is just slow."
+                )
             for r in sorted(pending):
                 if pipes[r].poll():
-                    try: status, value = pickle.loads(pipes[r].recv_bytes())
-                    except EOFError: raise RuntimeError(f"rank {r} of {world} exited (code {procs[r].exitcode}) without a result") from None
-                    if status == "init": raise _GroupFailed(f"rank {r} of {world} could not join the group:\n{value}")
-                    if status == "error": raise RuntimeError(f"rank {r} of {world} failed:\n{value}")
-                    results[r] = value; pending.discard(r)
+                    try:
+                        status, value = pickle.loads(pipes[r].recv_bytes())
+                    except EOFError:
+                        raise RuntimeError(
+                            f"rank {r} of {world} exited (code {procs[r].exitcode}) without a result"
+                        ) from None
+                    if status == "init":
+                        raise _GroupFailed(f"rank {r} of {world} could not join the group:\n{value}")
+                    if status == "error":
+                        raise RuntimeError(f"rank {r} of {world} failed:\n{value}")
+                    results[r] = value
+                    pending.discard(r)
                 elif not procs[r].is_alive():
                     raise RuntimeError(f"rank {r} of {world} died (exit code {procs[r].exitcode}) without a result")
     finally:
         for p in procs:
-            if p.is_alive(): p.kill()
-        for p in procs: p.join(10)
+            if p.is_alive():
+                p.kill()
+        for p in procs:
+            p.join(10)
         tmp.cleanup()
     return results
 
@@ -83,84 +123,138 @@ def bare_trainer(model: torch.nn.Module, accum: int = 1, **cfg) -> SimpleNamespa
     "What an engine reads from the trainer (model, config, ranks, accumulation), without data or a run folder."
     world, rank = (dist.get_world_size(), dist.get_rank()) if dist.is_initialized() else (1, 0)
     c = TrainConfig(**{"device": "cpu", **cfg})
-    return SimpleNamespace(raw=model, cfg=c, d=Dist(rank, world, rank, torch.device(c.device)), accum=accum,
-                           moe=bool(moe_layers(model)), precision=None, log=print if rank == 0 else (lambda *a, **k: None))
+    return SimpleNamespace(
+        raw=model,
+        cfg=c,
+        d=Dist(rank, world, rank, torch.device(c.device)),
+        accum=accum,
+        moe=bool(moe_layers(model)),
+        precision=None,
+        log=print if rank == 0 else (lambda *a, **k: None),
+    )
 
 # %% ../nbs/12_zero.ipynb #66eeabcc
 _KIND = ["payload"]
+
 
 @contextlib.contextmanager
 def bookkeeping():
     "Collectives inside are counted as bookkeeping (flags, norms), not as the weights and gradients the theory counts."
     _KIND.append("bookkeeping")
-    try: yield
-    finally: _KIND.pop()
+    try:
+        yield
+    finally:
+        _KIND.pop()
 
-_RS = "reduce_scatter_single" if hasattr(dist, "reduce_scatter_single") else "reduce_scatter_tensor"   # torch >= 2.10 renamed them
+
+_RS = (
+    "reduce_scatter_single" if hasattr(dist, "reduce_scatter_single") else "reduce_scatter_tensor"
+)  # torch >= 2.10 renamed them
 _AG = "all_gather_single" if hasattr(dist, "all_gather_single") else "all_gather_into_tensor"
+
 
 def reduce_scatter_flat(out, inp, **kw):
     "Reduce-scatter of one flat tensor into equal slices (`out` is this rank's), whatever this torch calls it."
     return getattr(dist, _RS)(out, inp, **kw)
 
+
 def all_gather_flat(out, inp, **kw):
     "All-gather of every rank's equal slice `inp` into the flat `out`, whatever this torch calls it."
     return getattr(dist, _AG)(out, inp, **kw)
+
 
 def ring_bytes(op: str, *args) -> int:
     "Bytes one rank sends for collective `op` in a ring algorithm (all-reduce = reduce-scatter + all-gather)."
     nb = lambda x: x.numel() * x.element_size()
     n = dist.get_world_size()
-    if op == "all_reduce": return 2 * (n - 1) * nb(args[0]) // n
-    if op == "reduce_scatter": return sum(nb(x) for x in args[1]) - nb(args[0])       # a list of unequal pieces
-    if op in ("reduce_scatter_tensor", "reduce_scatter_single"): return nb(args[1]) - nb(args[0])
-    if op in ("all_gather_into_tensor", "all_gather_single"): return nb(args[0]) - nb(args[1])
+    if op == "all_reduce":
+        return 2 * (n - 1) * nb(args[0]) // n
+    if op == "reduce_scatter":
+        return sum(nb(x) for x in args[1]) - nb(args[0])  # a list of unequal pieces
+    if op in ("reduce_scatter_tensor", "reduce_scatter_single"):
+        return nb(args[1]) - nb(args[0])
+    if op in ("all_gather_into_tensor", "all_gather_single"):
+        return nb(args[0]) - nb(args[1])
     raise ValueError(f"ring_bytes: no rule for {op}")
 
+
 class CommCounter:
-    "While active, wraps torch.distributed's collectives and records (collective, kind, bytes this rank sends) for each call."
-    OPS = {"all_reduce": "all_reduce", "reduce_scatter": "reduce_scatter", "reduce_scatter_tensor": "reduce_scatter",
-           "reduce_scatter_single": "reduce_scatter", "all_gather_into_tensor": "all_gather", "all_gather_single": "all_gather"}
-    def __init__(self): self.calls = []
+    """While active, wraps torch.distributed's collectives and records (collective, kind, bytes this rank sends) for
+    each call.
+    """
+
+    OPS = {
+        "all_reduce": "all_reduce",
+        "reduce_scatter": "reduce_scatter",
+        "reduce_scatter_tensor": "reduce_scatter",
+        "reduce_scatter_single": "reduce_scatter",
+        "all_gather_into_tensor": "all_gather",
+        "all_gather_single": "all_gather",
+    }
+
+    def __init__(self):
+        self.calls = []
+
     def __enter__(self):
         self.saved = {op: getattr(dist, op) for op in self.OPS if hasattr(dist, op)}
-        for op, f in self.saved.items(): setattr(dist, op, self._wrap(op, f))
+        for op, f in self.saved.items():
+            setattr(dist, op, self._wrap(op, f))
         return self
+
     def __exit__(self, *exc):
-        for op, f in self.saved.items(): setattr(dist, op, f)
+        for op, f in self.saved.items():
+            setattr(dist, op, f)
+
     def _wrap(self, op, f):
         import inspect
+
         sig = inspect.signature(f)
+
         def counted(*args, **kw):
-            tensors = list(sig.bind(*args, **kw).arguments.values())[:2]     # FSDP2 passes them by keyword
+            tensors = list(sig.bind(*args, **kw).arguments.values())[:2]  # FSDP2 passes them by keyword
             self.calls.append((self.OPS[op], _KIND[-1], ring_bytes(op, *tensors)))
             return f(*args, **kw)
+
         return counted
-    def total(self, kind: str = "payload") -> int: return sum(b for _, k, b in self.calls if k == kind)
+
+    def total(self, kind: str = "payload") -> int:
+        return sum(b for _, k, b in self.calls if k == kind)
 
 # %% ../nbs/12_zero.ipynb #709b586e
 def buckets_to_launch(buckets: list[list[int]], ready: set[int], launched: int) -> list[int]:
-    "Indices of the buckets to reduce now: the next ones in order, from `launched` on, whose parameters are all in `ready`."
-    # hint: every rank must start its collectives in the same order, whichever gradients arrive first here: walk the buckets from `launched` and stop at the first one that is not complete.
-    # hint2: loop b over range(launched, len(buckets)); break as soon as some index of buckets[b] is not in ready; otherwise collect b.
+    """Indices of the buckets to reduce now: the next ones in order, from `launched` on, whose parameters are all in
+    `ready`.
+    """
+    # hint: every rank must start its collectives in the same order, whichever gradients arrive first here: walk the
+    #       buckets from `launched` and stop at the first one that is not complete.
+    # hint2: loop b over range(launched, len(buckets)); break as soon as some index of buckets[b] is not in ready;
+    #        otherwise collect b.
     out = []
     for b in range(launched, len(buckets)):
-        if not all(i in ready for i in buckets[b]): break
+        if not all(i in ready for i in buckets[b]):
+            break
         out.append(b)
     return out
 
 # %% ../nbs/12_zero.ipynb #d341ebe1
 def _bucketize(sizes: list[int], cap: int) -> list[list[int]]:
-    "Consecutive runs of items whose sizes add up to at most `cap` (an item larger than `cap` gets a bucket of its own; cap 0: one each)."
+    """Consecutive runs of items whose sizes add up to at most `cap` (an item larger than `cap` gets a bucket of its
+    own; cap 0: one each).
+    """
     out, cur, n = [], [], 0
     for i, s in enumerate(sizes):
-        if cur and n + s > cap: out.append(cur); cur, n = [], 0
-        cur.append(i); n += s
+        if cur and n + s > cap:
+            out.append(cur)
+            cur, n = [], 0
+        cur.append(i)
+        n += s
     return out + ([cur] if cur else [])
+
 
 class ScratchDDPEngine(Engine):
     """DDP from scratch: parameters broadcast from rank 0, gradients all-reduced in buckets of `bucket_mb` MB (0: one
     parameter each) launched from gradient hooks while backward still runs. torch's AdamW, as the single engine."""
+
     name = "ddp-scratch"
     bucket_mb: float = 25.0
 
@@ -168,21 +262,26 @@ class ScratchDDPEngine(Engine):
         t, c = self.t, self.t.cfg
         t.precision, self.amp_dtype = choose_amp(c.precision, t.d.device)
         if t.precision == "fp16":
-            raise ValueError(f"engine {self.name} has no loss scaler for fp16: use --precision bf16 or fp32, or --engine ddp")
-        self.scaler = torch.amp.GradScaler("cuda", enabled=False)       # kept for the checkpoint layout
+            raise ValueError(
+                f"engine {self.name} has no loss scaler for fp16: use --precision bf16 or fp32, or --engine ddp"
+            )
+        self.scaler = torch.amp.GradScaler("cuda", enabled=False)  # kept for the checkpoint layout
         self.world, self.rank = t.d.world_size, t.d.rank
         if self.world > 1:
-            for x in itertools.chain(t.raw.parameters(), t.raw.buffers()): dist.broadcast(x.data, 0)   # one starting point
+            for x in itertools.chain(t.raw.parameters(), t.raw.buffers()):
+                dist.broadcast(x.data, 0)  # one starting point
         self.groups = param_groups(t.raw, c.weight_decay)
-        self.params = [p for g in self.groups for p in g["params"]]        # torch AdamW's state_dict numbering
+        self.params = [p for g in self.groups for p in g["params"]]  # torch AdamW's state_dict numbering
         self.index = {id(p): i for i, p in enumerate(self.params)}
-        self.used = torch.zeros(len(self.params), device=t.d.device)      # got a gradient on this rank since the last step
+        self.used = torch.zeros(len(self.params), device=t.d.device)  # got a gradient on this rank since the last step
         self.model = t.raw
         self.build()
         self.hooks = [p.register_post_accumulate_grad_hook(self.on_grad) for p in self.params]
 
     def build(self):
-        "DDP: the optimizer holds the full model; buckets in reverse registration order, the order backward tends to produce."
+        """DDP: the optimizer holds the full model; buckets in reverse registration order, the order backward tends to
+        produce.
+        """
         self.opt = self.build_optimizer(self.groups)
         order = list(reversed(range(len(self.params))))
         cap = int(self.bucket_mb * 2**20 / 4)
@@ -193,9 +292,11 @@ class ScratchDDPEngine(Engine):
         "Gradient hook: mark p ready; start the all-reduce of every bucket that is now complete, in order."
         i = self.index[id(p)]
         self.used[i] = 1
-        if not self.syncing: return
+        if not self.syncing:
+            return
         self.ready.add(i)
-        for b in buckets_to_launch(self.buckets, self.ready, self.launched): self.launch(b)
+        for b in buckets_to_launch(self.buckets, self.ready, self.launched):
+            self.launch(b)
 
     def launch(self, b: int):
         ps = [self.params[i] for i in self.buckets[b]]
@@ -207,34 +308,45 @@ class ScratchDDPEngine(Engine):
         o = 0
         for i in self.buckets[b]:
             p = self.params[i]
-            g = buf[o:o + p.numel()].view_as(p) / self.world; o += p.numel()
-            if p.grad is None: p.grad = g
-            else: p.grad.copy_(g)
+            g = buf[o : o + p.numel()].view_as(p) / self.world
+            o += p.numel()
+            if p.grad is None:
+                p.grad = g
+            else:
+                p.grad.copy_(g)
 
     def flush(self):
-        "After backward: start the buckets still waiting (a gradient never came), in order; wait for all; write results back."
-        for b in range(self.launched, len(self.buckets)): self.launch(b)
-        for b, buf, work in self.inflight: work.wait(); self.finish(b, buf)
+        """After backward: start the buckets still waiting (a gradient never came), in order; wait for all; write
+        results back.
+        """
+        for b in range(self.launched, len(self.buckets)):
+            self.launch(b)
+        for b, buf, work in self.inflight:
+            work.wait()
+            self.finish(b, buf)
         self.ready, self.launched, self.inflight = set(), 0, []
 
     def backward(self, x, y, last):
         self.syncing = last and self.world > 1
         loss, lm = self.loss(x, y)
         (loss / self.t.accum).backward()
-        if self.syncing: self.flush()
+        if self.syncing:
+            self.flush()
         return lm.detach()
 
     def global_used(self) -> torch.Tensor:
         "Which parameters got a gradient on any rank since the last step (torch's AdamW skips the others)."
         used = self.used.clone()
         if self.world > 1:
-            with bookkeeping(): dist.all_reduce(used, op=dist.ReduceOp.MAX)
+            with bookkeeping():
+                dist.all_reduce(used, op=dist.ReduceOp.MAX)
         self.used.zero_()
         return used.bool().tolist()
 
     def step(self, lr: float):
         for p, u in zip(self.params, self.global_used()):
-            if not u: p.grad = None           # no rank used it: the zeros the buckets carried are not a gradient
+            if not u:
+                p.grad = None  # no rank used it: the zeros the buckets carried are not a gradient
         super().step(lr)
 
     def describe(self) -> str:
@@ -242,29 +354,54 @@ class ScratchDDPEngine(Engine):
 
 # %% ../nbs/12_zero.ipynb #c61692e3
 def shard_bounds(numel: int, world: int, rank: int) -> tuple[int, int, int]:
-    "(start, end, padded): rank's slice [start, end) of a flat buffer of `numel` elements padded so `world` ranks own equal shards."
-    # hint: every rank gets the same shard size, rounded up so the shards cover all numel elements; the padding lives at the end of the last shard.
-    # hint2: size = ceil(numel / world) (integer arithmetic); rank r owns [r * size, (r + 1) * size) of size * world elements.
+    """(start, end, padded): rank's slice [start, end) of a flat buffer of `numel` elements padded so `world` ranks own
+    equal shards.
+    """
+    # hint: every rank gets the same shard size, rounded up so the shards cover all numel elements; the padding lives at
+    #       the end of the last shard.
+    # hint2: size = ceil(numel / world) (integer arithmetic); rank r owns [r * size, (r + 1) * size) of size * world
+    #        elements.
     size = -(-numel // world)
     return rank * size, (rank + 1) * size, size * world
 
 # %% ../nbs/12_zero.ipynb #90b38438
 def adamw_(p, g, m, v, step: int, lr: float, weight_decay: float, betas: tuple[float, float], eps: float):
-    "torch's AdamW update of one tensor, in place: decoupled weight decay, the two moments, bias-corrected step `step` (1, 2, ...)."
+    """torch's AdamW update of one tensor, in place: decoupled weight decay, the two moments, bias-corrected step `step`
+    (1, 2, ...).
+    """
     b1, b2 = betas
     p.mul_(1 - lr * weight_decay)
     m.lerp_(g, 1 - b1)
     v.mul_(b2).addcmul_(g, g, value=1 - b2)
-    denom = (v.sqrt() / math.sqrt(1 - b2 ** step)).add_(eps)
-    p.addcdiv_(m, denom, value=-lr / (1 - b1 ** step))
+    denom = (v.sqrt() / math.sqrt(1 - b2**step)).add_(eps)
+    p.addcdiv_(m, denom, value=-lr / (1 - b1**step))
 
 # %% ../nbs/12_zero.ipynb #8974e230
-def zero1_step(flat: torch.Tensor, grad_shard: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, step: int,
-               rank: int, world: int, lr: float, weight_decay: float, betas=(0.9, 0.95), eps: float = 1e-8, gather=None):
-    """The ZeRO-1 step of one padded flat parameter: AdamW (`adamw_`) on the shard this rank owns, then every rank's shard
-    gathered back into `flat` with `gather(out, shard)` (default: all_gather_flat). Returns (flat, exp_avg, exp_avg_sq)."""
-    # hint: the moments and the gradient are this rank's shard only; update the matching slice of flat, then gather every rank's updated slice into the whole flat buffer (give gather a copy of the slice: it writes into flat).
-    # hint2: s = flat.numel() // world; adamw_ on flat[rank * s:(rank + 1) * s] with grad_shard and the moments; then gather(flat, that slice's clone()); default gather: all_gather_flat.
+def zero1_step(
+    flat: torch.Tensor,
+    grad_shard: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    step: int,
+    rank: int,
+    world: int,
+    lr: float,
+    weight_decay: float,
+    betas=(0.9, 0.95),
+    eps: float = 1e-8,
+    gather=None,
+):
+    """The ZeRO-1 step of one padded flat parameter: AdamW (`adamw_`) on the shard this rank owns, then every rank's
+    shard
+    gathered back into `flat` with `gather(out, shard)` (default: all_gather_flat). Returns (flat, exp_avg,
+    exp_avg_sq).
+
+    """
+    # hint: the moments and the gradient are this rank's shard only; update the matching slice of flat, then gather
+    #       every rank's updated slice into the whole flat buffer (give gather a copy of the slice: it writes into
+    #       flat).
+    # hint2: s = flat.numel() // world; adamw_ on flat[rank * s:(rank + 1) * s] with grad_shard and the moments; then
+    #        gather(flat, that slice's clone()); default gather: all_gather_flat.
     start, end, _ = shard_bounds(flat.numel(), world, rank)
     shard = flat[start:end]
     adamw_(shard, grad_shard, exp_avg, exp_avg_sq, step, lr, weight_decay, betas, eps)
@@ -273,52 +410,72 @@ def zero1_step(flat: torch.Tensor, grad_shard: torch.Tensor, exp_avg: torch.Tens
 
 # %% ../nbs/12_zero.ipynb #03477461
 class FlatUnit:
-    "Parameters laid end to end in one padded flat buffer; this rank owns [start, end) of it, with that slice's moments and gradient."
+    """Parameters laid end to end in one padded flat buffer; this rank owns [start, end) of it, with that slice's
+    moments and gradient.
+    """
+
     def __init__(self, params: list, idx: list[int], world: int, rank: int, device):
-        self.params, self.idx = params, idx         # idx: each parameter's number in torch AdamW's state_dict
+        self.params, self.idx = params, idx  # idx: each parameter's number in torch AdamW's state_dict
         self.offsets = list(itertools.accumulate((p.numel() for p in params), initial=0))
         self.start, self.end, self.padded = shard_bounds(self.offsets[-1], world, rank)
         self.size = self.end - self.start
         self.flat = torch.zeros(self.padded, device=device)
-        for p, o in zip(params, self.offsets):                       # the parameters become views of the flat buffer
-            self.flat[o:o + p.numel()].copy_(p.data.reshape(-1)); p.data = self.flat[o:o + p.numel()].view_as(p)
+        for p, o in zip(params, self.offsets):  # the parameters become views of the flat buffer
+            self.flat[o : o + p.numel()].copy_(p.data.reshape(-1))
+            p.data = self.flat[o : o + p.numel()].view_as(p)
         self.m, self.v = torch.zeros(self.size, device=device), torch.zeros(self.size, device=device)
-        self.grad, self.master = None, None                          # this rank's slice of the averaged gradient; ZeRO-3's own weight shard
+        self.grad, self.master = None, None  # this rank's slice of the averaged gradient; ZeRO-3's own weight shard
         # (k, lo, hi): the part [lo, hi) of flat that parameter k puts in this rank's shard
-        self.segments = [(k, max(o, self.start), min(o + p.numel(), self.end)) for k, (p, o) in enumerate(zip(params, self.offsets))
-                         if max(o, self.start) < min(o + p.numel(), self.end)]
+        self.segments = [
+            (k, max(o, self.start), min(o + p.numel(), self.end))
+            for k, (p, o) in enumerate(zip(params, self.offsets))
+            if max(o, self.start) < min(o + p.numel(), self.end)
+        ]
+
     @property
-    def shard(self) -> torch.Tensor: return self.master if self.master is not None else self.flat[self.start:self.end]
+    def shard(self) -> torch.Tensor:
+        return self.master if self.master is not None else self.flat[self.start : self.end]
 
 # %% ../nbs/12_zero.ipynb #fed8b9d1
 class Zero1Engine(ScratchDDPEngine):
     """ZeRO-1: one flat fp32 buffer per parameter group; each rank keeps AdamW's moments for its contiguous shard only,
     updates that shard, then all-gathers the parameters. Gradients are full during backward and reduce-scattered at the
     accumulation boundary."""
+
     name = "zero1"
 
     def build(self):
-        self.template = torch.optim.AdamW(self.groups, lr=self.t.cfg.lr, betas=(self.t.cfg.beta1, self.t.cfg.beta2))   # layout only: no state
+        self.template = torch.optim.AdamW(
+            self.groups, lr=self.t.cfg.lr, betas=(self.t.cfg.beta1, self.t.cfg.beta2)
+        )  # layout only: no state
         self.opt = None
-        self.steps = [0] * len(self.params)                          # AdamW's step counter, one per parameter, on every rank
+        self.steps = [0] * len(self.params)  # AdamW's step counter, one per parameter, on every rank
         self.group_of = [k for k, g in enumerate(self.groups) for _ in g["params"]]
-        self.units = [FlatUnit(g["params"], [self.index[id(p)] for p in g["params"]],
-                               self.world, self.rank, self.t.d.device) for g in self.groups if g["params"]]
+        self.units = [
+            FlatUnit(g["params"], [self.index[id(p)] for p in g["params"]], self.world, self.rank, self.t.d.device)
+            for g in self.groups
+            if g["params"]
+        ]
         self.attach_grads()
 
     def attach_grads(self):
-        "ZeRO-1 keeps full gradients: each parameter's .grad is a view of one flat buffer per unit, so backward adds into it."
+        """ZeRO-1 keeps full gradients: each parameter's .grad is a view of one flat buffer per unit, so backward adds
+        into it.
+        """
         for u in self.units:
             u.gflat = torch.zeros(u.padded, device=u.flat.device)
-            for p, o in zip(u.params, u.offsets): p.grad = u.gflat[o:o + p.numel()].view_as(p)
-            u.grad = u.gflat[u.start:u.end]
+            for p, o in zip(u.params, u.offsets):
+                p.grad = u.gflat[o : o + p.numel()].view_as(p)
+            u.grad = u.gflat[u.start : u.end]
 
-    def on_grad(self, p): self.used[self.index[id(p)]] = 1
+    def on_grad(self, p):
+        self.used[self.index[id(p)]] = 1
 
     def backward(self, x, y, last):
         loss, lm = self.loss(x, y)
         (loss / self.t.accum).backward()
-        if last: self.reduce_grads()
+        if last:
+            self.reduce_grads()
         return lm.detach()
 
     def reduce_grads(self):
@@ -330,48 +487,75 @@ class Zero1Engine(ScratchDDPEngine):
                 u.grad.copy_(out.div_(self.world))
 
     def clip(self, max_norm: float):
-        "The whole model's gradient norm: each rank's shard's sum of squares, all-reduced; then every shard scaled alike."
+        """The whole model's gradient norm: each rank's shard's sum of squares, all-reduced; then every shard scaled
+        alike.
+        """
         sq = torch.stack([u.grad.pow(2).sum() for u in self.units]).sum()
         if self.world > 1:
-            with bookkeeping(): dist.all_reduce(sq)
+            with bookkeeping():
+                dist.all_reduce(sq)
         coef = (max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
-        for u in self.units: u.grad.mul_(coef)
+        for u in self.units:
+            u.grad.mul_(coef)
 
     @torch.no_grad()
     def update(self, lr: float, used: list[bool]):
-        "AdamW on this rank's shard, per parameter segment: each parameter keeps its own step and group settings, and is skipped without a gradient."
-        groups = self.template.param_groups      # the settings torch's AdamW would use (a loaded checkpoint's, as torch does)
+        """AdamW on this rank's shard, per parameter segment: each parameter keeps its own step and group settings, and
+        is skipped without a gradient.
+        """
+        groups = (
+            self.template.param_groups
+        )  # the settings torch's AdamW would use (a loaded checkpoint's, as torch does)
         for i, u in enumerate(used):
-            if u: self.steps[i] += 1
+            if u:
+                self.steps[i] += 1
         for unit in self.units:
             for k, lo, hi in unit.segments:
                 i = unit.idx[k]
-                if not used[i]: continue
+                if not used[i]:
+                    continue
                 s = slice(lo - unit.start, hi - unit.start)
                 g = groups[self.group_of[i]]
-                adamw_(unit.shard[s], unit.grad[s], unit.m[s], unit.v[s], self.steps[i], lr, g["weight_decay"], g["betas"], g["eps"])
+                adamw_(
+                    unit.shard[s],
+                    unit.grad[s],
+                    unit.m[s],
+                    unit.v[s],
+                    self.steps[i],
+                    lr,
+                    g["weight_decay"],
+                    g["betas"],
+                    g["eps"],
+                )
 
     def gather_params(self):
         for u in self.units:
-            if self.world > 1: all_gather_flat(u.flat, u.shard.clone())
+            if self.world > 1:
+                all_gather_flat(u.flat, u.shard.clone())
 
     def zero_grads(self):
-        for u in self.units: u.gflat.zero_()
+        for u in self.units:
+            u.gflat.zero_()
 
     def step(self, lr: float):
         used = self.global_used()
-        if self.t.cfg.grad_clip: self.clip(self.t.cfg.grad_clip)
+        if self.t.cfg.grad_clip:
+            self.clip(self.t.cfg.grad_clip)
         self.update(lr, used)
         self.gather_params()
         self.zero_grads()
-        for g in self.template.param_groups: g["lr"] = lr
+        for g in self.template.param_groups:
+            g["lr"] = lr
 
-    def model_state(self) -> dict: return {k: v.detach().clone() for k, v in self.t.raw.state_dict().items()}
+    def model_state(self) -> dict:
+        return {k: v.detach().clone() for k, v in self.t.raw.state_dict().items()}
 
     def full_moments(self, u: FlatUnit) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.world == 1: return u.m, u.v
+        if self.world == 1:
+            return u.m, u.v
         m, v = torch.empty(u.padded, device=u.m.device), torch.empty(u.padded, device=u.m.device)
-        all_gather_flat(m, u.m); all_gather_flat(v, u.v)
+        all_gather_flat(m, u.m)
+        all_gather_flat(v, u.v)
         return m, v
 
     def optimizer_state(self) -> dict:
@@ -382,56 +566,75 @@ class Zero1Engine(ScratchDDPEngine):
             for k, (p, o) in enumerate(zip(u.params, u.offsets)):
                 i = u.idx[k]
                 if self.steps[i]:
-                    state[i] = dict(step=torch.tensor(float(self.steps[i])), exp_avg=m[o:o + p.numel()].view(p.shape).cpu().clone(),
-                                    exp_avg_sq=v[o:o + p.numel()].view(p.shape).cpu().clone())
+                    state[i] = dict(
+                        step=torch.tensor(float(self.steps[i])),
+                        exp_avg=m[o : o + p.numel()].view(p.shape).cpu().clone(),
+                        exp_avg_sq=v[o : o + p.numel()].view(p.shape).cpu().clone(),
+                    )
         sd = self.template.state_dict()
         return dict(state=dict(sorted(state.items())), param_groups=sd["param_groups"])
 
     @torch.no_grad()
     def load_optimizer_state(self, sd: dict):
         "Keep this rank's slice of the full moments in `sd` (torch AdamW's layout, as any engine saves it)."
-        self.template.load_state_dict(sd)                            # checks groups and sizes, as torch's AdamW would
+        self.template.load_state_dict(sd)  # checks groups and sizes, as torch's AdamW would
         st = self.template.state
         self.steps = [int(st[p]["step"]) if p in st else 0 for p in self.params]
         for u in self.units:
-            u.m.zero_(); u.v.zero_()
+            u.m.zero_()
+            u.v.zero_()
             for k, lo, hi in u.segments:
                 p, o = u.params[k], u.offsets[k]
-                if p not in st: continue
+                if p not in st:
+                    continue
                 s = slice(lo - u.start, hi - u.start)
-                u.m[s] = st[p]["exp_avg"].reshape(-1)[lo - o:hi - o]; u.v[s] = st[p]["exp_avg_sq"].reshape(-1)[lo - o:hi - o]
+                u.m[s] = st[p]["exp_avg"].reshape(-1)[lo - o : hi - o]
+                u.v[s] = st[p]["exp_avg_sq"].reshape(-1)[lo - o : hi - o]
         st.clear()
 
-    def load_model_state(self, sd: dict): self.t.raw.load_state_dict(sd)
+    def load_model_state(self, sd: dict):
+        self.t.raw.load_state_dict(sd)
 
     def rank_bytes(self) -> dict:
         params = list(self.t.raw.parameters())
         grads = [getattr(u, "gflat", None) for u in self.units] + [u.grad for u in self.units]
-        return dict(params=held_bytes(params), grads=held_bytes(grads), optimizer=held_bytes(x for u in self.units for x in (u.m, u.v)))
+        return dict(
+            params=held_bytes(params),
+            grads=held_bytes(grads),
+            optimizer=held_bytes(x for u in self.units for x in (u.m, u.v)),
+        )
 
     def describe(self) -> str:
         n = sum(u.size for u in self.units)
-        return f"engine {self.name}: {len(self.units)} flat groups, this rank owns {n:,} of {sum(u.padded for u in self.units):,} elements over {self.world} ranks"
+        return (
+            f"engine {self.name}: {len(self.units)} flat groups, this rank owns {n:,} of"
+            f" {sum(u.padded for u in self.units):,} elements over {self.world} ranks"
+        )
 
 # %% ../nbs/12_zero.ipynb #fd0ebc8a
 class Zero2Engine(Zero1Engine):
     """ZeRO-2: as ZeRO-1, but no full gradient buffer. During every backward, each bucket (a contiguous range of a flat
     group) is reduce-scattered as soon as its gradients exist, this rank adds its slice to its gradient shard, and the
     bucket's full gradients are freed."""
+
     name = "zero2"
 
     def attach_grads(self):
         cap = int(self.bucket_mb * 2**20 / 4)
-        self.buckets, self.ranges = [], []                 # param indices of each bucket; (unit, a, b) range of its flat
+        self.buckets, self.ranges = [], []  # param indices of each bucket; (unit, a, b) range of its flat
         for u in self.units:
             u.grad = torch.zeros(u.size, device=u.flat.device)
             rev = list(reversed(range(len(u.params))))
             for b in _bucketize([u.params[k].numel() for k in rev], cap):
                 ks = sorted(rev[j] for j in b)
                 a, z = u.offsets[ks[0]], u.offsets[ks[-1] + 1]
-                if ks[-1] == len(u.params) - 1: z = u.padded          # the group's padding rides with its last parameter
-                self.buckets.append([u.idx[k] for k in ks]); self.ranges.append((u, a, z))
-        pos = {id(p): j for j, p in enumerate(self.t.raw.parameters())}    # backward runs roughly in reverse of registration
+                if ks[-1] == len(u.params) - 1:
+                    z = u.padded  # the group's padding rides with its last parameter
+                self.buckets.append([u.idx[k] for k in ks])
+                self.ranges.append((u, a, z))
+        pos = {
+            id(p): j for j, p in enumerate(self.t.raw.parameters())
+        }  # backward runs roughly in reverse of registration
         order = sorted(range(len(self.buckets)), key=lambda b: -max(pos[id(self.params[i])] for i in self.buckets[b]))
         self.buckets, self.ranges = [self.buckets[b] for b in order], [self.ranges[b] for b in order]
         self.ready, self.launched, self.inflight = set(), 0, []
@@ -440,38 +643,49 @@ class Zero2Engine(Zero1Engine):
         i = self.index[id(p)]
         self.used[i] = 1
         self.ready.add(i)
-        for b in buckets_to_launch(self.buckets, self.ready, self.launched): self.launch(b)
+        for b in buckets_to_launch(self.buckets, self.ready, self.launched):
+            self.launch(b)
 
     def launch(self, b: int):
         u, a, z = self.ranges[b]
         ps = [self.params[i] for i in self.buckets[b]]
-        buf = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in ps]
-                        + [torch.zeros(z - a - sum(p.numel() for p in ps), device=u.flat.device)])
-        for p in ps: p.grad = None                                       # the full gradients go as soon as they are sent
-        pieces = [buf[max(a, r * u.size) - a:max(min(z, (r + 1) * u.size), max(a, r * u.size)) - a] for r in range(self.world)]
+        buf = torch.cat(
+            [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in ps]
+            + [torch.zeros(z - a - sum(p.numel() for p in ps), device=u.flat.device)]
+        )
+        for p in ps:
+            p.grad = None  # the full gradients go as soon as they are sent
+        pieces = [
+            buf[max(a, r * u.size) - a : max(min(z, (r + 1) * u.size), max(a, r * u.size)) - a]
+            for r in range(self.world)
+        ]
         mine = pieces[self.rank]
         out = torch.empty_like(mine)
         work = dist.reduce_scatter(out, pieces, async_op=True) if self.world > 1 else None
-        if work is None: out = mine
+        if work is None:
+            out = mine
         lo = max(a, u.start)
         self.inflight.append((u, lo - u.start, out, work))
         self.launched = b + 1
 
     def flush(self):
-        for b in range(self.launched, len(self.buckets)): self.launch(b)
+        for b in range(self.launched, len(self.buckets)):
+            self.launch(b)
         for u, lo, out, work in self.inflight:
-            if work is not None: work.wait()
-            u.grad[lo:lo + out.numel()] += out / self.world
+            if work is not None:
+                work.wait()
+            u.grad[lo : lo + out.numel()] += out / self.world
         self.ready, self.launched, self.inflight = set(), 0, []
 
     def backward(self, x, y, last):
         loss, lm = self.loss(x, y)
         (loss / self.t.accum).backward()
-        self.flush()                                                     # every micro-batch: only the shard accumulates
+        self.flush()  # every micro-batch: only the shard accumulates
         return lm.detach()
 
     def zero_grads(self):
-        for u in self.units: u.grad.zero_()
+        for u in self.units:
+            u.grad.zero_()
 
     def rank_bytes(self) -> dict:
         d = super().rank_bytes()
@@ -480,21 +694,32 @@ class Zero2Engine(Zero1Engine):
 
 # %% ../nbs/12_zero.ipynb #0320ff53
 class Zero3Engine(Zero2Engine):
-    """ZeRO-3: the parameters are sharded too. One flat unit per block, and one for the rest (embeddings, final norm, head:
-    the root). A block's full parameters are all-gathered just before its forward and again before its backward, and freed
+    """ZeRO-3: the parameters are sharded too. One flat unit per block, and one for the rest (embeddings, final norm,
+    head:
+    the root). A block's full parameters are all-gathered just before its forward and again before its backward, and
+    freed
     after each; the root stays gathered from the model's forward to the end of its backward. Each unit's gradient is
-    reduce-scattered when the last of its gradients arrives. `prefetch` (TrainConfig.prefetch) starts the next block's gather early."""
+    reduce-scattered when the last of its gradients arrives. `prefetch` (TrainConfig.prefetch) starts the next
+    block's gather early.
+
+    """
+
     name = "zero3"
 
     def build(self):
         c, raw = self.t.cfg, self.t.raw
         if c.activation_checkpointing not in ("none", False, None) or c.compile:
-            raise ValueError(f"engine zero3 gathers weights from module hooks, which recompute and torch.compile bypass: "
-                             "drop --activation-checkpointing/--compile, or use --engine zero2, fsdp or deepspeed")
+            raise ValueError(
+                f"engine zero3 gathers weights from module hooks, which recompute and torch.compile bypass: "
+                f"drop --activation-checkpointing/--compile, or use --engine zero2, fsdp or deepspeed"
+            )
         self.template = torch.optim.AdamW(self.groups, lr=c.lr, betas=(c.beta1, c.beta2))
         self.opt, self.steps, self.prefetch = None, [0] * len(self.params), bool(c.prefetch)
         self.group_of = [k for k, g in enumerate(self.groups) for _ in g["params"]]
-        def unit(ps): return FlatUnit(ps, [self.index[id(p)] for p in ps], self.world, self.rank, self.t.d.device) if ps else None
+
+        def unit(ps):
+            return FlatUnit(ps, [self.index[id(p)] for p in ps], self.world, self.rank, self.t.d.device) if ps else None
+
         claimed, self.block_units = set(), []
         for blk in raw.blocks:
             ps = [p for p in blk.parameters() if id(p) in self.index and id(p) not in claimed]
@@ -503,66 +728,95 @@ class Zero3Engine(Zero2Engine):
         self.root = unit([p for p in self.params if id(p) not in claimed])
         self.units = [u for u in self.block_units + [self.root] if u is not None]
         for u in self.units:
-            u.master = u.flat[u.start:u.end].clone()                 # this rank's shard: the only copy of the weights it keeps
+            u.master = u.flat[u.start : u.end].clone()  # this rank's shard: the only copy of the weights it keeps
             u.grad, u.work, u.gathered = torch.zeros(u.size, device=u.flat.device), None, True
             self.free(u)
         order = [u for u in reversed(self.block_units) if u is not None] + ([self.root] if self.root else [])
-        self.buckets, self.bucket_units = [list(u.idx) for u in order], order     # gradients arrive block by block, last block first
+        self.buckets, self.bucket_units = (
+            [list(u.idx) for u in order],
+            order,
+        )  # gradients arrive block by block, last block first
         self.ready, self.launched, self.inflight, self.eval_gathered = set(), 0, [], False
-        self.rs_group = dist.new_group() if self.world > 1 else None             # reduce-scatters keep their own order, apart from gathers
+        self.rs_group = (
+            dist.new_group() if self.world > 1 else None
+        )  # reduce-scatters keep their own order, apart from gathers
         raw.register_forward_pre_hook(self.pre_root)
         for i, blk in enumerate(raw.blocks):
             blk.register_forward_pre_hook(lambda m, a, i=i: self.pre_block(i))
             blk.register_forward_hook(lambda m, a, out, i=i: self.post_block(i, out))
 
     def gather(self, u, wait: bool = True):
-        "Give the unit's parameters their full values again (all-gather of every rank's shard); `wait=False` returns at once."
-        if u is None: return
+        """Give the unit's parameters their full values again (all-gather of every rank's shard); `wait=False` returns
+        at once.
+        """
+        if u is None:
+            return
         if not u.gathered:
             u.flat.untyped_storage().resize_(u.padded * u.flat.element_size())
-            if self.world > 1: u.work = all_gather_flat(u.flat, u.master, async_op=True)
-            else: u.flat.copy_(u.master)
+            if self.world > 1:
+                u.work = all_gather_flat(u.flat, u.master, async_op=True)
+            else:
+                u.flat.copy_(u.master)
             u.gathered = True
-        if wait and u.work is not None: u.work.wait(); u.work = None
+        if wait and u.work is not None:
+            u.work.wait()
+            u.work = None
 
     def free(self, u):
         "Drop the unit's full parameters: the storage shrinks to nothing; the views (and autograd's saved views) stay."
-        if u is None or not u.gathered: return
-        if u.work is not None: u.work.wait(); u.work = None
-        u.flat.untyped_storage().resize_(0); u.gathered = False
+        if u is None or not u.gathered:
+            return
+        if u.work is not None:
+            u.work.wait()
+            u.work = None
+        u.flat.untyped_storage().resize_(0)
+        u.gathered = False
 
     def pre_root(self, module, args):
         if not (module.training and torch.is_grad_enabled()):
-            # evaluation: gather everything once and keep it, since ranks may run different numbers of evaluation batches
-            for u in self.units: self.gather(u)
-            self.eval_gathered = True; return
+            # evaluation: gather everything once and keep it, since ranks may run different numbers of evaluation
+            # batches
+            for u in self.units:
+                self.gather(u)
+            self.eval_gathered = True
+            return
         if self.eval_gathered:
-            for u in self.units: self.free(u)
+            for u in self.units:
+                self.free(u)
             self.eval_gathered = False
         self.gather(self.root)
 
     def pre_block(self, i):
-        if self.eval_gathered: return
+        if self.eval_gathered:
+            return
         self.gather(self.block_units[i])
-        if self.prefetch and i + 1 < len(self.block_units): self.gather(self.block_units[i + 1], wait=False)
+        if self.prefetch and i + 1 < len(self.block_units):
+            self.gather(self.block_units[i + 1], wait=False)
 
     def post_block(self, i, out):
-        if self.eval_gathered or in_backward(): return
+        if self.eval_gathered or in_backward():
+            return
         self.free(self.block_units[i])
-        if torch.is_tensor(out) and out.requires_grad: out.register_hook(lambda g, i=i: self.pre_backward(i))
+        if torch.is_tensor(out) and out.requires_grad:
+            out.register_hook(lambda g, i=i: self.pre_backward(i))
 
     def pre_backward(self, i):
         "The gradient of block i's output exists: its backward is next, so its parameters must be whole again."
         self.gather(self.block_units[i])
-        if self.prefetch and i > 0: self.gather(self.block_units[i - 1], wait=False)
+        if self.prefetch and i > 0:
+            self.gather(self.block_units[i - 1], wait=False)
 
-    def attach_grads(self): pass
+    def attach_grads(self):
+        pass
 
     def launch(self, b: int):
         u = self.bucket_units[b]
-        buf = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in u.params]
-                        + [torch.zeros(u.padded - u.offsets[-1], device=u.flat.device)])
-        for p in u.params: p.grad = None
+        buf = torch.cat(
+            [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in u.params]
+            + [torch.zeros(u.padded - u.offsets[-1], device=u.flat.device)]
+        )
+        for p in u.params:
+            p.grad = None
         out = torch.empty(u.size, device=u.flat.device)
         work = reduce_scatter_flat(out, buf, group=self.rs_group, async_op=True) if self.world > 1 else None
         self.inflight.append((u, 0, buf if work is None else out, work))
@@ -571,22 +825,29 @@ class Zero3Engine(Zero2Engine):
 
     def flush(self):
         super().flush()
-        for u in self.units: self.free(u)
+        for u in self.units:
+            self.free(u)
 
-    def gather_params(self): pass                                      # the shards are the weights: nothing to gather after a step
+    def gather_params(self):
+        pass  # the shards are the weights: nothing to gather after a step
 
     def model_state(self) -> dict:
-        for u in self.units: self.gather(u)
+        for u in self.units:
+            self.gather(u)
         sd = {k: v.detach().clone() for k, v in self.t.raw.state_dict().items()}
-        for u in self.units: self.free(u)
+        for u in self.units:
+            self.free(u)
         self.eval_gathered = False
         return sd
 
     @torch.no_grad()
     def load_model_state(self, sd: dict):
-        for u in self.units: self.gather(u)
+        for u in self.units:
+            self.gather(u)
         self.t.raw.load_state_dict(sd)
-        for u in self.units: u.master.copy_(u.flat[u.start:u.end]); self.free(u)
+        for u in self.units:
+            u.master.copy_(u.flat[u.start : u.end])
+            self.free(u)
         self.eval_gathered = False
 
     def rank_bytes(self) -> dict:
@@ -595,81 +856,116 @@ class Zero3Engine(Zero2Engine):
         return d
 
     def describe(self) -> str:
-        return (f"engine zero3: {len(self.units)} units (blocks and root), parameters, gradients and AdamW state sharded over "
-                f"{self.world} ranks{', prefetch' if self.prefetch else ''}")
+        return (
+            f"engine zero3: {len(self.units)} units (blocks and root), parameters, gradients and AdamW state sharded"
+            f" over {self.world} ranks{', prefetch' if self.prefetch else ''}"
+        )
 
 # %% ../nbs/12_zero.ipynb #90ecb274
 class FSDPEngine(Engine):
     """torch's FSDP2: `fully_shard` on each block, then on the root; parameters become DTensors sharded over the ranks,
     gathered per block in forward and backward, gradients reduce-scattered. torch's AdamW steps the local shards."""
+
     name = "fsdp"
 
     def setup(self):
         from torch.distributed.fsdp import fully_shard
+
         t, c = self.t, self.t.cfg
         t.precision, self.amp_dtype = choose_amp(c.precision, t.d.device)
         if t.precision == "fp16":
-            raise ValueError("engine fsdp runs here without a loss scaler for fp16: use --precision bf16 or fp32, or --engine ddp")
+            raise ValueError(
+                "engine fsdp runs here without a loss scaler for fp16: use --precision bf16 or fp32, or --engine ddp"
+            )
         self.scaler = torch.amp.GradScaler("cuda", enabled=False)
-        self.names = {id(p): n for n, p in t.raw.named_parameters()}     # one name per parameter (a tied head is tok_emb.weight)
+        self.names = {
+            id(p): n for n, p in t.raw.named_parameters()
+        }  # one name per parameter (a tied head is tok_emb.weight)
         order = [p for g in param_groups(t.raw, c.weight_decay) for p in g["params"]]
-        self.fqns = [self.names[id(p)] for p in order]                   # torch AdamW's numbering, by name
+        self.fqns = [self.names[id(p)] for p in order]  # torch AdamW's numbering, by name
         if t.d.world_size > 1:
-            for blk in t.raw.blocks: fully_shard(blk)
+            for blk in t.raw.blocks:
+                fully_shard(blk)
             fully_shard(t.raw)
         self.model = t.raw
         self.opt = self.build_optimizer(param_groups(t.raw, c.weight_decay))
-        if c.compile: self.model = torch.compile(self.model)
+        if c.compile:
+            self.model = torch.compile(self.model)
 
     def build_optimizer(self, groups):
         c = self.t.cfg
         return torch.optim.AdamW(groups, lr=c.lr, betas=(c.beta1, c.beta2))
 
     def no_sync(self):
-        if self.t.d.world_size == 1: return contextlib.nullcontext()
+        if self.t.d.world_size == 1:
+            return contextlib.nullcontext()
+
         @contextlib.contextmanager
         def held():
             self.t.raw.set_requires_gradient_sync(False)
-            try: yield
-            finally: self.t.raw.set_requires_gradient_sync(True)
+            try:
+                yield
+            finally:
+                self.t.raw.set_requires_gradient_sync(True)
+
         return held()
 
     def _options(self, **kw):
         from torch.distributed.checkpoint.state_dict import StateDictOptions
+
         return StateDictOptions(full_state_dict=True, **kw)
 
     def model_state(self) -> dict:
-        if self.t.d.world_size == 1: return super().model_state()
+        if self.t.d.world_size == 1:
+            return super().model_state()
         from torch.distributed.checkpoint.state_dict import get_model_state_dict
-        sd = get_model_state_dict(self.t.raw, options=self._options(cpu_offload=True))     # rank 0 gets it all, the others nothing
+
+        sd = get_model_state_dict(
+            self.t.raw, options=self._options(cpu_offload=True)
+        )  # rank 0 gets it all, the others nothing
         if self.t.d.main:
-            for k in self.t.raw.state_dict():                          # a tied head's second name
-                if k not in sd and k == "lm_head.weight": sd[k] = sd["tok_emb.weight"]
+            for k in self.t.raw.state_dict():  # a tied head's second name
+                if k not in sd and k == "lm_head.weight":
+                    sd[k] = sd["tok_emb.weight"]
         return sd
 
     def load_model_state(self, sd: dict):
-        if self.t.d.world_size == 1: return super().load_model_state(sd)
+        if self.t.d.world_size == 1:
+            return super().load_model_state(sd)
         from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
         set_model_state_dict(self.t.raw, sd, options=self._options())
 
     def optimizer_state(self) -> dict:
-        "torch AdamW's layout, keys numbered as param_groups numbers them (FSDP's own full state is keyed by parameter name)."
-        if self.t.d.world_size == 1: return super().optimizer_state()
+        """torch AdamW's layout, keys numbered as param_groups numbers them (FSDP's own full state is keyed by parameter
+        name).
+        """
+        if self.t.d.world_size == 1:
+            return super().optimizer_state()
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
         sd = get_optimizer_state_dict(self.t.raw, self.opt, options=self._options(cpu_offload=True))
-        if not sd: return sd
+        if not sd:
+            return sd
         num = {n: i for i, n in enumerate(self.fqns)}
         groups = [dict(g, params=[num[n] for n in g["params"]]) for g in sd["param_groups"]]
-        return dict(state={num[n]: s for n, s in sorted(sd["state"].items(), key=lambda kv: num[kv[0]])}, param_groups=groups)
+        return dict(
+            state={num[n]: s for n, s in sorted(sd["state"].items(), key=lambda kv: num[kv[0]])}, param_groups=groups
+        )
 
     def load_optimizer_state(self, sd: dict):
-        if self.t.d.world_size == 1: return super().load_optimizer_state(sd)
+        if self.t.d.world_size == 1:
+            return super().load_optimizer_state(sd)
         from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
-        named = dict(state={self.fqns[i]: s for i, s in sd["state"].items()},
-                     param_groups=[dict(g, params=[self.fqns[i] for i in g["params"]]) for g in sd["param_groups"]])
+
+        named = dict(
+            state={self.fqns[i]: s for i, s in sd["state"].items()},
+            param_groups=[dict(g, params=[self.fqns[i] for i in g["params"]]) for g in sd["param_groups"]],
+        )
         set_optimizer_state_dict(self.t.raw, self.opt, named, options=self._options())
 
-    def describe(self) -> str: return f"engine fsdp: torch FSDP2 fully_shard per block and root over {self.t.d.world_size} ranks"
+    def describe(self) -> str:
+        return f"engine fsdp: torch FSDP2 fully_shard per block and root over {self.t.d.world_size} ranks"
 
 # %% ../nbs/12_zero.ipynb #8c5e38d2
 def sent_per_step(model: torch.nn.Module, engine: str, world: int, weight_decay: float = 0.1) -> int:
@@ -678,10 +974,11 @@ def sent_per_step(model: torch.nn.Module, engine: str, world: int, weight_decay:
     ring = lambda b: (world - 1) * b // world
     padded = lambda n: shard_bounds(n, world, 0)[2]
     trainable = lambda ps: sum(p.numel() for p in ps if p.requires_grad)
-    if engine in ("ddp", "ddp-scratch"): return 2 * ring(4 * trainable(model.parameters()))
-    if engine in ("zero1", "zero2"):          # reduce-scatter the gradients, all-gather the weights: one flat buffer per group
+    if engine in ("ddp", "ddp-scratch"):
+        return 2 * ring(4 * trainable(model.parameters()))
+    if engine in ("zero1", "zero2"):  # reduce-scatter the gradients, all-gather the weights: one flat buffer per group
         return sum(2 * ring(4 * padded(trainable(g["params"]))) for g in param_groups(model, weight_decay))
-    if engine == "zero3":                     # as zero1, per unit; and each block gathered again for its backward
+    if engine == "zero3":  # as zero1, per unit; and each block gathered again for its backward
         blocks = [trainable(b.parameters()) for b in model.blocks]
         root = trainable(model.parameters()) - sum(blocks)
         return sum(2 * ring(4 * padded(n)) for n in blocks + [root]) + sum(ring(4 * padded(n)) for n in blocks)

@@ -62,3 +62,26 @@ def test_modules_import_only_earlier_lessons_at_import_time():
     bad = [f"minillm.{m} ({order[m]}) imports minillm.{t} ({order[t]}) at import time"
            for m in order for t, _, top in _imports(m) if top and t in order and order[t] > order[m]]
     assert not bad, "\n".join(bad)
+
+
+def test_exported_lines_fit_in_120_columns():
+    """No line of the package is over 120 characters, so a learner reads it without scrolling sideways. The one
+    exception is nbdev's own generated `__all__ = [...]` line, which nbdev wraps at 120 before adding its prefix."""
+    from pathlib import Path
+    root = Path(minillm.__file__).parent
+    long = [f"{p.name}:{i}: {len(line)} characters" for p in sorted(root.glob("*.py")) if p.name != "_modidx.py"
+            for i, line in enumerate(p.read_text(encoding="utf-8").split("\n"), 1)
+            if len(line) > 120 and not line.startswith("__all__ = ")]
+    assert not long, "\n".join(long)
+
+
+def test_methods_are_attached_with_patch_not_assignment():
+    """A method written after its class is added with `@patch` (which names it `Class.method` and keeps it out of the
+    module's __all__), never by assigning module-level functions to the class (`Cls.a, Cls.b = _a, _b`)."""
+    import re
+    from pathlib import Path
+    root = Path(minillm.__file__).parent
+    assign = re.compile(r"^([A-Z]\w*)\.\w+(\s*,\s*\1\.\w+)*\s*=(?!=)")
+    bad = [f"{p.name}:{i}: {line.strip()[:80]}" for p in sorted(root.glob("*.py"))
+           for i, line in enumerate(p.read_text(encoding="utf-8").split("\n"), 1) if assign.match(line)]
+    assert not bad, "\n".join(bad)

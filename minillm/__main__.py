@@ -7,7 +7,6 @@ __all__ = []
 import builtins, sys
 from .cli import main
 
-if __name__ == "__main__" and not getattr(
-    builtins, "__IPYTHON__", False
-):  # run as a module, not this notebook's kernel
+# run as a module, not this notebook's kernel
+if __name__ == "__main__" and not getattr(builtins, "__IPYTHON__", False):
     sys.exit(main())

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import time
 from dataclasses import asdict
@@ -14,6 +13,7 @@ import torch
 
 from .core import detect_hardware, peak_flops, seed_everything
 from .model import MiniLLM, flops_per_token, preset
+from .moe import BALANCES
 from .utils import positive_float, positive_int, write_json
 
 # %% auto #0
@@ -253,7 +253,7 @@ def bench_train(
                 tr = Trainer(preset(preset_name), cfg, log=lambda *a: None)
                 final = tr.fit()
                 wall = time.perf_counter() - t0
-            tokens = tr.step * cfg.micro_batch * tr.T * tr.accum * tr.d.world_size
+            tokens = tr.step * tr.tokens_per_step
             r = dict(
                 budget_s=b, compile=comp, steps=tr.step, tokens=tokens, wall_s=wall, tokens_per_s=tokens / wall, **final
             )
@@ -265,10 +265,10 @@ def bench_train(
     return res
 
 # %% ../nbs/95_bench.ipynb #92856e74
-def _steady_tokens_per_s(rows: list[dict], tokens_per_step: int, skip: int = 5) -> float:
-    "Tokens/s between step `skip` and the last step (start-up and warm-up excluded)."
+def _steady_tokens_per_s(rows: list[dict], skip: int = 5) -> float:
+    "Tokens/s between logged row `skip` and the last (start-up and warm-up excluded), from the trainer's token count."
     a, b = rows[min(skip, len(rows) - 2)], rows[-1]
-    return (b["step"] - a["step"]) * tokens_per_step / (b["elapsed_s"] - a["elapsed_s"])
+    return (b["tokens"] - a["tokens"]) / (b["elapsed_s"] - a["elapsed_s"])
 
 
 def bench_zero(
@@ -285,7 +285,6 @@ def bench_zero(
     import tempfile
     from pathlib import Path
     from minillm.ds import deepspeed_command, torchrun_command, run_training
-    from minillm.model import preset as get_preset
 
     res = dict(
         benchmark="zero",
@@ -296,7 +295,6 @@ def bench_zero(
         hardware=asdict(detect_hardware()),
         runs=[],
     )
-    T = get_preset(preset_name).max_seq_len
     with tempfile.TemporaryDirectory() as tmp:
         for mode in modes:
             out = Path(tmp) / mode
@@ -331,9 +329,7 @@ def bench_zero(
                 rows = run_training(cmd, out)
             except RuntimeError as e:
                 raise RuntimeError(f"bench zero: {mode} failed: {e}") from None
-            row = dict(
-                mode=mode, tokens_per_s=_steady_tokens_per_s(rows, micro_batch * T * procs), final_loss=rows[-1]["loss"]
-            )
+            row = dict(mode=mode, tokens_per_s=_steady_tokens_per_s(rows), final_loss=rows[-1]["loss"])
             if "mem_gb" in rows[-1]:
                 row["peak_mem_gb"] = max(x.get("mem_gb", 0) for x in rows)
             res["runs"].append(row)
@@ -443,11 +439,7 @@ def bench_main(argv: list[str] | None = None) -> int:
     e.add_argument("--data", required=True, help="shards from `minillm prepare` (e.g. data/builtin-4096)")
     e.add_argument("--budget", type=positive_float, default=300, help="seconds of training per run")
     e.add_argument(
-        "--balance",
-        nargs="+",
-        default=["none", "aux_loss", "aux_free"],
-        choices=["none", "aux_loss", "aux_free"],
-        help="MoE balancing methods to run",
+        "--balance", nargs="+", default=list(BALANCES), choices=BALANCES, help="MoE balancing methods to run"
     )
     e.add_argument("--json", default="bench-moe.json", help="where to write the figures")
     args = p.parse_args(argv)
@@ -471,9 +463,8 @@ def bench_main(argv: list[str] | None = None) -> int:
         from minillm.data import verify_data
         from minillm.tokenizer import load_tokenizer
 
-        verify_data(
-            args.data, load_tokenizer(Path(args.data) / "tokenizer")
-        )  # a bad folder fails here, in one line, not in N ranks
+        # a bad folder fails here, in one line, not in N ranks
+        verify_data(args.data, load_tokenizer(Path(args.data) / "tokenizer"))
         res = bench_engines(args.data, tuple(args.engines), args.procs, args.steps, args.preset, args.micro_batch)
         write_json(args.json, res)
         print(f"wrote {args.json}")
@@ -545,7 +536,7 @@ def _engine_rank(
             losses.append(tr.train_step())
         if s == 1:
             t1 = time.perf_counter()
-    per_s = (steps - 2) * micro_batch * tr.T * world * tr.accum / (time.perf_counter() - t1)
+    per_s = (steps - 2) * tr.tokens_per_step / (time.perf_counter() - t1)
     loss_avg = 2 * (world - 1) * 4 // world  # the trainer's own all-reduce of the step's loss (one fp32)
     theory = (
         sent_per_step(MiniLLM(tr.model_config), engine, world) + loss_avg
@@ -638,12 +629,7 @@ def dense_like_total(name: str = "moe", base: str = "demo", multiple_of: int = 6
 
 
 def bench_moe(
-    data: str,
-    budget: float = 300,
-    balances=("none", "aux_loss", "aux_free"),
-    out: str | None = None,
-    eval_batches: int = 20,
-    log=print,
+    data: str, budget: float = 300, balances=BALANCES, out: str | None = None, eval_batches: int = 20, log=print
 ) -> dict:
     """The moe preset (per balancing method) vs demo (equal active params) vs a wide demo (equal total params), same
     time budget each.
@@ -671,8 +657,7 @@ def bench_moe(
             final = tr.fit()
             if "val_loss" not in final:
                 final = tr.evaluate()  # a budget shorter than the first steps ends before the schedule's last step
-        step_tokens = cfg.micro_batch * tr.T * tr.accum * tr.d.world_size
-        tps = _steady_tokens_per_s(rows, step_tokens) if len(rows) > 1 else rows[-1]["tokens_per_s"]
+        tps = _steady_tokens_per_s(rows) if len(rows) > 1 else rows[-1]["tokens_per_s"]
         r = dict(
             run=label,
             preset=name,

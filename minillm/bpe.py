@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import heapq
-import json
 import multiprocessing as mp
 import os
 import sys

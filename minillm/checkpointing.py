@@ -4,8 +4,8 @@
 from __future__ import annotations
 import time
 import torch
-from .model import MiniLLM, ModelConfig, preset
-from .memory import activation_inventory, activation_bytes, measured_activations, saved_tensor_bytes
+from .model import MiniLLM, ModelConfig
+from .memory import activation_inventory, activation_bytes, measured_activations
 
 # %% auto #0
 __all__ = ['rerun_and_backprop', 'replay_rng', 'Recompute', 'recompute', 'checkpoint_functions', 'grads_with', 'step_time',

@@ -12,16 +12,17 @@ import platform as _platform
 import random
 import sys
 import warnings
-from dataclasses import asdict, dataclass, field
+from typing import Literal, get_args
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['PEAK_TFLOPS', 'bf16_capable', 'fp16_tensor_cores', 'choose_precision', 'tensor_bytes', 'sdpa_backends',
-           'flash_attn_status', 'detect_platform', 'HardwareInfo', 'detect_hardware', 'peak_flops', 'matmul_flops',
-           'mfu', 'seed_everything', 'env_main']
+__all__ = ['Precision', 'PRECISIONS', 'PEAK_TFLOPS', 'bf16_capable', 'fp16_tensor_cores', 'choose_precision', 'tensor_bytes',
+           'sdpa_backends', 'flash_attn_status', 'detect_platform', 'HardwareInfo', 'detect_hardware', 'peak_flops',
+           'matmul_flops', 'mfu', 'seed_everything', 'env_main']
 
 # %% ../nbs/01_core.ipynb #af3561f2
 def bf16_capable(capability: tuple[int, int]) -> bool:
@@ -35,6 +36,10 @@ def bf16_capable(capability: tuple[int, int]) -> bool:
 def fp16_tensor_cores(capability: tuple[int, int]) -> bool:
     "Does a GPU of this capability have fp16 tensor cores (Volta, 7.0, and newer)?"
     return tuple(capability) >= (7, 0)
+
+
+Precision = Literal["bf16", "fp16", "fp32"]  # a training precision; "auto" settings pick one of these
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 
 def choose_precision(device: str, capability: tuple[int, int] | None = None) -> tuple[str, str]:
@@ -105,9 +110,8 @@ def flash_attn_status(
     try:
         from flash_attn import flash_attn_func
 
-        q = torch.randn(
-            1, 16, 2, 64, device=device, dtype=dtype if dtype != torch.float32 else torch.float16
-        )  # (b, t, h, d)
+        # (b, t, h, d)
+        q = torch.randn(1, 16, 2, 64, device=device, dtype=dtype if dtype != torch.float32 else torch.float16)
         flash_attn_func(q, q, q, causal=True)
     except Exception as e:
         return (

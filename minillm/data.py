@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .fetch import download, sha256_file  # plumbing: resumable, verified downloads (nbs/00_fetch.ipynb)
-from .utils import write_atomic, write_json
+from .utils import write_json
 
 # %% auto #0
 __all__ = ['EOT', 'TOKENIZER_FIX', 'VAL_EVERY', 'SMALL_CORPUS', 'CORPORA', 'DATA_FIX', 'SHARD_DTYPES', 'split_specials',

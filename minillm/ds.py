@@ -2,7 +2,7 @@
 
 # %% ../nbs/13_deepspeed.ipynb #40a8daa1
 from __future__ import annotations
-import difflib, json, math, os, shutil
+import difflib, json, os, shutil
 from dataclasses import replace
 from pathlib import Path
 import torch
@@ -10,16 +10,7 @@ import torch.distributed as dist
 from .core import detect_hardware
 from .moe import moe_losses
 from .memory import bucket_elements, zero_bytes, tensor_bytes
-from minillm.train import (
-    Engine,
-    TrainConfig,
-    param_groups,
-    accumulation_steps,
-    set_rng_state,
-    save_checkpoint,
-    load_checkpoint,
-    check_compatible,
-)
+from .train import Engine, TrainConfig, param_groups, accumulation_steps, save_checkpoint
 from .utils import UserError, free_port, patch, write_json
 
 # %% auto #0
@@ -180,13 +171,8 @@ def batch_triple(train_batch_size: int | None, micro: int, accum: int | None, wo
     return train_batch_size, micro, accum
 
 # %% ../nbs/13_deepspeed.ipynb #b37c6003
-_SECTIONS = (
-    "zero_optimization",
-    "optimizer",
-    "bf16",
-    "fp16",
-    "activation_checkpointing",
-)  # ds_config keys whose value is an object
+# ds_config keys whose value is an object
+_SECTIONS = ("zero_optimization", "optimizer", "bf16", "fp16", "activation_checkpointing")
 _BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
 
 
@@ -405,9 +391,8 @@ class DeepSpeedEngine(Engine):
                 f"micro batch {c['train_micro_batch_size_per_gpu']} from {cfg.deepspeed} (its"
                 f" train_micro_batch_size_per_gpu), not {cfg.micro_batch}"
             )
-        t.cfg = replace(
-            cfg, micro_batch=c["train_micro_batch_size_per_gpu"]
-        )  # the sampler draws the engine's micro batch
+        # the sampler draws the engine's micro batch
+        t.cfg = replace(cfg, micro_batch=c["train_micro_batch_size_per_gpu"])
         t.accum = c["gradient_accumulation_steps"]
         t.precision = (
             "bf16" if c.get("bf16", {}).get("enabled") else "fp16" if c.get("fp16", {}).get("enabled") else "fp32"
@@ -419,13 +404,11 @@ class DeepSpeedEngine(Engine):
         )
         self.model = self.engine
         if "activation_checkpointing" in c:  # the config's section is what the model uses
-            ds.checkpointing.configure(
-                None, deepspeed_config=c
-            )  # after initialize: it reads the world size from DeepSpeed's communication
+            # after initialize: it reads the world size from DeepSpeed's communication
+            ds.checkpointing.configure(None, deepspeed_config=c)
             if not t.moe:
-                t.raw.checkpoint_fn = (
-                    ds.checkpointing.checkpoint
-                )  # MoE: torch's non-reentrant one keeps the balancing losses' graph
+                # MoE: torch's non-reentrant one keeps the balancing losses' graph
+                t.raw.checkpoint_fn = ds.checkpointing.checkpoint
             if t.raw.activation_checkpointing in (False, "none"):
                 t.raw.activation_checkpointing = "full"
         if t.d.main:
@@ -466,12 +449,13 @@ def step(self: DeepSpeedEngine, lr: float):
         self.report_memory()  # after the first step every state exists
 
 # %% ../nbs/13_deepspeed.ipynb #4701a2e5
+# where each ZeRO-1/2 partition starts
 SHARD_GLOBALS = (
     "deepspeed.runtime.zero.config.ZeroStageEnum",  # the stage, in every optimizer shard
     "deepspeed.runtime.fp16.loss_scaler.LossScaler",  # the static loss scaler (fp32, bf16)
     "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",  # the dynamic one (fp16)
     "deepspeed.utils.tensor_fragment.fragment_address",
-)  # where each ZeRO-1/2 partition starts
+)
 
 
 def shard_globals() -> list:
@@ -519,10 +503,8 @@ def consolidated_weights(ds_dir: Path, tag: str, model_keys) -> dict:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     verify_shards(Path(ds_dir) / tag)  # the merge reads every *_states.pt of this tag folder, and no other
-    with (
-        contextlib.redirect_stdout(io.StringIO()),
-        contextlib.redirect_stderr(io.StringIO()),
-    ):  # it reports its progress on both
+    # it reports its progress on both
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         sd = get_fp32_state_dict_from_zero_checkpoint(str(ds_dir), tag=tag)
     sd = {k: v.float().contiguous() for k, v in sd.items()}
     if "lm_head.weight" in model_keys and "lm_head.weight" not in sd:

@@ -9,7 +9,7 @@ import inspect
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 # %% auto #0
 __all__ = ['ExerciseFailed', 'case', 'same', 'test_fail', 'test_eq', 'test_close', 'check', 'hint_tiers', 'hint']
@@ -135,9 +135,8 @@ def _resolve(reference) -> Callable:
 def check(fn: Callable, cases: Iterable, reference: Callable | str, rtol: float = 1e-5, atol: float = 1e-6) -> int:
     "Run `fn` and `reference` on each case; print a pass, or raise `ExerciseFailed` with inputs, expected and got."
     ref, name = _resolve(reference), getattr(fn, "__name__", repr(fn))
-    hinted = (
-        ref if _tiers(ref) else _find_reference(name) if name.isidentifier() else None
-    )  # an independent reference has no hints:
+    # an independent reference has no hints:
+    hinted = ref if _tiers(ref) else _find_reference(name) if name.isidentifier() else None
     if hinted is not None and name.isidentifier():
         _REFERENCES[name] = hinted  # the package's function of that name has them
     cases = [c if isinstance(c, case) else case(*c) for c in cases]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json, math, os, queue, re, signal, subprocess, sys, threading, time
 from pathlib import Path
 from .core import PEAK_TFLOPS, peak_flops
-from .memory import recommend, estimate, memory_table
+from .memory import recommend, estimate
 from .model import PRESETS, flops_per_token, preset, param_formula
 from .train import TrainConfig, LivePlot
 from .ds import build_ds_config, deepspeed_command
@@ -105,9 +105,8 @@ def plan_run(
             min(hw["memory_gib"]) * 2**30 / 1e9,
             hw["device_names"][0],
         )
-        peak = (
-            peak_flops(gpu, prec) or min(p[prec] for p in PEAK_TFLOPS.values() if prec in p) * 1e12
-        )  # unknown: as the slowest known
+        # unknown: as the slowest known
+        peak = peak_flops(gpu, prec) or min(p[prec] for p in PEAK_TFLOPS.values() if prec in p) * 1e12
         gb = -(-global_batch // n) * n  # a multiple of the GPU count
         for name in presets or dense_presets():
             c = preset(name)
@@ -295,9 +294,8 @@ def launch(
     """
     out = Path(out)
     if hostfile:
-        print_fn(
-            describe_layout(rank_layout([(h, min(s, procs)) for h, s in read_hostfile(hostfile)]))
-        )  # --num_gpus caps each node
+        # --num_gpus caps each node
+        print_fn(describe_layout(rank_layout([(h, min(s, procs)) for h, s in read_hostfile(hostfile)])))
     env = dict(os.environ, PYTHONUNBUFFERED="1", TQDM_DISABLE="1")  # no progress bars in a streamed log
     p = subprocess.Popen(
         deepspeed_command(train_args, procs, hostfile=hostfile),

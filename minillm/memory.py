@@ -2,11 +2,14 @@
 
 # %% ../nbs/10_memory.ipynb #b7384522
 from __future__ import annotations
-import argparse, json, math, shlex, sys
+import argparse, json, math, shlex
 from pathlib import Path
-from dataclasses import dataclass, asdict, replace
+from dataclasses import dataclass, replace
 import torch
+from .core import PRECISIONS
+from .train import OFFLOADS
 from minillm.model import (
+    CHECKPOINTING,
     ModelConfig,
     MiniLLM,
     preset,
@@ -20,12 +23,11 @@ from minillm.model import (
 from .utils import positive_int, positive_float
 
 # %% auto #0
-__all__ = ['RECIPES', 'ADAM_STEP_BYTES', 'CHECKPOINTING', 'GPU_MEMORY_GB', 'CUDA_CONTEXT', 'MARGIN', 'PARTS', 'COLORS',
-           'SIZE_FLAGS', 'MEMORY_PRESETS', 'Recipe', 'model_state_bytes', 'tensor_bytes', 'measured_model_states',
-           'zero_bytes', 'llama8b', 'gb', 'attention_kernel', 'activation_inventory', 'activation_bytes',
-           'saved_tensor_bytes', 'measured_activations', 'kv_cache_bytes', 'bucket_elements', 'estimate', 'fits',
-           'recommend', 'memory_table', 'draw_bars', 'calculator', 'memory_parser', 'memory_config', 'train_args',
-           'launch_command', 'memory_main']
+__all__ = ['RECIPES', 'ADAM_STEP_BYTES', 'GPU_MEMORY_GB', 'CUDA_CONTEXT', 'MARGIN', 'PARTS', 'COLORS', 'SIZE_FLAGS',
+           'MEMORY_PRESETS', 'Recipe', 'model_state_bytes', 'tensor_bytes', 'measured_model_states', 'zero_bytes',
+           'llama8b', 'gb', 'attention_kernel', 'activation_inventory', 'activation_bytes', 'saved_tensor_bytes',
+           'measured_activations', 'kv_cache_bytes', 'bucket_elements', 'estimate', 'fits', 'recommend', 'memory_table',
+           'draw_bars', 'calculator', 'memory_parser', 'memory_config', 'train_args', 'launch_command', 'memory_main']
 
 # %% ../nbs/10_memory.ipynb #10918958
 @dataclass(frozen=True)
@@ -103,7 +105,7 @@ def zero_bytes(
     #        / gpus); offload all: cpu weights take the GPU's.
     if stage not in (0, 1, 2, 3):
         raise ValueError(f"ZeRO stage {stage}: use 0, 1, 2 or 3")
-    if offload not in ("none", "optimizer", "all"):
+    if offload not in OFFLOADS:
         raise ValueError(f"offload {offload!r}: use none, optimizer or all")
     if offload != "none" and stage == 0:
         raise ValueError("offload needs ZeRO stage 1, 2 or 3")
@@ -173,19 +175,10 @@ def attention_kernel(c: ModelConfig, device: str = "cuda", backend: str | None =
         return "manual"
     if backend in ("tiled", "triton"):
         return "fused"  # lesson 14's kernels keep only the output and the logsumexp
-    dq, dv = (c.head_dim, c.head_dim) if c.attention != "mla" else _mla_dims(c)[:2]
+    dq, dv = (c.head_dim, c.head_dim) if c.attention != "mla" else (c.mla.nope + c.mla.rope, c.mla.v)
     if device == "cpu" and (dq != dv or c.dropout > 0):
         return "math"  # the CPU flash kernel needs equal head dims and no dropout
     return "fused"
-
-
-def _mla_dims(c: ModelConfig) -> tuple[int, int, int, int, int, int]:
-    "MLA's (q/k head dim, v head dim, no-RoPE part of q/k, RoPE part of q/k, latent rank, q rank)."
-    hd = c.head_dim
-    dn = hd if c.qk_nope_head_dim is None else c.qk_nope_head_dim
-    dr = hd // 2 if c.qk_rope_head_dim is None else c.qk_rope_head_dim
-    dv = hd if c.v_head_dim is None else c.v_head_dim
-    return dn + dr, dv, dn, dr, c.kv_lora_rank or 4 * hd, c.q_lora_rank
 
 
 def _core_items(kernel, b, t, h, h_kv_saved, dq, dv, s, mb, dropout, device, q_contiguous) -> list[tuple[str, int]]:
@@ -227,11 +220,10 @@ def _attention_items(
     rope = c.positional == "rope"
     items = []
     if c.attention == "mla":
-        dq, dv, dn, dr, r, rq = _mla_dims(c)
-        for name, width, stored in (
-            ("kv_norm", r, r + dr),
-            ("q_norm", rq, rq),
-        ):  # nn.RMSNorm: fp32 inside, output in the input's dtype
+        dn, dr, dv, r, rq = c.mla
+        dq = dn + dr
+        # nn.RMSNorm: fp32 inside, output in the input's dtype
+        for name, width, stored in (("kv_norm", r, r + dr), ("q_norm", rq, rq)):
             if not width:
                 continue
             items += [
@@ -305,9 +297,6 @@ def _ffn_items(c: ModelConfig, b: int, t: int, scheme: str, device: str) -> list
     return items
 
 # %% ../nbs/10_memory.ipynb #ce030419
-CHECKPOINTING = ("none", "attention", "full")
-
-
 def _ffn_consumers(c: ModelConfig) -> int:
     """Linears that read the FFN's input: GELU's fc; SwiGLU's gate and up; a MoE's router and its shared experts' gate
     and up.
@@ -336,7 +325,7 @@ def activation_inventory(
     if checkpointing not in CHECKPOINTING:
         raise ValueError(f"checkpointing {checkpointing!r}: use none, attention or full")
     b, t, C, V = micro_batch, seq_len, c.embed_dim, c.vocab_size
-    n, s, r = b * t, 4 if scheme == "fp32" else 2, 2 if scheme == "half" else 4  # activation and residual-stream bytes
+    n, r = b * t, 2 if scheme == "half" else 4  # tokens; bytes per element of the residual stream
     out = [("embedding", "token ids (int64)", 8 * n)]
     if c.positional == "learned":
         out.append(("embedding", "position ids (int64)", 8 * t))
@@ -416,15 +405,14 @@ def kv_cache_bytes(c: ModelConfig, batch: int, seq_len: int, bytes_per_el: int =
     #       latent and its shared RoPE key; add up the layers, then multiply by the tokens, the sequences and the bytes
     #       per element.
     # hint2: layer i's config is c.layer(i): kv_heads and head_dim for MHA/GQA/MQA; for attention == "mla",
-    #        _mla_dims(lc) returns (qk head dim, v head dim, no-RoPE dim, RoPE dim d_rope, latent rank r, q rank).
-    # hint3: per_token += 2 * lc.kv_heads * lc.head_dim, or r + dr from _, _, _, dr, r, _ = _mla_dims(lc); return
+    #        lc.mla holds its widths: lc.mla.latent (the latent rank) and lc.mla.rope (the shared RoPE key's width).
+    # hint3: per_token += 2 * lc.kv_heads * lc.head_dim, or lc.mla.latent + lc.mla.rope for MLA; return
     #        per_token * batch * seq_len * bytes_per_el
     per_token = 0
     for i in range(c.num_layers):
         lc = c.layer(i)
         if lc.attention == "mla":
-            _, _, _, dr, r, _ = _mla_dims(lc)
-            per_token += r + dr  # the latent and the shared RoPE key
+            per_token += lc.mla.latent + lc.mla.rope  # the latent and the shared RoPE key
         else:
             per_token += 2 * lc.kv_heads * lc.head_dim
     return per_token * batch * seq_len * bytes_per_el
@@ -462,23 +450,21 @@ def estimate(
     """Peak training memory per GPU, in bytes, by part; plus CPU RAM per rank for offload. See the cell above for what
     it counts.
     """
-    t = (
-        c.max_seq_len if seq_len is None else seq_len
-    )  # sizes below 1 would give negative bytes: refused here, at the source
+    # sizes below 1 would give negative bytes: refused here, at the source
+    t = c.max_seq_len if seq_len is None else seq_len
     if not isinstance(t, int) or t < 1:
         raise ValueError(f"seq_len={seq_len!r}: use an integer >= 1 (or None for the model's max_seq_len)")
     if t > c.max_seq_len:
         raise ValueError(f"seq_len {t} exceeds the model's max_seq_len {c.max_seq_len}")
-    if precision not in ("bf16", "fp16", "fp32"):
+    if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: use bf16, fp16 or fp32")
     for name, v in (("micro_batch", micro_batch), ("gpus", gpus)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"{name}={v!r}: use an integer >= 1")
     pf = param_formula(c)
     n = pf["total"]
-    recipe = (
-        "fp32" if zero == 0 or precision == "fp32" else precision
-    )  # the plain trainer keeps fp32 weights under autocast
+    # the plain trainer keeps fp32 weights under autocast
+    recipe = "fp32" if zero == 0 or precision == "fp32" else precision
     scheme = "fp32" if precision == "fp32" else ("amp" if zero == 0 else "half")
     z = zero_bytes(n, recipe, zero, gpus, offload)
     inv = activation_inventory(c, t, micro_batch, scheme, device, backend, checkpointing)
@@ -513,7 +499,7 @@ def estimate(
 
 # %% ../nbs/10_memory.ipynb #d81e24bd
 def _options(gpus: int):
-    for offload in ("none", "optimizer", "all"):
+    for offload in OFFLOADS:
         for ck in CHECKPOINTING:
             for zero in (0, 1, 2, 3):
                 if (offload != "none" and zero == 0) or (offload == "all" and zero != 3):
@@ -665,8 +651,8 @@ def calculator(model: str = "mini", **start):
         gpu=W.Dropdown(options=list(GPU_MEMORY_GB) + ["custom"], value=settings["gpu"], description="GPU"),
         gpu_mem=W.FloatText(value=80, description="custom GB"),
         zero=W.Dropdown(options=[0, 1, 2, 3], value=settings["zero"], description="ZeRO"),
-        offload=W.Dropdown(options=["none", "optimizer", "all"], value=settings["offload"], description="offload"),
-        precision=W.Dropdown(options=["bf16", "fp16", "fp32"], value=settings["precision"], description="precision"),
+        offload=W.Dropdown(options=list(OFFLOADS), value=settings["offload"], description="offload"),
+        precision=W.Dropdown(options=list(PRECISIONS), value=settings["precision"], description="precision"),
         checkpointing=W.Dropdown(options=list(CHECKPOINTING), value=settings["checkpointing"], description="recompute"),
     )
     out = W.Output()
@@ -765,15 +751,11 @@ def memory_parser() -> argparse.ArgumentParser:
     p.add_argument("--zero", type=int, choices=[0, 1, 2, 3], help="ZeRO stage (default: recommended)")
     p.add_argument(
         "--offload",
-        choices=["none", "optimizer", "all"],
+        choices=OFFLOADS,
         help="offload to CPU: optimizer (ZeRO 1-3) or all (ZeRO 3) (default: recommended)",
     )
-    p.add_argument(
-        "--precision", choices=["bf16", "fp16", "fp32"], default="bf16", help="training precision (default bf16)"
-    )
-    p.add_argument(
-        "--checkpointing", choices=list(CHECKPOINTING), help="activation recomputation (default: recommended)"
-    )
+    p.add_argument("--precision", choices=PRECISIONS, default="bf16", help="training precision (default bf16)")
+    p.add_argument("--checkpointing", choices=CHECKPOINTING, help="activation recomputation (default: recommended)")
     p.add_argument(
         "--json", action="store_true", help="print every figure (bytes) as JSON, with the recommended command"
     )
@@ -873,7 +855,7 @@ def memory_main(argv: list[str] | None = None) -> int:
     if a.offload not in (None, "none") and a.zero == 0:
         raise ValueError(f"--offload {a.offload} needs ZeRO stage 1, 2 or 3: drop --zero 0")
     if a.offload == "all" and a.zero not in (None, 3):
-        raise ValueError(f"--offload all (parameters too) needs ZeRO stage 3: use --zero 3")
+        raise ValueError("--offload all (parameters too) needs ZeRO stage 3: use --zero 3")
     fixed = {k: getattr(a, k) for k in ("zero", "offload", "checkpointing") if getattr(a, k) is not None}
     asked = {"zero": {"all": 3, "optimizer": 1}.get(a.offload, 0), "offload": "none", "checkpointing": "none"} | fixed
     est = estimate(c, a.seq_len, a.micro_batch or 1, a.gpus, precision=a.precision, **asked)

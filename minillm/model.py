@@ -6,24 +6,33 @@ from __future__ import annotations
 import json
 import math
 import numbers
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
+from typing import Literal, get_args
 
-from .attention import BACKENDS, LATER_KERNELS, resolve_backend
+from .attention import BACKENDS, LATER_KERNELS
 from .utils import patch, write_json
-from .variants import GroupedQueryAttention, KVCache, MultiHeadLatentAttention, RoPE, sinusoidal_positions
+from minillm.variants import (
+    GroupedQueryAttention,
+    KVCache,
+    MLADims,
+    MultiHeadLatentAttention,
+    RoPE,
+    mla_dims,
+    sinusoidal_positions,
+)
 
 # %% auto #0
-__all__ = ['ATTENTION', 'POSITIONAL', 'NORMS', 'FFNS', 'LAYER_KEYS', 'FIELD_RULES', 'PRESETS', 'rms_norm', 'RMSNorm', 'LayerNorm',
-           'make_norm', 'MLP', 'SwiGLU', 'ffn_hidden', 'ModelConfig', 'load_layer_configs', 'resolve_layers',
-           'pre_norm_block', 'make_attention', 'make_ffn', 'Block', 'lm_loss', 'checkpoint_mode', 'MiniLLM',
-           'decoder_forward', 'filter_logits', 'sample_next', 'attention_params', 'param_formula', 'flops_per_token',
-           'config_from_checkpoint', 'check_state_dict', 'preset', 'param_table']
+__all__ = ['ATTENTION', 'POSITIONAL', 'NORMS', 'FFNS', 'LAYER_KEYS', 'FIELD_RULES', 'Checkpointing', 'CHECKPOINTING', 'PRESETS',
+           'rms_norm', 'RMSNorm', 'LayerNorm', 'make_norm', 'MLP', 'SwiGLU', 'ffn_hidden', 'ModelConfig',
+           'load_layer_configs', 'resolve_layers', 'pre_norm_block', 'make_attention', 'make_ffn', 'Block', 'lm_loss',
+           'checkpoint_mode', 'MiniLLM', 'decoder_forward', 'filter_logits', 'sample_next', 'attention_params',
+           'param_formula', 'flops_per_token', 'config_from_checkpoint', 'check_state_dict', 'preset', 'param_table']
 
 # %% ../nbs/07_model.ipynb #a6f82b8c
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -275,8 +284,7 @@ def _layer_problems(c: ModelConfig, where: str = "") -> list[str]:
                 f"{where}attention='mla' has no KV-head count (keys and values come from a shared latent): drop"
                 f" num_kv_heads={c.num_kv_heads}; kv_lora_rank sets the latent's size"
             )
-        dn = hd if c.qk_nope_head_dim is None else c.qk_nope_head_dim
-        dr = hd // 2 if c.qk_rope_head_dim is None else c.qk_rope_head_dim
+        dn, dr = c.mla.nope, c.mla.rope
         if dn + dr < 1:
             p.append(f"{where}qk_nope_head_dim + qk_rope_head_dim is 0: queries and keys need at least one dimension")
         if c.positional == "rope" and dr % 2:
@@ -336,6 +344,20 @@ def layer(self: ModelConfig, i: int) -> ModelConfig:
 @patch(as_prop=True)
 def head_dim(self: ModelConfig) -> int:
     return self.embed_dim // self.num_heads
+
+
+@patch(as_prop=True)
+def mla(self: ModelConfig) -> MLADims:
+    "MLA's widths and ranks, defaults filled in (lesson 06's `mla_dims`: the one place they are computed)."
+    return mla_dims(
+        self.embed_dim,
+        self.num_heads,
+        self.kv_lora_rank,
+        self.q_lora_rank,
+        self.qk_nope_head_dim,
+        self.qk_rope_head_dim,
+        self.v_head_dim,
+    )
 
 
 @patch(as_prop=True)
@@ -441,7 +463,7 @@ def make_attention(c: ModelConfig) -> nn.Module:
         return MultiHeadLatentAttention(
             c.embed_dim,
             c.num_heads,
-            c.kv_lora_rank or 4 * c.head_dim,
+            c.kv_lora_rank,
             c.q_lora_rank,
             c.qk_nope_head_dim,
             c.qk_rope_head_dim,
@@ -501,19 +523,23 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100
     return (nll * keep).sum() / keep.sum()
 
 # %% ../nbs/07_model.ipynb #be428a6b
+# activation recomputation in backward: nothing, each block's attention sub-layer, or each whole block
+Checkpointing = Literal["none", "attention", "full"]
+CHECKPOINTING: tuple[str, ...] = get_args(Checkpointing)
+
+
 def checkpoint_mode(v) -> str:
     """Normalise an activation-checkpointing setting: False/None/'none', True/'full', 'attention' (the attention
     sub-layer).
     """
     mode = {False: "none", None: "none", True: "full"}.get(v, v) if isinstance(v, (bool, type(None))) else v
-    if (
-        mode == "selective"
-    ):  # the earlier name: it never was Megatron-LM's selective recomputation (core attention only)
+    # the earlier name: it never was Megatron-LM's selective recomputation (core attention only)
+    if mode == "selective":
         raise ValueError(
             "activation checkpointing 'selective' is now called 'attention' (it recomputes the whole attention "
             "sub-layer, not only the core attention as Megatron-LM's selective recomputation does): use 'attention'"
         )
-    if mode not in ("none", "attention", "full"):
+    if mode not in CHECKPOINTING:
         raise ValueError(f"activation checkpointing {v!r}: use 'none', 'attention' (the attention sub-layer) or 'full'")
     return mode
 
@@ -558,9 +584,8 @@ class MiniLLM(nn.Module):
         self.lm_head = nn.Linear(c.embed_dim, c.vocab_size, bias=False)
         if c.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
-        self.activation_checkpointing = (
-            False  # the trainer's switch: False | 'full' (or True) | 'attention' (the attention sub-layer)
-        )
+        # the trainer's switch: False | 'full' (or True) | 'attention' (the attention sub-layer)
+        self.activation_checkpointing = False
         self.checkpoint_layers = None  # None: every block; k: the first k blocks
         self.checkpoint_fn = None  # None: torch.utils.checkpoint, non-reentrant; or any fn(function, *args)
         self.apply(self._init_weights)
@@ -828,10 +853,7 @@ def attention_params(c: ModelConfig) -> tuple[int, int, int, int]:
     "(parameters, matmul weights, qk dim per head, v dim per head) of one attention layer."
     C, h, hd, b = c.embed_dim, c.num_heads, c.head_dim, int(c.bias)
     if c.attention == "mla":
-        r, rq = c.kv_lora_rank or 4 * hd, c.q_lora_rank
-        dn = hd if c.qk_nope_head_dim is None else c.qk_nope_head_dim
-        dr = hd // 2 if c.qk_rope_head_dim is None else c.qk_rope_head_dim
-        dv = hd if c.v_head_dim is None else c.v_head_dim
+        dn, dr, dv, r, rq = c.mla
         wq = (C * rq + rq * h * (dn + dr)) if rq else C * h * (dn + dr)
         w = wq + C * (r + dr) + r * h * (dn + dv) + h * dv * C
         biases = b * ((rq if rq else 0) + h * (dn + dr) + (r + dr) + h * (dn + dv) + C)

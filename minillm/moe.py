@@ -144,12 +144,10 @@ class MoE(nn.Module):
         self.w_down = nn.Parameter(torch.empty(num_experts, dim, H))
         self.shared = SwiGLU(dim, num_shared_experts * H, bias) if num_shared_experts else None
         self.drop = nn.Dropout(dropout)
-        self.register_buffer(
-            "bias_steps", torch.zeros(num_experts, dtype=torch.long)
-        )  # the bias in units of bias_update_rate
-        self.grouped = (
-            None  # None: torch's grouped matmul where grouped_mm_ok says it runs; True/False: force it on/off
-        )
+        # the bias in units of bias_update_rate
+        self.register_buffer("bias_steps", torch.zeros(num_experts, dtype=torch.long))
+        # None: torch's grouped matmul where grouped_mm_ok says it runs; True/False: force it on/off
+        self.grouped = None
         self.losses: dict = {}  # the last training forward's weighted balancing losses: 'aux', 'seq', 'z'
         self.step_stats: dict = {}  # the last optimizer step's loads, dropped and routed slots (set by end_step)
         self.run_load = torch.zeros(num_experts, dtype=torch.long)  # loads summed over every step so far

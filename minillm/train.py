@@ -12,18 +12,23 @@ import os
 import random
 import sys
 import time
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .core import detect_hardware, peak_flops, seed_everything
+from .core import PRECISIONS, Precision, detect_hardware, peak_flops, seed_everything
 from .data import TokenDataset, TrainSampler, eval_batches, verify_data
 from .moe import moe_layers, moe_losses, moe_metrics, moe_step
 from minillm.model import (
+    CHECKPOINTING,
+    Checkpointing,
     PRESETS,
     MiniLLM,
     ModelConfig,
@@ -43,20 +48,25 @@ from minillm.utils import (
     positive_float,
     positive_int,
     unit_float,
-    write_atomic,
     write_json,
 )
 
 # %% auto #0
-__all__ = ['UNCAPPED', 'CHECKPOINT_KEYS', 'ENGINES', 'RUN_FILES', 'FLAGS', 'TrainConfig', 'accumulation_steps', 'param_groups',
-           'lr_at', 'adamw_update', 'Dist', 'dist_env', 'setup_dist', 'choose_amp', 'rng_state', 'set_rng_state',
-           'save_checkpoint', 'load_checkpoint', 'check_compatible', 'engine_class', 'held_bytes', 'Engine',
-           'DDPEngine', 'Trainer', 'run_files', 'clear_run', 'Diverged', 'LivePlot', 'load_model', 'sample_text',
-           'model_override', 'read_config_file', 'build_configs', 'train_parser', 'check_out', 'train_main',
-           'sample_parser', 'sample_main']
+__all__ = ['UNCAPPED', 'Schedule', 'Offload', 'SCHEDULES', 'OFFLOADS', 'CHECKPOINT_KEYS', 'ENGINES', 'RUN_FILES', 'FLAGS',
+           'TrainConfig', 'literal_values', 'accumulation_steps', 'param_groups', 'lr_at', 'adamw_update', 'Dist',
+           'dist_env', 'setup_dist', 'choose_amp', 'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint',
+           'check_compatible', 'engine_class', 'held_bytes', 'Engine', 'DDPEngine', 'Trainer', 'run_files', 'clear_run',
+           'Diverged', 'LivePlot', 'load_model', 'sample_text', 'model_override', 'read_config_file', 'build_configs',
+           'train_parser', 'check_out', 'train_main', 'sample_parser', 'sample_main']
 
 # %% ../nbs/09_train.ipynb #9c1266ab
 UNCAPPED = 10**9  # max_steps when a time budget or --epochs decides the length
+
+
+Schedule = Literal["cosine", "linear"]  # how the learning rate decays after warmup
+Offload = Literal["none", "optimizer", "all"]  # what DeepSpeed moves to the CPU: nothing, the optimizer, everything
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
+OFFLOADS: tuple[str, ...] = get_args(Offload)
 
 
 @dataclass
@@ -73,25 +83,21 @@ class TrainConfig:
     lr: float = 3e-3
     min_lr: float | None = None  # None: lr / 10
     warmup_steps: int = 30
-    schedule: str = "cosine"  # cosine | linear
+    schedule: Schedule = "cosine"
     max_steps: int | None = None  # None: 1000, unless --time-budget or --epochs sets the length
     epochs: float | None = None  # passes over the training tokens; sets max_steps from the data size
-    time_budget: float | None = (
-        None  # seconds of training; sets the schedule's length (capped by max_steps or epochs when given)
-    )
-    stop_at: int | None = (
-        None  # save and stop after this step (the schedule still runs to max_steps): --resume continues
-    )
+    # seconds of training; sets the schedule's length (capped by max_steps or epochs when given)
+    time_budget: float | None = None
+    # save and stop after this step (the schedule still runs to max_steps): --resume continues
+    stop_at: int | None = None
     keep_every: int | None = None  # also keep step_NNNNNNN.pt every N steps (latest.pt and best.pt are always kept)
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0  # 0: no clipping
-    precision: str = "auto"  # auto | bf16 | fp16 | fp32
+    precision: Literal["auto"] | Precision = "auto"  # auto: bf16 where native, fp16 on older GPUs, fp32 on a CPU
     compile: bool = False
-    activation_checkpointing: str = (
-        "none"  # none | attention (the attention sub-layer) | full; True/False accepted as full/none
-    )
+    activation_checkpointing: Checkpointing = "none"  # True/False are accepted as full/none
     eval_every: int = 100
     eval_batches: int = 20
     log_every: int = 10
@@ -101,11 +107,10 @@ class TrainConfig:
     wandb: bool = False
     engine: str | None = None  # single | ddp | zero1 | zero2 | zero3 | fsdp | deepspeed (None: see Trainer.engine_name)
     prefetch: bool = False  # zero3: gather the next block's weights while this one computes
-    deepspeed: str | None = (
-        None  # None: no DeepSpeed; "": a ds_config built from these settings; or a ds_config.json path
-    )
+    # None: no DeepSpeed; "": a ds_config built from these settings; or a ds_config.json path
+    deepspeed: str | None = None
     zero_stage: int | None = None  # DeepSpeed ZeRO stage 0-3 (None: 2 when DeepSpeed is on)
-    offload: str = "none"  # DeepSpeed offload to CPU: none | optimizer | all (all: stage 3)
+    offload: Offload = "none"  # all: needs ZeRO stage 3
 
     def __post_init__(self):
         if isinstance(self.activation_checkpointing, bool):
@@ -123,10 +128,22 @@ class TrainConfig:
 _TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
 
 
+def literal_values(t) -> tuple | None:
+    "The values a Literal annotation, or a union of Literals, allows (`Literal['auto'] | Precision`); else None."
+    if typing.get_origin(t) is Literal:
+        return get_args(t)
+    parts = get_args(t) if isinstance(t, types.UnionType) or typing.get_origin(t) is typing.Union else ()
+    if parts and all(typing.get_origin(p) is Literal for p in parts):
+        return tuple(v for p in parts for v in get_args(p))
+    return None
+
+
 def _type_problems(c) -> list[str]:
     "Each field must hold its declared type (a config file can hold anything: 'abc', 2.5, true)."
-    bad = []
+    bad, hints = [], typing.get_type_hints(type(c))
     for f in fields(c):
+        if literal_values(hints[f.name]) is not None:
+            continue  # one of a few values: _value_problems names them
         v, kinds = getattr(c, f.name), [k.strip() for k in str(f.type).split("|")]
         if v is None and "None" in kinds:
             continue
@@ -144,15 +161,8 @@ def _type_problems(c) -> list[str]:
 
 def _value_problems(c) -> list[str]:
     "Ranges, and settings that contradict each other, each with the fix."
-    bad, choices = (
-        [],
-        dict(
-            schedule=("cosine", "linear"),
-            precision=("auto", "bf16", "fp16", "fp32"),
-            activation_checkpointing=("none", "attention", "full"),
-            offload=("none", "optimizer", "all"),
-        ),
-    )
+    bad, hints = [], typing.get_type_hints(type(c))
+    choices = {f.name: ok for f in fields(c) if (ok := literal_values(hints[f.name])) is not None}
     for k, ok in choices.items():
         if getattr(c, k) not in ok:
             bad.append(f"{k}={getattr(c, k)!r}: use {', '.join(ok)}")
@@ -312,9 +322,10 @@ def dist_env(env=None) -> tuple[int, int, int, int]:
     env = os.environ if env is None else env
     if "RANK" not in env and int(env.get("SLURM_NTASKS", 1)) > 1:
         world = int(env["SLURM_NTASKS"])
+        # "4", "4(x2)"
         per_node = (
             (env.get("SLURM_NTASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE") or "").split("(")[0].split(",")[0]
-        )  # "4", "4(x2)"
+        )
         return (
             int(env.get("SLURM_PROCID", 0)),
             int(env.get("SLURM_LOCALID", 0)),
@@ -335,9 +346,8 @@ def setup_dist(device: str = "auto") -> Dist:
     ranks; pick this rank's device.
     """
     rank, local, world, local_world = dist_env()
-    if (
-        "RANK" not in os.environ and world > 1
-    ):  # srun (dist_env read SLURM's names): rendezvous needs an address every task reaches
+    # srun (dist_env read SLURM's names): rendezvous needs an address every task reaches
+    if "RANK" not in os.environ and world > 1:
         missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(k)]
         if missing:
             raise ValueError(
@@ -345,9 +355,8 @@ def setup_dist(device: str = "auto") -> Dist:
                 f" {'is' if len(missing) == 1 else 'are'} not set: in the sbatch script, export MASTER_ADDR=$(scontrol"
                 " show hostnames $SLURM_JOB_NODELIST | head -n 1) and MASTER_PORT=29500 (any free port) before srun."
             )
-        os.environ.update(
-            RANK=str(rank), LOCAL_RANK=str(local), WORLD_SIZE=str(world)
-        )  # DeepSpeed and torch read these names
+        # DeepSpeed and torch read these names
+        os.environ.update(RANK=str(rank), LOCAL_RANK=str(local), WORLD_SIZE=str(world))
     use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
     if use_cuda and not torch.cuda.is_available():
         raise ValueError(
@@ -365,12 +374,10 @@ def setup_dist(device: str = "auto") -> Dist:
         raise ValueError(
             f"{local_world} processes on this node but {os.cpu_count()} CPU cores: launch at most {os.cpu_count()}."
         )
-    if (
-        not use_cuda and local_world > 1 and "OMP_NUM_THREADS" not in os.environ
-    ):  # torchrun sets it; deepspeed's launcher does not
-        torch.set_num_threads(
-            max(1, (os.cpu_count() or 1) // local_world)
-        )  # share the cores: each rank using all of them thrashes
+    # torchrun sets it; deepspeed's launcher does not
+    if not use_cuda and local_world > 1 and "OMP_NUM_THREADS" not in os.environ:
+        # share the cores: each rank using all of them thrashes
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
     dev = torch.device(f"cuda:{local}" if use_cuda else "cpu")
     if use_cuda:
         torch.cuda.set_device(dev)
@@ -433,10 +440,8 @@ def save_checkpoint(path: Path, state: dict):
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        e.minillm_path, e.minillm_needed = (
-            str(path),
-            _state_bytes(state),
-        )  # "disk full writing latest.pt (.. MB needed)"
+        # "disk full writing latest.pt (.. MB needed)"
+        e.minillm_path, e.minillm_needed = (str(path), _state_bytes(state))
         raise
     finally:
         tmp.unlink(missing_ok=True)
@@ -458,9 +463,8 @@ def _open_checkpoint(path: Path, map_location="cpu", need=CHECKPOINT_KEYS) -> tu
     import warnings
 
     try:
-        with (
-            warnings.catch_warnings()
-        ):  # torch warns about a file's pickle protocol while refusing it: the line below says it all
+        # torch warns about a file's pickle protocol while refusing it: the line below says it all
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ck = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
@@ -715,22 +719,21 @@ class Trainer:
             raise ValueError(f"seq_len {self.T} exceeds the model's max_seq_len {model_config.max_seq_len}.")
         self.model_config = model_config
         self.accum = accumulation_steps(cfg.batch_tokens, cfg.micro_batch, self.T, self.d.world_size)
+        self.tokens_per_step = cfg.micro_batch * self.T * self.d.world_size * self.accum  # all ranks, all micro-batches
         seed_everything(cfg.seed)
         self.raw = MiniLLM(model_config).to(self.d.device)
         self.raw.activation_checkpointing = cfg.activation_checkpointing
-        self.moe = bool(
-            moe_layers(self.raw)
-        )  # MoE layers: balancing losses join the loss, loads are counted per optimizer step
-        self.n_params, self.n_active = (
-            self.raw.num_params(),
-            self.raw.num_params("active"),
-        )  # before an engine shards the weights
+        # MoE layers: balancing losses join the loss, loads are counted per optimizer step
+        self.moe = bool(moe_layers(self.raw))
+        # before an engine shards the weights
+        self.n_params, self.n_active = (self.raw.num_params(), self.raw.num_params("active"))
         self.engine = engine_class(self.engine_name())(self)
         self.engine.setup()  # sets self.precision; DeepSpeed's config may set micro_batch and accum
         self.train_data, self.val_data = TokenDataset(cfg.data, "train"), TokenDataset(cfg.data, "val")
+        # the engine's micro batch
         self.sampler = TrainSampler(
             self.train_data, self.T, self.cfg.micro_batch, self.d.rank, self.d.world_size, cfg.seed
-        )  # the engine's micro batch
+        )
         if (len(self.val_data) - 1) // self.T < self.d.world_size:  # every rank evaluates at least one window
             raise ValueError(
                 f"{Path(cfg.data) / 'val.bin'} holds {len(self.val_data)} tokens, fewer than {self.d.world_size}"
@@ -1057,9 +1060,8 @@ def fit(self: Trainer, resume: bool | str | Path = False) -> dict:
         if not path.exists():
             raise FileNotFoundError(f"--resume: no {path}; drop --resume to start a new run.")
         self.resume(path)
-    elif self.d.main and (
-        held := run_files(self.out, skip=("ds_config.json",))
-    ):  # DeepSpeed wrote its config while starting
+    # DeepSpeed wrote its config while starting
+    elif self.d.main and (held := run_files(self.out, skip=("ds_config.json",))):
         raise FileExistsError(
             f"{self.out} already holds a run ({', '.join(held)}): pass --resume to continue it, --overwrite to replace"
             " it, or choose another --out."
@@ -1074,11 +1076,10 @@ def fit(self: Trainer, resume: bool | str | Path = False) -> dict:
         disable=not self.d.main or os.environ.get("TQDM_DISABLE", "") not in ("", "0"),
     )
     t0, tokens, last, t1 = time.perf_counter(), 0, {}, None
-    step_tokens = cfg.micro_batch * self.T * self.d.world_size * self.accum
     with self._stop_on_signals():
         while self.step < self.max_steps and self.stop is None:
             loss = self.train_step()
-            tokens += step_tokens
+            tokens += self.tokens_per_step
             self._check_finite(loss)
             self._agree_on_stop()
             if t1 is None:
@@ -1087,7 +1088,14 @@ def fit(self: Trainer, resume: bool | str | Path = False) -> dict:
                 self.max_steps = self._fit_schedule(t0, t1)
                 bar.total = self.max_steps
             elapsed = time.perf_counter() - t0
-            row = dict(step=self.step, loss=loss, lr=self._lr(), tokens_per_s=tokens / elapsed, elapsed_s=elapsed)
+            row = dict(
+                step=self.step,
+                loss=loss,
+                lr=self._lr(),
+                tokens=tokens,
+                tokens_per_s=tokens / elapsed,
+                elapsed_s=elapsed,
+            )
             if self.peak:
                 row["mfu"] = row["tokens_per_s"] * self.flops / self.peak / self.d.world_size
             if self.d.device.type == "cuda":
@@ -1181,9 +1189,8 @@ def load_model(path, device: str = "cpu", checkpoint: str | None = None):
     tok = load_tokenizer(tok_dir)
     if tok.fingerprint() != ck["tokenizer"]:
         raise ValueError(f"{tok_dir} is not the tokenizer {ck_path} was trained with.")
-    config = config_from_checkpoint(
-        ck["model_config"], str(ck_path)
-    )  # sizes checked against the weights: nothing allocated yet
+    # sizes checked against the weights: nothing allocated yet
+    config = config_from_checkpoint(ck["model_config"], str(ck_path))
     check_state_dict(config, ck["model"], str(ck_path))
     bad = [
         k
@@ -1359,7 +1366,7 @@ FLAGS = {  # TrainConfig field: (argparse type or choices, help)
     "lr": (positive_float, "peak learning rate"),
     "min_lr": (nonneg_float, "learning rate at the end of the schedule (default: lr / 10)"),
     "warmup_steps": (nonneg_int, "steps of linear warmup"),
-    "schedule": (["cosine", "linear"], "decay after warmup"),
+    "schedule": (list(SCHEDULES), "decay after warmup"),
     "max_steps": (positive_int, "optimizer steps (default 1000; with --time-budget: fitted to the budget)"),
     "epochs": (positive_float, "passes over the training tokens: sets max_steps from the data size"),
     "time_budget": (
@@ -1376,7 +1383,7 @@ FLAGS = {  # TrainConfig field: (argparse type or choices, help)
     "beta2": (_beta, "AdamW's beta2, in [0, 1)"),
     "grad_clip": (nonneg_float, "clip the gradient norm to this (0: no clipping)"),
     "precision": (
-        ["auto", "bf16", "fp16", "fp32"],
+        ["auto", *PRECISIONS],
         "auto: bf16 where native, fp16 with loss scaling on older GPUs, fp32 on a CPU",
     ),
     "compile": (bool, "torch.compile the model"),
@@ -1394,7 +1401,7 @@ FLAGS = {  # TrainConfig field: (argparse type or choices, help)
     ),
     "prefetch": (bool, "zero3: gather the next block's weights while this one computes"),
     "zero_stage": ([0, 1, 2, 3], "DeepSpeed ZeRO stage (default 2 with DeepSpeed)"),
-    "offload": (["none", "optimizer", "all"], "DeepSpeed: offload the optimizer, or everything (stage 3), to the CPU"),
+    "offload": (list(OFFLOADS), "DeepSpeed: offload the optimizer, or everything (stage 3), to the CPU"),
 }
 
 # %% ../nbs/09_train.ipynb #228a437b
@@ -1438,7 +1445,7 @@ def train_parser() -> argparse.ArgumentParser:
                 nargs="?",
                 const="full",
                 default=None,
-                choices=["none", "attention", "full"],
+                choices=CHECKPOINTING,
                 help=(
                     "recompute activations in backward: full (default when given without a value) or attention (each"
                     " block's attention sub-layer)"
@@ -1466,9 +1473,8 @@ def train_parser() -> argparse.ArgumentParser:
         help="start afresh in --out, replacing its whole run (checks everything first)",
     )
     p.add_argument("--sample-tokens", type=nonneg_int, default=200, help="tokens to sample at the end (0: none)")
-    p.add_argument(
-        "--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS
-    )  # appended by the deepspeed launcher
+    # appended by the deepspeed launcher
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     return p
 
 

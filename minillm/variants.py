@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -13,7 +14,7 @@ from .attention import attend, causal_mask, merge_heads, split_heads
 
 # %% auto #0
 __all__ = ['sinusoidal_positions', 'apply_rotary', 'RoPE', 'cache_append', 'LayerCache', 'KVCache', 'GroupedQueryAttention',
-           'absorb_query', 'MultiHeadLatentAttention', 'cache_bytes_per_token']
+           'absorb_query', 'MLADims', 'mla_dims', 'MultiHeadLatentAttention', 'cache_bytes_per_token']
 
 # %% ../nbs/06_variants.ipynb #57c45c10
 def sinusoidal_positions(positions: torch.Tensor, dim: int, base: float = 10000.0) -> torch.Tensor:
@@ -48,15 +49,13 @@ class RoPE(nn.Module):
         self.head_dim, self.theta = head_dim, theta
 
     def forward(self, x: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
-        t = x.size(
-            -2
-        )  # angles in fp32, computed on the fly: a buffer would lose precision when the model is cast to bf16
+        # angles in fp32, computed on the fly: a buffer would lose precision when the model is cast to bf16
+        t = x.size(-2)
         inv_freq = self.theta ** (
             -torch.arange(0, self.head_dim, 2, device=x.device, dtype=torch.float32) / self.head_dim
         )
-        ang = (
-            torch.arange(start_pos, start_pos + t, device=x.device, dtype=torch.float32)[:, None] * inv_freq
-        )  # (t, d/2)
+        # (t, d/2)
+        ang = torch.arange(start_pos, start_pos + t, device=x.device, dtype=torch.float32)[:, None] * inv_freq
         return apply_rotary(x.float(), ang.cos(), ang.sin()).to(x.dtype)
 
 # %% ../nbs/06_variants.ipynb #0873a36e
@@ -171,6 +170,36 @@ def absorb_query(q_nope: torch.Tensor, w_uk: torch.Tensor) -> torch.Tensor:
     # hint3: return q_nope @ w_uk    (the same as torch.einsum("bhtn,hnr->bhtr", q_nope, w_uk))
     return torch.einsum("bhtn,hnr->bhtr", q_nope, w_uk)  # (b, h, t, r)
 
+# %% ../nbs/06_variants.ipynb #7b2e1d32
+class MLADims(NamedTuple):
+    "MLA's widths per head and its ranks. A query or key head is `nope + rope` wide."
+
+    nope: int  # the part of each q/k head that RoPE leaves alone
+    rope: int  # the decoupled RoPE part: one key of this width, shared by every head
+    v: int  # each value head's width
+    latent: int  # the KV latent rank: the cache holds latent + rope numbers per token
+    q_rank: int  # the query's compression rank; 0: queries are not compressed
+
+
+def mla_dims(
+    embed_dim: int,
+    num_heads: int,
+    kv_lora_rank: int | None = None,
+    q_lora_rank: int = 0,
+    qk_nope_head_dim: int | None = None,
+    qk_rope_head_dim: int | None = None,
+    v_head_dim: int | None = None,
+) -> MLADims:
+    "MLA's dimensions, each None (or a zero latent) replaced by its default: nope = v = head_dim, rope = head_dim // 2."
+    hd = embed_dim // num_heads
+    return MLADims(
+        nope=hd if qk_nope_head_dim is None else qk_nope_head_dim,
+        rope=hd // 2 if qk_rope_head_dim is None else qk_rope_head_dim,
+        v=hd if v_head_dim is None else v_head_dim,
+        latent=kv_lora_rank or 4 * hd,
+        q_rank=q_lora_rank,
+    )
+
 # %% ../nbs/06_variants.ipynb #547d2a1c
 class MultiHeadLatentAttention(nn.Module):
     "DeepSeek-V2 MLA: cache a KV latent (b, t, kv_lora_rank) and one shared RoPE key (b, t, rope_head_dim) per token."
@@ -179,7 +208,7 @@ class MultiHeadLatentAttention(nn.Module):
         self,
         embed_dim: int,
         num_heads: int,
-        kv_lora_rank: int,
+        kv_lora_rank: int | None = None,
         q_lora_rank: int = 0,
         qk_nope_head_dim: int | None = None,
         qk_rope_head_dim: int | None = None,
@@ -192,11 +221,9 @@ class MultiHeadLatentAttention(nn.Module):
         absorb: str | bool = "auto",
     ):
         super().__init__()
-        hd = embed_dim // num_heads
-        self.h, self.r, self.rq = num_heads, kv_lora_rank, q_lora_rank
-        self.dn = hd if qk_nope_head_dim is None else qk_nope_head_dim
-        self.dr = hd // 2 if qk_rope_head_dim is None else qk_rope_head_dim
-        self.dv = hd if v_head_dim is None else v_head_dim
+        dims = mla_dims(embed_dim, num_heads, kv_lora_rank, q_lora_rank, qk_nope_head_dim, qk_rope_head_dim, v_head_dim)
+        self.h, self.r, self.rq = num_heads, dims.latent, dims.q_rank
+        self.dn, self.dr, self.dv = dims.nope, dims.rope, dims.v
         self.dropout, self.backend, self.absorb = dropout, backend, absorb
         self.rope = RoPE(self.dr, rope_theta) if use_rope and self.dr else None
         if q_lora_rank:
@@ -204,9 +231,9 @@ class MultiHeadLatentAttention(nn.Module):
             self.q_up = nn.Linear(q_lora_rank, num_heads * (self.dn + self.dr), bias=bias)
         else:
             self.q_proj = nn.Linear(embed_dim, num_heads * (self.dn + self.dr), bias=bias)
-        self.kv_down = nn.Linear(embed_dim, kv_lora_rank + self.dr, bias=bias)
-        self.kv_norm = nn.RMSNorm(kv_lora_rank)
-        self.kv_up = nn.Linear(kv_lora_rank, num_heads * (self.dn + self.dv), bias=bias)
+        self.kv_down = nn.Linear(embed_dim, self.r + self.dr, bias=bias)
+        self.kv_norm = nn.RMSNorm(self.r)
+        self.kv_up = nn.Linear(self.r, num_heads * (self.dn + self.dv), bias=bias)
         self.o_proj = nn.Linear(num_heads * self.dv, embed_dim, bias=bias)
         self.resid_drop = nn.Dropout(dropout)
 
@@ -238,17 +265,15 @@ class MultiHeadLatentAttention(nn.Module):
     def _naive(self, q_nope, q_rope, c_kv, k_rope):
         "Up-project the latent to per-head keys and values, then attend as usual."
         b, t_k, _ = c_kv.shape
-        k_nope, v = split_heads(self.kv_up(c_kv), self.h).split(
-            [self.dn, self.dv], -1
-        )  # (b, h, t_k, dn), (b, h, t_k, dv)
+        # (b, h, t_k, dn), (b, h, t_k, dv)
+        k_nope, v = split_heads(self.kv_up(c_kv), self.h).split([self.dn, self.dv], -1)
         k = torch.cat([k_nope, k_rope.expand(b, self.h, t_k, self.dr)], -1)  # (b, h, t_k, dn+dr)
         return self._attend(torch.cat([q_nope, q_rope], -1), k, v)  # (b, h, t, dv)
 
     def _absorbed(self, q_nope, q_rope, c_kv, k_rope):
         "Fold W_UK into the query and apply W_UV after attending: MQA over the cached latents."
-        w_uk, w_uv = self.kv_up.weight.view(self.h, self.dn + self.dv, self.r).split(
-            [self.dn, self.dv], 1
-        )  # (h, dn, r), (h, dv, r)
+        # (h, dn, r), (h, dv, r)
+        w_uk, w_uv = self.kv_up.weight.view(self.h, self.dn + self.dv, self.r).split([self.dn, self.dv], 1)
         b, h, t, _ = q_nope.shape
         t_k = c_kv.size(1)
         # One key "head" serves every query head, so fold the heads into the query rows, (b, 1, h*t, r+dr), instead of
@@ -269,9 +294,8 @@ class MultiHeadLatentAttention(nn.Module):
             )
         o_lat = o_lat.view(b, h, t, self.r)  # (b, h, t, r)
         y = torch.einsum("bhtr,hvr->bhtv", o_lat, w_uv)  # (b, h, t, dv)
-        if (
-            self.kv_up.bias is not None
-        ):  # the key bias adds a per-query constant (softmax ignores it); the value bias passes through
+        # the key bias adds a per-query constant (softmax ignores it); the value bias passes through
+        if self.kv_up.bias is not None:
             y = y + self.kv_up.bias.view(self.h, self.dn + self.dv)[:, self.dn :].view(1, self.h, 1, self.dv)
         return y
 

@@ -22,6 +22,7 @@ def _rank_main(fn, rank: int, world: int, store: str, args: tuple, kwargs: dict,
     """One forked rank: join the gloo group, run fn(rank, world, *args, **kwargs), send back ('ok', result) or ('error',
     traceback).
     """
+    # for libraries that read them (DeepSpeed); the group
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(free_port()),
@@ -29,7 +30,7 @@ def _rank_main(fn, rank: int, world: int, store: str, args: tuple, kwargs: dict,
         WORLD_SIZE=str(world),
         LOCAL_RANK=str(rank),
         LOCAL_WORLD_SIZE=str(world),
-    )  # for libraries that read them (DeepSpeed); the group
+    )
     torch.set_num_threads(threads)  # meets through `store`, a file, not that port
     try:
         dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
@@ -147,9 +148,8 @@ def bookkeeping():
         _KIND.pop()
 
 
-_RS = (
-    "reduce_scatter_single" if hasattr(dist, "reduce_scatter_single") else "reduce_scatter_tensor"
-)  # torch >= 2.10 renamed them
+# torch >= 2.10 renamed them
+_RS = "reduce_scatter_single" if hasattr(dist, "reduce_scatter_single") else "reduce_scatter_tensor"
 _AG = "all_gather_single" if hasattr(dist, "all_gather_single") else "all_gather_into_tensor"
 
 
@@ -445,9 +445,8 @@ class Zero1Engine(ScratchDDPEngine):
     name = "zero1"
 
     def build(self):
-        self.template = torch.optim.AdamW(
-            self.groups, lr=self.t.cfg.lr, betas=(self.t.cfg.beta1, self.t.cfg.beta2)
-        )  # layout only: no state
+        # layout only: no state
+        self.template = torch.optim.AdamW(self.groups, lr=self.t.cfg.lr, betas=(self.t.cfg.beta1, self.t.cfg.beta2))
         self.opt = None
         self.steps = [0] * len(self.params)  # AdamW's step counter, one per parameter, on every rank
         self.group_of = [k for k, g in enumerate(self.groups) for _ in g["params"]]
@@ -503,9 +502,8 @@ class Zero1Engine(ScratchDDPEngine):
         """AdamW on this rank's shard, per parameter segment: each parameter keeps its own step and group settings, and
         is skipped without a gradient.
         """
-        groups = (
-            self.template.param_groups
-        )  # the settings torch's AdamW would use (a loaded checkpoint's, as torch does)
+        # the settings torch's AdamW would use (a loaded checkpoint's, as torch does)
+        groups = self.template.param_groups
         for i, u in enumerate(used):
             if u:
                 self.steps[i] += 1
@@ -710,8 +708,8 @@ class Zero3Engine(Zero2Engine):
         c, raw = self.t.cfg, self.t.raw
         if c.activation_checkpointing not in ("none", False, None) or c.compile:
             raise ValueError(
-                f"engine zero3 gathers weights from module hooks, which recompute and torch.compile bypass: "
-                f"drop --activation-checkpointing/--compile, or use --engine zero2, fsdp or deepspeed"
+                "engine zero3 gathers weights from module hooks, which recompute and torch.compile bypass: "
+                "drop --activation-checkpointing/--compile, or use --engine zero2, fsdp or deepspeed"
             )
         self.template = torch.optim.AdamW(self.groups, lr=c.lr, betas=(c.beta1, c.beta2))
         self.opt, self.steps, self.prefetch = None, [0] * len(self.params), bool(c.prefetch)
@@ -732,14 +730,11 @@ class Zero3Engine(Zero2Engine):
             u.grad, u.work, u.gathered = torch.zeros(u.size, device=u.flat.device), None, True
             self.free(u)
         order = [u for u in reversed(self.block_units) if u is not None] + ([self.root] if self.root else [])
-        self.buckets, self.bucket_units = (
-            [list(u.idx) for u in order],
-            order,
-        )  # gradients arrive block by block, last block first
+        # gradients arrive block by block, last block first
+        self.buckets, self.bucket_units = ([list(u.idx) for u in order], order)
         self.ready, self.launched, self.inflight, self.eval_gathered = set(), 0, [], False
-        self.rs_group = (
-            dist.new_group() if self.world > 1 else None
-        )  # reduce-scatters keep their own order, apart from gathers
+        # reduce-scatters keep their own order, apart from gathers
+        self.rs_group = dist.new_group() if self.world > 1 else None
         raw.register_forward_pre_hook(self.pre_root)
         for i, blk in enumerate(raw.blocks):
             blk.register_forward_pre_hook(lambda m, a, i=i: self.pre_block(i))
@@ -920,9 +915,8 @@ class FSDPEngine(Engine):
             return super().model_state()
         from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-        sd = get_model_state_dict(
-            self.t.raw, options=self._options(cpu_offload=True)
-        )  # rank 0 gets it all, the others nothing
+        # rank 0 gets it all, the others nothing
+        sd = get_model_state_dict(self.t.raw, options=self._options(cpu_offload=True))
         if self.t.d.main:
             for k in self.t.raw.state_dict():  # a tied head's second name
                 if k not in sd and k == "lm_head.weight":

@@ -4,16 +4,9 @@ A clean failure: a non-zero exit code, no Python traceback on either stream, a m
 or file at fault, and no earlier good file changed (compare `checksums` before and after)."""
 import hashlib
 import subprocess
-import sys
 from pathlib import Path
 
-BIN = Path(sys.executable).parent
-
-
-def cli(*args, cwd=None, env=None, timeout=300, input=None) -> subprocess.CompletedProcess:
-    "`minillm ARGS` through the installed console script."
-    return subprocess.run([str(BIN / "minillm"), *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env,
-                          timeout=timeout, input=input)
+from conftest import BIN, minillm as cli  # noqa: F401 (the bad-input tests' runner)
 
 
 def fails_cleanly(r: subprocess.CompletedProcess, *names: str, rc: int | None = None):

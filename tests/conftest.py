@@ -8,7 +8,26 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # the venv's bin: the console scripts a user runs
 FLAGS = ("slow", "gpu", "multigpu")
+
+
+def minillm(*args, cwd=None, env=None, timeout=600, input=None) -> subprocess.CompletedProcess:
+    "`minillm ARGS` through the installed console script, as a user runs it (output captured as text)."
+    return subprocess.run([str(BIN / "minillm"), *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=timeout, input=input)
+
+
+def tiny_flags(heads=4, layers=2, seq_len=64, micro_batch=4, eval_batches=2, warmup=2, log_every=None, device=None,
+               embed_dim=32) -> list[str]:
+    """`minillm train` flags for a model and run small enough that a step takes milliseconds on a CPU: the shared
+    base of the training tests (each adds its length, engine and output)."""
+    out = []
+    for k, v in dict(embed_dim=embed_dim, num_heads=heads, num_layers=layers, max_seq_len=seq_len).items():
+        out += ["--model", f"{k}={v}"]
+    out += ["--micro-batch", str(micro_batch), "--eval-batches", str(eval_batches), "--warmup-steps", str(warmup)]
+    out += ["--log-every", str(log_every)] if log_every is not None else []
+    return out + ["--sample-tokens", "0"] + (["--device", device] if device else [])
 
 
 def pytest_configure(config):

@@ -2,7 +2,6 @@
 and what it accepts; never a traceback, never a figure or a command that is wrong. Also: every command `minillm memory`
 prints trains the model it sized (parsed by `minillm train`'s own parser, built on the meta device)."""
 import json
-import math
 import shlex
 import time
 

@@ -10,7 +10,6 @@ import pickle
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,9 +17,9 @@ import pytest
 import torch
 
 from badinput import BIN, checksums, cli, fails_cleanly
+from conftest import tiny_flags
 
-TINY = ["--model", "embed_dim=32", "--model", "num_heads=2", "--model", "num_layers=1", "--model", "max_seq_len=32",
-        "--micro-batch", "4", "--eval-batches", "1", "--warmup-steps", "1", "--sample-tokens", "0", "--device", "cpu"]
+TINY = tiny_flags(heads=2, layers=1, seq_len=32, eval_batches=1, warmup=1, device="cpu")
 
 
 def train(data, out, *extra, **kw):

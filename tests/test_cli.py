@@ -1,35 +1,32 @@
 """The `minillm` console script, run as a user runs it: a real subprocess of the installed entry point."""
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import minillm
 
 
-def minillm(venv_bin, *args, cwd=None):
-    return subprocess.run([str(venv_bin / "minillm"), *args], capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
 def test_help_lists_every_command(venv_bin):
     "Guards `minillm --help`: it must list each registered subcommand (later lessons add theirs)."
     from minillm.cli import COMMANDS
-    r = minillm(venv_bin, "--help")
+    r = minillm("--help")
     assert r.returncode == 0, r.stderr
     for name in COMMANDS: assert f"  {name} " in r.stdout
 
 
 def test_unknown_command_names_the_fix(venv_bin):
     "A typo must fail with exit code 2 and point at `minillm --help`, not a traceback."
-    r = minillm(venv_bin, "trian")
+    r = minillm("trian")
     assert r.returncode == 2 and "unknown command 'trian'" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_env_json_matches_torch(venv_bin):
     "`minillm env --json` must report what torch itself sees (device count, fp32 on CPU)."
-    r = minillm(venv_bin, "env", "--json")
+    r = minillm("env", "--json")
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
     assert info["device_count"] == (torch.cuda.device_count() if torch.cuda.is_available() else 0)
@@ -38,13 +35,13 @@ def test_env_json_matches_torch(venv_bin):
 
 
 def test_env_table(venv_bin):
-    r = minillm(venv_bin, "env")
+    r = minillm("env")
     assert r.returncode == 0 and "precision" in r.stdout and "attention" in r.stdout
 
 
 def test_lessons_check_outside_a_checkout(venv_bin, tmp_path):
     "Outside a checkout, `minillm lessons` must say what is missing instead of a traceback."
-    r = minillm(venv_bin, "lessons", "--check", cwd=tmp_path)
+    r = minillm("lessons", "--check", cwd=tmp_path)
     assert r.returncode != 0 and "settings.ini" in r.stderr
 
 
@@ -118,7 +115,7 @@ def test_memory_json_recommendation_fits_and_next_notch_does_not(venv_bin):
     one more sequence per GPU does not, and one ZeRO stage lower does not (the search's contract)."""
     from minillm.memory import estimate, fits
     from minillm.model import preset, param_formula
-    r = minillm(venv_bin, "memory", "--preset", "xl", "--gpus", "2", "--gpu-mem", "16", "--precision", "fp16", "--json")
+    r = minillm("memory", "--preset", "xl", "--gpus", "2", "--gpu-mem", "16", "--precision", "fp16", "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     rec = out["recommended"]
@@ -135,7 +132,7 @@ def test_memory_json_recommendation_fits_and_next_notch_does_not(venv_bin):
 
 def test_memory_table_and_fixed_settings(venv_bin):
     "The table names each part and the verdict; settings the user fixes are kept in the recommendation."
-    r = minillm(venv_bin, "memory", "--preset", "small", "--zero", "3", "--checkpointing", "full", "--gpu-mem", "16")
+    r = minillm("memory", "--preset", "small", "--zero", "3", "--checkpointing", "full", "--gpu-mem", "16")
     assert r.returncode == 0, r.stderr
     for word in ("weights", "optimizer", "activations", "total", "recommended", "ZeRO-3", "checkpointing full", "minillm train"):
         assert word in r.stdout, word
@@ -145,7 +142,7 @@ def test_memory_bad_input_names_the_fix(venv_bin):
     "Impossible settings fail with one line naming the fix, not a traceback."
     for args, msg in ((["--seq-len", "99999"], "exceeds the model's max_seq_len"), (["--zero", "2", "--offload", "all"], "needs ZeRO stage 3"),
                       (["--preset", "huge"], "use one of demo")):
-        r = minillm(venv_bin, "memory", *args)
+        r = minillm("memory", *args)
         assert r.returncode != 0 and msg in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
-    r = minillm(venv_bin, "memory", "--preset", "llama-8b", "--seq-len", "16384", "--gpu-mem", "16")
+    r = minillm("memory", "--preset", "llama-8b", "--seq-len", "16384", "--gpu-mem", "16")
     assert r.returncode == 0 and ("nothing fits" in r.stdout or "recommended" in r.stdout)

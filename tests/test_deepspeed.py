@@ -20,9 +20,9 @@ pytest.importorskip("deepspeed")
 from badinput import checksums, cli, fails_cleanly  # noqa: E402
 from minillm.ds import deepspeed_command, torchrun_command  # noqa: E402
 from minillm.utils import free_port  # noqa: E402
+from conftest import tiny_flags
 
-TINY = ["--model", "embed_dim=32", "--model", "num_heads=4", "--model", "num_layers=2", "--model", "max_seq_len=64",
-        "--micro-batch", "4", "--eval-batches", "2", "--warmup-steps", "2", "--log-every", "1", "--sample-tokens", "0"]
+TINY = tiny_flags(log_every=1)
 
 
 PORTS = []   # every launcher port used here: DeepSpeed names its /dev/shm segments after the port

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from badinput import cli, fails_cleanly
+from conftest import tiny_flags
 
-TINY = ["--model", "embed_dim=32", "--model", "num_heads=4", "--model", "num_layers=2", "--model", "max_seq_len=32",
-        "--micro-batch", "2", "--batch-tokens", str(2 * 32 * 2 * 2), "--eval-batches", "2", "--warmup-steps", "2",
-        "--log-every", "1", "--eval-every", "3", "--sample-tokens", "0", "--device", "cpu"]
+TINY = tiny_flags(seq_len=32, micro_batch=2, log_every=1, device="cpu") + [
+    "--batch-tokens", str(2 * 32 * 2 * 2), "--eval-every", "3"]
 STEPS = 6
 SHARDED = ("zero1", "zero2", "zero3", "zero3-prefetch", "fsdp")     # engines that keep 1/N of the optimizer state per rank
 ENGINES = ("ddp", *SHARDED)

@@ -7,11 +7,11 @@ import time
 
 import pytest
 import torch
+from conftest import tiny_flags
 
 pytest.importorskip("deepspeed")
 
-TINY = ["--model", "embed_dim=32", "--model", "num_heads=4", "--model", "num_layers=2", "--model", "max_seq_len=64",
-        "--micro-batch", "4", "--eval-batches", "2", "--warmup-steps", "2", "--log-every", "1", "--sample-tokens", "0"]
+TINY = tiny_flags(log_every=1)
 
 
 def test_kernel_interrupt_stops_cleanly_and_keeps_the_checkpoint(data, tmp_path):

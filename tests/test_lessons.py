@@ -193,7 +193,7 @@ WRONG = [   # (lesson, exercise, a plausible wrong answer, what its self-check f
      ["wrong answer", "inputs:   (1000, 'fp32', 1, 2)"]),
     # Query heads instead of KV heads: GQA's and MQA's saving is lost.
     ("10_memory.ipynb", "kv_cache_bytes", "def kv_cache_bytes(c, batch, seq_len, bytes_per_el=2):\n    per = 0\n    for i in range(c.num_layers):\n"
-     "        lc = c.layer(i)\n        if lc.attention == 'mla': _, _, _, dr, r, _ = _mla_dims(lc); per += r + dr\n"
+     "        lc = c.layer(i)\n        if lc.attention == 'mla': per += lc.mla.latent + lc.mla.rope\n"
      "        else: per += 2 * lc.num_heads * lc.head_dim\n    return per * batch * seq_len * bytes_per_el", ["wrong answer"]),
     # MLA cached as full keys and values: the latent is the whole point.
     ("10_memory.ipynb", "kv_cache_bytes", "def kv_cache_bytes(c, batch, seq_len, bytes_per_el=2):\n"

@@ -2,6 +2,7 @@
 import importlib
 import inspect
 import pkgutil
+import typing
 
 import minillm
 
@@ -9,7 +10,8 @@ import minillm
 def test_all_holds_public_functions_classes_and_constants():
     """Every name in a module's __all__ exists and is a function, a class or a constant: never a bare classmethod,
     staticmethod or property object (a method written as a module-level function and attached to its class by
-    assignment, which nobody can call from the module), and never a module."""
+    assignment, which nobody can call from the module), and never a module. Type aliases (`Offload =
+    Literal[...]`) are constants."""
     bad = []
     for m in pkgutil.iter_modules(minillm.__path__):
         if m.name.startswith("_"): continue
@@ -19,7 +21,8 @@ def test_all_holds_public_functions_classes_and_constants():
             o = getattr(mod, name)
             if isinstance(o, (classmethod, staticmethod, property)) or inspect.ismodule(o):
                 bad.append(f"minillm.{m.name}.{name}: a {type(o).__name__} object")
-            elif callable(o) and not (inspect.isfunction(o) or inspect.isclass(o) or inspect.isbuiltin(o)):
+            elif callable(o) and not (inspect.isfunction(o) or inspect.isclass(o) or inspect.isbuiltin(o)
+                                      or typing.get_origin(o) is not None):   # a type alias: Literal[...]
                 bad.append(f"minillm.{m.name}.{name}: a callable {type(o).__name__}")
     assert not bad, "\n".join(bad)
 
@@ -85,3 +88,18 @@ def test_methods_are_attached_with_patch_not_assignment():
     bad = [f"{p.name}:{i}: {line.strip()[:80]}" for p in sorted(root.glob("*.py"))
            for i, line in enumerate(p.read_text(encoding="utf-8").split("\n"), 1) if assign.match(line)]
     assert not bad, "\n".join(bad)
+
+
+def test_no_unused_imports_or_undefined_names():
+    """pyflakes' checks (ruff's F rules) on the exported package: an import used only by a notebook's demonstration
+    cell belongs in that cell, not in the module a learner reads; an undefined name is a bug waiting for its branch."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+    ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
+    root = Path(minillm.__file__).parent
+    files = [str(p) for p in sorted(root.glob("*.py")) if p.name != "_modidx.py"]
+    r = subprocess.run([ruff, "check", "--no-cache", "--select", "F", "--output-format", "concise", *files],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-1000:]

@@ -2,37 +2,34 @@
 import json
 import signal
 import subprocess
-import sys
 import time
 
-import pytest
 import torch
 
 from minillm.utils import free_port
+from conftest import minillm
 
 SMALL = ["--model", "embed_dim=32", "--model", "num_heads=4", "--model", "num_layers=2", "--model", "max_seq_len=64",
          "--micro-batch", "4", "--eval-batches", "2", "--warmup-steps", "2", "--log-every", "1"]
 
 
-def minillm(venv_bin, *args, timeout=600):
-    return subprocess.run([str(venv_bin / "minillm"), *args], capture_output=True, text=True, timeout=timeout)
 
 
 def test_train_sample_resume(venv_bin, data, tmp_path):
     """The whole user path: train (final eval + sample printed), sample from the run folder, refuse to
     overwrite without --resume, then --resume to a later step."""
     out = tmp_path / "run"
-    r = minillm(venv_bin, "train", "--data", str(data), "--out", str(out), *SMALL, "--max-steps", "20", "--eval-every", "10", "--sample-tokens", "30")
+    r = minillm("train", "--data", str(data), "--out", str(out), *SMALL, "--max-steps", "20", "--eval-every", "10", "--sample-tokens", "30")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "final: val_loss" in r.stdout and "val_bpb" in r.stdout and "sample:" in r.stdout
     assert {"config.json", "latest.pt", "best.pt", "metrics.jsonl", "tokenizer"} <= {p.name for p in out.iterdir()}
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 21)) and rows[-1]["val_loss"] < rows[0]["loss"]
-    s = minillm(venv_bin, "sample", "--run", str(out), "--prompt", "def ", "--max-new-tokens", "20", "--seed", "3")
+    s = minillm("sample", "--run", str(out), "--prompt", "def ", "--max-new-tokens", "20", "--seed", "3")
     assert s.returncode == 0 and s.stdout.startswith("def "), s.stderr
-    again = minillm(venv_bin, "train", "--data", str(data), "--out", str(out), *SMALL, "--max-steps", "20")
+    again = minillm("train", "--data", str(data), "--out", str(out), *SMALL, "--max-steps", "20")
     assert again.returncode != 0 and "pass --resume" in again.stderr
-    more = minillm(venv_bin, "train", "--data", str(data), "--out", str(out), *SMALL, "--max-steps", "26", "--eval-every", "10", "--resume", "--sample-tokens", "0")
+    more = minillm("train", "--data", str(data), "--out", str(out), *SMALL, "--max-steps", "26", "--eval-every", "10", "--resume", "--sample-tokens", "0")
     assert more.returncode == 0 and "resumed from" in more.stdout + more.stderr, more.stderr[-2000:]
     assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 26
 
@@ -82,5 +79,5 @@ def test_main_job_short(venv_bin, root, tmp_path):
                         f"DEMO_OUT={tmp_path / 'run'}"], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "precision" in r.stdout and "val_bpb" in r.stdout and "sample:" in r.stdout and "time budget 15 s" in r.stdout
-    s = minillm(venv_bin, "sample", "--run", str(tmp_path / "run"), "--max-new-tokens", "10")
+    s = minillm("sample", "--run", str(tmp_path / "run"), "--max-new-tokens", "10")
     assert s.returncode == 0 and len(s.stdout) >= 2, s.stderr     # a token at least (15 s of training may give only newlines), then the closing newline

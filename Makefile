@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.minillm-installed
 
-.PHONY: demo test sync venv clean
+.PHONY: demo test sync format venv clean
 
 venv: $(STAMP)
 
@@ -34,8 +34,12 @@ demo: venv
 test: venv
 	$(BIN)/python tests/suite.py
 
-# Regenerate everything derived from nbs/: clean notebooks, the package, lessons/, README.md.
-sync: venv
+# Format the exported cells of nbs/ as `ruff format` (120 columns, quotes kept); `--check` only lists them.
+format: venv
+	$(BIN)/python -c "import sys; from minillm.lessons import format_main; sys.exit(format_main(sys.argv[1:]))" $(FORMAT_ARGS)
+
+# Regenerate everything derived from nbs/: format, clean notebooks, the package, lessons/, README.md.
+sync: venv format
 	$(BIN)/nbdev_clean
 	$(BIN)/nbdev_export
 	$(BIN)/minillm lessons

@@ -44,8 +44,10 @@ setuptools.setup(
     include_package_data=True,
     python_requires=">=" + min_python,
     install_requires=reqs("requirements"),
-    extras_require={"dev": reqs("dev_requirements") + reqs("deepspeed_requirements"),   # CI tests the DeepSpeed paths
-                    "deepspeed": reqs("deepspeed_requirements"), "flash": reqs("flash_requirements")},
+    extras_require={"dev": reqs("dev_requirements") + reqs("deepspeed_requirements")   # CI tests the DeepSpeed paths
+                    + reqs("hf_requirements"),                                           # and the Hugging Face bridge
+                    "deepspeed": reqs("deepspeed_requirements"), "flash": reqs("flash_requirements"),
+                    "hf": reqs("hf_requirements")},
     entry_points={
         "console_scripts": reqs("console_scripts"),
         "nbdev": [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"],

@@ -29,6 +29,14 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "bench_main",
         "measure speed (model: training and generation throughput) and write JSON",
     ),
+    "export": ("minillm.hf", "export_main", "write a run as a Hugging Face transformers checkpoint (Llama, GPT-2)"),
+    "import": ("minillm.hf", "import_main", "load a transformers Llama or GPT-2 checkpoint as a run"),
+    "scaling": (
+        "minillm.scaling",
+        "scaling_main",
+        "compute-optimal parameters and tokens for a FLOP or GPU-hour budget",
+    ),
+    "sweep": ("minillm.scaling", "sweep_main", "run an IsoFLOP sweep, the ablations or the demo search; write JSON"),
     "lessons": ("minillm.lessons", "lessons_main", "generate lessons/, lessons/README.md and README.md from nbs/"),
 }
 

@@ -10,6 +10,7 @@ import math
 import os
 import platform as _platform
 import random
+import re
 import sys
 import warnings
 from typing import Literal, get_args
@@ -234,9 +235,10 @@ PEAK_TFLOPS = {  # dense tensor-core TFLOP/s by (name fragment, precision); fp32
 
 
 def peak_flops(device_name: str, precision: str) -> float | None:
-    "Peak FLOP/s of a GPU (by name, e.g. 'NVIDIA H100 80GB HBM3') in a precision, or None when unknown."
+    """Peak FLOP/s of a GPU (by name, e.g. 'NVIDIA H100 80GB HBM3') in a precision, or None when unknown. A fragment
+    matches whole words only: 'L4' is not the L40S, 'H200' not the GH200 (unknown, so no MFU rather than a guess)."""
     for frag, peaks in PEAK_TFLOPS.items():
-        if frag.lower() in device_name.lower():
+        if re.search(rf"(?<![a-z0-9]){re.escape(frag)}(?![a-z0-9])", device_name, re.IGNORECASE):
             return peaks[precision] * 1e12 if precision in peaks else None
     return None
 

@@ -18,10 +18,10 @@ from .exercises import hint_tiers
 from .utils import write_atomic
 
 # %% auto #0
-__all__ = ['find_root', 'project_root', 'read_settings', 'read_nb', 'src', 'split_directives', 'frontmatter', 'stub_exercise',
-           'pasteable', 'exercise_hints', 'urls', 'code_tree', 'lesson_extras', 'setup_cell', 'make_lesson',
-           'lesson_sources', 'course_map_markdown', 'readme_from_index', 'lessons_readme', 'dumps_nb',
-           'generated_files', 'stale_lessons', 'lessons_main']
+__all__ = ['RUFF_FORMAT', 'find_root', 'project_root', 'read_settings', 'read_nb', 'src', 'split_directives', 'frontmatter',
+           'stub_exercise', 'pasteable', 'exercise_hints', 'urls', 'code_tree', 'lesson_extras', 'setup_cell',
+           'make_lesson', 'lesson_sources', 'course_map_markdown', 'readme_from_index', 'lessons_readme', 'dumps_nb',
+           'generated_files', 'stale_lessons', 'lessons_main', 'format_exports', 'format_main']
 
 # %% ../nbs/90_lessons.ipynb #267572ac
 _DIRECTIVE = re.compile(r"^\s*#\|\s*([\w-]+):?\s*(.*?)\s*$")
@@ -177,7 +177,8 @@ def urls(cfg: dict, path: str) -> dict:
     }
 
 
-_EXTRA_MODULES = {"deepspeed": "deepspeed", "flash": "flash_attn"}  # extra -> the module it installs
+# extra -> the module it installs (hf: safetensors comes with transformers)
+_EXTRA_MODULES = {"deepspeed": "deepspeed", "flash": "flash_attn", "hf": "transformers"}
 # Names of minillm's that run DeepSpeed: a lesson calling one needs the `deepspeed` extra as much as one importing it.
 _DEEPSPEED_NAMES = {
     "deepspeed_command",
@@ -195,7 +196,8 @@ def code_tree(code: str) -> ast.Module:
 
 def lesson_extras(nb: dict, where: str = "notebook") -> list[str]:
     """The extras a lesson's setup cell installs: front matter `extras:` (space-separated names), plus `deepspeed`
-    when a cell the lesson keeps imports deepspeed or uses one of minillm's DeepSpeed functions."""
+    when a cell the lesson keeps imports deepspeed or uses one of minillm's DeepSpeed functions, and `hf` when one
+    imports transformers or safetensors."""
     extras = frontmatter(nb).get("extras", "").replace(",", " ").split()
     if bad := [e for e in extras if e not in _EXTRA_MODULES]:
         raise ValueError(
@@ -204,7 +206,7 @@ def lesson_extras(nb: dict, where: str = "notebook") -> list[str]:
         )
     for c in nb["cells"]:
         d, code = split_directives(src(c)) if c["cell_type"] == "code" else ({"hide": ""}, "")
-        if "hide" in d or "deepspeed" in extras:
+        if "hide" in d:
             continue
         for n in ast.walk(code_tree(code)):
             mods = (
@@ -219,9 +221,11 @@ def lesson_extras(nb: dict, where: str = "notebook") -> list[str]:
                 if isinstance(n, ast.ImportFrom)
                 else {getattr(n, "id", None), getattr(n, "attr", None)}
             )
-            if any(m.split(".")[0] == "deepspeed" for m in mods) or names & _DEEPSPEED_NAMES:
+            tops = {m.split(".")[0] for m in mods}
+            if "deepspeed" not in extras and ("deepspeed" in tops or names & _DEEPSPEED_NAMES):
                 extras.append("deepspeed")
-                break
+            if "hf" not in extras and tops & {"transformers", "safetensors"}:
+                extras.append("hf")
     return extras
 
 
@@ -424,3 +428,62 @@ def lessons_main(argv: list[str] | None = None) -> int:
     if not differ and not stale:
         print(f"lessons up to date ({len(files)} files)")
     return 0
+
+# %% ../nbs/90_lessons.ipynb #ecbe2d72
+RUFF_FORMAT = (
+    "--line-length",
+    "120",
+    "--config",
+    "format.quote-style='preserve'",
+    "--config",
+    "format.skip-magic-trailing-comma=true",
+)
+_EXPORT = re.compile(r"^#\|\s*(export|exporti|exports)\b", re.M)
+
+
+def format_exports(root: Path | str, check: bool = False) -> list[str]:
+    """`ruff format` each exported cell of the notebooks in `root`/nbs; returns 'notebook: cell id' for each cell that
+    changed (with `check`, would change: nothing is written)."""
+    import shutil
+    import subprocess
+    import sys
+
+    ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
+    if not Path(ruff).exists():
+        raise FileNotFoundError("ruff is not installed: pip install -e '.[dev]' (the dev extra has it)")
+    changed = []
+    for nb_path in sorted(Path(root, "nbs").glob("*.ipynb")):
+        nb, hit = json.loads(nb_path.read_text(encoding="utf-8")), False
+        for cell in nb["cells"]:
+            source = "".join(cell["source"])
+            if cell["cell_type"] != "code" or not _EXPORT.search(source):
+                continue
+            r = subprocess.run(
+                [ruff, "format", *RUFF_FORMAT, "--stdin-filename", "cell.py", "-"],
+                input=source,
+                capture_output=True,
+                text=True,
+            )
+            if r.returncode:
+                raise ValueError(f"{nb_path.name}, cell {cell.get('id')}: ruff cannot format it: {r.stderr.strip()}")
+            new = r.stdout.rstrip("\n")
+            if new != source.rstrip("\n"):
+                changed.append(f"{nb_path.name}: {cell.get('id')}")
+                cell["source"], hit = new.splitlines(keepends=True), True
+        if hit and not check:
+            write_atomic(nb_path, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+    return changed
+
+
+def format_main(argv: list[str] | None = None) -> int:
+    "`make format`: format the exported cells of nbs/ (`--check`: list what would change, exit 1 if anything would)."
+    p = argparse.ArgumentParser(prog="make format", description="ruff format the exported cells of nbs/")
+    p.add_argument("--check", action="store_true", help="write nothing; exit 1 if a cell would change")
+    args = p.parse_args(argv)
+    try:
+        changed = format_exports(find_root(), check=args.check)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"make format: {e}") from None
+    for c in changed:
+        print(f"{'would format' if args.check else 'formatted'} {c}")
+    return 1 if args.check and changed else 0

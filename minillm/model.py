@@ -75,10 +75,11 @@ def make_norm(kind: str, dim: int, eps: float = 1e-5, bias: bool = False) -> nn.
 
 # %% ../nbs/07_model.ipynb #123e493c
 class MLP(nn.Module):
-    "GELU MLP: C -> hidden -> C."
+    "GELU MLP: C -> hidden -> C. `approximate`: 'none' (the exact GELU) or 'tanh' (GPT-2's approximation)."
 
-    def __init__(self, dim: int, hidden: int, bias: bool = False, dropout: float = 0.0):
+    def __init__(self, dim: int, hidden: int, bias: bool = False, dropout: float = 0.0, approximate: str = "none"):
         super().__init__()
+        self.approximate = approximate
         self.fc, self.proj, self.drop = (
             nn.Linear(dim, hidden, bias=bias),
             nn.Linear(hidden, dim, bias=bias),
@@ -86,7 +87,7 @@ class MLP(nn.Module):
         )
 
     def forward(self, x):
-        return self.drop(self.proj(F.gelu(self.fc(x))))
+        return self.drop(self.proj(F.gelu(self.fc(x), approximate=self.approximate)))
 
 
 class SwiGLU(nn.Module):
@@ -163,6 +164,7 @@ class ModelConfig:
     ffn: str = "swiglu"  # gelu | swiglu | moe (mixture of experts: lesson 08)
     ffn_hidden: int | None = None  # None: 4C (gelu) or 8/3 C rounded up to ffn_multiple_of (swiglu)
     ffn_multiple_of: int = 64
+    gelu_approximate: str = "none"  # the GELU MLP's activation: none (exact) or tanh (GPT-2's approximation)
     dropout: float = 0.0
     bias: bool = False
     tie_embeddings: bool = True
@@ -302,6 +304,8 @@ def problems(self: ModelConfig) -> list[str]:
         p.append(f"positional={self.positional!r}: use one of {POSITIONAL}")
     if self.norm not in NORMS:
         p.append(f"norm={self.norm!r}: use one of {NORMS}")
+    if self.gelu_approximate not in ("none", "tanh"):
+        p.append(f"gelu_approximate={self.gelu_approximate!r}: use none (the exact GELU) or tanh")
     top = _layer_problems(self)
     p += top
     if self.layers is None:
@@ -485,7 +489,9 @@ def make_ffn(c: ModelConfig) -> nn.Module:
 
         return MoE.from_config(c)
     hidden = ffn_hidden(c.ffn, c.embed_dim, c.ffn_hidden, c.ffn_multiple_of)
-    return (MLP if c.ffn == "gelu" else SwiGLU)(c.embed_dim, hidden, c.bias, c.dropout)
+    if c.ffn == "gelu":
+        return MLP(c.embed_dim, hidden, c.bias, c.dropout, c.gelu_approximate)
+    return SwiGLU(c.embed_dim, hidden, c.bias, c.dropout)
 
 
 class Block(nn.Module):

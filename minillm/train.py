@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .core import PRECISIONS, Precision, detect_hardware, peak_flops, seed_everything
+from .core import PRECISIONS, Precision, detect_hardware, mfu, peak_flops, seed_everything
 from .data import TokenDataset, TrainSampler, eval_batches, verify_data
 from .moe import moe_layers, moe_losses, moe_metrics, moe_step
 from minillm.model import (
@@ -111,6 +111,9 @@ class TrainConfig:
     deepspeed: str | None = None
     zero_stage: int | None = None  # DeepSpeed ZeRO stage 0-3 (None: 2 when DeepSpeed is on)
     offload: Offload = "none"  # all: needs ZeRO stage 3
+    init_from: str | None = (
+        None  # fine-tuning: a run folder or checkpoint whose weights (and model) this run starts from
+    )
 
     def __post_init__(self):
         if isinstance(self.activation_checkpointing, bool):
@@ -703,12 +706,16 @@ class DDPEngine(Engine):
 class Trainer:
     "The loop every engine shares: data, schedule, evaluation, logging, signals, checkpoints."
 
-    def __init__(self, model_config: ModelConfig, cfg: TrainConfig, log=print, callbacks=()):
+    def __init__(self, model_config: ModelConfig | None, cfg: TrainConfig, log=print, callbacks=()):
         self.cfg, self.callbacks = cfg, list(callbacks)
         self.d = setup_dist(cfg.device)
         self.log = log if self.d.main else (lambda *a, **k: None)
         self.tok = load_tokenizer(Path(cfg.data) / "tokenizer")
         verify_data(cfg.data, self.tok)  # fingerprint, shard sizes, dtype, token ids < vocab: before any weight exists
+        init = load_model(cfg.init_from) if cfg.init_from else None  # fine-tuning: (model, tokenizer) of that run
+        if model_config is None and init is None:
+            raise ValueError("Trainer: give a model config, or cfg.init_from (a run whose model to start from)")
+        model_config = model_config or init[0].config
         if model_config.vocab_size != self.tok.vocab_size:
             self.log(
                 f"vocab_size {model_config.vocab_size} -> {self.tok.vocab_size}: the tokenizer of {cfg.data} decides it"
@@ -719,16 +726,20 @@ class Trainer:
             raise ValueError(f"seq_len {self.T} exceeds the model's max_seq_len {model_config.max_seq_len}.")
         self.model_config = model_config
         self.accum = accumulation_steps(cfg.batch_tokens, cfg.micro_batch, self.T, self.d.world_size)
-        self.tokens_per_step = cfg.micro_batch * self.T * self.d.world_size * self.accum  # all ranks, all micro-batches
         seed_everything(cfg.seed)
         self.raw = MiniLLM(model_config).to(self.d.device)
         self.raw.activation_checkpointing = cfg.activation_checkpointing
+        if init is not None:
+            self.init_from(*init)  # before an engine wraps or shards the weights
         # MoE layers: balancing losses join the loss, loads are counted per optimizer step
         self.moe = bool(moe_layers(self.raw))
         # before an engine shards the weights
         self.n_params, self.n_active = (self.raw.num_params(), self.raw.num_params("active"))
         self.engine = engine_class(self.engine_name())(self)
         self.engine.setup()  # sets self.precision; DeepSpeed's config may set micro_batch and accum
+        self.tokens_per_step = (
+            self.cfg.micro_batch * self.T * self.d.world_size * self.accum
+        )  # all ranks, micro-batches
         self.train_data, self.val_data = TokenDataset(cfg.data, "train"), TokenDataset(cfg.data, "val")
         # the engine's micro batch
         self.sampler = TrainSampler(
@@ -924,6 +935,22 @@ def resume(self: Trainer, path: Path):
     set_rng_state(ck["rng"][self.d.rank] if self.d.rank < len(ck["rng"]) else ck["rng"][0])
     self.log(f"resumed from {path} at step {self.step}")
 
+
+@patch
+def init_from(self: Trainer, model: MiniLLM, tok):
+    """Fine-tuning: start from the weights of `model` (the run `cfg.init_from`, loaded by `load_model`) before an engine
+    wraps them; the step, the optimizer and the schedule start fresh. Its shape and tokenizer must be this run's."""
+    source = self.cfg.init_from
+    if tok.fingerprint() != self.tok.fingerprint():
+        raise ValueError(
+            f"--init-from {source}: that run's tokenizer is not the one {self.cfg.data} was prepared with: prepare"
+            f" the data with it (`minillm prepare --tokenizer {Path(source) / 'tokenizer'} ...`)"
+        )
+    if model.config != self.model_config:
+        raise ValueError(f"--init-from {source}: the model config given differs from that run's: drop --preset/--model")
+    self.raw.load_state_dict(model.state_dict())
+    self.log(f"initialised from {source}: its weights; the optimizer and the schedule start fresh")
+
 # %% ../nbs/09_train.ipynb #9083b226
 RUN_FILES = (
     "latest.pt",
@@ -1097,7 +1124,7 @@ def fit(self: Trainer, resume: bool | str | Path = False) -> dict:
                 elapsed_s=elapsed,
             )
             if self.peak:
-                row["mfu"] = row["tokens_per_s"] * self.flops / self.peak / self.d.world_size
+                row["mfu"] = mfu(row["tokens_per_s"], self.flops, self.peak, self.d.world_size)  # core.mfu, lesson 01
             if self.d.device.type == "cuda":
                 row["mem_gb"] = torch.cuda.max_memory_allocated(self.d.device) / 1e9
             moe = moe_metrics(self.raw) if self.moe else {}
@@ -1332,7 +1359,7 @@ def build_configs(args) -> tuple[ModelConfig, TrainConfig]:
             else resolve_layers(str(path), Path(args.config).parent)
         )
     try:
-        mc = preset(file.get("preset", args.preset), **model_kw)
+        mc = preset(args.preset or file.get("preset", "demo"), **model_kw)
     except (TypeError, ValueError) as e:
         raise ValueError(f"model settings (--preset, --model, --config's 'model'): {e}") from None
     train_kw = {k: v for k, v in file.items() if k not in ("model", "preset")}
@@ -1402,6 +1429,11 @@ FLAGS = {  # TrainConfig field: (argparse type or choices, help)
     "prefetch": (bool, "zero3: gather the next block's weights while this one computes"),
     "zero_stage": ([0, 1, 2, 3], "DeepSpeed ZeRO stage (default 2 with DeepSpeed)"),
     "offload": (list(OFFLOADS), "DeepSpeed: offload the optimizer, or everything (stage 3), to the CPU"),
+    "init_from": (
+        str,
+        "fine-tune: start from the weights of a run folder or checkpoint (one `minillm import` wrote, say); the model"
+        " is that run's, the step, the optimizer and the schedule start fresh (to --resume such a run, repeat --init-from)",
+    ),
 }
 
 # %% ../nbs/09_train.ipynb #228a437b
@@ -1411,7 +1443,7 @@ def train_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data", help="folder from `minillm prepare` (default data/builtin)")
     p.add_argument("--out", help="run folder (default runs/demo)")
-    p.add_argument("--preset", default="demo", choices=list(PRESETS), help="model preset")
+    p.add_argument("--preset", default=None, choices=list(PRESETS), help="model preset (default demo)")
     p.add_argument("--config", help="JSON or YAML file: train keys, plus 'preset' and a 'model' dict")
     p.add_argument(
         "--model",
@@ -1527,6 +1559,10 @@ def train_main(argv: list[str] | None = None) -> int:
                 f"--model vocab_size={mc.vocab_size}, but the tokenizer of {tc.data} has {n} tokens: drop it (the"
                 " tokenizer sets it)."
             )
+    if tc.init_from:  # (with --resume too: the model is that run's, then the checkpoint's weights replace its own)
+        if args.preset or args.model:
+            raise ValueError(f"--init-from {tc.init_from}: the model is that run's: drop --preset and --model")
+        mc = None  # the Trainer takes it from that run
     fresh = check_out(Path(tc.out), args.resume, args.overwrite)
     trainer = None
     try:

@@ -129,6 +129,7 @@ def test_data_that_does_not_match(data, tmp_path):
 
 
 def test_out_is_a_file(data, tmp_path):
+    "--out naming a file, not a folder: refused with --out named (exit 1), and the file is left as it was."
     (tmp_path / "f").write_text("keep me")
     fails_cleanly(train(data, tmp_path / "f"), "--out", rc=1)
     assert (tmp_path / "f").read_text() == "keep me"
@@ -269,3 +270,20 @@ def test_torchrun_ranks_refuse_alike(data, run_copy, tmp_path):
     r = subprocess.run(torchrun_command(["--data", str(data), "--out", str(out), *TINY, "--time-budget", "4", "--warmup-steps", "4",
                                          "--eval-every", "100000"], 2, free_port()), capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0 and "schedule fitted to" in r.stdout + r.stderr, r.stderr[-2000:]
+
+
+def test_init_from_fine_tunes_from_a_run(data, finished, tmp_path):
+    """--init-from RUN starts a new run from RUN's model and weights (fine-tuning, e.g. a `minillm import`ed model): at
+    lr 1e-9 one AdamW step moves each weight by about 1e-9, so the new run's weights equal RUN's within 1e-6, while a
+    fresh initialisation would differ by ~0.02; the step count starts at 1. --preset or --model beside it are refused,
+    naming --init-from, and nothing is written."""
+    out = tmp_path / "ft"
+    base = ["--micro-batch", "4", "--eval-batches", "1", "--warmup-steps", "1", "--sample-tokens", "0", "--device", "cpu"]
+    r = cli("train", "--data", data, "--out", out, "--init-from", finished, *base, "--max-steps", "1", "--lr", "1e-9")
+    assert r.returncode == 0 and "initialised from" in r.stdout + r.stderr, r.stderr[-2000:]
+    a = torch.load(finished / "latest.pt", weights_only=True)["model"]
+    b = torch.load(out / "latest.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()] == [1]
+    fails_cleanly(train(data, tmp_path / "x", "--init-from", finished), "--init-from", rc=1)
+    assert not (tmp_path / "x").exists()

@@ -35,6 +35,7 @@ def test_env_json_matches_torch(venv_bin):
 
 
 def test_env_table(venv_bin):
+    "`minillm env` prints its table of what the machine can do, with the chosen precision and attention backend."
     r = minillm("env")
     assert r.returncode == 0 and "precision" in r.stdout and "attention" in r.stdout
 

@@ -37,6 +37,29 @@ def test_every_lesson_has_an_exercise():
     assert LESSONS and {n for n, _ in EXERCISES} == set(LESSONS)
 
 
+# (notebook, exercise) -> why its self-check may compare it with the package's own copy; none so far.
+SELF_REFERENCE_ALLOWED: dict[tuple[str, str], str] = {}
+
+
+def test_self_checks_use_independent_references():
+    """A self-check whose reference is the package's own copy of the function it checks (reference="minillm.mod.NAME"
+    after exercise NAME) compares that function with itself: the notebook's test, where the learner's function IS that
+    copy, can never fail. Each self-check must name an independent reference instead: a PyTorch op or library function,
+    or a naive version written in the self-check cell (check() still takes the hints from the package's function).
+    An exception needs an entry, with its reason, in SELF_REFERENCE_ALLOWED."""
+    same = []
+    for path in sorted((ROOT / "nbs").glob("[0-9][0-9]_*.ipynb")):
+        cells = [src(c) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+        for cell, selfcheck in zip(cells, cells[1:]):
+            directives, code = split_directives(cell)
+            if "exercise" not in directives or not (m := re.search(r"^def (\w+)\(", code, re.M)):
+                continue
+            names = [r.rpartition(".")[2] for r in re.findall(r"""reference\s*=\s*["']minillm\.([\w.]+)["']""", selfcheck)]
+            if m.group(1) in names and (path.name, m.group(1)) not in SELF_REFERENCE_ALLOWED:
+                same.append(f"{path.name}: {m.group(1)}")
+    assert not same, ("self-checks whose reference is the package's copy of the checked function (they cannot fail): "
+                      + ", ".join(same))
+
 WRONG = [   # (lesson, exercise, a plausible wrong answer, what its self-check failure must show)
     # > instead of >=: a GPU of exactly compute capability 8.0 (A100) is misjudged.
     ("01_core.ipynb", "bf16_capable", "def bf16_capable(capability):\n    return tuple(capability) > (8, 0)",
@@ -471,6 +494,44 @@ WRONG = [   # (lesson, exercise, a plausible wrong answer, what its self-check f
     ("07_model.ipynb", "decoder_forward", "def decoder_forward(model, input_ids):\n    x = model.drop(model.tok_emb(input_ids))\n"
      "    for block in model.blocks: x = block(x)\n    return model.lm_head(model.norm(x))",
      ["wrong answer", "got:      tensor(shape=(2, 7, 50)"]),
+    # Lesson 17. SwiGLU's gate and up projections swapped: silu lands on the other half, and the logits differ.
+    ("17_hf.ipynb", "llama_name", "def llama_name(name):\n    outside = {'tok_emb.weight': 'model.embed_tokens.weight', 'norm.weight': 'model.norm.weight'}\n"
+     "    if not name.startswith('blocks.'): return outside.get(name, name)\n    _, i, rest = name.split('.', 2)\n    module, kind = rest.rsplit('.', 1)\n"
+     "    renamed = {f'attn.{p}_proj': f'self_attn.{p}_proj' for p in 'qkvo'}\n"
+     "    renamed |= {'ffn.gate': 'mlp.up_proj', 'ffn.up': 'mlp.gate_proj', 'ffn.proj': 'mlp.down_proj', 'norm1': 'input_layernorm', 'norm2': 'post_attention_layernorm'}\n"
+     "    return f'model.layers.{i}.{renamed[module]}.{kind}'",
+     ["wrong answer", "inputs:   ('blocks.1.ffn.gate.weight')", "expected: 'model.layers.1.mlp.gate_proj.weight'", "got:      'model.layers.1.mlp.up_proj.weight'"]),
+    # The two norms swapped, reading post_attention_layernorm as the norm of attention's input.
+    ("17_hf.ipynb", "llama_name", "def llama_name(name):\n    outside = {'tok_emb.weight': 'model.embed_tokens.weight', 'norm.weight': 'model.norm.weight'}\n"
+     "    if not name.startswith('blocks.'): return outside.get(name, name)\n    _, i, rest = name.split('.', 2)\n    module, kind = rest.rsplit('.', 1)\n"
+     "    renamed = {f'attn.{p}_proj': f'self_attn.{p}_proj' for p in 'qkvo'}\n"
+     "    renamed |= {'ffn.gate': 'mlp.gate_proj', 'ffn.up': 'mlp.up_proj', 'ffn.proj': 'mlp.down_proj', 'norm1': 'post_attention_layernorm', 'norm2': 'input_layernorm'}\n"
+     "    return f'model.layers.{i}.{renamed[module]}.{kind}'",
+     ["wrong answer", "inputs:   ('blocks.0.norm1.weight')", "expected: 'model.layers.0.input_layernorm.weight'"]),
+    # GPT-2's Conv1D pieces not transposed: right shapes for a square C x C, values transposed.
+    ("17_hf.ipynb", "split_gpt2_qkv", "def split_gpt2_qkv(weight, bias):\n    C = weight.size(0)\n    return tuple(weight.split(C, dim=1)), tuple(bias.split(C))",
+     ["wrong answer", "inputs:   (tensor(shape=(2, 6)", "expected: ((tensor([[0., 6.],"]),
+    # One permutation over all rows, heads ignored: right for one head, mixes heads for two.
+    ("17_hf.ipynb", "interleaved_to_half", "def interleaved_to_half(w, num_heads):\n    return w.view(w.size(0) // 2, 2, *w.shape[1:]).transpose(0, 1).reshape(w.shape)",
+     ["wrong answer", "inputs:   (tensor(shape=(16, 3)", ", 2)"]),
+    # The inverse permutation (half-split -> interleaved): the same for d = 4, not for d = 8.
+    ("17_hf.ipynb", "interleaved_to_half", "def interleaved_to_half(w, num_heads):\n    d = w.size(0) // num_heads\n"
+     "    return w.view(num_heads, 2, d // 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)",
+     ["wrong answer", "inputs:   (tensor(shape=(8, 1)", "got:      tensor(shape=(8, 1), dtype=float32, values=[[0.0], [4.0], [1.0]"]),
+    # 6N alone: the attention term (the score and weighted-sum matmuls, which grow with the context) forgotten.
+    ("15_scaling.ipynb", "flops_per_token_of", "from minillm.model import param_formula\ndef flops_per_token_of(c, seq_len):\n"
+     "    return 6 * param_formula(c)['matmul']", ["wrong answer", "expected:", "got:"]),
+    # 6N with every parameter, not the ones a token multiplies: a MoE layer's idle experts counted, norms included.
+    ("15_scaling.ipynb", "flops_per_token_of", "from minillm.model import param_formula, attention_params\ndef flops_per_token_of(c, seq_len):\n"
+     "    attn = sum(6 * seq_len * c.layer(i).num_heads * sum(attention_params(c.layer(i))[2:]) for i in range(c.num_layers))\n"
+     "    return 6 * param_formula(c)['total'] + attn", ["wrong answer", "expected:", "got:"]),
+    # The 6 of C = 6ND forgotten: N too large by sqrt(6).
+    ("15_scaling.ipynb", "compute_optimal", "import math\ndef compute_optimal(flops, tokens_per_param=20.0):\n"
+     "    n = math.sqrt(flops / tokens_per_param)\n    return n, tokens_per_param * n", ["inputs:   (5.76e+23)", "expected:", "got:"]),
+    # The parabola fitted in N instead of ln N: the vertex lands elsewhere.
+    ("15_scaling.ipynb", "isoflop_minimum", "import numpy as np\ndef isoflop_minimum(params, losses):\n"
+     "    a, b, _ = np.polyfit(np.asarray(params, dtype=float), np.asarray(losses, dtype=float), 2)\n    return float(-b / (2 * a))",
+     ["wrong answer", "expected:", "got:"]),
 ] 
 
 

@@ -103,3 +103,24 @@ def test_no_unused_imports_or_undefined_names():
     r = subprocess.run([ruff, "check", "--no-cache", "--select", "F", "--output-format", "concise", *files],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-1000:]
+
+
+def test_exported_cells_are_formatted():
+    """Every exported cell is as `ruff format` (120 columns, quotes kept) writes it, so the package has one layout
+    and a diff shows only real changes. Fix: `make format` (or `make sync`)."""
+    from minillm.lessons import find_root, format_exports
+    changed = format_exports(find_root(), check=True)
+    assert not changed, "not formatted (run `make format`): " + ", ".join(changed)
+
+
+def test_every_test_says_what_it_guards():
+    """Each test in tests/ has a docstring (what it guards and why its tolerance is what it is): a failing test must
+    tell its reader what broke without reading its body."""
+    import ast
+    from pathlib import Path
+    missing = []
+    for f in sorted(Path(__file__).parent.glob("test_*.py")):
+        for n in ast.walk(ast.parse(f.read_text())):
+            if isinstance(n, ast.FunctionDef) and n.name.startswith("test_") and not ast.get_docstring(n):
+                missing.append(f"{f.name}:{n.lineno} {n.name}")
+    assert not missing, "tests without a docstring:\n" + "\n".join(missing)

@@ -30,6 +30,7 @@ def edit_nb(path, fn):
 
 
 def test_clean_tree_passes(clone):
+    "A fresh clone is in sync: the check passes before any edit, so each failure below is the edit's doing."
     r = sync(clone)
     assert r.returncode == 0, r.stdout + r.stderr
 

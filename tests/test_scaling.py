@@ -1,0 +1,59 @@
+"""`minillm sweep` end to end at a tiny budget, and `minillm scaling` with good and bad input (lesson 15)."""
+import json
+import math
+
+import pytest
+
+from badinput import cli, fails_cleanly
+
+
+def test_sweep_isoflop_end_to_end(data, tmp_path):
+    """The sweep command trains 3 sizes at each of 2 tiny budgets on real shards and writes one record per run, each
+    within its FLOP budget, with the provenance (command, data fingerprint) a stale check needs. Sizes: the ladder's
+    smallest, so the whole run takes seconds."""
+    out = tmp_path / "sweep.json"
+    r = cli("sweep", "isoflop", "--data", data, "--budgets", "2e9", "4e9", "--sizes", "3", "--batch-tokens", "256",
+            "--seq-len", "32", "--json", out, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert len(res["runs"]) == 6 and res["data_fingerprint"] and res["command"].startswith("minillm sweep isoflop")
+    for run in res["runs"]:
+        assert run["flops"] <= run["budget"] and run["tokens"] == run["steps"] * 256 and math.isfinite(run["val_loss"]), run
+        assert run["flops"] == run["tokens"] * run["flops_per_token"], run
+    assert "N_opt" in r.stdout and f"wrote {out}" in r.stdout
+
+
+def test_sweep_missing_data(tmp_path):
+    "A sweep pointed at unprepared data fails in one line giving the prepare command, and writes nothing."
+    r = fails_cleanly(cli("sweep", "ablations", "--data", tmp_path / "none", "--json", tmp_path / "a.json"), "minillm prepare", rc=1)
+    assert not (tmp_path / "a.json").exists() and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_scaling_chinchilla_row():
+    """`minillm scaling --flops 5.76e23` (Chinchilla's budget, Hoffmann et al. 2022 Table 3) gives about 70B parameters
+    under the 20-tokens rule: the --json figures against sqrt(C / 120), computed here independently."""
+    r = cli("scaling", "--flops", "5.76e23", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    rule = next(x for x in out["rules"] if x["key"] == "rule20")
+    assert math.isclose(rule["n"], math.sqrt(5.76e23 / 120), rel_tol=1e-12) and abs(rule["n"] / 67e9 - 1) < 0.10
+    assert out["memory"].startswith("minillm memory --preset ")
+
+
+def test_scaling_gpu_hours():
+    "GPU-hours become FLOPs at the stated MFU of the GPU's peak: 1 H100 SXM hour at MFU 0.5 = 3600 x 989e12 x 0.5."
+    r = cli("scaling", "--gpu-hours", "1", "--gpu", "H100", "--mfu", "0.5", "--json")
+    assert r.returncode == 0, r.stderr
+    assert math.isclose(json.loads(r.stdout)["flops"], 3600 * 989e12 * 0.5, rel_tol=1e-12)
+
+
+@pytest.mark.parametrize("args, names", [
+    (["--flops", "0"], ["--flops"]), (["--flops", "-1e20"], ["--flops"]), (["--flops", "abc"], ["--flops"]),
+    (["--gpu-hours", "10", "--gpu", "RTX9999"], ["RTX9999", "H100", "A100", "T4"]),
+    (["--flops", "1e20", "--gpu-hours", "5"], ["--flops", "--gpu-hours"]),
+    (["--gpu-hours", "5"], ["--gpu"]), (["--gpu-hours", "5", "--gpu", "T4"], ["--precision", "fp16"]),
+    ([], ["--flops", "--gpu-hours"]), (["--flops", "1e20", "--gpu", "A100"], ["--gpu"]),
+])
+def test_scaling_bad_input(args, names):
+    "Each is refused before any work (exit 2), no traceback, naming the flag (and, for an unknown GPU, the known ones)."
+    fails_cleanly(cli("scaling", *args), *names, rc=2)

@@ -25,9 +25,9 @@ from .utils import UserError, nonneg_int, number_arg, positive_float, positive_i
 __all__ = ['CHINCHILLA_FITS', 'DEFAULT_MFU', 'CHINCHILLA_EXPONENTS', 'ABLATION_BASE', 'ABLATIONS', 'flops_per_token_of',
            'compute_optimal', 'fit_loss', 'fit_optimum', 'sizing', 'nearest_preset', 'gpu_hours_to_flops',
            'scaling_parser', 'scaling_main', 'data_fingerprint', 'stale_reason', 'provenance', 'need_data',
-           'steps_for_flops', 'train_to_budget', 'ladder', 'isoflop_models', 'isoflop_sweep', 'isoflop_minimum',
-           'fit_power_law', 'isoflop_fit', 'ablation_config', 'ablate', 'ablation_table', 'demo_search',
-           'demo_search_stale', 'sweep_parser', 'sweep_main']
+           'shipped_results', 'steps_for_flops', 'train_to_budget', 'ladder', 'isoflop_models', 'isoflop_sweep',
+           'isoflop_minimum', 'fit_power_law', 'isoflop_fit', 'ablation_config', 'ablate', 'ablation_table',
+           'demo_search', 'demo_search_stale', 'sweep_parser', 'sweep_main']
 
 # %% ../nbs/15_scaling.ipynb #466bdca5
 def flops_per_token_of(c: ModelConfig, seq_len: int) -> int:
@@ -197,7 +197,9 @@ def stale_reason(recorded: str | None, today: str | None) -> str | None:
 def provenance(command: str, data: Path | str | None = None) -> dict:
     """What a results file records of how it was made: the command, the commit (and uncommitted changes), the data, the
     machine."""
-    root = Path(__file__).resolve().parents[1]
+    import minillm
+
+    root = Path(minillm.__file__).resolve().parents[1]
 
     def git(*args):
         r = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
@@ -231,6 +233,18 @@ def need_data(folder: Path | str, vocab: int) -> Path:
             f" --vocab-size {vocab} --out {folder}`"
         )
     return folder
+
+
+def shipped_results(name: str) -> Path:
+    """A results file shipped in the checkout's data/: the project's (lessons.project_root) or, for a lesson run
+    elsewhere, the installed package's checkout."""
+    import minillm
+    from minillm.lessons import project_root
+
+    for root in (project_root(), Path(minillm.__file__).resolve().parents[1]):
+        if (root / "data" / name).exists():
+            return root / "data" / name
+    raise UserError(f"data/{name}: not found; it ships with a clone of the repository (or rerun `minillm sweep`)")
 
 # %% ../nbs/15_scaling.ipynb #84df321a
 def steps_for_flops(flops: float, flops_per_tok: int, batch_tokens: int) -> int:

@@ -12,7 +12,7 @@ def test_sweep_isoflop_end_to_end(data, tmp_path):
     within its FLOP budget, with the provenance (command, data fingerprint) a stale check needs. Sizes: the ladder's
     smallest, so the whole run takes seconds."""
     out = tmp_path / "sweep.json"
-    r = cli("sweep", "isoflop", "--data", data, "--budgets", "2e9", "4e9", "--sizes", "3", "--batch-tokens", "256",
+    r = cli("sweep", "isoflop", "--data", data, "--budgets", "5e8", "1e9", "--sizes", "3", "--batch-tokens", "256",
             "--seq-len", "32", "--json", out, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(out.read_text())

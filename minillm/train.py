@@ -1432,7 +1432,8 @@ FLAGS = {  # TrainConfig field: (argparse type or choices, help)
     "init_from": (
         str,
         "fine-tune: start from the weights of a run folder or checkpoint (one `minillm import` wrote, say); the model"
-        " is that run's, the step, the optimizer and the schedule start fresh (to --resume such a run, repeat --init-from)",
+        " is that run's, the step, the optimizer and the schedule start fresh (to --resume such a run, repeat"
+        " --init-from)",
     ),
 }
 

@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.minillm-installed
 
-.PHONY: demo test sync format venv clean
+.PHONY: demo test sync format venv clean docs
 
 venv: $(STAMP)
 
@@ -44,7 +44,20 @@ sync: venv format
 	$(BIN)/nbdev_export
 	$(BIN)/minillm lessons
 
+# The course website in _site/ (open _site/index.html, or `$(BIN)/python -m http.server -d _site`): the home page,
+# every lesson run with its outputs and plots (cached in _build/docs/: an unchanged lesson is not run again), the API
+# reference, search. Needs the `docs` extra, installed here once. DOCS_ARGS="--only 05_attention" builds one lesson;
+# DOCS_ARGS=--fresh runs every lesson again.
+DOCS_STAMP := $(VENV)/.minillm-docs-installed
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[docs]"
+	$(BIN)/python -m pip check
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(BIN)/python -c "import sys; from minillm.docs import docs_run; sys.exit(docs_run())" $(DOCS_ARGS)
+
 clean:
-	rm -rf $(VENV) build dist *.egg-info
+	rm -rf $(VENV) build dist *.egg-info _site _build
 
 # runs/ and data/*/ are outputs; `make clean` leaves them.

@@ -47,7 +47,8 @@ setuptools.setup(
     extras_require={"dev": reqs("dev_requirements") + reqs("deepspeed_requirements")   # CI tests the DeepSpeed paths
                     + reqs("hf_requirements"),                                           # and the Hugging Face bridge
                     "deepspeed": reqs("deepspeed_requirements"), "flash": reqs("flash_requirements"),
-                    "hf": reqs("hf_requirements")},
+                    "hf": reqs("hf_requirements"),
+                    "docs": reqs("docs_requirements")},                 # make docs; not in dev (CI time)
     entry_points={
         "console_scripts": reqs("console_scripts"),
         "nbdev": [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"],

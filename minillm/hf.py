@@ -68,8 +68,9 @@ def hf_family(c: ModelConfig) -> str:
 def llama_name(name: str) -> str:
     """MiniLLM's parameter name -> transformers Llama's: 'blocks.3.attn.q_proj.weight' ->
     'model.layers.3.self_attn.q_proj.weight', 'tok_emb.weight' -> 'model.embed_tokens.weight', and so on."""
-    # hint: three names sit outside the blocks (embedding, final norm, head); a block's name is
-    #       blocks.{i}.{module}.{weight or bias}, and only the module part is renamed, under model.layers.{i}.
+    # hint: three names sit outside the blocks (embedding, final norm, head; the head keeps its name); inside a block a
+    #       name is the block's number, a module path and a last part (weight or bias): keep the number and the last
+    #       part, rename only the module path to Llama's, and put the block under Llama's model.layers.
     # hint2: minillm's SwiGLU calls its layers gate, up, proj (proj is Llama's down_proj); norm1 comes before attention
     #        (input_layernorm), norm2 before the MLP (post_attention_layernorm); attn is self_attn, ffn is mlp.
     # hint3: split "blocks.3.ffn.gate.weight" with name.split(".", 2) and rest.rsplit(".", 1); rename the module with a

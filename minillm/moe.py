@@ -81,6 +81,12 @@ def route_topk(scores: torch.Tensor, k: int, bias: torch.Tensor | None = None) -
     None), in descending order; the gates are the unbiased scores of those experts, divided by their sum when k > 1."""
     # hint: topk of the biased scores gives the ids; gather the *unbiased* scores at those ids; renormalise only when k
     #       > 1.
+    # hint2: the ids: the bias (when there is one) added to the scores, then topk over the experts' dimension (the
+    #        last), its indices; the gates: gather the plain scores at those ids along the same dimension; at k > 1
+    #        divide the gates by their sum over that dimension (keepdim, so it broadcasts); at k = 1 the gate is the
+    #        score itself.
+    # hint3: idx = (scores if bias is None else scores + bias).topk(k, dim=-1).indices; gates = scores.gather(-1, idx);
+    #        return idx, (gates / gates.sum(-1, keepdim=True) if k > 1 else gates)
     idx = (scores if bias is None else scores + bias).topk(k, dim=-1).indices
     gates = scores.gather(-1, idx)
     return idx, (gates / gates.sum(-1, keepdim=True) if k > 1 else gates)
@@ -290,6 +296,11 @@ def load_balance_loss(probs: torch.Tensor, idx: torch.Tensor, num_experts: int) 
     token-slots sent to expert i, P_i the mean of probs[:, i]. A 0-dim tensor of probs' dtype."""
     # hint: count each expert's slots (torch.bincount with minlength), divide by the number of slots (not tokens); P is
     #       probs averaged over tokens.
+    # hint2: f: bincount of the flattened ids with minlength num_experts, cast to probs' dtype, over idx.numel()
+    #        (the N x k slots); P: the mean of probs over dim 0; the loss is num_experts times the sum of f * P (perfect
+    #        balance gives 1, and without the factor E it would give 1/E).
+    # hint3: f = torch.bincount(idx.flatten(), minlength=num_experts).to(probs.dtype) / idx.numel(); return num_experts
+    #        * (f * probs.mean(0)).sum()
     f = torch.bincount(idx.flatten(), minlength=num_experts).to(probs.dtype) / idx.numel()
     return num_experts * (f * probs.mean(0)).sum()
 
@@ -298,6 +309,9 @@ def aux_free_update(bias: torch.Tensor, loads: torch.Tensor, rate: float) -> tor
     "The new (E,) bias: bias_i + rate x sign(mean(loads) - loads_i), for float (E,) loads; of bias's dtype."
     # hint: an overloaded expert's bias goes down, an underloaded one's up, each by the same fixed step (not by how far
     #       off it is); one exactly at the mean stays.
+    # hint2: cast the loads to bias's dtype; torch.sign of (mean load - each load) is +1 below the mean, -1 above it and
+    #        0 at it; add rate times that sign to the bias.
+    # hint3: loads = loads.to(bias.dtype); return bias + rate * torch.sign(loads.mean() - loads)
     loads = loads.to(bias.dtype)
     return bias + rate * torch.sign(loads.mean() - loads)
 

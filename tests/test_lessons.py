@@ -2,6 +2,7 @@
 import json
 import os
 import re
+from collections import Counter
 from pathlib import Path
 
 import nbformat
@@ -35,6 +36,19 @@ os.environ.setdefault("MINILLM_SHORT_RUN", "1")     # the launch lesson trains 4
 def test_every_lesson_has_an_exercise():
     "Each lesson must give the learner at least one self-checking exercise."
     assert LESSONS and {n for n, _ in EXERCISES} == set(LESSONS)
+
+
+MIN_EXERCISES = 3   # ../shared/COURSE.md, "Exercises": at least three per lesson
+
+
+def test_every_lesson_has_three_exercises():
+    """Each lesson has the learner write at least MIN_EXERCISES of the algorithms it teaches (the course's standard,
+    ../shared/COURSE.md). Guards against a lesson that ships with fewer: a new lesson with one exercise, or an exercise
+    turned back into plain code. Lessons and exercises are found as test_every_lesson_has_an_exercise finds them, in
+    the generated lessons/."""
+    counts = Counter(n for n, _ in EXERCISES)
+    few = {n: counts[n] for n in LESSONS if counts[n] < MIN_EXERCISES}
+    assert LESSONS and not few, f"lessons with fewer than {MIN_EXERCISES} exercises (how many each has): {few}"
 
 
 # (notebook, exercise) -> why its self-check may compare it with the package's own copy; none so far.
@@ -114,7 +128,13 @@ WRONG = [   # (lesson, exercise, a plausible wrong answer, what its self-check f
     # Mean instead of mean of squares.
     ("07_model.ipynb", "rms_norm", "import torch\ndef rms_norm(x, weight, eps=1e-5):\n    return (x / torch.sqrt(x.mean(-1, keepdim=True) ** 2 + eps) * weight).to(x.dtype)",
      ["wrong answer", "inputs:   (tensor(shape=(2, 3, 8)"]),
-    # Lesson 03. Each pre-token's pair counted once: "aaa" holds (a, a) twice.
+    # Lesson 03. Each part compared with the next, and skipped only when the part before it was merged: the pairs of
+    # "aaa" overlap, and the middle a is merged twice, once with each neighbour.
+    ("03_bpe.ipynb", "merge", "def merge(parts, pair):\n    out = []\n    for i, p in enumerate(parts):\n"
+     "        if i + 1 < len(parts) and (p, parts[i + 1]) == pair: out.append(p + parts[i + 1])\n"
+     "        elif i == 0 or (parts[i - 1], p) != pair: out.append(p)\n    return out",
+     ["wrong answer", "inputs:   ([b'a', b'a', b'a'], (b'a', b'a'))", "expected: [b'aa', b'a']", "got:      [b'aa', b'aa']"]),
+    # Each pre-token's pair counted once: "aaa" holds (a, a) twice.
     ("03_bpe.ipynb", "count_pairs", "from collections import Counter\ndef count_pairs(words, word_counts):\n    c = Counter()\n"
      "    for w, parts in words.items():\n        for pair in set(zip(parts, parts[1:])): c[pair] += word_counts[w]\n    return c",
      ["wrong answer", "inputs:   ({b'aaa': [b'a', b'a', b'a']}, {b'aaa': 1})", "expected: Counter({(b'a', b'a'): 2})", "got:      Counter({(b'a', b'a'): 1})"]),
@@ -164,6 +184,19 @@ WRONG = [   # (lesson, exercise, a plausible wrong answer, what its self-check f
     # The bias moved with the load instead of against it: an overloaded expert gets chosen even more often.
     ("08_moe.ipynb", "aux_free_update", "import torch\ndef aux_free_update(bias, loads, rate):\n    loads = loads.to(bias.dtype)\n"
      "    return bias + rate * torch.sign(loads - loads.mean())", ["wrong answer"]),
+    # The top-k scores used as they are: at k > 1 the gates of a token no longer sum to 1.
+    ("08_moe.ipynb", "route_topk", "def route_topk(scores, k, bias=None):\n"
+     "    idx = (scores if bias is None else scores + bias).topk(k, dim=-1).indices\n    return idx, scores.gather(-1, idx)",
+     ["wrong answer", "inputs:   (tensor(shape=(5, 6)", "got:      (tensor([[4, 5]", "tensor([[0.3650, 0.3121]"]),
+    # The gates taken from the biased scores: the balancing bias, meant to steer only the choice, scales the outputs.
+    ("08_moe.ipynb", "route_topk", "def route_topk(scores, k, bias=None):\n    top = (scores if bias is None else scores + bias).topk(k, dim=-1)\n"
+     "    return top.indices, (top.values / top.values.sum(-1, keepdim=True) if k > 1 else top.values)",
+     ["wrong answer", "inputs:   (tensor(shape=(6, 8)", "bias=tensor(shape=(8,)"]),
+    # The factor E left out: a perfectly balanced router scores 1/E, so the loss's scale changes with the number of experts.
+    ("08_moe.ipynb", "load_balance_loss", "import torch\ndef load_balance_loss(probs, idx, num_experts):\n"
+     "    f = torch.bincount(idx.flatten(), minlength=num_experts).to(probs.dtype) / idx.numel()\n    return (f * probs.mean(0)).sum()",
+     ["wrong answer", "inputs:   (tensor(shape=(6, 4)", "expected: tensor(shape=(), dtype=float32, values=1.19",
+      "got:      tensor(shape=(), dtype=float32, values=0.29"]),
     # Only the top level searched: a nested "auto" (bf16.enabled) slips through to DeepSpeed.
     ("13_deepspeed.ipynb", "find_auto", "def find_auto(d, path=''):\n    return [k for k, v in d.items() if v == 'auto']",
      ["wrong answer", "expected: ['bf16.enabled']", "got:      []"]),
@@ -364,7 +397,22 @@ WRONG = [   # (lesson, exercise, a plausible wrong answer, what its self-check f
     ("04_tokenizer.ipynb", "byte_fallback", "def byte_fallback(pieces, vocab):\n    out = []\n"
      "    for p in pieces: out += [p] if p in vocab else [f'<0x{b:X}>' for b in p.encode('utf-8')]\n    return out",
      ["wrong answer", "inputs:   (['\\n', '\\t'], set())", "got:      ['<0xA>', '<0x9>']"]),
-    # Lesson 02. The separator only between documents: the last document never ends, and a shard's next run glues on.
+    # Lesson 02. The specials joined in the order given: where two overlap, the first listed wins, not the longest.
+    ("02_data.ipynb", "split_specials", "import re\ndef split_specials(text, specials):\n"
+     "    if not specials: return [(text, False)] if text else []\n    out, pos = [], 0\n"
+     "    for m in re.finditer('|'.join(map(re.escape, specials)), text):\n"
+     "        if m.start() > pos: out.append((text[pos:m.start()], False))\n        out.append((m.group(), True)); pos = m.end()\n"
+     "    return out + [(text[pos:], False)] * (pos < len(text))",
+     ["wrong answer", "inputs:   ('x<|endoftext|><|x|>y<|endoftext|>'", "expected: [('x', False), ('<|endoftext|><|x|>', True)",
+      "got:      [('x', False), ('<|endoftext|>', True), ('<|x|>y', False)"]),
+    # The specials not escaped: regex reads the | inside <|endoftext|> as "or", and a lone < counts as a special.
+    ("02_data.ipynb", "split_specials", "import re\ndef split_specials(text, specials):\n"
+     "    specials = sorted(set(specials), key=len, reverse=True)\n    if not specials: return [(text, False)] if text else []\n"
+     "    out, pos = [], 0\n    for m in re.finditer('|'.join(specials), text):\n"
+     "        if m.start() > pos: out.append((text[pos:m.start()], False))\n        out.append((m.group(), True)); pos = m.end()\n"
+     "    return out + [(text[pos:], False)] * (pos < len(text))",
+     ["wrong answer", "inputs:   ('a<|endoftext|>b', ['<|endoftext|>'])", "got:      [('a', False), ('<', True)"]),
+    # The separator only between documents: the last document never ends, and a shard's next run glues on.
     ("02_data.ipynb", "pack_documents", "def pack_documents(docs, eos_id):\n    out = []\n    for i, d in enumerate(docs):\n"
      "        if i: out.append(eos_id)\n        out += list(d)\n    return out",
      ["wrong answer", "inputs:   ([[5, 6, 7]], 0)", "expected: [5, 6, 7, 0]", "got:      [5, 6, 7]"]),
@@ -533,6 +581,16 @@ WRONG = [   # (lesson, exercise, a plausible wrong answer, what its self-check f
      "    a, b, _ = np.polyfit(np.asarray(params, dtype=float), np.asarray(losses, dtype=float), 2)\n    return float(-b / (2 * a))",
      ["wrong answer", "expected:", "got:"]),
 ] 
+
+
+def test_every_exercise_has_a_wrong_answer():
+    """Each exercise has at least one plausible wrong answer in WRONG, which test_lesson_exercises runs against its
+    self-check. Guards against a self-check that nothing proves can fail: one whose cases are too few or too easy
+    passes wrong code, and the learner is told a mistake is right."""
+    have = {(lesson, func) for lesson, func, *_ in WRONG}
+    missing = [f"{n}: {f}" for n, f in EXERCISES if (n, f) not in have]
+    assert EXERCISES and not missing, ("exercises with no wrong answer in WRONG (add a mistake a learner makes, that "
+                                       "its self-check rejects): " + ", ".join(missing))
 
 
 def run_cell(client, cell, index) -> str | None:

@@ -531,9 +531,9 @@ def _engine_rank(
     for s in range(steps):
         if s == 1:
             with CommCounter() as cc:
-                losses.append(tr.train_step())
+                losses.append(tr.train_step().item())
         else:
-            losses.append(tr.train_step())
+            losses.append(tr.train_step().item())
         if s == 1:
             t1 = time.perf_counter()
     per_s = (steps - 2) * tr.tokens_per_step / (time.perf_counter() - t1)

@@ -10,6 +10,7 @@ from .core import PRECISIONS
 from .train import OFFLOADS
 from minillm.model import (
     CHECKPOINTING,
+    LOSS_CHUNK,
     ModelConfig,
     MiniLLM,
     preset,
@@ -313,11 +314,13 @@ def activation_inventory(
     backend: str | None = None,
     checkpointing: str = "none",
     checkpoint_layers: int | None = None,
+    loss_chunk: int = 0,
 ) -> list[tuple[str, str, int]]:
     """Every tensor the forward pass of `MiniLLM(c)` saves for backward, as (where, what, bytes), in training mode.
     `scheme`: 'fp32', 'amp' (fp32 weights under 16-bit autocast) or 'half' (the model cast to bf16/fp16).
     `checkpointing`: 'none'; 'attention' (each block's whole attention sub-layer recomputed: its input kept);
-    'full' (each block recomputed: only its input kept); `checkpoint_layers`: only the first k blocks (None: all)."""
+    'full' (each block recomputed: only its input kept); `checkpoint_layers`: only the first k blocks (None: all).
+    `loss_chunk` > 0: the loss is lesson 07's chunked_lm_loss, which keeps dL/dx and dL/dW instead of the logits."""
     if scheme not in _SCHEMES:
         raise ValueError(f"scheme {scheme!r}: use one of {_SCHEMES}")
     if checkpointing == "selective":
@@ -346,6 +349,12 @@ def activation_inventory(
             out += [(w, k, v) for k, v in _attention_items(lc, b, t, scheme, device, backend)]
         out += [(w, "norm2 " + k, v) for k, v in _norm_items(lc.norm, n, C, scheme, _ffn_consumers(lc), lc.embed_dim)]
         out += [(w, k, v) for k, v in _ffn_items(lc, b, t, scheme, device)]
+    if loss_chunk:  # the final norm's output feeds only the loss's forward; its gradients wait for backward
+        out += [("head", "final norm " + k, v) for k, v in _norm_items(c.norm, n, C, scheme, 1, C)[:-1]]
+        return out + [
+            ("head", "dL/dx from the chunked loss", r * n * C),
+            ("head", "dL/dW from the chunked loss", 4 * V * C),
+        ]
     out += [("head", "final norm " + k, v) for k, v in _norm_items(c.norm, n, C, scheme, 1, C)]
     if scheme == "amp":
         out.append(("head", "16-bit LM-head weight copy (autocast)", 2 * V * C))
@@ -385,6 +394,7 @@ def measured_activations(
     checkpoint_fn=None,
     checkpoint_layers: int | None = None,
     seed: int = 0,
+    loss_chunk: int = 0,
 ) -> int:
     "Bytes saved by one training forward of MiniLLM(c) on the CPU (loss included)."
     torch.manual_seed(seed)
@@ -392,7 +402,7 @@ def measured_activations(
     if scheme == "half":
         m = m.to(torch.bfloat16)
     m.activation_checkpointing = checkpointing if checkpointing != "none" else False
-    m.checkpoint_fn, m.checkpoint_layers = checkpoint_fn, checkpoint_layers
+    m.checkpoint_fn, m.checkpoint_layers, m.loss_chunk = checkpoint_fn, checkpoint_layers, loss_chunk
     x = torch.randint(0, c.vocab_size, (micro_batch, seq_len))
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=scheme == "amp"):
         n, _ = saved_tensor_bytes(lambda: m(x, labels=x), exclude=m.parameters())
@@ -446,9 +456,10 @@ def estimate(
     checkpointing: str = "none",
     device: str = "cuda",
     backend: str | None = None,
+    loss_chunk: int | None = None,
 ) -> dict:
     """Peak training memory per GPU, in bytes, by part; plus CPU RAM per rank for offload. See the cell above for what
-    it counts.
+    it counts. `loss_chunk`: rows of logits the loss holds at once (0: all; None: the trainer's default for `device`).
     """
     # sizes below 1 would give negative bytes: refused here, at the source
     t = c.max_seq_len if seq_len is None else seq_len
@@ -467,9 +478,10 @@ def estimate(
     recipe = "fp32" if zero == 0 or precision == "fp32" else precision
     scheme = "fp32" if precision == "fp32" else ("amp" if zero == 0 else "half")
     z = zero_bytes(n, recipe, zero, gpus, offload)
-    inv = activation_inventory(c, t, micro_batch, scheme, device, backend, checkpointing)
+    chunk = (LOSS_CHUNK if device == "cuda" else 0) if loss_chunk is None else loss_chunk
+    inv = activation_inventory(c, t, micro_batch, scheme, device, backend, checkpointing, loss_chunk=chunk)
     acts = sum(v for *_, v in inv)
-    temp = 2 * 4 * micro_batch * t * c.vocab_size
+    temp = 2 * 4 * min(chunk or micro_batch * t, micro_batch * t) * c.vocab_size  # fp32 logits and their gradient
     if checkpointing != "none":
         layer = activation_inventory(
             replace(c, num_layers=1, layers=None), t, micro_batch, scheme, device, backend, "none"
@@ -495,6 +507,7 @@ def estimate(
         offload=offload,
         precision=precision,
         checkpointing=checkpointing,
+        loss_chunk=chunk,
     )
 
 # %% ../nbs/10_memory.ipynb #d81e24bd

@@ -28,11 +28,12 @@ from minillm.variants import (
 )
 
 # %% auto #0
-__all__ = ['ATTENTION', 'POSITIONAL', 'NORMS', 'FFNS', 'LAYER_KEYS', 'FIELD_RULES', 'Checkpointing', 'CHECKPOINTING', 'PRESETS',
-           'rms_norm', 'RMSNorm', 'LayerNorm', 'make_norm', 'MLP', 'SwiGLU', 'ffn_hidden', 'ModelConfig',
-           'load_layer_configs', 'resolve_layers', 'pre_norm_block', 'make_attention', 'make_ffn', 'Block', 'lm_loss',
-           'checkpoint_mode', 'MiniLLM', 'decoder_forward', 'filter_logits', 'sample_next', 'attention_params',
-           'param_formula', 'flops_per_token', 'config_from_checkpoint', 'check_state_dict', 'preset', 'param_table']
+__all__ = ['ATTENTION', 'POSITIONAL', 'NORMS', 'FFNS', 'LAYER_KEYS', 'FIELD_RULES', 'LOSS_CHUNK', 'Checkpointing',
+           'CHECKPOINTING', 'PRESETS', 'rms_norm', 'RMSNorm', 'LayerNorm', 'make_norm', 'MLP', 'SwiGLU', 'ffn_hidden',
+           'ModelConfig', 'load_layer_configs', 'resolve_layers', 'pre_norm_block', 'make_attention', 'make_ffn',
+           'Block', 'lm_loss', 'ChunkedLMLoss', 'chunked_lm_loss', 'checkpoint_mode', 'MiniLLM', 'decoder_forward',
+           'filter_logits', 'sample_next', 'attention_params', 'param_formula', 'flops_per_token',
+           'config_from_checkpoint', 'check_state_dict', 'preset', 'param_table']
 
 # %% ../nbs/07_model.ipynb #a6f82b8c
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -528,6 +529,54 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100
     nll = -logp.gather(-1, labels.masked_fill(~keep, 0).unsqueeze(-1)).squeeze(-1)
     return (nll * keep).sum() / keep.sum()
 
+# %% ../nbs/07_model.ipynb #463ef428
+LOSS_CHUNK = 4096  # the trainer's rows per chunk on CUDA: 4096 x 50,304 fp32 logits is 0.8 GB
+
+
+class ChunkedLMLoss(torch.autograd.Function):
+    """lm_loss of logits = x @ w.T, `chunk` rows at a time; forward also computes dL/dx and dL/dw (softmax minus
+    one-hot), so no (n, V) tensor outlives its chunk. Under autocast the product runs in its dtype, as nn.Linear's."""
+
+    @staticmethod
+    def forward(ctx, x, w, labels, chunk: int, ignore_index: int, mm_dtype: torch.dtype):
+        keep = labels != ignore_index  # (n,)
+        count = keep.sum()
+        wm = w.to(mm_dtype)  # (V, C)
+        loss = torch.zeros((), dtype=torch.float32, device=x.device)
+        dx, dw = torch.empty_like(x), torch.zeros(w.shape, dtype=torch.float32, device=w.device)
+        for i in range(0, x.shape[0], chunk):
+            xc, k = x[i : i + chunk].to(mm_dtype), keep[i : i + chunk]  # (r, C), (r,)
+            y = labels[i : i + chunk].masked_fill(~k, 0)  # a valid index where the label is ignored
+            logits = (xc @ wm.T).float()  # (r, V), fp32
+            lse = logits.logsumexp(-1)  # (r,)
+            loss += ((lse - logits.gather(-1, y[:, None])[:, 0]) * k).sum()
+            g = logits.sub_(lse[:, None]).exp_()  # softmax, in the logits' memory
+            g[torch.arange(len(y), device=y.device), y] -= 1
+            g = (g * (k / count)[:, None]).to(mm_dtype)  # dL/dlogits: ignored rows are 0
+            dx[i : i + chunk] = g @ wm  # (r, C)
+            dw += (g.T @ xc).float()  # (V, C)
+        ctx.save_for_backward(dx, dw)
+        ctx.w_dtype = w.dtype
+        return loss / count
+
+    @staticmethod
+    def backward(ctx, grad):
+        dx, dw = ctx.saved_tensors
+        return dx * grad, (dw * grad).to(ctx.w_dtype), None, None, None, None
+
+
+def chunked_lm_loss(
+    x: torch.Tensor, w: torch.Tensor, labels: torch.Tensor, chunk: int = LOSS_CHUNK, ignore_index: int = -100
+) -> torch.Tensor:
+    """lm_loss(x @ w.T, labels) for (b, t, C) hidden states `x`, the (V, C) head weight `w` and (b, t) `labels`,
+    holding at most `chunk` rows of logits at once."""
+    if chunk < 1:
+        raise ValueError(f"chunk={chunk}: rows per chunk must be >= 1")
+    dev = x.device.type
+    mm = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+    with torch.autocast(dev, enabled=False):  # the dtypes are chosen above, as autocast would
+        return ChunkedLMLoss.apply(x.flatten(0, 1), w, labels.flatten(), chunk, ignore_index, mm)
+
 # %% ../nbs/07_model.ipynb #be428a6b
 # activation recomputation in backward: nothing, each block's attention sub-layer, or each whole block
 Checkpointing = Literal["none", "attention", "full"]
@@ -594,6 +643,8 @@ class MiniLLM(nn.Module):
         self.activation_checkpointing = False
         self.checkpoint_layers = None  # None: every block; k: the first k blocks
         self.checkpoint_fn = None  # None: torch.utils.checkpoint, non-reentrant; or any fn(function, *args)
+        self.loss_chunk = 0  # the trainer's: > 0 computes a training loss with chunked_lm_loss (no whole logits)
+        self.check_ids = True  # the trainer's: False when its data were checked (the check reads the ids back)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # projections into the residual stream
             if name.endswith(("attn.o_proj.weight", "ffn.proj.weight")):
@@ -636,9 +687,11 @@ class MiniLLM(nn.Module):
     ):
         """input_ids (b, t) -> (logits (b, t, V), loss). `labels[b, t]` is the token that should follow
         `input_ids[b, t]`; positions labelled -100 are ignored. With `cache`, input_ids continue the cached
-        sequence. `last_only`: logits of the last position only (generation)."""
+        sequence. `last_only`: logits of the last position only (generation). With `loss_chunk` set and gradients on,
+        the loss comes from chunked_lm_loss and the logits, never whole, are None."""
         c = self.config
-        _check_ids(input_ids, c.vocab_size)
+        if self.check_ids:
+            _check_ids(input_ids, c.vocab_size)
         b, t = input_ids.shape
         start = cache.pos if cache is not None else 0
         if t > c.max_seq_len or (c.positional in ("learned", "sinusoidal") and start + t > c.max_seq_len):
@@ -663,6 +716,8 @@ class MiniLLM(nn.Module):
         if cache is not None:
             cache.pos += t
         x = self.norm(x[:, -1:] if last_only else x)
+        if labels is not None and self.loss_chunk and torch.is_grad_enabled():
+            return None, chunked_lm_loss(x, self.lm_head.weight, labels, self.loss_chunk)
         logits = self.lm_head(x)  # (b, t, V)
         loss = None
         if labels is not None:

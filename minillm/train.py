@@ -28,6 +28,7 @@ from .data import TokenDataset, TrainSampler, eval_batches, verify_data
 from .moe import moe_layers, moe_losses, moe_metrics, moe_step
 from minillm.model import (
     CHECKPOINTING,
+    LOSS_CHUNK,
     Checkpointing,
     PRESETS,
     MiniLLM,
@@ -52,10 +53,11 @@ from minillm.utils import (
 )
 
 # %% auto #0
-__all__ = ['UNCAPPED', 'Schedule', 'Offload', 'SCHEDULES', 'OFFLOADS', 'CHECKPOINT_KEYS', 'ENGINES', 'RUN_FILES', 'FLAGS',
-           'TrainConfig', 'literal_values', 'accumulation_steps', 'param_groups', 'lr_at', 'adamw_update', 'Dist',
-           'dist_env', 'setup_dist', 'choose_amp', 'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint',
-           'check_compatible', 'engine_class', 'held_bytes', 'Engine', 'DDPEngine', 'Trainer', 'run_files', 'clear_run',
+__all__ = ['UNCAPPED', 'Schedule', 'Offload', 'SCHEDULES', 'OFFLOADS', 'CHECKPOINT_KEYS', 'ENGINES', 'SPEEDUPS', 'COMPILES',
+           'FUSED_ADAMW', 'RUN_FILES', 'FLAGS', 'TrainConfig', 'literal_values', 'accumulation_steps', 'param_groups',
+           'lr_at', 'adamw_update', 'Dist', 'dist_env', 'setup_dist', 'choose_amp', 'rng_state', 'set_rng_state',
+           'save_checkpoint', 'load_checkpoint', 'check_compatible', 'engine_class', 'held_bytes', 'Engine',
+           'DDPEngine', 'speed_settings', 'apply_speed', 'describe_speed', 'Trainer', 'run_files', 'clear_run',
            'Diverged', 'LivePlot', 'load_model', 'sample_text', 'model_override', 'read_config_file', 'build_configs',
            'train_parser', 'check_out', 'train_main', 'sample_parser', 'sample_main']
 
@@ -96,7 +98,13 @@ class TrainConfig:
     beta2: float = 0.95
     grad_clip: float = 1.0  # 0: no clipping
     precision: Literal["auto"] | Precision = "auto"  # auto: bf16 where native, fp16 on older GPUs, fp32 on a CPU
-    compile: bool = False
+    # speed (section "Speed on a GPU"): None is on for CUDA where the engine allows it, off on a CPU
+    compile: bool | None = None  # torch.compile the model
+    fused_adamw: bool | None = None  # AdamW's update in one fused kernel per parameter group
+    tf32: bool | None = None  # fp32 matmuls on TF32 tensor cores (CUDA)
+    sdpa_flash: bool | None = None  # let SDPA pick its flash kernel (CUDA)
+    pin_memory: bool | None = None  # batches copied from pinned host memory, without waiting (CUDA)
+    loss_chunk: int | None = None  # rows of logits the loss holds at once (0: all; None: 4096 on CUDA, 0 on a CPU)
     activation_checkpointing: Checkpointing = "none"  # True/False are accepted as full/none
     eval_every: int = 100
     eval_batches: int = 20
@@ -185,7 +193,7 @@ def _value_problems(c) -> list[str]:
     for k in ("lr", "epochs", "time_budget"):
         if getattr(c, k) is not None and getattr(c, k) <= 0:
             bad.append(f"{k}={getattr(c, k)}: must be > 0")
-    for k in ("warmup_steps", "weight_decay", "grad_clip", "seed", "min_lr"):
+    for k in ("warmup_steps", "weight_decay", "grad_clip", "seed", "min_lr", "loss_chunk"):
         if getattr(c, k) is not None and getattr(c, k) < 0:
             bad.append(f"{k}={getattr(c, k)}: must be >= 0")
     if c.min_lr is not None and c.min_lr > c.lr:
@@ -593,7 +601,7 @@ class Engine:
         self.scaler = torch.amp.GradScaler("cuda", enabled=t.precision == "fp16")
         self.model = self.wrap(t.raw)
         self.opt = self.build_optimizer(param_groups(t.raw, c.weight_decay))
-        if c.compile:
+        if t.speed["compile"]:
             self.model = torch.compile(self.model)
 
     def wrap(self, raw: torch.nn.Module) -> torch.nn.Module:
@@ -601,7 +609,7 @@ class Engine:
 
     def build_optimizer(self, groups: list[dict]) -> torch.optim.Optimizer:
         c = self.t.cfg
-        return torch.optim.AdamW(groups, lr=c.lr, betas=(c.beta1, c.beta2), fused=self.t.d.device.type == "cuda")
+        return torch.optim.AdamW(groups, lr=c.lr, betas=(c.beta1, c.beta2), fused=self.t.speed["fused_adamw"])
 
     def no_sync(self):
         return contextlib.nullcontext()  # DDP: hold the gradient all-reduce until the last micro-batch
@@ -702,6 +710,48 @@ class DDPEngine(Engine):
     def describe(self) -> str:
         return f"engine ddp: torch DistributedDataParallel over {self.t.d.world_size} ranks"
 
+# %% ../nbs/09_train.ipynb #cd968e24
+SPEEDUPS = ("compile", "fused_adamw", "tf32", "sdpa_flash", "pin_memory")  # on/off settings; loss_chunk is a size
+COMPILES = ("single", "ddp", "fsdp")  # engines that torch.compile their model (the others hook into its modules)
+FUSED_ADAMW = ("single", "ddp", "ddp-scratch")  # engines that build torch's AdamW over whole tensors
+
+
+def speed_settings(c: TrainConfig, device: torch.device, engine: str) -> dict:
+    """Each of SPEEDUPS on or off, and `loss_chunk`, for a run of engine `engine` on `device`. A setting left None is
+    on for CUDA where the engine supports it and off on a CPU; one asked for where it cannot work is refused."""
+    cuda = device.type == "cuda"
+    can = dict(
+        compile=engine in COMPILES, fused_adamw=engine in FUSED_ADAMW, tf32=cuda, sdpa_flash=cuda, pin_memory=cuda
+    )
+    why = dict(
+        compile=f"engine {engine} does not compile its model: drop it, or use engine {', '.join(COMPILES)}",
+        fused_adamw=f"engine {engine} builds its own optimizer: drop it, or use engine {', '.join(FUSED_ADAMW)}",
+        tf32=f"TF32 is a CUDA matmul mode and this run is on {device}: drop it",
+        sdpa_flash=f"SDPA's flash kernel runs on CUDA and this run is on {device}: drop it",
+        pin_memory=f"pinned memory speeds up copies to a GPU and this run is on {device}: drop it",
+    )
+    s = {}
+    for k in SPEEDUPS:
+        asked = getattr(c, k)
+        if asked and not can[k]:
+            raise ValueError(f"--{k.replace('_', '-')}: {why[k]}")
+        s[k] = can[k] and (cuda if asked is None else asked)
+    s["loss_chunk"] = (LOSS_CHUNK if cuda else 0) if c.loss_chunk is None else c.loss_chunk
+    return s
+
+
+def apply_speed(s: dict, device: torch.device):
+    "Set the process-wide switches (TF32, SDPA's flash kernel) to `s`; they exist on CUDA only."
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = s["tf32"]
+        torch.backends.cuda.enable_flash_sdp(s["sdpa_flash"])
+
+
+def describe_speed(s: dict) -> str:
+    "The start-up line's speed part: `speed: compile on, fused_adamw off, ..., loss_chunk 4096`."
+    on = ", ".join(f"{k} {'on' if s[k] else 'off'}" for k in SPEEDUPS)
+    return f"speed: {on}, loss_chunk {s['loss_chunk'] or 'off'}"
+
 # %% ../nbs/09_train.ipynb #14cca068
 class Trainer:
     "The loop every engine shares: data, schedule, evaluation, logging, signals, checkpoints."
@@ -735,6 +785,10 @@ class Trainer:
         self.moe = bool(moe_layers(self.raw))
         # before an engine shards the weights
         self.n_params, self.n_active = (self.raw.num_params(), self.raw.num_params("active"))
+        self.speed = speed_settings(cfg, self.d.device, self.engine_name())  # section "Speed on a GPU"
+        apply_speed(self.speed, self.d.device)
+        self.raw.loss_chunk = self.speed["loss_chunk"]
+        self.raw.check_ids = False  # verify_data checked every id; the model's own check would wait for the GPU
         self.engine = engine_class(self.engine_name())(self)
         self.engine.setup()  # sets self.precision; DeepSpeed's config may set micro_batch and accum
         self.tokens_per_step = (
@@ -794,7 +848,7 @@ class Trainer:
             f" {self.d.world_size} x {self.d.device.type} | precision {self.precision} | batch {self.cfg.micro_batch} x"
             f" {self.T} x {self.d.world_size} ranks x {self.accum} accumulation ="
             f" {self.cfg.micro_batch * self.T * self.d.world_size * self.accum:,} tokens/step |"
-            f" {self.engine.describe()}"
+            f" {self.engine.describe()} | {describe_speed(self.speed)}"
         )
 
 # %% ../nbs/09_train.ipynb #8e02fc7d
@@ -811,16 +865,17 @@ def accumulate(self: Trainer) -> torch.Tensor:
     """Forward and backward of `accum` micro-batches through the engine (gradients summed); returns this rank's mean
     loss.
     """
-    total = torch.zeros((), device=self.d.device)
+    total, pin = torch.zeros((), device=self.d.device), self.speed["pin_memory"]
     for i in range(self.accum):
-        x, y = (t.to(self.d.device, non_blocking=True) for t in self.sampler.next_batch())
+        x, y = ((t.pin_memory() if pin else t).to(self.d.device, non_blocking=True) for t in self.sampler.next_batch())
         total += self.engine.backward(x, y, last=i == self.accum - 1).float() / self.accum
     return total
 
 
 @patch
-def train_step(self: Trainer) -> float:
-    "One optimizer step: accumulate, then the engine's update. Returns the mean loss (averaged across ranks)."
+def train_step(self: Trainer) -> torch.Tensor:
+    """One optimizer step: accumulate, then the engine's update. Returns the mean loss (averaged across ranks), a 0-dim
+    tensor on the device: reading it (`.item()`) waits for the GPU, so the loop reads it only when it needs it."""
     total = self.accumulate()
     self.engine.step(self._lr())
     if self.moe:
@@ -830,7 +885,7 @@ def train_step(self: Trainer) -> float:
     self.step += 1
     if not hasattr(self, "rank_bytes"):
         self._write_rank_bytes()  # after the first step every state exists
-    return total.item()
+    return total
 
 
 @patch
@@ -1035,9 +1090,10 @@ class Diverged(UserError):
 
 @patch
 def _fit_schedule(self: Trainer, t0: float, t1: float) -> int:
-    "Steps that fill the time budget at the pace of the steps after the first; every rank takes rank 0's figure."
+    """Steps that fill the time budget at the pace of the steps after the first (started at `t0`, ended at `t1`): the
+    first pays for compilation and warm-up, and the budget does not count it. Every rank takes rank 0's figure."""
     per_step = (time.perf_counter() - t1) / max(1, self.step - 1)
-    fitted = max(self.step + 1, int((self.cfg.time_budget - (t1 - t0)) / per_step))
+    fitted = max(self.step + 1, 1 + int(self.cfg.time_budget / per_step))
     if self.max_steps < UNCAPPED:
         fitted = min(fitted, self.max_steps)  # --max-steps or --epochs cap it
     if self.d.world_size > 1:  # clocks differ: agree, or ranks stop apart and hang
@@ -1047,7 +1103,7 @@ def _fit_schedule(self: Trainer, t0: float, t1: float) -> int:
     if fitted != self.max_steps:
         self.log(
             f"time budget {self.cfg.time_budget:.0f} s at {per_step * 1e3:.0f} ms/step: schedule fitted to {fitted}"
-            " steps"
+            f" steps (the first step, {t1 - t0:.1f} s of compilation and warm-up, not counted)"
         )
     return fitted
 
@@ -1067,6 +1123,21 @@ def _check_finite(self: Trainer, loss: float):
             if kept.exists()
             else "No checkpoint was written."
         )
+    )
+
+
+@patch
+def _reads_loss(self: Trainer) -> bool:
+    """Whether this step reads its loss back to the host (a wait for the GPU): it logs, evaluates, saves or may stop.
+    Decided from the step number alone, so every rank agrees (a one-process run also reads it when signalled)."""
+    c, s = self.cfg, self.step
+    return bool(
+        s % c.log_every == 0
+        or s % c.eval_every == 0
+        or s == self.max_steps
+        or (c.keep_every and s % c.keep_every == 0)
+        or (c.stop_at and s >= c.stop_at)
+        or (self.d.world_size == 1 and self.signalled)
     )
 
 
@@ -1107,22 +1178,22 @@ def fit(self: Trainer, resume: bool | str | Path = False) -> dict:
         while self.step < self.max_steps and self.stop is None:
             loss = self.train_step()
             tokens += self.tokens_per_step
-            self._check_finite(loss)
-            self._agree_on_stop()
-            if t1 is None:
-                t1 = time.perf_counter()  # the first step pays for compilation and warm-up: time the rest
+            if t1 is None:  # the first step pays for compilation and warm-up: time the rest
+                t1, tokens1 = time.perf_counter(), tokens
             if cfg.time_budget and self.step == min(self.max_steps, max(5, cfg.warmup_steps // 2)) and not resume:
                 self.max_steps = self._fit_schedule(t0, t1)
                 bar.total = self.max_steps
-            elapsed = time.perf_counter() - t0
-            row = dict(
-                step=self.step,
-                loss=loss,
-                lr=self._lr(),
-                tokens=tokens,
-                tokens_per_s=tokens / elapsed,
-                elapsed_s=elapsed,
-            )
+            if not self._reads_loss():  # the GPU still runs this step; the next one is queued behind it
+                if self.d.world_size == 1:
+                    self._agree_on_stop()  # one process: a flag, no collective
+                bar.update(1)
+                continue
+            loss = loss.item()
+            self._check_finite(loss)
+            self._agree_on_stop()
+            now = time.perf_counter()
+            rate = (tokens - tokens1) / (now - t1) if now > t1 and tokens > tokens1 else tokens / (now - t0)
+            row = dict(step=self.step, loss=loss, lr=self._lr(), tokens=tokens, tokens_per_s=rate, elapsed_s=now - t0)
             if self.peak:
                 row["mfu"] = mfu(row["tokens_per_s"], self.flops, self.peak, self.d.world_size)  # core.mfu, lesson 01
             if self.d.device.type == "cuda":
@@ -1413,7 +1484,16 @@ FLAGS = {  # TrainConfig field: (argparse type or choices, help)
         ["auto", *PRECISIONS],
         "auto: bf16 where native, fp16 with loss scaling on older GPUs, fp32 on a CPU",
     ),
-    "compile": (bool, "torch.compile the model"),
+    "compile": (bool, "torch.compile the model (default: on for CUDA, except engines zero3 and deepspeed)"),
+    "fused_adamw": (bool, "AdamW in one fused kernel (default: on for CUDA with engines single and ddp)"),
+    "tf32": (bool, "fp32 matmuls on TF32 tensor cores (CUDA only; default on)"),
+    "sdpa_flash": (bool, "let SDPA use its flash kernel (CUDA only; default on)"),
+    "pin_memory": (bool, "copy batches from pinned memory without waiting (CUDA only; default on)"),
+    "loss_chunk": (
+        nonneg_int,
+        "rows of logits the loss computes at once, so the fp32 logits of the whole micro-batch never exist"
+        " (0: all at once; default 4096 on CUDA, 0 on a CPU)",
+    ),
     "eval_every": (positive_int, "evaluate and save latest.pt every N steps"),
     "eval_batches": (positive_int, "validation batches per evaluation"),
     "log_every": (positive_int, "write a metrics row every N steps"),

@@ -884,7 +884,7 @@ class FSDPEngine(Engine):
             fully_shard(t.raw)
         self.model = t.raw
         self.opt = self.build_optimizer(param_groups(t.raw, c.weight_decay))
-        if c.compile:
+        if self.t.speed["compile"]:
             self.model = torch.compile(self.model)
 
     def build_optimizer(self, groups):

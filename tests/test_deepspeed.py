@@ -2,9 +2,9 @@
 
 Tolerances: every run here is fp32 on the CPU with the same seed and the same windows on each rank, so
 the only differences between plain DDP and a ZeRO stage are the order of floating-point reductions
-(bucketed all-reduce vs reduce-scatter over flat partitions). 1e-4 relative on the loss is far above that
-rounding and far below any real divergence (a wrong learning rate or a missed gradient changes the
-second decimal within a few steps).
+(bucketed all-reduce vs reduce-scatter over flat partitions). 1e-5 relative on the loss (the engines
+issue's bound) is above that rounding (lesson 13 measures 0 on its ten steps) and far below any real
+divergence (a wrong learning rate or a missed gradient changes the second decimal within a few steps).
 """
 import json
 import os
@@ -43,18 +43,20 @@ def losses(out): return [json.loads(l)["loss"] for l in (out / "metrics.jsonl").
 
 @pytest.fixture(scope="module")
 def runs(data, tmp_path_factory):
-    """Plain DDP, ZeRO-1, ZeRO-2, ZeRO-3 and ZeRO-2 with the optimizer offloaded to CPU: 12 steps each, same seed."""
+    """Plain DDP, ZeRO-1 (chosen with --engine deepspeed), ZeRO-2, ZeRO-3, ZeRO-2 with the optimizer offloaded to CPU,
+    and recompute: 12 steps each, same seed."""
     base = tmp_path_factory.mktemp("dsruns")
     out = {}
     r = torchrun(data, base / "ddp", "--max-steps", "12", "--eval-every", "6")
     assert r.returncode == 0, r.stderr[-3000:]
     out["ddp"] = base / "ddp"
-    for name, flags in (("zero1", ["--zero-stage", "1"]), ("zero2", ["--zero-stage", "2"]), ("zero3", ["--zero-stage", "3"]),
+    for name, flags in (("zero1", ["--engine", "deepspeed", "--zero-stage", "1"]), ("zero2", ["--zero-stage", "2"]), ("zero3", ["--zero-stage", "3"]),
                         ("zero2-offload", ["--zero-stage", "2", "--offload", "optimizer"]),
                         ("zero2-recompute", ["--zero-stage", "2", "--activation-checkpointing"]),
                         ("zero3-recompute", ["--zero-stage", "3", "--activation-checkpointing"]),
                         ("zero3-max", ["zero3-max"])):
-        r = ds(data, base / name, "--max-steps", "12", "--eval-every", "6", "--deepspeed", *flags)
+        args = flags if flags[0] == "--engine" else ["--deepspeed", *flags]     # --engine deepspeed means --deepspeed
+        r = ds(data, base / name, "--max-steps", "12", "--eval-every", "6", *args)
         assert r.returncode == 0, r.stderr[-3000:]
         (base / f"{name}.log").write_text(r.stdout + r.stderr)
         out[name] = base / name
@@ -67,7 +69,8 @@ def test_zero_stages_follow_the_plain_trainer(runs):
     assert len(ref) == 12
     for name, out in runs.items():
         got = losses(out)
-        assert len(got) == 12 and all(abs(a - b) <= 1e-4 * abs(a) for a, b in zip(ref, got)), (name, ref, got)
+        worst = max(abs(a - b) / abs(a) for a, b in zip(ref, got))
+        assert len(got) == 12 and worst <= 1e-5, (name, worst, ref, got)
 
 
 def test_recompute_gives_the_same_losses(runs):
@@ -77,7 +80,7 @@ def test_recompute_gives_the_same_losses(runs):
     starts: before, two processes stopped on a batch-size mismatch and one on "backend not set"."""
     for name, ref in (("zero2-recompute", "zero2"), ("zero3-recompute", "zero3"), ("zero3-max", "zero3")):
         a, b = losses(runs[ref]), losses(runs[name])
-        assert len(b) == 12 and all(abs(x - y) <= 1e-4 * abs(x) for x, y in zip(a, b)), (name, a, b)
+        assert len(b) == 12 and all(abs(x - y) <= 1e-5 * abs(x) for x, y in zip(a, b)), (name, a, b)
         assert "activation_checkpointing" in json.loads((runs[name] / "ds_config.json").read_text())
         assert "activations recomputed (deepspeed.checkpointing)" in (runs[name].parent / f"{name}.log").read_text(), name
     assert "activations recomputed" not in (runs["zero2"].parent / "zero2.log").read_text()

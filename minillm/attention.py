@@ -106,10 +106,18 @@ def _sdpa_context(q):
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
-def attend(q, k, v, causal: bool = True, dropout_p: float = 0.0, backend: str = "auto", scale: float | None = None):
+def attend(
+    q, k, v, causal: bool = True, dropout_p: float = 0.0, backend: str = "auto", scale: float | None = None, mask=None
+):
     """Attention for q (b, h, t_q, d), k (b, h_kv, t_k, d), v (b, h_kv, t_k, d_v); queries are the last t_q positions.
-    -> (b, h, t_q, d_v)
+    `mask`: a boolean (t_q, t_k) tensor, True where a query may see a key, in place of `causal` (a static KV cache
+    holds slots not written yet; lesson 07). -> (b, h, t_q, d_v)
     """
+    if mask is not None:  # only SDPA takes an arbitrary mask
+        n_rep = q.size(1) // k.size(1)
+        k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)  # (b, h, t_k, d)
+        with _sdpa_context(q):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
     name, _ = resolve_backend(backend, q.device, q.dtype)
     if name in LATER_KERNELS:  # lesson 14's tiled kernels: no t x t tensor, GQA without copies
         import importlib

@@ -17,9 +17,9 @@ from .moe import BALANCES
 from .utils import positive_float, positive_int, write_json
 
 # %% auto #0
-__all__ = ['VARIANT_ARGS', 'ENGINE_MODES', 'ZERO_MODES', 'variant_config', 'train_throughput', 'generate_throughput',
-           'bench_model', 'bench_bpe', 'bench_train', 'bench_zero', 'bench_main', 'bench_engines', 'dense_like_total',
-           'bench_moe']
+__all__ = ['VARIANT_ARGS', 'GENERATE_MODES', 'ENGINE_MODES', 'ZERO_MODES', 'variant_config', 'train_throughput',
+           'generate_throughput', 'bench_model', 'bench_bpe', 'train_variants', 'bench_train', 'bench_zero',
+           'bench_main', 'bench_engines', 'dense_like_total', 'bench_moe']
 
 # %% ../nbs/95_bench.ipynb #64feb25e
 VARIANT_ARGS = {
@@ -87,25 +87,41 @@ def train_throughput(config, device="cpu", precision="fp32", batch=8, seq_len=No
     return out
 
 
+GENERATE_MODES = {  # generate's settings per mode: the growing cache, none, the static cache, and it compiled
+    "cached": dict(static=False, compile=False),
+    "uncached": dict(use_cache=False),
+    "static": dict(static=True, compile=False),
+    "compiled": dict(static=True, compile=True),
+}
+
+
 @torch.no_grad()
-def generate_throughput(config, device="cpu", precision="fp32", prompt_len=None, new_tokens=64) -> dict:
-    "Generation tokens/s (batch 1, greedy) with and without the KV cache; the prompt fills the window by default."
+def generate_throughput(
+    config, device="cpu", precision="fp32", prompt_len=None, new_tokens=64, batch: int = 1, modes=None
+) -> dict:
+    """Generation tokens/s per sequence (greedy, `batch` sequences) in each of GENERATE_MODES (default: cached and
+    uncached; on CUDA also static and compiled, where the model allows); the prompt fills the window by default."""
     prompt_len = prompt_len or max(1, config.max_seq_len - new_tokens)
+    if modes is None:
+        modes = ["cached", "uncached"]
+        if torch.device(device).type == "cuda" and config.attention != "mla":
+            modes += ["static", "compiled"]
     device = torch.device(device)
     seed_everything(0)
     model = MiniLLM(config).to(device).eval()
     if device.type == "cuda" and precision != "fp32":
         model = model.to(torch.bfloat16 if precision == "bf16" else torch.float16)
-    p = torch.randint(0, config.vocab_size, (1, prompt_len), device=device)
+    p = torch.randint(0, config.vocab_size, (batch, prompt_len), device=device)
     out = {}
-    for use_cache in (True, False):
-        model.generate(p, 4, temperature=0, use_cache=use_cache)  # warm-up
+    for mode in modes:
+        kw = GENERATE_MODES[mode]
+        model.generate(p, 4, temperature=0, **kw)  # warm-up (compiles, for `compiled`)
         _sync(device)
         t0 = time.perf_counter()
-        model.generate(p, new_tokens, temperature=0, use_cache=use_cache)
+        model.generate(p, new_tokens, temperature=0, **kw)
         _sync(device)
-        out["cached" if use_cache else "uncached"] = new_tokens / (time.perf_counter() - t0)
-    return {"tokens_per_s": out, "prompt_len": prompt_len, "new_tokens": new_tokens}
+        out[mode] = new_tokens / (time.perf_counter() - t0)
+    return {"tokens_per_s": out, "prompt_len": prompt_len, "new_tokens": new_tokens, "batch": batch}
 
 # %% ../nbs/95_bench.ipynb #2c238821
 def bench_model(
@@ -118,8 +134,10 @@ def bench_model(
     steps=3,
     new_tokens=64,
     log=print,
+    gen_batches=(1,),
 ) -> dict:
-    "Train and generation throughput for each preset x variant x backend."
+    """Train and generation throughput for each preset x variant x backend; generation at each batch of `gen_batches`
+    (`generate` holds the first, `generate_by_batch` all)."""
     hw = detect_hardware()
     device = device or hw.device
     precision = hw.precision if torch.device(device).type == "cuda" else "fp32"
@@ -133,14 +151,21 @@ def bench_model(
                     variant=variant,
                     backend=backend,
                     train=train_throughput(cfg, device, precision, batch, seq_len, steps),
-                    generate=generate_throughput(cfg, device, precision, new_tokens=new_tokens),
                 )
+                r["generate_by_batch"] = {
+                    b: generate_throughput(cfg, device, precision, new_tokens=new_tokens, batch=b) for b in gen_batches
+                }
+                r["generate"] = r["generate_by_batch"][gen_batches[0]]
                 results["runs"].append(r)
-                t, g = r["train"], r["generate"]["tokens_per_s"]
+                t = r["train"]
                 mfu = f"  MFU {t['mfu']:.1%}" if t.get("mfu") else ""
+                gens = "; ".join(
+                    f"batch {b}: " + ", ".join(f"{v:,.1f} {k}" for k, v in g["tokens_per_s"].items())
+                    for b, g in r["generate_by_batch"].items()
+                )
                 log(
-                    f"{name:6} {variant:4} {backend:6}  train {t['tokens_per_s']:>10,.0f} tok/s{mfu}  "
-                    f"generate {g['cached']:>7,.1f} tok/s cached, {g['uncached']:>7,.1f} uncached"
+                    f"{name:6} {variant:4} {backend:6}  train {t['tokens_per_s']:>10,.0f} tok/s{mfu}"
+                    f"  generate tok/s {gens}"
                 )
     return results
 
@@ -224,45 +249,84 @@ def bench_bpe(
     return res
 
 # %% ../nbs/95_bench.ipynb #d95e5ec7
+def train_variants(speed: dict, ablate: bool) -> list[tuple[str | None, dict]]:
+    """(name of the setting switched off, TrainConfig overrides) per run: all settings as resolved, then, with `ablate`,
+    each setting that is on switched off alone."""
+    from minillm.train import SPEEDUPS
+
+    runs = [(None, {})]
+    if ablate:
+        runs += [(k, {k: False}) for k in SPEEDUPS if speed[k]]
+        runs += [("loss_chunk", dict(loss_chunk=0))] if speed["loss_chunk"] else []
+    return runs
+
+
 def bench_train(
     data: str,
     budgets=(60, 120, 300),
-    compile_modes=(False, True),
-    preset_name: str = "demo",
+    compile_modes=(None,),
+    preset_name: str | tuple = "demo",
     out: str | None = None,
     log=print,
+    ablate: bool = False,
+    base: dict | None = None,
+    micro_batch: int | None = None,
 ) -> dict:
-    "Tokens/s and val bits per byte after each training-time budget, per compile mode."
+    """Per preset and training-time budget: tokens/s (after the first, compiling step), MFU, peak GPU memory, val bits
+    per byte, and which speed settings were on (`compile_modes`: None is the device's default). With `ablate`, every
+    setting that is on is also switched off alone. `base`: TrainConfig overrides for every run."""
     import tempfile
     from minillm.train import TrainConfig, Trainer
 
-    res = dict(benchmark="train", preset=preset_name, hardware=asdict(detect_hardware()), runs=[])
-    for comp in compile_modes:
-        for b in budgets:
-            with tempfile.TemporaryDirectory() as d:
-                cfg = TrainConfig(
-                    data=data,
-                    out=out or d,
-                    time_budget=b,
-                    max_steps=1_000_000,
-                    eval_every=1_000_000,
-                    eval_batches=40,
-                    compile=comp,
-                )
-                t0 = time.perf_counter()
-                tr = Trainer(preset(preset_name), cfg, log=lambda *a: None)
-                final = tr.fit()
-                wall = time.perf_counter() - t0
-            tokens = tr.step * tr.tokens_per_step
-            r = dict(
-                budget_s=b, compile=comp, steps=tr.step, tokens=tokens, wall_s=wall, tokens_per_s=tokens / wall, **final
-            )
-            res["runs"].append(r)
-            log(
-                f"{preset_name} budget {b:>4} s compile={comp!s:5}: {tr.step:>5} steps, {r['tokens_per_s']:>8,.0f}"
-                f" tok/s (wall, incl. eval/compile), val_bpb {final.get('val_bpb', float('nan')):.3f}"
-            )
+    presets = (preset_name,) if isinstance(preset_name, str) else tuple(preset_name)
+    hw = detect_hardware()
+    device = hw.device_names[0] if hw.device_names else f"CPU, {os.cpu_count()} cores"
+    res = dict(benchmark="train", presets=list(presets), device=device, hardware=asdict(hw), runs=[])
+    for name in presets:
+        for comp in compile_modes:
+            for b in budgets:
+                cfg0 = dict(base or {}, compile=comp, time_budget=b, max_steps=1_000_000, eval_every=1_000_000)
+                cfg0.update(eval_batches=40, log_every=10, **({"micro_batch": micro_batch} if micro_batch else {}))
+                variants = None
+                while variants is None or variants:
+                    off, extra = variants.pop(0) if variants else (None, {})
+                    rows = []
+                    with tempfile.TemporaryDirectory() as d:
+                        if torch.cuda.is_available():
+                            torch.cuda.reset_peak_memory_stats()
+                        cfg = TrainConfig(data=data, out=out or d, **{**cfg0, **extra})
+                        t0 = time.perf_counter()
+                        tr = Trainer(preset(name), cfg, log=lambda *a: None, callbacks=[rows.append])
+                        final = tr.fit()
+                        wall = time.perf_counter() - t0
+                    last = rows[-1] if rows else {}
+                    r = dict(
+                        preset=name,
+                        device=device,
+                        budget_s=b,
+                        off=off,
+                        speed=dict(tr.speed),
+                        micro_batch=tr.cfg.micro_batch,
+                        seq_len=tr.T,
+                        steps=tr.step,
+                        tokens=tr.step * tr.tokens_per_step,
+                        wall_s=wall,
+                        tokens_per_s=last.get("tokens_per_s"),
+                        mfu=last.get("mfu"),
+                        peak_mem_gb=torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else None,
+                        **final,
+                    )
+                    res["runs"].append(r)
+                    if variants is None:  # the first run decided what is on: switch each off in turn
+                        variants = train_variants(tr.speed, ablate)[1:]
+                    mfu_s = f", MFU {r['mfu']:.1%}" if r["mfu"] else ""
+                    log(
+                        f"{name} {b:g} s {'all on' if off is None else off + ' off':>16}: {tr.step:>5} steps,"
+                        f" {r['tokens_per_s'] or 0:>9,.0f} tok/s{mfu_s},"
+                        f" val_bpb {final.get('val_bpb', float('nan')):.3f}"
+                    )
     return res
+
 
 # %% ../nbs/95_bench.ipynb #92856e74
 def _steady_tokens_per_s(rows: list[dict], skip: int = 5) -> float:
@@ -366,6 +430,13 @@ def bench_main(argv: list[str] | None = None) -> int:
         help="attention kernels",
     )
     m.add_argument("--device", default=None, choices=["cpu", "cuda"], help="cpu or cuda (default: the best available)")
+    m.add_argument(
+        "--gen-batch",
+        nargs="+",
+        type=positive_int,
+        default=[1],
+        help="sequences generated together (on CUDA each is timed cached, uncached, static and compiled)",
+    )
     m.add_argument("--batch", type=positive_int, default=8, help="sequences per step")
     m.add_argument("--seq-len", type=positive_int, default=None, help="default: the preset's max_seq_len")
     m.add_argument("--steps", type=positive_int, default=3, help="timed training steps (after 2 warm-up steps)")
@@ -383,16 +454,33 @@ def bench_main(argv: list[str] | None = None) -> int:
     b.add_argument("--json", default="bench-bpe.json", help="where to write the figures")
     t = sub.add_parser(
         "train",
-        help="demo preset: tokens/s and val bits per byte after 1, 2, 5 minutes, with and without torch.compile",
+        help=(
+            "per preset: tokens/s, MFU, peak memory and val bits per byte after 1, 2, 5 minutes, with the speed"
+            " settings named; --ablate switches each off in turn"
+        ),
     )
     t.add_argument("--data", required=True, help="shards from `minillm prepare` (e.g. data/builtin-4096)")
     t.add_argument(
         "--budgets", nargs="+", type=positive_float, default=[60, 120, 300], help="seconds of training per run"
     )
     t.add_argument(
-        "--compile", nargs="+", default=["off", "on"], choices=["off", "on"], help="with and/or without torch.compile"
+        "--compile",
+        nargs="+",
+        default=None,
+        choices=["off", "on"],
+        help="with and/or without torch.compile (default: the device's, on for CUDA)",
     )
-    t.add_argument("--preset", default="demo", choices=list(PRESETS), help="model preset")
+    t.add_argument(
+        "--preset",
+        "--presets",
+        dest="presets",
+        nargs="+",
+        default=["demo"],
+        choices=list(PRESETS),
+        help="model presets",
+    )
+    t.add_argument("--ablate", action="store_true", help="also run with each speed setting that is on switched off")
+    t.add_argument("--micro-batch", type=positive_int, default=None, help="sequences per step (default: the trainer's)")
     t.add_argument("--json", default="bench-train.json", help="where to write the figures")
     z = sub.add_parser("zero", help="tokens/s (and GPU peak memory) of the plain trainer vs DeepSpeed ZeRO stages")
     z.add_argument("--data", required=True, help="shards from `minillm prepare`")
@@ -475,7 +563,13 @@ def bench_main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.json}")
         return 0
     if args.name == "train":
-        res = bench_train(args.data, tuple(args.budgets), tuple(c == "on" for c in args.compile), args.preset)
+        modes = tuple(c == "on" for c in args.compile) if args.compile else (None,)
+        res = bench_train(
+            args.data, tuple(args.budgets), modes, tuple(args.presets), ablate=args.ablate, micro_batch=args.micro_batch
+        )
+        from minillm.train import speed_table
+
+        print(speed_table(res))
         write_json(args.json, res)
         print(f"wrote {args.json}")
         return 0
@@ -485,7 +579,15 @@ def bench_main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.json}")
         return 0
     res = bench_model(
-        args.presets, args.variants, args.backends, args.device, args.batch, args.seq_len, args.steps, args.new_tokens
+        args.presets,
+        args.variants,
+        args.backends,
+        args.device,
+        args.batch,
+        args.seq_len,
+        args.steps,
+        args.new_tokens,
+        gen_batches=tuple(args.gen_batch),
     )
     write_json(args.json, res)
     print(f"wrote {args.json}")

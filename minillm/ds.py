@@ -10,7 +10,7 @@ import torch.distributed as dist
 from .core import detect_hardware
 from .moe import moe_losses
 from .memory import bucket_elements, zero_bytes, tensor_bytes
-from .train import Engine, TrainConfig, param_groups, accumulation_steps, save_checkpoint
+from .train import DEFAULT_MICRO_BATCH, Engine, TrainConfig, param_groups, accumulation_steps, save_checkpoint
 from .utils import UserError, free_port, patch, write_json
 
 # %% auto #0
@@ -82,12 +82,13 @@ def build_ds_config(
 ) -> dict:
     "A complete ds_config (no 'auto' anywhere) for the trainer settings `tc`."
     stage = 2 if tc.zero_stage is None else tc.zero_stage
-    accum = accumulation_steps(tc.batch_tokens, tc.micro_batch, seq_len, world_size)
+    micro = tc.micro_batch or DEFAULT_MICRO_BATCH  # the trainer resolves None first; a config built alone uses 16
+    accum = accumulation_steps(tc.batch_tokens, micro, seq_len, world_size)
     prec, bucket = ds_precision(tc.precision, device_type), bucket_elements(n_params)
     zero = zero_section(stage, tc.offload, bucket, int(min(1e5, max(1e3, n_params // 1000))), device_type == "cuda")
     cfg = {
-        "train_batch_size": tc.micro_batch * world_size * accum,
-        "train_micro_batch_size_per_gpu": tc.micro_batch,
+        "train_batch_size": micro * world_size * accum,
+        "train_micro_batch_size_per_gpu": micro,
         "gradient_accumulation_steps": accum,
         "gradient_clipping": tc.grad_clip,
         "optimizer": {
@@ -222,7 +223,7 @@ def resolve_ds_config(
             "a 'scheduler' section: minillm sets the learning rate every step (--lr, --warmup-steps, --schedule);"
             " remove it"
         )
-    micro = cfg.get("train_micro_batch_size_per_gpu", tc.micro_batch)
+    micro = cfg.get("train_micro_batch_size_per_gpu", tc.micro_batch or DEFAULT_MICRO_BATCH)
     accum, tbs = cfg.get("gradient_accumulation_steps"), cfg.get("train_batch_size")
     if accum is None and tbs is None:
         accum = accumulation_steps(tc.batch_tokens, micro, seq_len, world_size)

@@ -28,7 +28,8 @@ __all__ = ['RECIPES', 'ADAM_STEP_BYTES', 'GPU_MEMORY_GB', 'CUDA_CONTEXT', 'MARGI
            'MEMORY_PRESETS', 'Recipe', 'model_state_bytes', 'tensor_bytes', 'measured_model_states', 'zero_bytes',
            'llama8b', 'gb', 'attention_kernel', 'activation_inventory', 'activation_bytes', 'saved_tensor_bytes',
            'measured_activations', 'kv_cache_bytes', 'bucket_elements', 'estimate', 'fits', 'recommend', 'memory_table',
-           'draw_bars', 'calculator', 'memory_parser', 'memory_config', 'train_args', 'launch_command', 'memory_main']
+           'fit_micro_batch', 'draw_bars', 'calculator', 'memory_parser', 'memory_config', 'train_args',
+           'launch_command', 'memory_main']
 
 # %% ../nbs/10_memory.ipynb #10918958
 @dataclass(frozen=True)
@@ -580,6 +581,19 @@ def memory_table(est: dict, gpu_mem_gb: float | None = None) -> str:
     if gpu_mem_gb:
         lines.append(f"  {'fits' if fits(est, gpu_mem_gb) else 'does NOT fit'} in {gpu_mem_gb:g} GB")
     return "\n".join(lines)
+
+# %% ../nbs/10_memory.ipynb #fd682296
+def fit_micro_batch(
+    c: ModelConfig, seq_len: int | None, per_rank: int, gpu_mem_gb: float, **settings
+) -> tuple[int, dict]:
+    """The largest micro-batch that divides `per_rank` (sequences per rank per optimizer step) and whose `estimate`
+    under `settings` (gpus, zero, offload, precision, checkpointing, loss_chunk, ...) fits `gpu_mem_gb`, with that
+    estimate; (1, its estimate) when even one sequence does not fit."""
+    for mb in sorted((d for d in range(1, per_rank + 1) if per_rank % d == 0), reverse=True):
+        est = estimate(c, seq_len, mb, **settings)
+        if fits(est, gpu_mem_gb):
+            return mb, est
+    return 1, estimate(c, seq_len, 1, **settings)
 
 # %% ../nbs/10_memory.ipynb #f5f68c2c
 COLORS = dict(

@@ -32,8 +32,8 @@ __all__ = ['ATTENTION', 'POSITIONAL', 'NORMS', 'FFNS', 'LAYER_KEYS', 'FIELD_RULE
            'CHECKPOINTING', 'PRESETS', 'rms_norm', 'RMSNorm', 'LayerNorm', 'make_norm', 'MLP', 'SwiGLU', 'ffn_hidden',
            'ModelConfig', 'load_layer_configs', 'resolve_layers', 'pre_norm_block', 'make_attention', 'make_ffn',
            'Block', 'lm_loss', 'ChunkedLMLoss', 'chunked_lm_loss', 'checkpoint_mode', 'MiniLLM', 'decoder_forward',
-           'filter_logits', 'sample_next', 'attention_params', 'param_formula', 'flops_per_token',
-           'config_from_checkpoint', 'check_state_dict', 'preset', 'param_table']
+           'filter_logits', 'sample_next', 'StaticLayerCache', 'StaticKVCache', 'decoding_plan', 'attention_params',
+           'param_formula', 'flops_per_token', 'config_from_checkpoint', 'check_state_dict', 'preset', 'param_table']
 
 # %% ../nbs/07_model.ipynb #a6f82b8c
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -694,13 +694,14 @@ class MiniLLM(nn.Module):
             _check_ids(input_ids, c.vocab_size)
         b, t = input_ids.shape
         start = cache.pos if cache is not None else 0
-        if t > c.max_seq_len or (c.positional in ("learned", "sinusoidal") and start + t > c.max_seq_len):
+        absolute = c.positional in ("learned", "sinusoidal") and not torch.is_tensor(start)  # a static cache checks
+        if t > c.max_seq_len or (absolute and start + t > c.max_seq_len):
             raise ValueError(
                 f"sequence positions {start}..{start + t - 1} exceed max_seq_len={c.max_seq_len}: "
                 "crop the input to the last max_seq_len tokens (generate() does this)."
             )
         x = self.tok_emb(input_ids)  # (b, t, C)
-        pos = torch.arange(start, start + t, device=input_ids.device)
+        pos = torch.arange(t, device=input_ids.device) + start  # start: an int, or a static cache's 0-dim tensor
         if c.positional == "learned":
             x = x + self.pos_emb(pos)
         elif c.positional == "sinusoidal":
@@ -848,13 +849,18 @@ def generate(
     return_logits: bool = False,
     stop_ids=None,
     on_token=None,
+    static: bool | None = None,
+    compile: bool | None = None,
 ):
     """Continue (b, t) `input_ids` by up to `max_new_tokens` tokens. Returns (b, t + n) ids (and (b, n, V) logits).
     A sequence that emits `eos_id` or any of `stop_ids` is finished: later positions repeat that id, and generation
     ends when every sequence is finished. `on_token(nxt)` is called with each step's (b,) new ids as soon as they
-    are sampled (to stream them); an exception it raises (e.g. KeyboardInterrupt) ends generation."""
+    are sampled (to stream them); an exception it raises (e.g. KeyboardInterrupt) ends generation. `static`: decode
+    into a StaticKVCache (section below), and `compile`: torch.compile its one-token step; None: both on CUDA, where the
+    model allows it, and neither on a CPU."""
     stops = ([] if eos_id is None else [eos_id]) + list(stop_ids or [])
     _check_generate(self, input_ids, max_new_tokens, temperature, top_k, top_p, stops, rolling)
+    static, step = decoding_plan(self, input_ids, use_cache, rolling, static, compile)
     was_training, T = self.training, self.config.max_seq_len
     self.eval()
     out, cache, seen = input_ids, None, []
@@ -865,12 +871,12 @@ def generate(
             if not use_cache:
                 logits = self(out[:, -T:], last_only=True)[0]
             elif cache is None or (out.size(1) > T and not rolling):  # (re)encode the window
-                cache = KVCache(len(self.blocks))
+                cache = StaticKVCache(len(self.blocks), T, out.device) if static else KVCache(len(self.blocks))
                 logits = self(out[:, -T:], cache=cache, last_only=True)[0]
             else:
-                if len(cache) >= T:
+                if not static and len(cache) >= T:
                     cache.trim(T - 1)
-                logits = self(out[:, -1:], cache=cache, last_only=True)[0]
+                logits = step(out[:, -1:], cache)
             logits = logits[:, -1]  # (b, V)
             nxt = sample_next(logits, temperature, top_k, top_p, generator)
             if stops:  # finished rows repeat their stop id
@@ -891,6 +897,77 @@ def generate(
     return out, (
         torch.stack(seen, 1) if seen else out.new_zeros(out.size(0), 0, self.config.vocab_size, dtype=torch.float)
     )
+
+# %% ../nbs/07_model.ipynb #fe4d1693
+class StaticLayerCache:
+    "One layer's cached tensors in buffers of the cache's capacity (time is dim -2), written in place at its position."
+
+    def __init__(self, parent: "StaticKVCache"):
+        self.parent, self.tensors = parent, {}
+
+    def update(self, **new: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        "Write the new steps at positions pos..pos+t-1; return the whole buffers, in the order given."
+        p = self.parent
+        for name, x in new.items():
+            if name not in self.tensors:
+                self.tensors[name] = x.new_zeros(*x.shape[:-2], p.capacity, x.shape[-1])  # (..., capacity, d)
+            idx = torch.arange(x.size(-2), device=x.device) + p.pos
+            self.tensors[name].index_copy_(x.dim() - 2, idx, x)
+        return tuple(self.tensors[name] for name in new)
+
+    def attn_mask(self, t_q: int) -> torch.Tensor:
+        "(t_q, capacity) booleans: the query at position pos + i sees the slots at positions <= pos + i."
+        p = self.parent
+        i = torch.arange(t_q, device=p.pos.device) + p.pos
+        return torch.arange(p.capacity, device=p.pos.device)[None, :] <= i[:, None]
+
+    def nbytes(self) -> int:
+        return sum(v.numel() * v.element_size() for v in self.tensors.values())
+
+
+class StaticKVCache(KVCache):
+    """A KVCache of fixed capacity whose position `pos` is a 0-dim tensor on the device: every step of decoding has the
+    same shapes, so torch.compile and CUDA graphs can reuse one graph for all of them."""
+
+    def __init__(self, num_layers: int, capacity: int, device):
+        self.capacity = capacity
+        self.pos = torch.zeros((), dtype=torch.long, device=device)
+        self.layers = [StaticLayerCache(self) for _ in range(num_layers)]
+
+    def __len__(self):
+        return int(self.pos)  # reads the device: generate keeps its own count
+
+    def trim(self, keep: int):
+        raise ValueError("a StaticKVCache does not roll: use KVCache (generate(..., static=False)) for rolling=True")
+
+# %% ../nbs/07_model.ipynb #0e7269e2
+def decoding_plan(model: MiniLLM, ids: torch.Tensor, use_cache: bool, rolling: bool, static, compile) -> tuple:
+    """(static, step) for generate: whether to decode into a StaticKVCache, and the one-token step `step(ids, cache)
+    -> logits`, compiled or not. None: static and compiled on CUDA where the model allows it, neither on a CPU."""
+    can = (
+        use_cache
+        and not rolling
+        and all(c.attention != "mla" for c in map(model.config.layer, range(len(model.blocks))))
+    )
+    if static and not can:
+        raise ValueError(
+            "static=True needs use_cache, rolling=False and no MLA layer (its cache is the latent): drop it"
+        )
+    static = (can and (ids.is_cuda or bool(compile))) if static is None else static
+    if compile and not static:
+        why = "a growing cache changes shape every step" if can else "this model or these settings cannot use it"
+        raise ValueError(f"compile=True needs the static cache ({why}): drop compile")
+    compile = static and ids.is_cuda if compile is None else compile
+
+    def step(x, cache):
+        return model(x, cache=cache, last_only=True)[0]
+
+    if not compile:
+        return static, step
+    if "_compiled_step" not in model.__dict__:  # one compiled step per model, kept across calls
+        mode = "reduce-overhead" if ids.is_cuda else None  # CUDA graphs: the step replays as one launch
+        model.__dict__["_compiled_step"] = torch.compile(step, mode=mode, fullgraph=False)
+    return static, model.__dict__["_compiled_step"]
 
 # %% ../nbs/07_model.ipynb #5470886b
 @patch

@@ -53,16 +53,18 @@ from minillm.utils import (
 )
 
 # %% auto #0
-__all__ = ['UNCAPPED', 'Schedule', 'Offload', 'SCHEDULES', 'OFFLOADS', 'CHECKPOINT_KEYS', 'ENGINES', 'SPEEDUPS', 'COMPILES',
-           'FUSED_ADAMW', 'RUN_FILES', 'FLAGS', 'TrainConfig', 'literal_values', 'accumulation_steps', 'param_groups',
-           'lr_at', 'adamw_update', 'Dist', 'dist_env', 'setup_dist', 'choose_amp', 'rng_state', 'set_rng_state',
-           'save_checkpoint', 'load_checkpoint', 'check_compatible', 'engine_class', 'held_bytes', 'Engine',
-           'DDPEngine', 'speed_settings', 'apply_speed', 'describe_speed', 'Trainer', 'run_files', 'clear_run',
-           'Diverged', 'LivePlot', 'load_model', 'sample_text', 'model_override', 'read_config_file', 'build_configs',
-           'train_parser', 'check_out', 'train_main', 'sample_parser', 'sample_main']
+__all__ = ['UNCAPPED', 'DEFAULT_MICRO_BATCH', 'Schedule', 'Offload', 'SCHEDULES', 'OFFLOADS', 'CHECKPOINT_KEYS', 'ENGINES',
+           'SPEEDUPS', 'COMPILES', 'FUSED_ADAMW', 'RUN_FILES', 'FLAGS', 'TrainConfig', 'literal_values',
+           'accumulation_steps', 'param_groups', 'lr_at', 'adamw_update', 'Dist', 'dist_env', 'setup_dist',
+           'choose_amp', 'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'check_compatible',
+           'engine_class', 'held_bytes', 'Engine', 'DDPEngine', 'speed_settings', 'apply_speed', 'describe_speed',
+           'speed_table', 'Trainer', 'run_files', 'clear_run', 'Diverged', 'LivePlot', 'load_model', 'sample_text',
+           'model_override', 'read_config_file', 'build_configs', 'train_parser', 'check_out', 'train_main',
+           'sample_parser', 'sample_main']
 
 # %% ../nbs/09_train.ipynb #9c1266ab
 UNCAPPED = 10**9  # max_steps when a time budget or --epochs decides the length
+DEFAULT_MICRO_BATCH = 16  # sequences per rank per step when neither --micro-batch nor --batch-tokens says
 
 
 Schedule = Literal["cosine", "linear"]  # how the learning rate decays after warmup
@@ -79,8 +81,9 @@ class TrainConfig:
 
     data: str = "data/builtin"  # a folder written by `minillm prepare`
     out: str = "runs/demo"
-    micro_batch: int = 16  # sequences per forward pass, per rank
-    batch_tokens: int | None = None  # None: micro_batch * seq_len * world size (no accumulation)
+    # sequences per forward pass, per rank; None: 16 on a CPU, on CUDA the largest part of the batch that fits
+    micro_batch: int | None = None
+    batch_tokens: int | None = None  # None: micro_batch (16 when not given) * seq_len * world size
     seq_len: int | None = None  # None: the model's max_seq_len
     lr: float = 3e-3
     min_lr: float | None = None  # None: lr / 10
@@ -752,6 +755,21 @@ def describe_speed(s: dict) -> str:
     on = ", ".join(f"{k} {'on' if s[k] else 'off'}" for k in SPEEDUPS)
     return f"speed: {on}, loss_chunk {s['loss_chunk'] or 'off'}"
 
+# %% ../nbs/09_train.ipynb #7b9879ea
+def speed_table(res: dict) -> str:
+    "A markdown table of a `bench train --ablate` record: tokens/s and MFU with each setting off, against all on."
+    lines = ["| preset | setting off | tokens/s | vs all on | MFU | peak GB |", "|---|---|---|---|---|---|"]
+    ref = None
+    for r in res["runs"]:
+        ref = r["tokens_per_s"] if r["off"] is None else ref  # each preset's run with all on comes first
+        ratio = f"{r['tokens_per_s'] / ref:.2f}x" if ref and r["tokens_per_s"] else "-"
+        mfu_s = f"{r['mfu']:.1%}" if r.get("mfu") else "-"
+        peak = f"{r['peak_mem_gb']:.1f}" if r.get("peak_mem_gb") else "-"
+        lines.append(
+            f"| {r['preset']} | {r['off'] or '(all on)'} | {r['tokens_per_s'] or 0:,.0f} | {ratio} | {mfu_s} | {peak} |"
+        )
+    return "\n".join(lines)
+
 # %% ../nbs/09_train.ipynb #14cca068
 class Trainer:
     "The loop every engine shares: data, schedule, evaluation, logging, signals, checkpoints."
@@ -775,6 +793,8 @@ class Trainer:
         if self.T > model_config.max_seq_len:
             raise ValueError(f"seq_len {self.T} exceeds the model's max_seq_len {model_config.max_seq_len}.")
         self.model_config = model_config
+        if cfg.micro_batch is None:
+            cfg = self.cfg = replace(cfg, micro_batch=self.choose_micro_batch())
         self.accum = accumulation_steps(cfg.batch_tokens, cfg.micro_batch, self.T, self.d.world_size)
         seed_everything(cfg.seed)
         self.raw = MiniLLM(model_config).to(self.d.device)
@@ -818,6 +838,41 @@ class Trainer:
             else None
         )
         self.writers = MetricWriters(None)  # opened by fit, once the run folder is checked
+
+    def choose_micro_batch(self) -> int:
+        """No --micro-batch: 16 on a CPU (or the batch's sequences per rank, when --batch-tokens sets them). On CUDA
+        the largest divisor of those sequences whose memory estimate fits this GPU (lesson 10's fit_micro_batch, with
+        this run's engine, precision and recompute): the rest of the batch is accumulated."""
+        c, world, mc = self.cfg, self.d.world_size, self.model_config
+        if self.d.device.type != "cuda":
+            return DEFAULT_MICRO_BATCH
+        per_rank, rest = divmod(c.batch_tokens or DEFAULT_MICRO_BATCH * self.T * world, self.T * world)
+        if rest or not per_rank:
+            raise ValueError(
+                f"batch_tokens {c.batch_tokens} is not a multiple of seq_len x world_size = {self.T} x {world}: use"
+                f" {max(1, per_rank) * self.T * world}, or give --micro-batch."
+            )
+        from minillm.memory import fit_micro_batch, gb  # lesson 10, imported when a GPU run needs it
+
+        engine = self.engine_name()
+        zero = dict(zero1=1, zero2=2, zero3=3, fsdp=3).get(engine, 0)
+        if engine == "deepspeed":
+            zero = 2 if c.zero_stage is None else c.zero_stage
+        props = torch.cuda.get_device_properties(self.d.device)
+        settings = dict(
+            gpus=world,
+            zero=zero,
+            offload=c.offload,
+            precision=choose_amp(c.precision, self.d.device)[0],
+            checkpointing=c.activation_checkpointing,
+            loss_chunk=speed_settings(c, self.d.device, engine)["loss_chunk"],
+        )
+        mb, est = fit_micro_batch(mc, self.T, per_rank, props.total_memory / 1e9, **settings)
+        self.log(
+            f"micro_batch {mb} of {per_rank} sequences per rank: the largest whose estimate ({gb(est['total'])}) fits"
+            f" this GPU's {gb(props.total_memory)} (`minillm memory` shows the parts; --micro-batch overrides it)"
+        )
+        return mb
 
     def steps_for_epochs(self, epochs: float) -> int:
         "Optimizer steps that draw `epochs` passes over the training windows (every rank, every micro-batch)."
@@ -1319,12 +1374,14 @@ def sample_text(
     seed: int = 0,
     stop_at_eos: bool = True,
     on_text=None,
+    compile: bool | None = None,
 ) -> str:
     """Continue `prompt` (or start a new document when it is empty); returns prompt + continuation, ending before the
     end-of-text
     token when `stop_at_eos`. `on_text(s)` receives each new piece of text as soon as it decodes (a character split
     across
-    tokens waits for its last byte).
+    tokens waits for its last byte). `compile`: generate's (None: on CUDA, where compiling once makes each token
+    faster).
     """
     device = next(model.parameters()).device
     ids = tok.encode(prompt) if prompt else [tok.eos_id]
@@ -1352,7 +1409,14 @@ def sample_text(
 
     try:
         model.generate(
-            torch.tensor([ids], device=device), max_new_tokens, temperature, top_k, top_p, generator=g, on_token=stream
+            torch.tensor([ids], device=device),
+            max_new_tokens,
+            temperature,
+            top_k,
+            top_p,
+            generator=g,
+            on_token=stream,
+            compile=compile,
         )
     except _End:
         pass
@@ -1455,7 +1519,11 @@ def _beta(s: str) -> float:
 
 
 FLAGS = {  # TrainConfig field: (argparse type or choices, help)
-    "micro_batch": (positive_int, "sequences per forward pass, per process"),
+    "micro_batch": (
+        positive_int,
+        "sequences per forward pass, per process (default: 16 on a CPU; on a GPU the largest part of the batch whose"
+        " memory estimate fits, the rest accumulated)",
+    ),
     "batch_tokens": (
         positive_int,
         "tokens per optimizer step over all processes; accumulation makes up the rest (default: no accumulation)",
@@ -1695,6 +1763,12 @@ def sample_parser() -> argparse.ArgumentParser:
         "--stop-at-eos", action=argparse.BooleanOptionalAction, default=True, help="stop at the end-of-text token"
     )
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when there is one)")
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="compile the one-token decoding step (default: on CUDA; the first token waits for the compiler)",
+    )
     return p
 
 
@@ -1723,6 +1797,7 @@ def sample_main(argv: list[str] | None = None) -> int:
             a.seed,
             stop_at_eos=a.stop_at_eos,
             on_text=lambda s: print(s, end="", flush=True),
+            compile=a.compile,
         )
     except KeyboardInterrupt:
         print(flush=True)

@@ -48,14 +48,14 @@ class RoPE(nn.Module):
             raise ValueError(f"RoPE needs an even head dim, got {head_dim}.")
         self.head_dim, self.theta = head_dim, theta
 
-    def forward(self, x: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, start_pos: int | torch.Tensor = 0) -> torch.Tensor:
         # angles in fp32, computed on the fly: a buffer would lose precision when the model is cast to bf16
         t = x.size(-2)
         inv_freq = self.theta ** (
             -torch.arange(0, self.head_dim, 2, device=x.device, dtype=torch.float32) / self.head_dim
         )
-        # (t, d/2)
-        ang = torch.arange(start_pos, start_pos + t, device=x.device, dtype=torch.float32)[:, None] * inv_freq
+        # (t, d/2); start_pos may be a 0-dim tensor (a static cache's position: no new graph per step)
+        ang = (torch.arange(t, device=x.device) + start_pos).float()[:, None] * inv_freq
         return apply_rotary(x.float(), ang.cos(), ang.sin()).to(x.dtype)
 
 # %% ../nbs/06_variants.ipynb #0873a36e
@@ -148,9 +148,11 @@ class GroupedQueryAttention(nn.Module):
         k, v = (split_heads(p(x), self.num_kv_heads) for p in (self.k_proj, self.v_proj))  # 2 x (b, h_kv, t, d)
         if self.rope is not None:
             q, k = self.rope(q, start_pos), self.rope(k, start_pos)
+        mask = None
         if cache is not None:
             k, v = cache.update(k=k, v=v)  # (b, h_kv, t_k, d)
-        y = attend(q, k, v, dropout_p=self.dropout if self.training else 0.0, backend=self.backend)  # (b, h, t, d)
+            mask = cache.attn_mask(t) if hasattr(cache, "attn_mask") else None  # lesson 07's static cache
+        y = attend(q, k, v, dropout_p=self.dropout if self.training else 0.0, backend=self.backend, mask=mask)
         return self.resid_drop(self.o_proj(merge_heads(y)))  # (b, t, C)
 
 # %% ../nbs/06_variants.ipynb #3e5a0988

@@ -8,7 +8,7 @@ from multiprocessing.connection import wait as _wait_any
 from types import SimpleNamespace
 import torch
 import torch.distributed as dist
-from .train import Engine, TrainConfig, Dist, choose_amp, param_groups, held_bytes
+from .train import Engine, TrainConfig, Dist, choose_amp, param_groups, held_bytes, speed_settings
 from .moe import moe_layers, in_backward
 from .utils import free_port
 
@@ -131,6 +131,7 @@ def bare_trainer(model: torch.nn.Module, accum: int = 1, **cfg) -> SimpleNamespa
         accum=accum,
         moe=bool(moe_layers(model)),
         precision=None,
+        speed=speed_settings(c, torch.device(c.device), c.engine or "single"),  # on a CPU: every setting off
         log=print if rank == 0 else (lambda *a, **k: None),
     )
 

@@ -19,6 +19,7 @@ from minillm.lessons import (
     find_root,
     frontmatter,
     lesson_sources,
+    new_notebook,
     read_nb,
     read_settings,
     split_directives,
@@ -146,15 +147,7 @@ def site_page(nb: dict, name: str, root: Path, pages: set[str], cfg: dict | None
             cells.append(site_cell("markdown", f"```{{note}}\n{FLAG_NOTES[flag]}\n```", f"{cid}-{flag}"))
             tags.append("skip-execution")
         cells.append(site_cell("code", code, cid, tags, meta))
-    return {
-        "cells": cells,
-        "metadata": {
-            "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-            "language_info": {"name": "python"},
-        },
-        "nbformat": 4,
-        "nbformat_minor": 5,
-    }
+    return new_notebook(cells)
 
 # %% ../nbs/93_docs.ipynb #94a5b622
 CONF = '''\

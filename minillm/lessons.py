@@ -19,9 +19,9 @@ from .utils import write_atomic
 
 # %% auto #0
 __all__ = ['RUFF_FORMAT', 'find_root', 'project_root', 'read_settings', 'read_nb', 'src', 'split_directives', 'frontmatter',
-           'stub_exercise', 'pasteable', 'exercise_hints', 'urls', 'code_tree', 'lesson_extras', 'setup_cell',
-           'make_lesson', 'lesson_sources', 'course_map_markdown', 'readme_from_index', 'lessons_readme', 'dumps_nb',
-           'generated_files', 'stale_lessons', 'lessons_main', 'format_exports', 'format_main']
+           'stub_exercise', 'pasteable', 'exercise_hints', 'new_notebook', 'urls', 'code_tree', 'lesson_extras',
+           'setup_cell', 'make_lesson', 'lesson_sources', 'course_map_markdown', 'readme_from_index', 'lessons_readme',
+           'dumps_nb', 'generated_files', 'stale_lessons', 'lessons_main', 'format_exports', 'format_main']
 
 # %% ../nbs/90_lessons.ipynb #267572ac
 _DIRECTIVE = re.compile(r"^\s*#\|\s*([\w-]+):?\s*(.*?)\s*$")
@@ -167,6 +167,19 @@ def _cell(kind: str, text: str, id: str) -> dict:
     return c
 
 
+def new_notebook(cells: list[dict]) -> dict:
+    "An nbformat 4.5 notebook of `cells` with a Python 3 kernel (the learner's lessons, the website's pages)."
+    return {
+        "cells": cells,
+        "metadata": {
+            "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+            "language_info": {"name": "python"},
+        },
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+
+
 def urls(cfg: dict, path: str) -> dict:
     "Links to `path` (relative to the repo root) on GitHub, Colab and Kaggle, from settings.ini."
     gh = f"github.com/{cfg['user']}/{cfg['repo']}/blob/{cfg['branch']}/{path}"
@@ -293,15 +306,7 @@ def make_lesson(nb: dict, name: str, cfg: dict, keep_hidden: bool = False) -> di
         cells.append(_cell("code", code, cid))
     if pending is not None:
         raise ValueError(f"nbs/{name}: exercise cell {pending} must be followed by a `#| selfcheck` cell.")
-    return {
-        "cells": cells,
-        "metadata": {
-            "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-            "language_info": {"name": "python"},
-        },
-        "nbformat": 4,
-        "nbformat_minor": 5,
-    }
+    return new_notebook(cells)
 
 # %% ../nbs/90_lessons.ipynb #06653154
 def lesson_sources(root: Path) -> list[Path]:

@@ -52,7 +52,6 @@ def runs(data, tmp_path_factory):
     out["ddp"] = base / "ddp"
     for name, flags in (("zero1", ["--engine", "deepspeed", "--zero-stage", "1"]), ("zero2", ["--zero-stage", "2"]), ("zero3", ["--zero-stage", "3"]),
                         ("zero2-offload", ["--zero-stage", "2", "--offload", "optimizer"]),
-                        ("zero2-recompute", ["--zero-stage", "2", "--activation-checkpointing"]),
                         ("zero3-recompute", ["--zero-stage", "3", "--activation-checkpointing"]),
                         ("zero3-max", ["zero3-max"])):
         args = flags if flags[0] == "--engine" else ["--deepspeed", *flags]     # --engine deepspeed means --deepspeed
@@ -74,11 +73,12 @@ def test_zero_stages_follow_the_plain_trainer(runs):
 
 
 def test_recompute_gives_the_same_losses(runs):
-    """ZeRO-2 and ZeRO-3 with activations recomputed by deepspeed.checkpointing (--activation-checkpointing, and the
-    shipped zero3-max: stage 3, everything offloaded to CPU, recompute) give the losses of the same runs without it:
+    """ZeRO-3 with activations recomputed by deepspeed.checkpointing (--activation-checkpointing, and the shipped
+    zero3-max: stage 3, everything offloaded to CPU, recompute) gives the losses of the same run without it (ZeRO-2's
+    recompute goes through the same trainer code; its run was dropped to keep the suite inside its time budget):
     recomputing a forward changes no number. deepspeed.checkpointing.configure must run after DeepSpeed's communication
     starts: before, two processes stopped on a batch-size mismatch and one on "backend not set"."""
-    for name, ref in (("zero2-recompute", "zero2"), ("zero3-recompute", "zero3"), ("zero3-max", "zero3")):
+    for name, ref in (("zero3-recompute", "zero3"), ("zero3-max", "zero3")):
         a, b = losses(runs[ref]), losses(runs[name])
         assert len(b) == 12 and all(abs(x - y) <= 1e-5 * abs(x) for x, y in zip(a, b)), (name, a, b)
         assert "activation_checkpointing" in json.loads((runs[name] / "ds_config.json").read_text())

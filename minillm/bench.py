@@ -282,51 +282,53 @@ def bench_train(
     hw = detect_hardware()
     device = hw.device_names[0] if hw.device_names else f"CPU, {os.cpu_count()} cores"
     res = dict(benchmark="train", presets=list(presets), device=device, hardware=asdict(hw), runs=[])
+
+    def run(name, b, cfg0, off, extra):
+        "One training run: its record (logged) and the speed settings it resolved."
+        rows = []
+        with tempfile.TemporaryDirectory() as d:
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
+            cfg = TrainConfig(data=data, out=out or d, **{**cfg0, **extra})
+            t0 = time.perf_counter()
+            tr = Trainer(preset(name), cfg, log=lambda *a: None, callbacks=[rows.append])
+            final = tr.fit()
+            wall = time.perf_counter() - t0
+        last = rows[-1] if rows else {}
+        r = dict(
+            preset=name,
+            device=device,
+            budget_s=b,
+            off=off,
+            speed=dict(tr.speed),
+            micro_batch=tr.cfg.micro_batch,
+            seq_len=tr.T,
+            steps=tr.step,
+            tokens=tr.step * tr.tokens_per_step,
+            wall_s=wall,
+            tokens_per_s=last.get("tokens_per_s"),
+            mfu=last.get("mfu"),
+            peak_mem_gb=torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else None,
+            **final,
+        )
+        mfu_s = f", MFU {r['mfu']:.1%}" if r["mfu"] else ""
+        log(
+            f"{name} {b:g} s {'all on' if off is None else off + ' off':>16}: {tr.step:>5} steps,"
+            f" {r['tokens_per_s'] or 0:>9,.0f} tok/s{mfu_s}, val_bpb {final.get('val_bpb', float('nan')):.3f}"
+        )
+        return r
+
     for name in presets:
         for comp in compile_modes:
             for b in budgets:
                 cfg0 = dict(base or {}, compile=comp, time_budget=b, max_steps=1_000_000, eval_every=1_000_000)
                 cfg0.update(eval_batches=40, log_every=10, **({"micro_batch": micro_batch} if micro_batch else {}))
-                variants = None
-                while variants is None or variants:
-                    off, extra = variants.pop(0) if variants else (None, {})
-                    rows = []
-                    with tempfile.TemporaryDirectory() as d:
-                        if torch.cuda.is_available():
-                            torch.cuda.reset_peak_memory_stats()
-                        cfg = TrainConfig(data=data, out=out or d, **{**cfg0, **extra})
-                        t0 = time.perf_counter()
-                        tr = Trainer(preset(name), cfg, log=lambda *a: None, callbacks=[rows.append])
-                        final = tr.fit()
-                        wall = time.perf_counter() - t0
-                    last = rows[-1] if rows else {}
-                    r = dict(
-                        preset=name,
-                        device=device,
-                        budget_s=b,
-                        off=off,
-                        speed=dict(tr.speed),
-                        micro_batch=tr.cfg.micro_batch,
-                        seq_len=tr.T,
-                        steps=tr.step,
-                        tokens=tr.step * tr.tokens_per_step,
-                        wall_s=wall,
-                        tokens_per_s=last.get("tokens_per_s"),
-                        mfu=last.get("mfu"),
-                        peak_mem_gb=torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else None,
-                        **final,
-                    )
-                    res["runs"].append(r)
-                    if variants is None:  # the first run decided what is on: switch each off in turn
-                        variants = train_variants(tr.speed, ablate)[1:]
-                    mfu_s = f", MFU {r['mfu']:.1%}" if r["mfu"] else ""
-                    log(
-                        f"{name} {b:g} s {'all on' if off is None else off + ' off':>16}: {tr.step:>5} steps,"
-                        f" {r['tokens_per_s'] or 0:>9,.0f} tok/s{mfu_s},"
-                        f" val_bpb {final.get('val_bpb', float('nan')):.3f}"
-                    )
+                first = run(name, b, cfg0, None, {})  # all on: it decides which settings to switch off in turn
+                res["runs"].append(first)
+                res["runs"] += [
+                    run(name, b, cfg0, off, extra) for off, extra in train_variants(first["speed"], ablate)[1:]
+                ]
     return res
-
 
 # %% ../nbs/95_bench.ipynb #92856e74
 def _steady_tokens_per_s(rows: list[dict], skip: int = 5) -> float:

@@ -1,31 +1,46 @@
 #!/bin/sh
 # The GPU figures the training lesson's speed section and `minillm bench` record, in one pass on a CUDA machine.
-# Run from the repository root: `sh benchmarks/gpu.sh [part]`, part = tests, train, model or all (default).
-# It needs only a python3 that has torch, numpy, regex, sentencepiece and tqdm (PYTHONPATH=. runs this checkout
-# without installing it); it writes its JSON into $OUT (default benchmarks/), named after the GPU.
-set -eu
+# Run from the repository root: `sh benchmarks/gpu.sh [part ...]`, parts: train, model, tests, ablate, flash (default:
+# all five, in that order). It needs only a python3 that has torch, numpy, regex, sentencepiece and tqdm (PYTHONPATH=.
+# runs this checkout without installing it); it writes its JSON into $OUT (default benchmarks/), named after the GPU.
+# BUDGET: seconds of training per run after the first, compiling step (default 15). Every part runs even when one
+# before it fails; the script exits non-zero if any failed. `bench train` saves its JSON after each run, so a part
+# stopped early (by `timeout`, say) keeps the runs it finished.
+set -u
 OUT=${OUT:-benchmarks}
 PY=${PY:-python3}
-PART=${1:-all}
+BUDGET=${BUDGET:-15}
+PARTS=${*:-train model tests ablate flash}
 export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 mkdir -p "$OUT"
-gpu=$($PY -c "import torch; n = torch.cuda.get_device_name(); print(n.split()[1].lower() if ' ' in n else n.lower())")
+gpu=$($PY -c "import torch; n = torch.cuda.get_device_name(); print(n.split()[1].lower() if ' ' in n else n.lower())") || exit 1
 data=data/builtin-8192
 if [ ! -f "$data/meta.json" ]; then
-    $PY -m minillm prepare --corpus builtin --tokenizer bpe --vocab-size 8192 --out "$data" --no-progress
+    $PY -m minillm prepare --corpus builtin --tokenizer bpe --vocab-size 8192 --out "$data" --no-progress || exit 1
 fi
-case "$PART" in all|tests)
-    # the gpu-flagged tests (about a minute)
-    MINILLM_TEST_FLAGS=gpu $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_flash.py 2>&1 | tee "$OUT/gpu-tests-$gpu.log"
-esac
-case "$PART" in all|train)
-    # small with each speed setting switched off in turn, then medium and large with all on (15 s of training each,
-    # after the first, compiling step)
-    $PY -m minillm bench train --data "$data" --presets small --budgets 15 --ablate --json "$OUT/train-ablate-$gpu.json"
-    $PY -m minillm bench train --data "$data" --presets medium large --budgets 15 --json "$OUT/train-$gpu.json"
-esac
-case "$PART" in all|model)
-    # generation: demo and small, batch 1 and 8, growing cache vs static vs static compiled
-    $PY -m minillm bench model --presets demo small --variants mha --backends sdpa --gen-batch 1 8 --steps 3 \
-        --json "$OUT/model-$gpu.json"
-esac
+failed=""
+for part in $PARTS; do
+    echo "== $part ($(date +%T))"
+    case "$part" in
+    train)  # medium and large with every setting on
+        $PY -m minillm bench train --data "$data" --presets medium large --budgets "$BUDGET" --json "$OUT/train-$gpu.json" ;;
+    model)  # forward+backward of demo and small; generation at batch 1 and 8, growing cache vs static vs compiled
+        $PY -m minillm bench model --presets demo small --variants mha --backends sdpa --gen-batch 1 8 --steps 3 \
+            --json "$OUT/model-$gpu.json" ;;
+    tests)  # the gpu-flagged tests
+        MINILLM_TEST_FLAGS=gpu $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_flash.py \
+            >"$OUT/gpu-tests-$gpu.log" 2>&1
+        rc=$?; cat "$OUT/gpu-tests-$gpu.log"; [ $rc -eq 0 ] ;;
+    ablate)  # small with every setting on, then each switched off alone
+        $PY -m minillm bench train --data "$data" --presets small --budgets "$BUDGET" --ablate \
+            --json "$OUT/train-ablate-$gpu.json" ;;
+    flash)  # lesson 14's attention kernels, forward + backward, bf16, causal, 1k to 16k tokens
+        $PY -c "import sys, torch; from minillm.flash import attention_speed; from minillm.utils import write_json
+rows = attention_speed(); [print(r) for r in rows]
+write_json(sys.argv[1], dict(benchmark='attention', device=torch.cuda.get_device_name(), runs=rows))" \
+            "$OUT/flash-$gpu.json" ;;
+    *) echo "unknown part $part: use train, model, tests, ablate or flash"; false ;;
+    esac || failed="$failed $part"
+done
+echo "== done ($(date +%T))${failed:+; failed:$failed}"
+[ -z "$failed" ]

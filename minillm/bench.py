@@ -271,10 +271,12 @@ def bench_train(
     ablate: bool = False,
     base: dict | None = None,
     micro_batch: int | None = None,
+    on_run=None,
 ) -> dict:
     """Per preset and training-time budget: tokens/s (after the first, compiling step), MFU, peak GPU memory, val bits
     per byte, and which speed settings were on (`compile_modes`: None is the device's default). With `ablate`, every
-    setting that is on is also switched off alone. `base`: TrainConfig overrides for every run."""
+    setting that is on is also switched off alone. `base`: TrainConfig overrides for every run. `on_run(res)` is called
+    after each run, so a caller can save what is done before a long series ends (or is stopped)."""
     import tempfile
     from minillm.train import TrainConfig, Trainer
 
@@ -324,10 +326,10 @@ def bench_train(
                 cfg0 = dict(base or {}, compile=comp, time_budget=b, max_steps=1_000_000, eval_every=1_000_000)
                 cfg0.update(eval_batches=40, log_every=10, **({"micro_batch": micro_batch} if micro_batch else {}))
                 first = run(name, b, cfg0, None, {})  # all on: it decides which settings to switch off in turn
-                res["runs"].append(first)
-                res["runs"] += [
-                    run(name, b, cfg0, off, extra) for off, extra in train_variants(first["speed"], ablate)[1:]
-                ]
+                for off, extra in train_variants(first["speed"], ablate):
+                    res["runs"].append(first if off is None else run(name, b, cfg0, off, extra))
+                    if on_run:
+                        on_run(res)
     return res
 
 # %% ../nbs/95_bench.ipynb #92856e74
@@ -567,7 +569,13 @@ def bench_main(argv: list[str] | None = None) -> int:
     if args.name == "train":
         modes = tuple(c == "on" for c in args.compile) if args.compile else (None,)
         res = bench_train(
-            args.data, tuple(args.budgets), modes, tuple(args.presets), ablate=args.ablate, micro_batch=args.micro_batch
+            args.data,
+            tuple(args.budgets),
+            modes,
+            tuple(args.presets),
+            ablate=args.ablate,
+            micro_batch=args.micro_batch,
+            on_run=lambda r: write_json(args.json, r),  # each run saved as it ends: a stopped series keeps its runs
         )
         from minillm.train import speed_table
 

@@ -13,7 +13,7 @@ from .attention import causal_mask, repeat_kv
 # %% auto #0
 __all__ = ['naive_attention', 'online_softmax_update', 'forward_tile', 'tiled_forward', 'softmax_backward_tile', 'tiled_backward',
            'TiledAttention', 'tiled_attention', 'flash_attend', 'triton_status', 'TritonAttention', 'triton_attention',
-           'attention_saved_bytes']
+           'attention_saved_bytes', 'attention_flops', 'attention_speed']
 
 # %% ../nbs/14_flash.ipynb #8987a6ed
 def naive_attention(q, k, v, causal: bool = True, scale: float | None = None):
@@ -530,3 +530,39 @@ def attention_saved_bytes(
         "triton": lambda: triton_attention(q, k, v, block=128),
     }[backend]
     return saved_tensor_bytes(run, exclude=(q, k, v))[0]
+
+# %% ../nbs/14_flash.ipynb #5bf81317
+def attention_flops(t: int, heads: int = 16, head_dim: int = 64, batch: int = 1, causal: bool = True) -> float:
+    "Forward + backward FLOPs of one attention call as FlashAttention-2 counts them: 4bht^2d forward, x3.5 with backward."
+    return 3.5 * 4 * batch * heads * t * t * head_dim / (2 if causal else 1)
+
+
+def attention_speed(
+    lengths=(1024, 2048, 4096, 8192, 16384), heads: int = 16, head_dim: int = 64, dtype=torch.bfloat16, reps: int = 10
+) -> list[dict]:
+    """Per length and kernel (sdpa, triton, and flash-attn where installed): the mean ms of one causal forward +
+    backward on CUDA, timed by CUDA events after 3 warm-ups, and its TFLOP/s by `attention_flops`."""
+    from minillm.attention import attend, resolve_backend
+
+    def bench(f, q, k, v):
+        for _ in range(3):
+            f(q, k, v).backward(torch.ones_like(q))
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        for _ in range(reps):
+            f(q, k, v).backward(torch.ones_like(q))
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / reps
+
+    kernels = {"sdpa": lambda q, k, v: attend(q, k, v, backend="sdpa"), "triton": triton_attention}
+    if resolve_backend("auto", "cuda", dtype)[0] == "flash":
+        kernels["flash-attn"] = lambda q, k, v: attend(q, k, v, backend="flash")
+    rows = []
+    for t in lengths:
+        q, k, v = (torch.randn(1, heads, t, head_dim, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
+        for name, f in kernels.items():
+            ms = bench(f, q, k, v)
+            rows.append(dict(kernel=name, tokens=t, ms=ms, tflops=attention_flops(t, heads, head_dim) / ms / 1e9))
+    return rows

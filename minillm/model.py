@@ -910,7 +910,7 @@ class StaticLayerCache:
         p = self.parent
         for name, x in new.items():
             if name not in self.tensors:
-                self.tensors[name] = x.new_zeros(*x.shape[:-2], p.capacity, x.shape[-1])  # (..., capacity, d)
+                self.tensors[name] = p.static(x.new_zeros(*x.shape[:-2], p.capacity, x.shape[-1]))  # (..., capacity, d)
             idx = torch.arange(x.size(-2), device=x.device) + p.pos
             self.tensors[name].index_copy_(x.dim() - 2, idx, x)
         return tuple(self.tensors[name] for name in new)
@@ -931,8 +931,14 @@ class StaticKVCache(KVCache):
 
     def __init__(self, num_layers: int, capacity: int, device):
         self.capacity = capacity
-        self.pos = torch.zeros((), dtype=torch.long, device=device)
+        self.pos = self.static(torch.zeros((), dtype=torch.long, device=device))
         self.layers = [StaticLayerCache(self) for _ in range(num_layers)]
+
+    @staticmethod
+    def static(t: torch.Tensor) -> torch.Tensor:
+        "Tag a buffer the compiled step writes in place as fixed: CUDA graphs then replay writes into it, not a copy."
+        torch._dynamo.mark_static_address(t)
+        return t
 
     def __len__(self):
         return int(self.pos)  # reads the device: generate keeps its own count
@@ -966,8 +972,13 @@ def decoding_plan(model: MiniLLM, ids: torch.Tensor, use_cache: bool, rolling: b
         return static, step
     if "_compiled_step" not in model.__dict__:  # one compiled step per model, kept across calls
         mode = "reduce-overhead" if ids.is_cuda else None  # CUDA graphs: the step replays as one launch
-        model.__dict__["_compiled_step"] = torch.compile(step, mode=mode, fullgraph=False)
-    return static, model.__dict__["_compiled_step"]
+        model.__dict__["_compiled_step"] = torch.compile(step, mode=mode, dynamic=False)  # one graph per batch size
+    compiled = model.__dict__["_compiled_step"]
+
+    def compiled_step(x, cache):  # x is a view of the growing output: a dense copy gives every step one layout
+        return compiled(x.clone(memory_format=torch.contiguous_format), cache)
+
+    return static, compiled_step
 
 # %% ../nbs/07_model.ipynb #5470886b
 @patch

@@ -43,16 +43,19 @@ def test_chunked_loss_equals_the_whole_logits_in_bf16():
 
 @pytest.mark.parametrize("kw", [{}, dict(attention="gqa", num_kv_heads=2), dict(positional="learned")])
 def test_static_compiled_decoding_equals_the_growing_cache(kw):
-    """generate on CUDA with the static cache, compiled (CUDA graphs), gives the growing cache's greedy tokens, past
-    max_seq_len too. fp32 weights with TF32 off: the two paths differ only in summation order (1e-3 on the logits)."""
+    """generate on CUDA with the static cache, compiled (CUDA graphs, none skipped), gives the growing cache's greedy
+    tokens, past max_seq_len too. fp32 weights with TF32 off: the two paths differ only in summation order (1e-3 on the logits)."""
     from minillm.model import MiniLLM, ModelConfig
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.manual_seed(0)
     m = MiniLLM(ModelConfig(vocab_size=97, embed_dim=64, num_heads=4, num_layers=2, max_seq_len=32, **kw)).cuda()
     ids = torch.randint(0, 97, (2, 6), device="cuda")
+    from torch._dynamo.utils import counters
+    counters.clear()
     a, la = m.generate(ids, 40, temperature=0, return_logits=True, static=False, compile=False)
     b, lb = m.generate(ids, 40, temperature=0, return_logits=True, static=True, compile=True)
     assert torch.equal(a, b) and torch.allclose(la, lb, atol=1e-3), (la - lb).abs().max()
+    assert not counters["inductor"]["cudagraph_skips"], "the compiled step ran without CUDA graphs"
 
 
 def test_default_training_run_uses_every_speed_setting(data, tmp_path):

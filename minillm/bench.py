@@ -277,7 +277,9 @@ def bench_train(
     per byte, and which speed settings were on (`compile_modes`: None is the device's default). With `ablate`, every
     setting that is on is also switched off alone. `base`: TrainConfig overrides for every run. `on_run(res)` is called
     after each run, so a caller can save what is done before a long series ends (or is stopped)."""
+    import gc
     import tempfile
+
     from minillm.train import TrainConfig, Trainer
 
     presets = (preset_name,) if isinstance(preset_name, str) else tuple(preset_name)
@@ -289,7 +291,9 @@ def bench_train(
         "One training run: its record (logged) and the speed settings it resolved."
         rows = []
         with tempfile.TemporaryDirectory() as d:
-            if torch.cuda.is_available():
+            if torch.cuda.is_available():  # the run before this one has ended: free what it left, then count afresh
+                gc.collect()
+                torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
             cfg = TrainConfig(data=data, out=out or d, **{**cfg0, **extra})
             t0 = time.perf_counter()

@@ -975,8 +975,10 @@ def decoding_plan(model: MiniLLM, ids: torch.Tensor, use_cache: bool, rolling: b
         model.__dict__["_compiled_step"] = torch.compile(step, mode=mode, dynamic=False)  # one graph per batch size
     compiled = model.__dict__["_compiled_step"]
 
-    def compiled_step(x, cache):  # x is a view of the growing output: a dense copy gives every step one layout
-        return compiled(x.clone(memory_format=torch.contiguous_format), cache)
+    def compiled_step(x, cache):
+        # x is a view of the growing output: a dense copy gives every step one layout (no recompile per stride). The
+        # logits live in the CUDA graph's memory, which the next replay overwrites: the caller gets its own copy.
+        return compiled(x.clone(memory_format=torch.contiguous_format), cache).clone()
 
     return static, compiled_step
 

@@ -533,7 +533,7 @@ def attention_saved_bytes(
 
 # %% ../nbs/14_flash.ipynb #5bf81317
 def attention_flops(t: int, heads: int = 16, head_dim: int = 64, batch: int = 1, causal: bool = True) -> float:
-    "Forward + backward FLOPs of one attention call as FlashAttention-2 counts them: 4bht^2d forward, x3.5 with backward."
+    "Forward + backward FLOPs of one attention call as FlashAttention-2 counts them: 4bht^2d forward, x3.5 in all."
     return 3.5 * 4 * batch * heads * t * t * head_dim / (2 if causal else 1)
 
 

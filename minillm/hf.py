@@ -120,6 +120,8 @@ def to_hf_state_dict(model: MiniLLM) -> dict[str, torch.Tensor]:
     """MiniLLM's weights under transformers' names (Llama or GPT-2), contiguous, each tensor once: a tied head is left
     out (transformers ties it again on load)."""
     c, sd = model.config, {k: v.detach() for k, v in model.state_dict().items()}
+    for k in ("tok_emb.weight", "lm_head.weight"):  # a padded vocabulary (vocab_multiple) leaves its padding behind
+        sd[k] = sd[k][: c.vocab_size]
     out = {}
     if hf_family(c) == "llama":
         out = {llama_name(k): v for k, v in sd.items() if k != "lm_head.weight"}

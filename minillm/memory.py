@@ -328,7 +328,7 @@ def activation_inventory(
         checkpoint_mode(checkpointing)  # the earlier name: refused, naming the new one
     if checkpointing not in CHECKPOINTING:
         raise ValueError(f"checkpointing {checkpointing!r}: use none, attention or full")
-    b, t, C, V = micro_batch, seq_len, c.embed_dim, c.vocab_size
+    b, t, C, V = micro_batch, seq_len, c.embed_dim, c.padded_vocab  # the head's rows, padding included
     n, r = b * t, 2 if scheme == "half" else 4  # tokens; bytes per element of the residual stream
     out = [("embedding", "token ids (int64)", 8 * n)]
     if c.positional == "learned":
@@ -443,7 +443,7 @@ def bucket_elements(n_params: int) -> int:
 
 def _largest_layer(c: ModelConfig) -> int:
     pf = param_formula(c)
-    return max(c.vocab_size * c.embed_dim, (pf["non_embedding"]) // max(1, c.num_layers))
+    return max(c.padded_vocab * c.embed_dim, (pf["non_embedding"]) // max(1, c.num_layers))
 
 
 def estimate(
@@ -482,7 +482,7 @@ def estimate(
     chunk = (LOSS_CHUNK if device == "cuda" else 0) if loss_chunk is None else loss_chunk
     inv = activation_inventory(c, t, micro_batch, scheme, device, backend, checkpointing, loss_chunk=chunk)
     acts = sum(v for *_, v in inv)
-    temp = 2 * 4 * min(chunk or micro_batch * t, micro_batch * t) * c.vocab_size  # fp32 logits and their gradient
+    temp = 2 * 4 * min(chunk or micro_batch * t, micro_batch * t) * c.padded_vocab  # fp32 logits and their gradient
     if checkpointing != "none":
         layer = activation_inventory(
             replace(c, num_layers=1, layers=None), t, micro_batch, scheme, device, backend, "none"

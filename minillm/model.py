@@ -152,6 +152,7 @@ class ModelConfig:
     """
 
     vocab_size: int = 4096
+    vocab_multiple: int = 1  # embedding and head rows: vocab_size rounded up to a multiple (128 suits GPU matmuls)
     embed_dim: int = 256
     num_heads: int = 8
     num_kv_heads: int | None = None  # None: num_heads for 'mha', 1 for 'mqa'; required for 'gqa'
@@ -201,6 +202,7 @@ class ModelConfig:
 # choices.
 FIELD_RULES = {
     "vocab_size": ("int", 1, False),
+    "vocab_multiple": ("int", 1, False),
     "embed_dim": ("int", 1, False),
     "num_heads": ("int", 1, False),
     "num_layers": ("int", 1, False),
@@ -363,6 +365,12 @@ def mla(self: ModelConfig) -> MLADims:
         self.qk_rope_head_dim,
         self.v_head_dim,
     )
+
+
+@patch(as_prop=True)
+def padded_vocab(self: ModelConfig) -> int:
+    "Rows of the embedding and the LM head: vocab_size rounded up to a multiple of vocab_multiple."
+    return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
 
 
 @patch(as_prop=True)
@@ -538,7 +546,7 @@ class ChunkedLMLoss(torch.autograd.Function):
     one-hot), so no (n, V) tensor outlives its chunk. Under autocast the product runs in its dtype, as nn.Linear's."""
 
     @staticmethod
-    def forward(ctx, x, w, labels, chunk: int, ignore_index: int, mm_dtype: torch.dtype):
+    def forward(ctx, x, w, labels, chunk: int, ignore_index: int, mm_dtype: torch.dtype, vocab: int):
         keep = labels != ignore_index  # (n,)
         count = keep.sum()
         wm = w.to(mm_dtype)  # (V, C)
@@ -548,6 +556,7 @@ class ChunkedLMLoss(torch.autograd.Function):
             xc, k = x[i : i + chunk].to(mm_dtype), keep[i : i + chunk]  # (r, C), (r,)
             y = labels[i : i + chunk].masked_fill(~k, 0)  # a valid index where the label is ignored
             logits = (xc @ wm.T).float()  # (r, V), fp32
+            logits[:, vocab:] = float("-inf")  # padding rows of w (vocab_multiple): no probability, no gradient
             lse = logits.logsumexp(-1)  # (r,)
             loss += ((lse - logits.gather(-1, y[:, None])[:, 0]) * k).sum()
             g = logits.sub_(lse[:, None]).exp_()  # softmax, in the logits' memory
@@ -562,20 +571,25 @@ class ChunkedLMLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         dx, dw = ctx.saved_tensors
-        return dx * grad, (dw * grad).to(ctx.w_dtype), None, None, None, None
+        return dx * grad, (dw * grad).to(ctx.w_dtype), None, None, None, None, None
 
 
 def chunked_lm_loss(
-    x: torch.Tensor, w: torch.Tensor, labels: torch.Tensor, chunk: int = LOSS_CHUNK, ignore_index: int = -100
+    x: torch.Tensor,
+    w: torch.Tensor,
+    labels: torch.Tensor,
+    chunk: int = LOSS_CHUNK,
+    ignore_index: int = -100,
+    vocab: int | None = None,
 ) -> torch.Tensor:
     """lm_loss(x @ w.T, labels) for (b, t, C) hidden states `x`, the (V, C) head weight `w` and (b, t) `labels`,
-    holding at most `chunk` rows of logits at once."""
+    holding at most `chunk` rows of logits at once. `vocab`: only w's first `vocab` rows are tokens (the rest pad)."""
     if chunk < 1:
         raise ValueError(f"chunk={chunk}: rows per chunk must be >= 1")
     dev = x.device.type
     mm = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
     with torch.autocast(dev, enabled=False):  # the dtypes are chosen above, as autocast would
-        return ChunkedLMLoss.apply(x.flatten(0, 1), w, labels.flatten(), chunk, ignore_index, mm)
+        return ChunkedLMLoss.apply(x.flatten(0, 1), w, labels.flatten(), chunk, ignore_index, mm, vocab or len(w))
 
 # %% ../nbs/07_model.ipynb #be428a6b
 # activation recomputation in backward: nothing, each block's attention sub-layer, or each whole block
@@ -631,12 +645,12 @@ class MiniLLM(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = c = config
-        self.tok_emb = nn.Embedding(c.vocab_size, c.embed_dim)
+        self.tok_emb = nn.Embedding(c.padded_vocab, c.embed_dim)  # rows past vocab_size: padding, never looked up
         self.pos_emb = nn.Embedding(c.max_seq_len, c.embed_dim) if c.positional == "learned" else None
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(Block(c.layer(i)) for i in range(c.num_layers))
         self.norm = make_norm(c.norm, c.embed_dim, c.norm_eps, c.bias)
-        self.lm_head = nn.Linear(c.embed_dim, c.vocab_size, bias=False)
+        self.lm_head = nn.Linear(c.embed_dim, c.padded_vocab, bias=False)
         if c.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         # the trainer's switch: False | 'full' (or True) | 'attention' (the attention sub-layer)
@@ -718,8 +732,10 @@ class MiniLLM(nn.Module):
             cache.pos += t
         x = self.norm(x[:, -1:] if last_only else x)
         if labels is not None and self.loss_chunk and torch.is_grad_enabled():
-            return None, chunked_lm_loss(x, self.lm_head.weight, labels, self.loss_chunk)
-        logits = self.lm_head(x)  # (b, t, V)
+            return None, chunked_lm_loss(x, self.lm_head.weight, labels, self.loss_chunk, vocab=c.vocab_size)
+        logits = self.lm_head(x)  # (b, t, padded V)
+        if c.padded_vocab != c.vocab_size:  # the padding's logits are no token's: out of the loss and of sampling
+            logits = logits[..., : c.vocab_size].contiguous()  # (b, t, V)
         loss = None
         if labels is not None:
             loss = lm_loss(logits, labels)
@@ -1020,7 +1036,8 @@ def param_formula(c: ModelConfig) -> dict:
     from minillm.moe import moe_params
 
     C, norm = c.embed_dim, c.embed_dim * (2 if c.norm == "layernorm" and c.bias else 1)
-    layers, matmul, inactive = 0, c.vocab_size * C, 0  # the LM head multiplies, tied or not
+    V = c.padded_vocab  # the embedding's and the head's rows, padding included
+    layers, matmul, inactive = 0, V * C, 0  # the LM head multiplies, tied or not
     for i in range(c.num_layers):
         lc = c.layer(i)
         attn, attn_w, _, _ = attention_params(lc)
@@ -1037,8 +1054,8 @@ def param_formula(c: ModelConfig) -> dict:
         ffn_w = (2 if lc.ffn == "gelu" else 3) * C * H
         layers += attn + ffn_w + c.bias * ((H if lc.ffn == "gelu" else 2 * H) + C) + 2 * norm
         matmul += attn_w + ffn_w
-    emb = c.vocab_size * C + (c.max_seq_len * C if c.positional == "learned" else 0)
-    total = emb + layers + norm + (0 if c.tie_embeddings else c.vocab_size * C)
+    emb = V * C + (c.max_seq_len * C if c.positional == "learned" else 0)
+    total = emb + layers + norm + (0 if c.tie_embeddings else V * C)
     return {"total": total, "non_embedding": total - emb, "active": total - inactive, "matmul": matmul}
 
 

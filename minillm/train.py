@@ -54,13 +54,13 @@ from minillm.utils import (
 
 # %% auto #0
 __all__ = ['UNCAPPED', 'DEFAULT_MICRO_BATCH', 'Schedule', 'Offload', 'SCHEDULES', 'OFFLOADS', 'CHECKPOINT_KEYS', 'ENGINES',
-           'SPEEDUPS', 'COMPILES', 'FUSED_ADAMW', 'RUN_FILES', 'FLAGS', 'TrainConfig', 'literal_values',
-           'accumulation_steps', 'param_groups', 'lr_at', 'adamw_update', 'Dist', 'dist_env', 'setup_dist',
-           'choose_amp', 'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'check_compatible',
-           'engine_class', 'held_bytes', 'Engine', 'DDPEngine', 'speed_settings', 'apply_speed', 'describe_speed',
-           'speed_table', 'Trainer', 'run_files', 'clear_run', 'Diverged', 'LivePlot', 'load_model', 'sample_text',
-           'model_override', 'read_config_file', 'build_configs', 'train_parser', 'check_out', 'train_main',
-           'sample_parser', 'sample_main']
+           'SPEEDUPS', 'VOCAB_MULTIPLE', 'COMPILES', 'FUSED_ADAMW', 'RUN_FILES', 'FLAGS', 'TrainConfig',
+           'literal_values', 'accumulation_steps', 'param_groups', 'lr_at', 'adamw_update', 'Dist', 'dist_env',
+           'setup_dist', 'choose_amp', 'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint',
+           'check_compatible', 'engine_class', 'held_bytes', 'Engine', 'DDPEngine', 'speed_settings', 'apply_speed',
+           'describe_speed', 'speed_table', 'Trainer', 'run_files', 'clear_run', 'Diverged', 'LivePlot', 'load_model',
+           'sample_text', 'model_override', 'read_config_file', 'build_configs', 'train_parser', 'check_out',
+           'train_main', 'sample_parser', 'sample_main']
 
 # %% ../nbs/09_train.ipynb #9c1266ab
 UNCAPPED = 10**9  # max_steps when a time budget or --epochs decides the length
@@ -107,6 +107,7 @@ class TrainConfig:
     tf32: bool | None = None  # fp32 matmuls on TF32 tensor cores (CUDA)
     sdpa_flash: bool | None = None  # let SDPA pick its flash kernel (CUDA)
     pin_memory: bool | None = None  # batches copied from pinned host memory, without waiting (CUDA)
+    pad_vocab: bool | None = None  # a new model's embedding and head rows padded to a multiple of VOCAB_MULTIPLE
     loss_chunk: int | None = None  # rows of logits the loss holds at once (0: all; None: 4096 on CUDA, 0 on a CPU)
     activation_checkpointing: Checkpointing = "none"  # True/False are accepted as full/none
     eval_every: int = 100
@@ -526,11 +527,13 @@ def check_compatible(ckpt: dict, model_config: ModelConfig, tokenizer_fp: str):
     old, new = ckpt["model_config"], model_config.to_dict()
     if not isinstance(old, dict):
         raise ValueError("the checkpoint's model_config is not a dict: the file is not one minillm wrote.")
+    old = {**ModelConfig().to_dict(), **old}  # a field added since the checkpoint was written has its default
     diff = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
     if diff:
         raise ValueError(
             "checkpoint was trained with another model config: "
             + ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+            + (" (vocab_multiple is --pad-vocab's: pass the same)" if "vocab_multiple" in diff else "")
             + ". Resume with the same settings, or start a new --out."
         )
     if ckpt["tokenizer"] != tokenizer_fp:
@@ -714,7 +717,8 @@ class DDPEngine(Engine):
         return f"engine ddp: torch DistributedDataParallel over {self.t.d.world_size} ranks"
 
 # %% ../nbs/09_train.ipynb #cd968e24
-SPEEDUPS = ("compile", "fused_adamw", "tf32", "sdpa_flash", "pin_memory")  # on/off settings; loss_chunk is a size
+SPEEDUPS = ("compile", "fused_adamw", "tf32", "sdpa_flash", "pin_memory", "pad_vocab")  # on/off; loss_chunk: a size
+VOCAB_MULTIPLE = 128  # pad_vocab: embedding and head rows rounded up to this (whole tiles for the GPU's matmuls)
 COMPILES = ("single", "ddp", "fsdp")  # engines that torch.compile their model (the others hook into its modules)
 FUSED_ADAMW = ("single", "ddp", "ddp-scratch")  # engines that build torch's AdamW over whole tensors
 
@@ -724,7 +728,12 @@ def speed_settings(c: TrainConfig, device: torch.device, engine: str) -> dict:
     on for CUDA where the engine supports it and off on a CPU; one asked for where it cannot work is refused."""
     cuda = device.type == "cuda"
     can = dict(
-        compile=engine in COMPILES, fused_adamw=engine in FUSED_ADAMW, tf32=cuda, sdpa_flash=cuda, pin_memory=cuda
+        compile=engine in COMPILES,
+        fused_adamw=engine in FUSED_ADAMW,
+        tf32=cuda,
+        sdpa_flash=cuda,
+        pin_memory=cuda,
+        pad_vocab=not c.init_from,
     )
     why = dict(
         compile=f"engine {engine} does not compile its model: drop it, or use engine {', '.join(COMPILES)}",
@@ -732,6 +741,7 @@ def speed_settings(c: TrainConfig, device: torch.device, engine: str) -> dict:
         tf32=f"TF32 is a CUDA matmul mode and this run is on {device}: drop it",
         sdpa_flash=f"SDPA's flash kernel runs on CUDA and this run is on {device}: drop it",
         pin_memory=f"pinned memory speeds up copies to a GPU and this run is on {device}: drop it",
+        pad_vocab="a fine-tuned model keeps the shapes of the run it starts from (--init-from): drop it",
     )
     s = {}
     for k in SPEEDUPS:
@@ -789,6 +799,9 @@ class Trainer:
                 f"vocab_size {model_config.vocab_size} -> {self.tok.vocab_size}: the tokenizer of {cfg.data} decides it"
             )
             model_config = replace(model_config, vocab_size=self.tok.vocab_size)
+        self.speed = speed_settings(cfg, self.d.device, self.engine_name())  # section "Speed on a GPU"
+        if self.speed["pad_vocab"] and model_config.vocab_multiple == 1:
+            model_config = replace(model_config, vocab_multiple=VOCAB_MULTIPLE)
         self.T = cfg.seq_len or model_config.max_seq_len
         if self.T > model_config.max_seq_len:
             raise ValueError(f"seq_len {self.T} exceeds the model's max_seq_len {model_config.max_seq_len}.")
@@ -805,7 +818,6 @@ class Trainer:
         self.moe = bool(moe_layers(self.raw))
         # before an engine shards the weights
         self.n_params, self.n_active = (self.raw.num_params(), self.raw.num_params("active"))
-        self.speed = speed_settings(cfg, self.d.device, self.engine_name())  # section "Speed on a GPU"
         apply_speed(self.speed, self.d.device)
         self.raw.loss_chunk = self.speed["loss_chunk"]
         self.raw.check_ids = False  # verify_data checked every id; the model's own check would wait for the GPU
@@ -1557,6 +1569,11 @@ FLAGS = {  # TrainConfig field: (argparse type or choices, help)
     "tf32": (bool, "fp32 matmuls on TF32 tensor cores (CUDA only; default on)"),
     "sdpa_flash": (bool, "let SDPA use its flash kernel (CUDA only; default on)"),
     "pin_memory": (bool, "copy batches from pinned memory without waiting (CUDA only; default on)"),
+    "pad_vocab": (
+        bool,
+        "pad a new model's embedding and LM head to a multiple of 128 rows; the padding's logits are dropped"
+        " (default: on for CUDA)",
+    ),
     "loss_chunk": (
         nonneg_int,
         "rows of logits the loss computes at once, so the fp32 logits of the whole micro-batch never exist"

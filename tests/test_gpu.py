@@ -60,12 +60,12 @@ def test_static_compiled_decoding_equals_the_growing_cache(kw):
 
 def test_default_training_run_uses_every_speed_setting(data, tmp_path):
     """`minillm train` on CUDA with no speed flag: the start-up line names every setting on, the run finishes, its
-    loss falls; with each switched off (--no-compile ... --loss-chunk 0) it starts with them off, and its first loss
+    loss falls; with each switched off (--no-compile ... --no-pad-vocab, --loss-chunk 0) it starts with them off, and its first loss
     equals the fast run's to bf16 rounding (5e-2 on a loss near ln(vocab))."""
     flags = tiny_flags(log_every=1)
     runs = {}
     for name, extra in (("fast", []), ("plain", ["--no-compile", "--no-fused-adamw", "--no-tf32", "--no-sdpa-flash",
-                                                 "--no-pin-memory", "--loss-chunk", "0"])):
+                                                 "--no-pin-memory", "--no-pad-vocab", "--loss-chunk", "0"])):
         out = tmp_path / name
         r = subprocess.run([sys.executable, "-m", "minillm", "train", "--data", str(data), "--out", str(out), *flags,
                             "--max-steps", "8", "--eval-every", "8", *extra],
@@ -73,6 +73,6 @@ def test_default_training_run_uses_every_speed_setting(data, tmp_path):
         assert r.returncode == 0, r.stderr[-3000:]
         runs[name] = (r.stdout + r.stderr, [json.loads(l)["loss"] for l in (out / "metrics.jsonl").read_text().splitlines()])
     fast_log, fast = runs["fast"]
-    assert "compile on, fused_adamw on, tf32 on, sdpa_flash on, pin_memory on, loss_chunk 4096" in fast_log, fast_log[-2000:]
-    assert "compile off, fused_adamw off, tf32 off, sdpa_flash off, pin_memory off, loss_chunk off" in runs["plain"][0]
+    assert "compile on, fused_adamw on, tf32 on, sdpa_flash on, pin_memory on, pad_vocab on, loss_chunk 4096" in fast_log, fast_log[-2000:]
+    assert "compile off, fused_adamw off, tf32 off, sdpa_flash off, pin_memory off, pad_vocab off, loss_chunk off" in runs["plain"][0]
     assert fast[-1] < fast[0] and abs(fast[0] - runs["plain"][1][0]) < 5e-2, (fast, runs["plain"][1])

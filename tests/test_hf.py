@@ -32,6 +32,9 @@ LLAMA = {f"llama-{a}-{'tied' if t else 'untied'}": dict(TINY, attention=a, num_k
 GPT2 = {f"gpt2-{'tied' if t else 'untied'}": dict(TINY, positional="learned", norm="layernorm", ffn="gelu", bias=True, tie_embeddings=t)
         for t in (True, False)}
 GPT2["gpt2-tanh"] = dict(GPT2["gpt2-tied"], gelu_approximate="tanh")   # exported as transformers' gelu_pytorch_tanh
+# a vocabulary padded to 384 rows (training's pad_vocab): the export leaves the padding behind, the logits still agree
+LLAMA["llama-gqa-padded"] = dict(LLAMA["llama-gqa-untied"], vocab_multiple=128)
+GPT2["gpt2-padded"] = dict(GPT2["gpt2-tied"], vocab_multiple=128)
 ATOL = 1e-4   # fp32: the two programs sum the same products in other orders (differences ~1e-6 on logits of order 1)
 
 
@@ -41,7 +44,7 @@ def greedy_hf(hf, ids, n=32):
 
 # Greedy decoding (32 tokens, both programs) is the slow part: it runs for one Llama and one GPT-2 each way. A wrong
 # RoPE permutation is the same bug for every Llama attention kind, so one GQA model (separate q and kv heads) finds it.
-GREEDY = {"llama-gqa-untied", "gpt2-tied", "llama-kv2-untied", "gpt2-untied"}
+GREEDY = {"llama-gqa-untied", "gpt2-tied", "llama-kv2-untied", "gpt2-untied", "llama-gqa-padded"}
 
 
 def assert_same(mine: MiniLLM, hf, seed=0, greedy=True):
@@ -61,8 +64,9 @@ def assert_same(mine: MiniLLM, hf, seed=0, greedy=True):
 @pytest.mark.parametrize("name", [*LLAMA, *GPT2])
 def test_export_matches_transformers(name, tmp_path):
     """A MiniLLM run exported, then loaded by transformers' AutoModelForCausalLM: the same logits (fp32, atol 1e-4) and
-    the same 32 greedy tokens (for the GREEDY cases), for MHA, GQA and MQA, tied and untied, Llama and GPT-2. The exported weights are each
-    stored once (safetensors refuses shared storage): a tied head is not in the file."""
+    the same 32 greedy tokens (for the GREEDY cases), for MHA, GQA and MQA, tied and untied, Llama and GPT-2, padded
+    vocabulary or not. The exported weights are each stored once (safetensors refuses shared storage): a tied head is
+    not in the file."""
     torch.manual_seed(0)
     model = MiniLLM(ModelConfig(**{**LLAMA, **GPT2}[name])).eval()
     save_run(model, ByteTokenizer(), tmp_path / "run")

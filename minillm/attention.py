@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 
 import torch
@@ -59,8 +58,18 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     return x[:, :, None].expand(b, h_kv, n_rep, t, d).reshape(b, h_kv * n_rep, t, d)  # (b, h, t, d)
 
 
-@functools.lru_cache(maxsize=None)
+_FLASH_USABLE: dict = {}  # (device type, index, dtype): (usable, why), asked once each
+
+
+@torch.compiler.assume_constant_result  # under torch.compile: called once while tracing, its answer a constant
 def _flash_usable(device_type: str, index, dtype: torch.dtype) -> tuple[bool, str]:
+    key = (device_type, index, dtype)
+    if key not in _FLASH_USABLE:
+        _FLASH_USABLE[key] = _flash_check(device_type, index, dtype)
+    return _FLASH_USABLE[key]
+
+
+def _flash_check(device_type: str, index, dtype: torch.dtype) -> tuple[bool, str]:
     if device_type != "cuda":
         return False, "flash-attn needs a CUDA GPU"
     if dtype not in (torch.float16, torch.bfloat16):

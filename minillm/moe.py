@@ -390,10 +390,10 @@ def end_step(self: MoE, counts: torch.Tensor):
     reset the counts.
     """
     E = self.num_experts
-    loads = counts[:E].cpu()
+    loads = counts[:E]  # on the device: reading it back waits for the GPU, so only the log does (moe_metrics)
     self.update_bias(loads)
-    self.run_load = self.run_load + loads
-    self.step_stats = dict(load=loads, dropped=int(counts[E]), slots=int(counts[E + 1]))
+    self.run_load = self.run_load.to(loads.device) + loads
+    self.step_stats = dict(load=loads, dropped=counts[E], slots=counts[E + 1])
     self._counts = None
 
 # %% ../nbs/08_moe.ipynb #489b939f
@@ -445,7 +445,8 @@ def moe_metrics(model: nn.Module) -> dict:
     return dict(
         moe_maxvio=max(map(max_violation, loads)),
         moe_maxvio_run=max(max_violation(m.run_load) for m in layers),
-        moe_dropped=sum(m.step_stats["dropped"] for m in layers) / max(1, sum(m.step_stats["slots"] for m in layers)),
+        moe_dropped=float(sum(m.step_stats["dropped"] for m in layers))
+        / max(1.0, float(sum(m.step_stats["slots"] for m in layers))),
         moe_aux_loss=loss("aux") + loss("seq"),
         moe_z_loss=loss("z"),
         moe_load=[[round(float(v), 4) for v in l / max(1.0, float(l.sum()))] for l in loads],

@@ -56,7 +56,7 @@ from minillm.utils import (
 __all__ = ['UNCAPPED', 'DEFAULT_MICRO_BATCH', 'Schedule', 'Offload', 'SCHEDULES', 'OFFLOADS', 'CHECKPOINT_KEYS', 'ENGINES',
            'SPEEDUPS', 'VOCAB_MULTIPLE', 'COMPILES', 'FUSED_ADAMW', 'RUN_FILES', 'FLAGS', 'TrainConfig',
            'literal_values', 'accumulation_steps', 'param_groups', 'lr_at', 'adamw_update', 'Dist', 'dist_env',
-           'setup_dist', 'choose_amp', 'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint',
+           'srun_step', 'setup_dist', 'choose_amp', 'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint',
            'check_compatible', 'engine_class', 'held_bytes', 'Engine', 'DDPEngine', 'speed_settings', 'apply_speed',
            'describe_speed', 'speed_table', 'Trainer', 'run_files', 'clear_run', 'Diverged', 'LivePlot', 'load_model',
            'sample_text', 'model_override', 'read_config_file', 'build_configs', 'train_parser', 'check_out',
@@ -330,12 +330,13 @@ class Dist:
 def dist_env(env=None) -> tuple[int, int, int, int]:
     """(rank, local rank, world size, processes on this node) from the launcher's environment: torchrun's and
     deepspeed's
-    RANK, LOCAL_RANK, WORLD_SIZE; or, when RANK is unset and SLURM_NTASKS > 1 (`srun`), SLURM_PROCID, SLURM_LOCALID,
-    SLURM_NTASKS.
+    RANK, LOCAL_RANK, WORLD_SIZE; or, when RANK is unset and `srun` started SLURM_NTASKS > 1 tasks, SLURM_PROCID,
+    SLURM_LOCALID, SLURM_NTASKS. An sbatch script's own process (SLURM_NTASKS set, no job step: srun not used) is one
+    process, whatever SLURM_NTASKS says.
 
     """
     env = os.environ if env is None else env
-    if "RANK" not in env and int(env.get("SLURM_NTASKS", 1)) > 1:
+    if "RANK" not in env and int(env.get("SLURM_NTASKS", 1)) > 1 and srun_step(env):
         world = int(env["SLURM_NTASKS"])
         # "4", "4(x2)"
         per_node = (
@@ -356,11 +357,23 @@ def dist_env(env=None) -> tuple[int, int, int, int]:
     )
 
 
+def srun_step(env=None) -> bool:
+    "Whether this process is a task of an `srun` job step (srun sets the step's names; sbatch's script has none)."
+    env = os.environ if env is None else env
+    return any(k in env for k in ("SLURM_STEP_ID", "SLURM_STEPID", "SLURM_STEP_NUM_TASKS"))
+
+
 def setup_dist(device: str = "auto") -> Dist:
     """Read the launcher's environment (torchrun, deepspeed or srun); join the process group when there are several
     ranks; pick this rank's device.
     """
     rank, local, world, local_world = dist_env()
+    if "RANK" not in os.environ and int(os.environ.get("SLURM_NTASKS", 1)) > 1 and not srun_step():
+        print(
+            f"note: SLURM allocated {os.environ['SLURM_NTASKS']} tasks (SLURM_NTASKS) but this process was not started"
+            " by srun, so it trains alone: start it with `srun python -m minillm.train ...` to use every task",
+            file=sys.stderr,
+        )
     # srun (dist_env read SLURM's names): rendezvous needs an address every task reaches
     if "RANK" not in os.environ and world > 1:
         missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(k)]
@@ -1022,6 +1035,7 @@ def state(self: Trainer) -> dict:
     return dict(
         rng=self._rng_states(),
         sampler=self.sampler.state_dict(),
+        moe_run_load=[m.run_load.tolist() for _, m in moe_layers(self.raw)],  # each MoE layer's loads so far (MaxVio)
         step=self.step,
         max_steps=self.max_steps,
         best=self.best,
@@ -1055,6 +1069,8 @@ def resume(self: Trainer, path: Path):
         self.max_steps = self.cfg.max_steps
         self.log(f"max_steps changed on resume: the schedule now ends at step {self.max_steps}")
     set_rng_state(ck["rng"][self.d.rank] if self.d.rank < len(ck["rng"]) else ck["rng"][0])
+    for (_, m), load in zip(moe_layers(self.raw), ck.get("moe_run_load", [])):  # absent from older checkpoints
+        m.run_load = torch.tensor(load, dtype=torch.long)
     self.log(f"resumed from {path} at step {self.step}")
 
 

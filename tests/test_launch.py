@@ -58,7 +58,8 @@ def _slurm_env(procid: int, ntasks: int, **extra) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
                                                             "MASTER_PORT") and not k.startswith("SLURM_")}
     return {**env, "SLURM_NTASKS": str(ntasks), "SLURM_PROCID": str(procid), "SLURM_LOCALID": str(procid),
-            "SLURM_NTASKS_PER_NODE": str(ntasks), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", **extra}
+            "SLURM_NTASKS_PER_NODE": str(ntasks), "SLURM_STEP_ID": "0", "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1",
+            **extra}
 
 
 def test_srun_tasks_form_one_group(data, tmp_path):

@@ -13,7 +13,9 @@ BUDGET=${BUDGET:-15}
 PARTS=${*:-train model tests ablate flash}
 export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 mkdir -p "$OUT"
-gpu=$($PY -c "import torch; n = torch.cuda.get_device_name(); print(n.split()[1].lower() if ' ' in n else n.lower())") || exit 1
+gpu=$($PY -c "import torch, sys
+if not torch.cuda.is_available(): sys.exit('benchmarks/gpu.sh measures a CUDA GPU and torch sees none: run it on a GPU machine')
+n = torch.cuda.get_device_name(); print(n.split()[1].lower() if ' ' in n else n.lower())") || exit 1
 data=data/builtin-8192
 if [ ! -f "$data/meta.json" ]; then
     $PY -m minillm prepare --corpus builtin --tokenizer bpe --vocab-size 8192 --out "$data" --no-progress || exit 1

@@ -1172,9 +1172,17 @@ class Diverged(UserError):
 
 
 @patch
+def _wait_for_device(self: Trainer):
+    "Block until the GPU has run every queued step (on a CPU, steps run as they are called: nothing to wait for)."
+    if self.d.device.type == "cuda":
+        torch.cuda.synchronize(self.d.device)
+
+
+@patch
 def _fit_schedule(self: Trainer, t0: float, t1: float) -> int:
     """Steps that fill the time budget at the pace of the steps after the first (started at `t0`, ended at `t1`): the
     first pays for compilation and warm-up, and the budget does not count it. Every rank takes rank 0's figure."""
+    self._wait_for_device()  # the host runs steps ahead of the GPU: time what the GPU has finished
     per_step = (time.perf_counter() - t1) / max(1, self.step - 1)
     fitted = max(self.step + 1, 1 + int(self.cfg.time_budget / per_step))
     if self.max_steps < UNCAPPED:
@@ -1262,6 +1270,7 @@ def fit(self: Trainer, resume: bool | str | Path = False) -> dict:
             loss = self.train_step()
             tokens += self.tokens_per_step
             if t1 is None:  # the first step pays for compilation and warm-up: time the rest
+                self._wait_for_device()
                 t1, tokens1 = time.perf_counter(), tokens
             if cfg.time_budget and self.step == min(self.max_steps, max(5, cfg.warmup_steps // 2)) and not resume:
                 self.max_steps = self._fit_schedule(t0, t1)

@@ -61,7 +61,6 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
 _FLASH_USABLE: dict = {}  # (device type, index, dtype): (usable, why), asked once each
 
 
-@torch.compiler.assume_constant_result  # under torch.compile: called once while tracing, its answer a constant
 def _flash_usable(device_type: str, index, dtype: torch.dtype) -> tuple[bool, str]:
     key = (device_type, index, dtype)
     if key not in _FLASH_USABLE:

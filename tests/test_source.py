@@ -124,3 +124,19 @@ def test_every_test_says_what_it_guards():
             if isinstance(n, ast.FunctionDef) and n.name.startswith("test_") and not ast.get_docstring(n):
                 missing.append(f"{f.name}:{n.lineno} {n.name}")
     assert not missing, "tests without a docstring:\n" + "\n".join(missing)
+
+
+def test_importing_the_package_leaves_triton_alone():
+    """Importing every minillm module but flash imports neither torch._dynamo nor triton. Lesson 14 sets
+    TRITON_INTERPRET=1 on a CPU before triton's first import, and triton reads it only then; torch._dynamo imports
+    triton. A `torch.compiler` decorator at module level once pulled both into `import minillm.attention`, and lesson
+    14 then failed wherever triton is installed without a GPU (a CUDA build of torch on a CPU machine)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    mods = sorted(p.stem for p in Path(minillm.__file__).parent.glob("*.py")
+                  if p.stem not in ("flash", "__init__", "__main__", "_modidx"))
+    code = "import sys, importlib\n" + "".join(f"importlib.import_module('minillm.{m}')\n" for m in mods)
+    code += "print('torch._dynamo' in sys.modules, 'triton' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.split() == ["False", "False"], (mods, r.stdout, r.stderr[-2000:])

@@ -184,6 +184,23 @@ nb_mime_priority_overrides = [
 autodoc_default_options = {{"members": True, "undoc-members": True, "member-order": "bysource"}}
 exclude_patterns = ["runs", "data", "**/.ipynb_checkpoints"]
 suppress_warnings = ["mystnb.unknown_mime_type", "myst.header", "myst.xref_missing"]
+# an autograd.Function's forward without a docstring would show torch's, whose labels this site does not have
+autodoc_inherit_docstrings = False
+default_role = "literal"  # a docstring's `x` is code, as in the lessons' markdown
+
+
+def plain_docstring(app, what, name, obj, options, lines):
+    "The docstrings are plain text: outside `code`, * and | are characters, not emphasis or substitutions."
+    import re
+
+    mark = re.compile("(?<![" + chr(92) * 2 + "])([*|])")  # not already escaped
+    for i, line in enumerate(lines):
+        parts = re.split(r"(`[^`]*`)", line)
+        lines[i] = "".join(p if p.startswith("`") else mark.sub(lambda m: chr(92) + m.group(1), p) for p in parts)
+
+
+def setup(app):
+    app.connect("autodoc-process-docstring", plain_docstring)
 '''
 
 FAVICON = (

@@ -1105,7 +1105,7 @@ RUN_FILES = (
 
 
 def run_files(out: Path, skip=()) -> list[str]:
-    "The names of a run's files present in `out` (RUN_FILES and kept step_*.pt checkpoints)."
+    "The names of a run's files present in `out` (RUN_FILES and the kept `step_*.pt` checkpoints)."
     out = Path(out)
     if not out.is_dir():
         return []

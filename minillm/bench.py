@@ -11,7 +11,7 @@ from dataclasses import asdict
 
 import torch
 
-from .core import detect_hardware, peak_flops, seed_everything
+from .core import detect_hardware, peak_flops, seed_everything, synchronize
 from .model import MiniLLM, flops_per_token, preset
 from .moe import BALANCES
 from .utils import positive_float, positive_int, write_json
@@ -38,11 +38,6 @@ def variant_config(name: str, variant: str, **overrides):
     return preset(name, **kw, **overrides)
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def _autocast(device, precision):
     if device.type != "cuda" or precision == "fp32":
         return contextlib.nullcontext()
@@ -61,7 +56,7 @@ def train_throughput(config, device="cpu", precision="fp32", batch=8, seq_len=No
         torch.cuda.reset_peak_memory_stats(device)
     for i in range(warmup + steps):
         if i == warmup:
-            _sync(device)
+            synchronize(device)
             t0 = time.perf_counter()
         with _autocast(device, precision):
             loss = model(x[:, :-1], labels=x[:, 1:])[1]
@@ -69,7 +64,7 @@ def train_throughput(config, device="cpu", precision="fp32", batch=8, seq_len=No
         scaler.step(opt)
         scaler.update()
         opt.zero_grad(set_to_none=True)
-    _sync(device)
+    synchronize(device)
     dt = time.perf_counter() - t0
     tps = batch * T * steps / dt
     out = dict(
@@ -116,10 +111,10 @@ def generate_throughput(
     for mode in modes:
         kw = GENERATE_MODES[mode]
         model.generate(p, 4, temperature=0, **kw)  # warm-up (compiles, for `compiled`)
-        _sync(device)
+        synchronize(device)
         t0 = time.perf_counter()
         model.generate(p, new_tokens, temperature=0, **kw)
-        _sync(device)
+        synchronize(device)
         out[mode] = new_tokens / (time.perf_counter() - t0)
     return {"tokens_per_s": out, "prompt_len": prompt_len, "new_tokens": new_tokens, "batch": batch}
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 # %% auto #0
 __all__ = ['Precision', 'PRECISIONS', 'PEAK_TFLOPS', 'bf16_capable', 'fp16_tensor_cores', 'choose_precision', 'tensor_bytes',
            'sdpa_backends', 'flash_attn_status', 'detect_platform', 'HardwareInfo', 'detect_hardware', 'peak_flops',
-           'matmul_flops', 'mfu', 'seed_everything', 'env_main']
+           'matmul_flops', 'synchronize', 'mfu', 'seed_everything', 'env_main']
 
 # %% ../nbs/01_core.ipynb #af3561f2
 def bf16_capable(capability: tuple[int, int]) -> bool:
@@ -252,6 +252,12 @@ def matmul_flops(m: int, k: int, n: int) -> int:
     #        the add); not (2k - 1) per output, the vendors' and PyTorch's convention counts k adds.
     # hint3: return 2 * m * k * n
     return 2 * m * k * n
+
+# %% ../nbs/01_core.ipynb #c7d1751e
+def synchronize(device) -> None:
+    "Wait until `device` has run every operation queued on it (CUDA queues them; a CPU has nothing to wait for)."
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 # %% ../nbs/01_core.ipynb #e59ea885
 def mfu(tokens_per_s: float, flops_per_token: float, peak: float | None, world_size: int = 1) -> float | None:

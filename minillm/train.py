@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .core import PRECISIONS, Precision, detect_hardware, mfu, peak_flops, seed_everything
+from .core import PRECISIONS, Precision, detect_hardware, mfu, peak_flops, seed_everything, synchronize
 from .data import TokenDataset, TrainSampler, eval_batches, verify_data
 from .moe import moe_layers, moe_losses, moe_metrics, moe_step
 from minillm.model import (
@@ -1172,17 +1172,10 @@ class Diverged(UserError):
 
 
 @patch
-def _wait_for_device(self: Trainer):
-    "Block until the GPU has run every queued step (on a CPU, steps run as they are called: nothing to wait for)."
-    if self.d.device.type == "cuda":
-        torch.cuda.synchronize(self.d.device)
-
-
-@patch
 def _fit_schedule(self: Trainer, t0: float, t1: float) -> int:
     """Steps that fill the time budget at the pace of the steps after the first (started at `t0`, ended at `t1`): the
     first pays for compilation and warm-up, and the budget does not count it. Every rank takes rank 0's figure."""
-    self._wait_for_device()  # the host runs steps ahead of the GPU: time what the GPU has finished
+    synchronize(self.d.device)  # the host runs steps ahead of the GPU: time what the GPU has finished
     per_step = (time.perf_counter() - t1) / max(1, self.step - 1)
     fitted = max(self.step + 1, 1 + int(self.cfg.time_budget / per_step))
     if self.max_steps < UNCAPPED:
@@ -1270,7 +1263,7 @@ def fit(self: Trainer, resume: bool | str | Path = False) -> dict:
             loss = self.train_step()
             tokens += self.tokens_per_step
             if t1 is None:  # the first step pays for compilation and warm-up: time the rest
-                self._wait_for_device()
+                synchronize(self.d.device)
                 t1, tokens1 = time.perf_counter(), tokens
             if cfg.time_budget and self.step == min(self.max_steps, max(5, cfg.warmup_steps // 2)) and not resume:
                 self.max_steps = self._fit_schedule(t0, t1)
@@ -1596,8 +1589,8 @@ FLAGS = {  # TrainConfig field: (argparse type or choices, help)
     "pin_memory": (bool, "copy batches from pinned memory without waiting (CUDA only; default on)"),
     "pad_vocab": (
         bool,
-        "pad a new model's embedding and LM head to a multiple of 128 rows; the padding's logits are dropped"
-        " (default: on for CUDA)",
+        f"pad a new model's embedding and LM head to a multiple of {VOCAB_MULTIPLE} rows; the padding's logits are"
+        " dropped (default: on for CUDA)",
     ),
     "loss_chunk": (
         nonneg_int,

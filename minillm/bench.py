@@ -17,9 +17,9 @@ from .moe import BALANCES
 from .utils import positive_float, positive_int, write_json
 
 # %% auto #0
-__all__ = ['VARIANT_ARGS', 'GENERATE_MODES', 'ENGINE_MODES', 'ZERO_MODES', 'variant_config', 'train_throughput',
+__all__ = ['VARIANT_ARGS', 'GENERATE_MODES', 'ENGINE_MODES', 'SYNC_OPS', 'ZERO_MODES', 'variant_config', 'train_throughput',
            'generate_throughput', 'bench_model', 'bench_bpe', 'train_variants', 'bench_train', 'bench_zero',
-           'bench_main', 'bench_engines', 'dense_like_total', 'bench_moe']
+           'bench_main', 'bench_engines', 'dense_like_total', 'bench_moe', 'profile_summary', 'bench_profile']
 
 # %% ../nbs/95_bench.ipynb #64feb25e
 VARIANT_ARGS = {
@@ -95,7 +95,9 @@ def generate_throughput(
     config, device="cpu", precision="fp32", prompt_len=None, new_tokens=64, batch: int = 1, modes=None
 ) -> dict:
     """Generation tokens/s per sequence (greedy, `batch` sequences) in each of GENERATE_MODES (default: cached and
-    uncached; on CUDA also static and compiled, where the model allows); the prompt fills the window by default."""
+    uncached; on CUDA also static and compiled, where the model allows); the prompt fills the window by default.
+    `tokens_per_s`: `new_tokens` over the whole call, the prompt's forward included. `decode_tokens_per_s`: the
+    token-by-token part alone, (new_tokens - 1) over the time beyond a one-token call, which is `prefill_s`."""
     prompt_len = prompt_len or max(1, config.max_seq_len - new_tokens)
     if modes is None:
         modes = ["cached", "uncached"]
@@ -107,16 +109,28 @@ def generate_throughput(
     if device.type == "cuda" and precision != "fp32":
         model = model.to(torch.bfloat16 if precision == "bf16" else torch.float16)
     p = torch.randint(0, config.vocab_size, (batch, prompt_len), device=device)
-    out = {}
-    for mode in modes:
-        kw = GENERATE_MODES[mode]
-        model.generate(p, 4, temperature=0, **kw)  # warm-up (compiles, for `compiled`)
+
+    def timed(mode: str, n: int) -> float:
         synchronize(device)
         t0 = time.perf_counter()
-        model.generate(p, new_tokens, temperature=0, **kw)
+        model.generate(p, n, temperature=0, **GENERATE_MODES[mode])
         synchronize(device)
-        out[mode] = new_tokens / (time.perf_counter() - t0)
-    return {"tokens_per_s": out, "prompt_len": prompt_len, "new_tokens": new_tokens, "batch": batch}
+        return time.perf_counter() - t0
+
+    whole, decode, prefill = {}, {}, {}
+    for mode in modes:
+        timed(mode, 4)  # warm-up (compiles, for `compiled`)
+        prefill[mode], t = timed(mode, 1), timed(mode, new_tokens)
+        whole[mode] = new_tokens / t
+        decode[mode] = (new_tokens - 1) / (t - prefill[mode]) if new_tokens > 1 and t > prefill[mode] else None
+    return dict(
+        tokens_per_s=whole,
+        decode_tokens_per_s=decode,
+        prefill_s=prefill,
+        prompt_len=prompt_len,
+        new_tokens=new_tokens,
+        batch=batch,
+    )
 
 # %% ../nbs/95_bench.ipynb #2c238821
 def bench_model(
@@ -155,7 +169,11 @@ def bench_model(
                 t = r["train"]
                 mfu = f"  MFU {t['mfu']:.1%}" if t.get("mfu") else ""
                 gens = "; ".join(
-                    f"batch {b}: " + ", ".join(f"{v:,.1f} {k}" for k, v in g["tokens_per_s"].items())
+                    f"batch {b}: "
+                    + ", ".join(
+                        f"{v:,.1f} {k} ({g['decode_tokens_per_s'][k] or 0:,.1f} decoding)"
+                        for k, v in g["tokens_per_s"].items()
+                    )
                     for b, g in r["generate_by_batch"].items()
                 )
                 log(
@@ -533,7 +551,32 @@ def bench_main(argv: list[str] | None = None) -> int:
         "--balance", nargs="+", default=list(BALANCES), choices=BALANCES, help="MoE balancing methods to run"
     )
     e.add_argument("--json", default="bench-moe.json", help="where to write the figures")
+    f = sub.add_parser(
+        "profile",
+        help=(
+            "where the time of a training step and of a decoding step goes (torch.profiler): GPU busy share, kernels,"
+            " host waits, graph breaks, top kernels"
+        ),
+    )
+    f.add_argument("--data", required=True, help="shards from `minillm prepare` (e.g. data/builtin-8192)")
+    f.add_argument("--preset", default="small", choices=list(PRESETS), help="model preset")
+    f.add_argument("--steps", type=positive_int, default=5, help="training steps profiled (after 2 warm-up steps)")
+    f.add_argument("--new-tokens", type=positive_int, default=32, help="tokens decoded in the profiled generation")
+    f.add_argument("--micro-batch", type=positive_int, default=None, help="sequences per step (default: the trainer's)")
+    f.add_argument("--trace", default=None, help="also write TRACE-train.json and TRACE-generate.json (Perfetto)")
+    f.add_argument("--json", default="bench-profile.json", help="where to write the figures")
     args = p.parse_args(argv)
+    if args.name == "profile":
+        if args.new_tokens >= preset(args.preset).max_seq_len:
+            raise ValueError(
+                f"--new-tokens {args.new_tokens}: use fewer than {args.preset}'s max_seq_len"
+                f" ({preset(args.preset).max_seq_len}), so the prompt and the new tokens fit one window"
+            )
+        base = {"micro_batch": args.micro_batch} if args.micro_batch else {}
+        res = bench_profile(args.data, args.preset, args.steps, args.new_tokens, base, args.trace)
+        write_json(args.json, res)
+        print(f"wrote {args.json}")
+        return 0
     if args.name == "zero":
         gpus = torch.cuda.device_count()
         res = bench_zero(
@@ -788,6 +831,138 @@ def bench_moe(
             f"{label:34} {r['steps']:>6} steps {tps:>9,.0f} tok/s  val_bpb {r['val_bpb']:.3f}  "
             f"params {r['total_params'] / 1e6:.2f}M total, {r['active_params'] / 1e6:.2f}M active{mv}"
         )
+    return res
+
+# %% ../nbs/95_bench.ipynb #76ada5dd
+SYNC_OPS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")  # host waits
+
+
+def _union_us(intervals: list[tuple[float, float]]) -> float:
+    "Total length of the union of (start, end) intervals: time the device had at least one kernel running."
+    total, end = 0.0, float("-inf")
+    for s, e in sorted(intervals):
+        if e > end:
+            total += e - max(s, end)
+            end = e
+    return total
+
+
+def profile_summary(prof, steps: int, wall_s: float, top: int = 12) -> dict:
+    """Per-step figures from a finished torch.profiler run of `steps` steps that took `wall_s` seconds: device busy time
+    and kernel count (CUDA only; None on a CPU), the host's waits on the device, the top kernels and host operations."""
+    events = prof.events()
+    dev = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    busy_ms = _union_us([(e.time_range.start, e.time_range.end) for e in dev]) / 1e3 / steps if dev else None
+    kernels: dict[str, list] = {}
+    for e in dev:
+        k = kernels.setdefault(e.name, [0, 0.0])
+        k[0], k[1] = k[0] + 1, k[1] + e.time_range.elapsed_us()
+    host = [a for a in prof.key_averages() if a.device_type == torch.autograd.DeviceType.CPU]
+    wall_ms = wall_s * 1e3 / steps
+    return dict(
+        steps=steps,
+        wall_ms_per_step=wall_ms,
+        device_busy_ms_per_step=busy_ms,
+        device_busy_share=busy_ms / wall_ms if busy_ms is not None else None,
+        kernels_per_step=len(dev) / steps if dev else None,
+        host_waits_per_step={a.key: a.count / steps for a in host if a.key.startswith(SYNC_OPS)},
+        top_kernels=[
+            dict(name=n[:120], calls_per_step=c / steps, ms_per_step=us / 1e3 / steps)
+            for n, (c, us) in sorted(kernels.items(), key=lambda kv: -kv[1][1])[:top]
+        ],
+        top_host_ops=[
+            dict(name=a.key[:120], calls_per_step=a.count / steps, self_ms_per_step=a.self_cpu_time_total / 1e3 / steps)
+            for a in sorted(host, key=lambda a: -a.self_cpu_time_total)[:top]
+        ],
+    )
+
+
+def _profiled(fn, steps: int, device, trace: str | None = None) -> dict:
+    "Run `fn()` `steps` times under torch.profiler (CUDA activity too, if any); its summary and compile stats."
+    from torch._dynamo.utils import counters
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    counters.clear()  # graphs and breaks made from here on: a recompile inside the profiled steps shows
+    with profile(activities=acts) as prof:
+        synchronize(device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        synchronize(device)
+        wall = time.perf_counter() - t0
+    if trace:
+        prof.export_chrome_trace(trace)
+    out = profile_summary(prof, steps, wall)
+    out["graphs_compiled"] = counters["stats"]["unique_graphs"]
+    out["graph_breaks"] = dict(counters["graph_break"])
+    return out
+
+
+def bench_profile(
+    data: str,
+    preset_name: str = "small",
+    steps: int = 5,
+    new_tokens: int = 32,
+    base: dict | None = None,
+    trace: str | None = None,
+    log=print,
+) -> dict:
+    """Profile `steps` training steps of `preset_name` as `minillm train` runs them on this device (after two warm-up
+    steps, which compile), then `new_tokens` steps of greedy batch-1 decoding after a prompt that fills the window
+    (generate's default plan: static cache and compiled step on CUDA). `base`: TrainConfig overrides. `trace`: a path
+    prefix for the two chrome traces."""
+    import tempfile
+
+    from torch._dynamo.utils import counters
+
+    from minillm.train import TrainConfig, Trainer
+
+    hw = detect_hardware()
+    res = dict(benchmark="profile", preset=preset_name, device=hw.device_names[0] if hw.device_names else "CPU")
+    with tempfile.TemporaryDirectory() as d:
+        counters.clear()
+        tr = Trainer(preset(preset_name), TrainConfig(data=data, out=d, **(base or {})), log=lambda *a: None)
+        for _ in range(2):  # compile and warm up
+            tr.train_step()
+        warmup_graphs = counters["stats"]["unique_graphs"]
+        res["train"] = _profiled(tr.train_step, steps, tr.d.device, trace and f"{trace}-train.json")
+        res["train"].update(speed=dict(tr.speed), micro_batch=tr.cfg.micro_batch, seq_len=tr.T, accum=tr.accum)
+        res["train"]["warmup_graphs_compiled"] = warmup_graphs
+        model, device = tr.raw.eval(), tr.d.device
+    if device.type == "cuda" and hw.precision != "fp32":
+        model = model.to(torch.bfloat16 if hw.precision == "bf16" else torch.float16)
+    T = model.config.max_seq_len
+    prompt = torch.randint(0, model.config.vocab_size, (1, max(1, T - new_tokens - 1)), device=device)
+    model.generate(prompt, 4, temperature=0)  # compile and warm up
+    synchronize(device)
+    t0 = time.perf_counter()
+    model.generate(prompt, 1, temperature=0)
+    synchronize(device)
+    res["prefill_s"] = time.perf_counter() - t0
+    # one call: the prompt's forward is the first step; the rest decode one token each
+    res["generate"] = _profiled(
+        lambda: model.generate(prompt, new_tokens, temperature=0), 1, device, trace and f"{trace}-generate.json"
+    )
+    g, n = res["generate"], max(1, new_tokens - 1)
+    g.update(tokens=new_tokens, decode_ms_per_token=(g["wall_ms_per_step"] - res["prefill_s"] * 1e3) / n)
+    for k, r in (("train", res["train"]), ("generate", res["generate"])):
+        busy = r["device_busy_share"]
+        per = (
+            f"{r['wall_ms_per_step']:.2f} ms/step"
+            if k == "train"
+            else (f"{r['decode_ms_per_token']:.2f} ms/token after a {res['prefill_s'] * 1e3:.1f} ms prompt")
+        )
+        log(
+            f"{k:8} {per}"
+            + (f", GPU busy {busy:.0%}" if busy is not None else "")
+            + (f", {r['kernels_per_step']:.0f} kernels" if r["kernels_per_step"] else "")
+            + f", host waits {sum(r['host_waits_per_step'].values()):g}, {r['graphs_compiled']} graphs compiled,"
+            f" {sum(r['graph_breaks'].values())} breaks"
+        )
+        for x in r["top_kernels"][:5] or r["top_host_ops"][:5]:
+            ms = x.get("ms_per_step", x.get("self_ms_per_step"))
+            log(f"    {ms:8.3f} ms  {x['calls_per_step']:6.1f} x  {x['name'][:90]}")
     return res
 
 # %% ../nbs/95_bench.ipynb #f3b39116

@@ -11,8 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['LATER_KERNELS', 'BACKENDS', 'causal_mask', 'manual_attention', 'repeat_kv', 'resolve_backend', 'attend',
-           'split_heads', 'merge_heads', 'MultiHeadAttention']
+__all__ = ['LATER_KERNELS', 'BACKENDS', 'causal_mask', 'manual_attention', 'repeat_kv', 'probe_backends', 'resolve_backend',
+           'attend', 'split_heads', 'merge_heads', 'MultiHeadAttention']
 
 # %% ../nbs/05_attention.ipynb #3907f0a3
 def causal_mask(t_q: int, t_k: int, device=None) -> torch.Tensor:
@@ -58,14 +58,26 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     return x[:, :, None].expand(b, h_kv, n_rep, t, d).reshape(b, h_kv * n_rep, t, d)  # (b, h, t, d)
 
 
-_FLASH_USABLE: dict = {}  # (device type, index, dtype): (usable, why), asked once each
+_FLASH_USABLE: dict = {}  # (GPU index, dtype): (usable, why), probed once each
 
 
 def _flash_usable(device_type: str, index, dtype: torch.dtype) -> tuple[bool, str]:
-    key = (device_type, index, dtype)
+    if device_type != "cuda":
+        return False, "flash-attn needs a CUDA GPU"
+    key = (index, dtype)
     if key not in _FLASH_USABLE:
+        if torch.compiler.is_compiling():  # the probe reads package metadata and runs a kernel: never inside a graph
+            return False, "not probed before compiling (probe_backends(device) does it): SDPA is used"
         _FLASH_USABLE[key] = _flash_check(device_type, index, dtype)
     return _FLASH_USABLE[key]
+
+
+def probe_backends(device) -> None:
+    """Decide `auto` for `device` in every floating dtype now, uncompiled. Call it before torch.compile: a compiled
+    forward then reads the answer from the cache, where probing inside the graph would fail, and a cache filled after
+    compiling would make the graph's guards fail at the next step: one more compilation."""
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        resolve_backend("auto", device, dtype)
 
 
 def _flash_check(device_type: str, index, dtype: torch.dtype) -> tuple[bool, str]:
@@ -97,7 +109,8 @@ def resolve_backend(backend: str, device, dtype: torch.dtype) -> tuple[str, str]
         if not ok:
             raise RuntimeError(f"attention backend 'triton' unavailable: {why}. Use backend='tiled' or 'sdpa'.")
         return "triton", why
-    ok, why = _flash_usable(device.type, device.index, dtype)
+    index = device.index if device.index is not None or device.type != "cuda" else torch.cuda.current_device()
+    ok, why = _flash_usable(device.type, index, dtype)
     if backend == "flash" and not ok:
         raise RuntimeError(f"attention backend 'flash' unavailable: {why}. Use backend='auto' or 'sdpa'.")
     return ("flash", why) if ok else ("sdpa", f"auto: {why}")

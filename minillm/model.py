@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from typing import Literal, get_args
 
-from .attention import BACKENDS, LATER_KERNELS
+from .attention import BACKENDS, LATER_KERNELS, probe_backends
 from .utils import patch, write_json
 from minillm.variants import (
     GroupedQueryAttention,
@@ -988,6 +988,7 @@ def decoding_plan(model: MiniLLM, ids: torch.Tensor, use_cache: bool, rolling: b
         return static, step
     if "_compiled_step" not in model.__dict__:  # one compiled step per model, kept across calls
         mode = "reduce-overhead" if ids.is_cuda else None  # CUDA graphs: the step replays as one launch
+        probe_backends(ids.device)  # `auto` decided now, not inside the graph
         model.__dict__["_compiled_step"] = torch.compile(step, mode=mode, dynamic=False)  # one graph per batch size
     compiled = model.__dict__["_compiled_step"]
 

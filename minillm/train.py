@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from .attention import probe_backends
 from .core import PRECISIONS, Precision, detect_hardware, mfu, peak_flops, seed_everything, synchronize
 from .data import TokenDataset, TrainSampler, eval_batches, verify_data
 from .moe import moe_layers, moe_losses, moe_metrics, moe_step
@@ -621,6 +622,7 @@ class Engine:
         self.model = self.wrap(t.raw)
         self.opt = self.build_optimizer(param_groups(t.raw, c.weight_decay))
         if t.speed["compile"]:
+            probe_backends(t.d.device)  # attention's `auto` decided now: the graph finds it cached
             self.model = torch.compile(self.model)
 
     def wrap(self, raw: torch.nn.Module) -> torch.nn.Module:

@@ -8,6 +8,7 @@ from multiprocessing.connection import wait as _wait_any
 from types import SimpleNamespace
 import torch
 import torch.distributed as dist
+from .attention import probe_backends
 from .train import Engine, TrainConfig, Dist, choose_amp, param_groups, held_bytes, speed_settings
 from .moe import moe_layers, in_backward
 from .utils import free_port
@@ -886,6 +887,7 @@ class FSDPEngine(Engine):
         self.model = t.raw
         self.opt = self.build_optimizer(param_groups(t.raw, c.weight_decay))
         if self.t.speed["compile"]:
+            probe_backends(self.t.d.device)  # attention's `auto` decided now: the graph finds it cached
             self.model = torch.compile(self.model)
 
     def build_optimizer(self, groups):

@@ -572,6 +572,10 @@ def bench_main(argv: list[str] | None = None) -> int:
                 f"--new-tokens {args.new_tokens}: use fewer than {args.preset}'s max_seq_len"
                 f" ({preset(args.preset).max_seq_len}), so the prompt and the new tokens fit one window"
             )
+        from pathlib import Path
+
+        if args.trace and not Path(args.trace).resolve().parent.is_dir():
+            raise ValueError(f"--trace {args.trace}: no folder {Path(args.trace).parent}; create it or choose another")
         base = {"micro_batch": args.micro_batch} if args.micro_batch else {}
         res = bench_profile(args.data, args.preset, args.steps, args.new_tokens, base, args.trace)
         write_json(args.json, res)

@@ -1,7 +1,7 @@
 #!/bin/sh
 # The GPU figures the training lesson's speed section and `minillm bench` record, in one pass on a CUDA machine.
-# Run from the repository root: `sh benchmarks/gpu.sh [part ...]`, parts: train, model, tests, ablate, flash, profile
-# (default: all six, in that order). It needs only a python3 that has torch, numpy, regex, sentencepiece and tqdm (PYTHONPATH=.
+# Run from the repository root: `sh benchmarks/gpu.sh [part ...]`, parts: train, model, tests, ablate, flash, profile,
+# modes (default: all seven, in that order). It needs only a python3 that has torch, numpy, regex, sentencepiece and tqdm (PYTHONPATH=.
 # runs this checkout without installing it); it writes its JSON into $OUT (default benchmarks/), named after the GPU.
 # BUDGET: seconds of training per run after the first, compiling step (default 15). Every part runs even when one
 # before it fails; the script exits non-zero if any failed. `bench train` saves its JSON after each run, so a part
@@ -10,7 +10,7 @@ set -u
 OUT=${OUT:-benchmarks}
 PY=${PY:-python3}
 BUDGET=${BUDGET:-15}
-PARTS=${*:-train model tests ablate flash profile}
+PARTS=${*:-train model tests ablate flash profile modes}
 export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 mkdir -p "$OUT"
 gpu=$($PY -c "import torch, sys
@@ -44,7 +44,12 @@ write_json(sys.argv[1], dict(benchmark='attention', device=torch.cuda.get_device
     profile)  # where the time of small's and medium's training steps and batch-1 decoding goes (torch.profiler)
         $PY -m minillm bench profile --data "$data" --preset small --json "$OUT/profile-small-$gpu.json" &&
             $PY -m minillm bench profile --data "$data" --preset medium --json "$OUT/profile-medium-$gpu.json" ;;
-    *) echo "unknown part $part: use train, model, tests, ablate, flash or profile"; false ;;
+    modes)  # small with CUDA graphs in training (--compile-mode reduce-overhead), then with a 4x larger batch
+        $PY -m minillm bench train --data "$data" --presets small --budgets "$BUDGET" --compile-mode reduce-overhead \
+            --json "$OUT/train-small-reduce-overhead-$gpu.json" &&
+            $PY -m minillm bench train --data "$data" --presets small --budgets "$BUDGET" --batch-tokens 65536 \
+                --json "$OUT/train-small-batch64-$gpu.json" ;;
+    *) echo "unknown part $part: use train, model, tests, ablate, flash, profile or modes"; false ;;
     esac || failed="$failed $part"
 done
 echo "== done ($(date +%T))${failed:+; failed:$failed}"

@@ -429,6 +429,7 @@ def bench_zero(
 def bench_main(argv: list[str] | None = None) -> int:
     "`minillm bench`: run a benchmark, print its figures, write them as JSON."
     from minillm.model import PRESETS
+    from minillm.train import COMPILE_MODES
 
     p = argparse.ArgumentParser(
         prog="minillm bench", description="Measure speed; print the figures and write them as JSON."
@@ -502,6 +503,12 @@ def bench_main(argv: list[str] | None = None) -> int:
     )
     t.add_argument("--ablate", action="store_true", help="also run with each speed setting that is on switched off")
     t.add_argument("--micro-batch", type=positive_int, default=None, help="sequences per step (default: the trainer's)")
+    t.add_argument(
+        "--batch-tokens", type=positive_int, default=None, help="tokens per optimizer step (default: the trainer's)"
+    )
+    t.add_argument(
+        "--compile-mode", default=None, choices=COMPILE_MODES, help="torch.compile's mode (default: default)"
+    )
     t.add_argument("--json", default="bench-train.json", help="where to write the figures")
     z = sub.add_parser("zero", help="tokens/s (and GPU peak memory) of the plain trainer vs DeepSpeed ZeRO stages")
     z.add_argument("--data", required=True, help="shards from `minillm prepare`")
@@ -563,6 +570,9 @@ def bench_main(argv: list[str] | None = None) -> int:
     f.add_argument("--steps", type=positive_int, default=5, help="training steps profiled (after 2 warm-up steps)")
     f.add_argument("--new-tokens", type=positive_int, default=32, help="tokens decoded in the profiled generation")
     f.add_argument("--micro-batch", type=positive_int, default=None, help="sequences per step (default: the trainer's)")
+    f.add_argument(
+        "--compile-mode", default=None, choices=COMPILE_MODES, help="torch.compile's mode (default: default)"
+    )
     f.add_argument("--trace", default=None, help="also write TRACE-train.json and TRACE-generate.json (Perfetto)")
     f.add_argument("--json", default="bench-profile.json", help="where to write the figures")
     args = p.parse_args(argv)
@@ -576,7 +586,7 @@ def bench_main(argv: list[str] | None = None) -> int:
 
         if args.trace and not Path(args.trace).resolve().parent.is_dir():
             raise ValueError(f"--trace {args.trace}: no folder {Path(args.trace).parent}; create it or choose another")
-        base = {"micro_batch": args.micro_batch} if args.micro_batch else {}
+        base = {k: v for k in ("micro_batch", "compile_mode") if (v := getattr(args, k)) is not None}
         res = bench_profile(args.data, args.preset, args.steps, args.new_tokens, base, args.trace)
         write_json(args.json, res)
         print(f"wrote {args.json}")
@@ -621,6 +631,7 @@ def bench_main(argv: list[str] | None = None) -> int:
             tuple(args.presets),
             ablate=args.ablate,
             micro_batch=args.micro_batch,
+            base={k: v for k in ("batch_tokens", "compile_mode") if (v := getattr(args, k)) is not None},
             on_run=lambda r: write_json(args.json, r),  # each run saved as it ends: a stopped series keeps its runs
         )
         from minillm.train import speed_table

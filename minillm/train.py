@@ -54,14 +54,14 @@ from minillm.utils import (
 )
 
 # %% auto #0
-__all__ = ['UNCAPPED', 'DEFAULT_MICRO_BATCH', 'Schedule', 'Offload', 'SCHEDULES', 'OFFLOADS', 'CHECKPOINT_KEYS', 'ENGINES',
-           'SPEEDUPS', 'VOCAB_MULTIPLE', 'COMPILES', 'FUSED_ADAMW', 'RUN_FILES', 'FLAGS', 'TrainConfig',
-           'literal_values', 'accumulation_steps', 'param_groups', 'lr_at', 'adamw_update', 'Dist', 'dist_env',
-           'srun_step', 'setup_dist', 'choose_amp', 'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint',
-           'check_compatible', 'engine_class', 'held_bytes', 'Engine', 'DDPEngine', 'speed_settings', 'apply_speed',
-           'describe_speed', 'speed_table', 'Trainer', 'run_files', 'clear_run', 'Diverged', 'LivePlot', 'load_model',
-           'sample_text', 'model_override', 'read_config_file', 'build_configs', 'train_parser', 'check_out',
-           'train_main', 'sample_parser', 'sample_main']
+__all__ = ['UNCAPPED', 'DEFAULT_MICRO_BATCH', 'Schedule', 'Offload', 'CompileMode', 'SCHEDULES', 'OFFLOADS', 'COMPILE_MODES',
+           'CHECKPOINT_KEYS', 'ENGINES', 'SPEEDUPS', 'VOCAB_MULTIPLE', 'COMPILES', 'FUSED_ADAMW', 'RUN_FILES', 'FLAGS',
+           'TrainConfig', 'literal_values', 'accumulation_steps', 'param_groups', 'lr_at', 'adamw_update', 'Dist',
+           'dist_env', 'srun_step', 'setup_dist', 'choose_amp', 'rng_state', 'set_rng_state', 'save_checkpoint',
+           'load_checkpoint', 'check_compatible', 'engine_class', 'held_bytes', 'Engine', 'DDPEngine', 'speed_settings',
+           'apply_speed', 'describe_speed', 'speed_table', 'Trainer', 'run_files', 'clear_run', 'Diverged', 'LivePlot',
+           'load_model', 'sample_text', 'model_override', 'read_config_file', 'build_configs', 'train_parser',
+           'check_out', 'train_main', 'sample_parser', 'sample_main']
 
 # %% ../nbs/09_train.ipynb #9c1266ab
 UNCAPPED = 10**9  # max_steps when a time budget or --epochs decides the length
@@ -70,8 +70,11 @@ DEFAULT_MICRO_BATCH = 16  # sequences per rank per step when neither --micro-bat
 
 Schedule = Literal["cosine", "linear"]  # how the learning rate decays after warmup
 Offload = Literal["none", "optimizer", "all"]  # what DeepSpeed moves to the CPU: nothing, the optimizer, everything
+# torch.compile's modes: reduce-overhead replays each compiled graph as one CUDA graph (no launch per kernel)
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
 OFFLOADS: tuple[str, ...] = get_args(Offload)
+COMPILE_MODES: tuple[str, ...] = get_args(CompileMode)
 
 
 @dataclass
@@ -104,6 +107,7 @@ class TrainConfig:
     precision: Literal["auto"] | Precision = "auto"  # auto: bf16 where native, fp16 on older GPUs, fp32 on a CPU
     # speed (section "Speed on a GPU"): None is on for CUDA where the engine allows it, off on a CPU
     compile: bool | None = None  # torch.compile the model
+    compile_mode: CompileMode = "default"  # torch.compile's mode, when the model is compiled
     fused_adamw: bool | None = None  # AdamW's update in one fused kernel per parameter group
     tf32: bool | None = None  # fp32 matmuls on TF32 tensor cores (CUDA)
     sdpa_flash: bool | None = None  # let SDPA pick its flash kernel (CUDA)
@@ -623,7 +627,7 @@ class Engine:
         self.opt = self.build_optimizer(param_groups(t.raw, c.weight_decay))
         if t.speed["compile"]:
             probe_backends(t.d.device)  # attention's `auto` decided now: the graph finds it cached
-            self.model = torch.compile(self.model)
+            self.model = torch.compile(self.model, mode=t.speed["compile_mode"])
 
     def wrap(self, raw: torch.nn.Module) -> torch.nn.Module:
         return raw
@@ -765,6 +769,9 @@ def speed_settings(c: TrainConfig, device: torch.device, engine: str) -> dict:
             raise ValueError(f"--{k.replace('_', '-')}: {why[k]}")
         s[k] = can[k] and (cuda if asked is None else asked)
     s["loss_chunk"] = (LOSS_CHUNK if cuda else 0) if c.loss_chunk is None else c.loss_chunk
+    if c.compile_mode != "default" and not s["compile"]:
+        raise ValueError(f"--compile-mode {c.compile_mode}: the model is not compiled here: add --compile, or drop it")
+    s["compile_mode"] = c.compile_mode
     return s
 
 
@@ -778,6 +785,8 @@ def apply_speed(s: dict, device: torch.device):
 def describe_speed(s: dict) -> str:
     "The start-up line's speed part: `speed: compile on, fused_adamw off, ..., loss_chunk 4096`."
     on = ", ".join(f"{k} {'on' if s[k] else 'off'}" for k in SPEEDUPS)
+    if s["compile"] and s.get("compile_mode", "default") != "default":
+        on = on.replace("compile on", f"compile on ({s['compile_mode']})", 1)
     return f"speed: {on}, loss_chunk {s['loss_chunk'] or 'off'}"
 
 # %% ../nbs/09_train.ipynb #7b9879ea
@@ -1585,6 +1594,11 @@ FLAGS = {  # TrainConfig field: (argparse type or choices, help)
         "auto: bf16 where native, fp16 with loss scaling on older GPUs, fp32 on a CPU",
     ),
     "compile": (bool, f"torch.compile the model (engines {', '.join(COMPILES)}; default: on for CUDA)"),
+    "compile_mode": (
+        list(COMPILE_MODES),
+        "torch.compile's mode: reduce-overhead replays each graph as a CUDA graph (one launch per forward or backward);"
+        " max-autotune also searches matmul kernels (minutes of compiling). Default: default",
+    ),
     "fused_adamw": (bool, f"AdamW in one fused kernel (engines {', '.join(FUSED_ADAMW)}; default: on for CUDA)"),
     "tf32": (bool, "fp32 matmuls on TF32 tensor cores (CUDA only; default on)"),
     "sdpa_flash": (bool, "let SDPA use its flash kernel (CUDA only; default on)"),

@@ -888,7 +888,7 @@ class FSDPEngine(Engine):
         self.opt = self.build_optimizer(param_groups(t.raw, c.weight_decay))
         if self.t.speed["compile"]:
             probe_backends(self.t.d.device)  # attention's `auto` decided now: the graph finds it cached
-            self.model = torch.compile(self.model)
+            self.model = torch.compile(self.model, mode=self.t.speed["compile_mode"])
 
     def build_optimizer(self, groups):
         c = self.t.cfg

@@ -359,7 +359,8 @@ def activation_inventory(
     out += [("head", "final norm " + k, v) for k, v in _norm_items(c.norm, n, C, scheme, 1, C)]
     if scheme == "amp":
         out.append(("head", "16-bit LM-head weight copy (autocast)", 2 * V * C))
-    out += [("head", "log-softmax (fp32)", 4 * n * V), ("head", "labels (int64)", 8 * n)]
+    # the loss sees the token columns only: a padded head's extra logits are sliced off before the log-softmax
+    out += [("head", "log-softmax (fp32)", 4 * n * c.vocab_size), ("head", "labels (int64)", 8 * n)]
     return out
 
 

@@ -14,7 +14,7 @@ import torch
 from .core import detect_hardware, peak_flops, seed_everything, synchronize
 from .model import MiniLLM, flops_per_token, preset
 from .moe import BALANCES
-from .utils import positive_float, positive_int, write_json
+from .utils import check_writable, positive_float, positive_int, write_json
 
 # %% auto #0
 __all__ = ['VARIANT_ARGS', 'GENERATE_MODES', 'ENGINE_MODES', 'SYNC_OPS', 'ZERO_MODES', 'variant_config', 'train_throughput',
@@ -570,12 +570,14 @@ def bench_main(argv: list[str] | None = None) -> int:
     f.add_argument("--steps", type=positive_int, default=5, help="training steps profiled (after 2 warm-up steps)")
     f.add_argument("--new-tokens", type=positive_int, default=32, help="tokens decoded in the profiled generation")
     f.add_argument("--micro-batch", type=positive_int, default=None, help="sequences per step (default: the trainer's)")
+    f.add_argument("--compile", choices=["on", "off"], default=None, help="torch.compile (default: on for CUDA)")
     f.add_argument(
         "--compile-mode", default=None, choices=COMPILE_MODES, help="torch.compile's mode (default: default)"
     )
     f.add_argument("--trace", default=None, help="also write TRACE-train.json and TRACE-generate.json (Perfetto)")
     f.add_argument("--json", default="bench-profile.json", help="where to write the figures")
     args = p.parse_args(argv)
+    check_writable(args.json, "--json")  # before minutes of measuring, not after
     if args.name == "profile":
         if args.new_tokens >= preset(args.preset).max_seq_len:
             raise ValueError(
@@ -587,6 +589,7 @@ def bench_main(argv: list[str] | None = None) -> int:
         if args.trace and not Path(args.trace).resolve().parent.is_dir():
             raise ValueError(f"--trace {args.trace}: no folder {Path(args.trace).parent}; create it or choose another")
         base = {k: v for k in ("micro_batch", "compile_mode") if (v := getattr(args, k)) is not None}
+        base.update({} if args.compile is None else {"compile": args.compile == "on"})
         res = bench_profile(args.data, args.preset, args.steps, args.new_tokens, base, args.trace)
         write_json(args.json, res)
         print(f"wrote {args.json}")

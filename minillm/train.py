@@ -770,7 +770,10 @@ def speed_settings(c: TrainConfig, device: torch.device, engine: str) -> dict:
         s[k] = can[k] and (cuda if asked is None else asked)
     s["loss_chunk"] = (LOSS_CHUNK if cuda else 0) if c.loss_chunk is None else c.loss_chunk
     if c.compile_mode != "default" and not s["compile"]:
-        raise ValueError(f"--compile-mode {c.compile_mode}: the model is not compiled here: add --compile, or drop it")
+        raise ValueError(
+            f"--compile-mode {c.compile_mode}: the model is not compiled in this run (compile is on by default on CUDA"
+            f" only): turn compile on (train: --compile; bench: --compile on), or drop it"
+        )
     s["compile_mode"] = c.compile_mode
     return s
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['DEBUG_ENV', 'USER_ERRORS', 'positive_int', 'nonneg_int', 'positive_float', 'nonneg_float', 'finite_float',
-           'unit_float', 'current_umask', 'write_atomic', 'write_json', 'UserError', 'describe_error', 'run_main',
-           'number_arg', 'patch', 'free_port', 'threading_main', 'signals_noted', 'MetricWriters']
+           'unit_float', 'current_umask', 'write_atomic', 'check_writable', 'write_json', 'UserError', 'describe_error',
+           'run_main', 'number_arg', 'patch', 'free_port', 'threading_main', 'signals_noted', 'MetricWriters']
 
 # %% ../nbs/00_utils.ipynb #5bbfc377
 def current_umask() -> int:
@@ -29,8 +29,13 @@ def current_umask() -> int:
 def write_atomic(path: Path | str, data: str | bytes):
     "Write `data` (text or bytes) to `path` through a temporary file in the same folder, then rename."
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:  # the folder takes no new file: name the file asked for, not the temporary one
+        raise type(e)(e.errno, e.strerror, str(path)) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
@@ -41,6 +46,25 @@ def write_atomic(path: Path | str, data: str | bytes):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_writable(path: Path | str, flag: str):
+    """Refuse an output file that cannot be written, before the work that fills it: a folder, or a place where no
+    new file can be made (missing parents are fine: write_atomic makes them)."""
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"{flag} {path} is a folder: name a file (e.g. {p / 'out.json'})")
+    base = p.parent
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise ValueError(f"{flag} {path}: {base} is a file, not a folder: choose another path")
+    try:
+        tempfile.TemporaryFile(dir=base).close()
+    except OSError as e:
+        raise ValueError(
+            f"{flag} {path}: no file can be written in {base} ({e.strerror}): choose another path"
+        ) from None
 
 
 def write_json(path: Path | str, obj, indent: int = 2):

@@ -340,8 +340,8 @@ def bench_train(
     for name in presets:
         for comp in compile_modes:
             for b in budgets:
-                cfg0 = dict(base or {}, compile=comp, time_budget=b, max_steps=1_000_000, eval_every=1_000_000)
-                cfg0.update(eval_batches=40, log_every=10, **({"micro_batch": micro_batch} if micro_batch else {}))
+                cfg0 = dict(compile=comp, time_budget=b, max_steps=1_000_000, eval_every=1_000_000, eval_batches=40)
+                cfg0.update(dict(log_every=10, **(base or {})), **({"micro_batch": micro_batch} if micro_batch else {}))
                 first = run(name, b, cfg0, None, {})  # all on: it decides which settings to switch off in turn
                 for off, extra in train_variants(first["speed"], ablate):
                     res["runs"].append(first if off is None else run(name, b, cfg0, off, extra))
@@ -801,10 +801,16 @@ def dense_like_total(name: str = "moe", base: str = "demo", multiple_of: int = 6
 
 
 def bench_moe(
-    data: str, budget: float = 300, balances=BALANCES, out: str | None = None, eval_batches: int = 20, log=print
+    data: str,
+    budget: float = 300,
+    balances=BALANCES,
+    out: str | None = None,
+    eval_batches: int = 20,
+    log=print,
+    max_steps: int = 1_000_000,
 ) -> dict:
     """The moe preset (per balancing method) vs demo (equal active params) vs a wide demo (equal total params), same
-    time budget each.
+    time budget each (`max_steps` caps a run that the budget would let run longer).
     """
     import tempfile
     from minillm.train import TrainConfig, Trainer
@@ -820,7 +826,7 @@ def bench_moe(
                 data=data,
                 out=out or d,
                 time_budget=budget,
-                max_steps=1_000_000,
+                max_steps=max_steps,
                 eval_every=10**6,
                 eval_batches=eval_batches,
                 log_every=1,

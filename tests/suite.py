@@ -5,7 +5,7 @@
    difference from the working tree (unclean notebooks, a stale package, README or lessons) fails,
    with the command that fixes it. The working tree itself is never touched.
 2. notebooks: nbdev_test over nbs/ (cells flagged slow, gpu, multigpu are skipped; see settings.ini).
-3. pytest: tests/ (tests marked slow, gpu, multigpu are skipped unless MINILLM_TEST_FLAGS names them).
+3. pytest: tests/, one process per file, two at a time (tests marked slow, gpu, multigpu are skipped unless MINILLM_TEST_FLAGS names them).
 
 Usage: python tests/suite.py [--only sync|notebooks|pytest ...] [--flags "slow gpu"]
 """
@@ -112,21 +112,52 @@ def notebooks(flags: str) -> tuple[int, int, str]:
     return len(nbs) - failed, failed, out
 
 
-def pytest(flags: str) -> tuple[int, int, int, str]:
-    "(passed, failed, skipped, output) from pytest tests/; 'no tests collected' (exit 5) counts as none run."
-    with tempfile.TemporaryDirectory() as tmp:
-        xml = Path(tmp) / "junit.xml"
-        env = {**os.environ, "MINILLM_TEST_FLAGS": flags}
-        r = subprocess.run([sys.executable, "-m", "pytest", "tests", "-q", "-rs", "-p", "no:cacheprovider", "--durations=12",
-                            f"--junitxml={xml}"], cwd=ROOT, env=env, text=True, capture_output=True)
-        out = r.stdout + r.stderr
-        if r.returncode == 5: return 0, 0, 0, out + "\n(no tests collected)"
-        if not xml.exists(): return 0, 1, 0, out
-        s = ET.parse(xml).getroot()
-        s = s if s.tag == "testsuite" else s.find("testsuite")
-        total, fail, err, skip = (int(s.get(k, 0)) for k in ("tests", "failures", "errors", "skipped"))
-        failed = fail + err + (1 if r.returncode not in (0, 1) and not fail + err else 0)
-        return total - fail - err - skip, failed, skip, out
+# Seconds each file took on the 2-core machine (November 2026): only the order in which the two workers take files
+# (longest first, so that neither is left with a long file at the end). A file not named here goes last.
+WEIGHTS = {"test_lessons.py": 570, "test_deepspeed.py": 315, "test_badinput_train.py": 265, "test_engines.py": 170,
+           "test_train.py": 85, "test_badinput_prepare.py": 83, "test_moe.py": 81, "test_cli.py": 80, "test_hosted.py": 79,
+           "test_badinput_model.py": 71, "test_launch.py": 41, "test_scaling.py": 36, "test_badinput_misc.py": 28}
+WORKERS = 2
+
+
+def pytest_file(path: Path, flags: str, tmp: Path) -> dict:
+    "pytest on one file, in its own process: its counts, output, the time it took and its tests' durations."
+    xml = tmp / f"{path.stem}.xml"
+    # one thread per process, as the notebooks' workers: two pytest processes share the 2 cores
+    env = {"OMP_NUM_THREADS": "1", **os.environ, "MINILLM_TEST_FLAGS": flags}
+    t = time.time()
+    r = subprocess.run([sys.executable, "-m", "pytest", str(path.relative_to(ROOT)), "-q", "-rs", "-p", "no:cacheprovider",
+                        f"--junitxml={xml}"], cwd=ROOT, env=env, text=True, capture_output=True)
+    res = dict(name=path.name, wall=time.time() - t, out=r.stdout + r.stderr, passed=0, failed=0, skipped=0, durations=[])
+    if r.returncode == 5: return res       # no tests collected
+    if not xml.exists(): return {**res, "failed": 1}
+    s = ET.parse(xml).getroot()
+    s = s if s.tag == "testsuite" else s.find("testsuite")
+    total, fail, err, skip = (int(s.get(k, 0)) for k in ("tests", "failures", "errors", "skipped"))
+    failed = fail + err + (1 if r.returncode not in (0, 1) and not fail + err else 0)
+    res.update(passed=total - fail - err - skip, failed=failed, skipped=skip,
+               durations=[(float(c.get("time", 0)), f"{path.name}::{c.get('name')}") for c in s.iter("testcase")])
+    return res
+
+
+def pytest(flags: str, files: list[Path] | None = None) -> tuple[int, int, int, str, list[str]]:
+    """(passed, failed, skipped, output, failing files) from pytest over tests/, one process per file, WORKERS files at a time: most
+    of a test's time is a subprocess starting Python, importing torch or waiting on a launcher, which leaves a core
+    idle; two at a time took the phase from 1958 s to 1291 s here (the same 310 tests)."""
+    from concurrent.futures import ThreadPoolExecutor
+    files = sorted(files or (ROOT / "tests").glob("test_*.py"), key=lambda p: -WEIGHTS.get(p.name, 0))
+    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(WORKERS) as pool:
+        results = list(pool.map(lambda p: pytest_file(p, flags, Path(tmp)), files))
+    out = []
+    for r in results:
+        lines = r["out"].rstrip().splitlines()
+        # a passing file shows its last line and skip reasons; a failing one shows everything
+        shown = lines if r["failed"] else [l for l in lines if l.startswith("SKIPPED")] + lines[-1:]
+        out.append(f"-- {r['name']} ({r['wall']:.0f} s)\n" + "\n".join("   " + l for l in shown))
+    slowest = sorted((d for r in results for d in r["durations"]), reverse=True)[:12]
+    out.append("slowest tests:\n" + "\n".join(f"  {t:7.1f} s  {name}" for t, name in slowest))
+    total = lambda k: sum(r[k] for r in results)
+    return total("passed"), total("failed"), total("skipped"), "\n".join(out), [r["name"] for r in results if r["failed"]]
 
 
 SHM = Path("/dev/shm")
@@ -169,10 +200,11 @@ def main(argv=None) -> int:
         if bad: print(out); messages.append("notebooks failed (see above). Reproduce: nbdev_test --path nbs/NAME.ipynb")
         passed += ok; failed += bad
     if "pytest" in args.only:
-        t = time.time(); ok, bad, sk, out = pytest(args.flags); times["pytest"] = time.time() - t
+        t = time.time(); ok, bad, sk, out, bad_files = pytest(args.flags); times["pytest"] = time.time() - t
         print(out.rstrip())
         print(f"== pytest tests/: {ok} passed, {bad} failed, {sk} skipped")
-        if bad: messages.append("pytest failed (see above). Reproduce: .venv/bin/python -m pytest tests -x")
+        if bad: messages.append("pytest failed (see above). Reproduce: .venv/bin/python -m pytest "
+                                     + " ".join(f"tests/{f}" for f in bad_files) + " -x")
         passed += ok; failed += bad; skipped += sk
 
     leaks = shm_check(shm_before)

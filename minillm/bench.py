@@ -17,9 +17,10 @@ from .moe import BALANCES
 from .utils import check_writable, positive_float, positive_int, write_json
 
 # %% auto #0
-__all__ = ['VARIANT_ARGS', 'GENERATE_MODES', 'ENGINE_MODES', 'SYNC_OPS', 'ZERO_MODES', 'variant_config', 'train_throughput',
-           'generate_throughput', 'bench_model', 'bench_bpe', 'train_variants', 'bench_train', 'bench_zero',
-           'bench_main', 'bench_engines', 'dense_like_total', 'bench_moe', 'profile_summary', 'bench_profile']
+__all__ = ['VARIANT_ARGS', 'GENERATE_MODES', 'ENGINE_MODES', 'SYNC_OPS', 'ZERO_MODES', 'variant_config', 'wall_seconds',
+           'train_throughput', 'generate_throughput', 'bench_model', 'bench_bpe', 'train_variants', 'bench_train',
+           'bench_zero', 'bench_main', 'bench_engines', 'dense_like_total', 'bench_moe', 'profile_summary',
+           'bench_profile']
 
 # %% ../nbs/95_bench.ipynb #64feb25e
 VARIANT_ARGS = {
@@ -42,6 +43,15 @@ def _autocast(device, precision):
     if device.type != "cuda" or precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def wall_seconds(fn, device) -> float:
+    "Seconds `fn()` takes, the work it queues on `device` included (CUDA runs kernels after the call returns)."
+    synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - t0
 
 
 def train_throughput(config, device="cpu", precision="fp32", batch=8, seq_len=None, steps=3, warmup=2) -> dict:
@@ -111,11 +121,7 @@ def generate_throughput(
     p = torch.randint(0, config.vocab_size, (batch, prompt_len), device=device)
 
     def timed(mode: str, n: int) -> float:
-        synchronize(device)
-        t0 = time.perf_counter()
-        model.generate(p, n, temperature=0, **GENERATE_MODES[mode])
-        synchronize(device)
-        return time.perf_counter() - t0
+        return wall_seconds(lambda: model.generate(p, n, temperature=0, **GENERATE_MODES[mode]), device)
 
     whole, decode, prefill = {}, {}, {}
     for mode in modes:
@@ -909,12 +915,7 @@ def _profiled(fn, steps: int, device, trace: str | None = None) -> dict:
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     counters.clear()  # graphs and breaks made from here on: a recompile inside the profiled steps shows
     with profile(activities=acts) as prof:
-        synchronize(device)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            fn()
-        synchronize(device)
-        wall = time.perf_counter() - t0
+        wall = wall_seconds(lambda: [fn() for _ in range(steps)], device)
     if trace:
         prof.export_chrome_trace(trace)
     out = profile_summary(prof, steps, wall)
@@ -959,11 +960,7 @@ def bench_profile(
     T = model.config.max_seq_len
     prompt = torch.randint(0, model.config.vocab_size, (1, max(1, T - new_tokens - 1)), device=device)
     model.generate(prompt, 4, temperature=0)  # compile and warm up
-    synchronize(device)
-    t0 = time.perf_counter()
-    model.generate(prompt, 1, temperature=0)
-    synchronize(device)
-    res["prefill_s"] = time.perf_counter() - t0
+    res["prefill_s"] = wall_seconds(lambda: model.generate(prompt, 1, temperature=0), device)
     # one call: the prompt's forward is the first step; the rest decode one token each
     res["generate"] = _profiled(
         lambda: model.generate(prompt, new_tokens, temperature=0), 1, device, trace and f"{trace}-generate.json"

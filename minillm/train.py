@@ -787,10 +787,11 @@ def apply_speed(s: dict, device: torch.device):
 
 def describe_speed(s: dict) -> str:
     "The start-up line's speed part: `speed: compile on, fused_adamw off, ..., loss_chunk 4096`."
-    on = ", ".join(f"{k} {'on' if s[k] else 'off'}" for k in SPEEDUPS)
-    if s["compile"] and s.get("compile_mode", "default") != "default":
-        on = on.replace("compile on", f"compile on ({s['compile_mode']})", 1)
-    return f"speed: {on}, loss_chunk {s['loss_chunk'] or 'off'}"
+    mode = s.get("compile_mode", "default")
+    state = {k: "on" if s[k] else "off" for k in SPEEDUPS}
+    if s["compile"] and mode != "default":
+        state["compile"] = f"on ({mode})"
+    return "speed: " + ", ".join(f"{k} {v}" for k, v in state.items()) + f", loss_chunk {s['loss_chunk'] or 'off'}"
 
 # %% ../nbs/09_train.ipynb #7b9879ea
 def speed_table(res: dict) -> str:

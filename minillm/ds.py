@@ -2,7 +2,7 @@
 
 # %% ../nbs/13_deepspeed.ipynb #40a8daa1
 from __future__ import annotations
-import difflib, json, os, shutil
+import difflib, json, math, os, shutil
 from dataclasses import replace
 from pathlib import Path
 import torch
@@ -17,28 +17,13 @@ from .utils import UserError, free_port, patch, write_json
 __all__ = ['SHIPPED', 'SHIPPED_FILES', 'SHM_ALLREDUCE', 'SHARD_GLOBALS', 'zero_section', 'require_deepspeed', 'ds_precision',
            'build_ds_config', 'find_auto', 'batch_triple', 'resolve_ds_config', 'load_ds_config', 'user_ds_config',
            'skip_shm_allreduce', 'DeepSpeedEngine', 'shard_globals', 'verify_shards', 'consolidated_weights',
-           'rank_model_states', 'deepspeed_estimate', 'find_launcher', 'deepspeed_command', 'torchrun_command',
-           'run_training']
+           'merge_shards', 'rank_model_states', 'deepspeed_estimate', 'find_launcher', 'deepspeed_command',
+           'torchrun_command', 'run_training']
 
 # %% ../nbs/13_deepspeed.ipynb #9405362f
 def zero_section(stage: int, offload: str, bucket: int, persistence: int, on_gpu: bool) -> dict:
-    """ds_config's zero_optimization for ZeRO `stage` and `offload` none|optimizer|all. Always: stage,
-    contiguous_gradients True,
-    overlap_comm (on a GPU only), reduce_bucket_size = bucket. Stages 1-2: allgather_bucket_size = bucket,
-    reduce_scatter True.
-    Stage 3: stage3_prefetch_bucket_size = bucket, stage3_param_persistence_threshold = persistence,
-    stage3_max_live_parameters =
-    2 x bucket, stage3_gather_16bit_weights_on_model_save False. Offload optimizer or all: offload_optimizer; all:
-    offload_param too;
-    each {"device": "cpu", "pin_memory": on a GPU only}.
-    """
-    # hint: start from the keys every stage has, add the keys only stages one and two use or only stage three uses, then
-    #       the offload entries: the optimizer's for either offload, the parameters' for all only.
-    # hint2: stage 0 adds nothing to the keys every stage has; pinned memory and overlapping communication need a GPU,
-    #        so both follow on_gpu.
-    # hint3: z = {"stage": stage, "contiguous_gradients": True, "overlap_comm": on_gpu, "reduce_bucket_size": bucket};
-    #        if stage in (1, 2): z |= {...}; if offload in ("optimizer", "all"): z["offload_optimizer"] = {"device":
-    #        "cpu", "pin_memory": on_gpu}
+    """ds_config's zero_optimization for ZeRO `stage` and `offload` none|optimizer|all; overlapped communication and
+    pinned memory on a GPU only."""
     zero = {"stage": stage, "contiguous_gradients": True, "overlap_comm": on_gpu, "reduce_bucket_size": bucket}
     if stage in (1, 2):
         zero |= {"allgather_bucket_size": bucket, "reduce_scatter": True}
@@ -599,6 +584,24 @@ def model_state(self: DeepSpeedEngine) -> dict:
 @patch
 def optimizer_state(self: DeepSpeedEngine):
     return None  # the moments stay in DeepSpeed's shards
+
+# %% ../nbs/13_deepspeed.ipynb #ca1df346
+def merge_shards(shards: list[torch.Tensor], shapes: dict[str, tuple]) -> dict[str, torch.Tensor]:
+    "{name: full tensor} from every rank's 1-D slice of one flat, end-padded buffer; `shapes` in buffer order."
+    # hint: the slices are consecutive pieces of one buffer: rebuild it, then find where each parameter starts; what is
+    #       left at the end is padding and belongs to no parameter.
+    # hint2: a parameter may straddle two ranks' slices, so never cut slice by slice: walk one offset through the whole
+    #        buffer, in the order of `shapes`.
+    # hint3: flat = torch.cat(shards); per name, n = math.prod(shape) elements from the offset, viewed as shape, then
+    #        move the offset on by n.
+    flat = torch.cat(shards)  # (world * slice,): the group's buffer, padding last
+    out, offset = {}, 0
+    for name, shape in shapes.items():
+        n = math.prod(shape)
+        out[name] = flat[offset : offset + n].view(shape)
+        offset += n
+    return out
+
 
 # %% ../nbs/13_deepspeed.ipynb #3e488823
 def rank_model_states(engine) -> dict:

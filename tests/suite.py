@@ -152,7 +152,8 @@ def pytest(flags: str, files: list[Path] | None = None) -> tuple[int, int, int, 
     for r in results:
         lines = r["out"].rstrip().splitlines()
         # a passing file shows its last line and skip reasons; a failing one shows everything
-        shown = lines if r["failed"] else [l for l in lines if l.startswith("SKIPPED")] + lines[-1:]
+        # (and a lesson walk's SlowStep warnings: a cell or a kernel that took minutes)
+        shown = lines if r["failed"] else [l for l in lines if l.startswith("SKIPPED") or "SlowStep:" in l] + lines[-1:]
         out.append(f"-- {r['name']} ({r['wall']:.0f} s)\n" + "\n".join("   " + l for l in shown))
     slowest = sorted((d for r in results for d in r["durations"]), reverse=True)[:12]
     out.append("slowest tests:\n" + "\n".join(f"  {t:7.1f} s  {name}" for t, name in slowest))

@@ -2,6 +2,8 @@
 import json
 import os
 import re
+import time
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -589,11 +591,23 @@ def test_every_exercise_has_a_wrong_answer():
                                        "its self-check rejects): " + ", ".join(missing))
 
 
+class SlowStep(UserWarning):
+    "A lesson cell, or the kernel's start and stop, that took over SLOW seconds: named in the suite's output."
+
+
+SLOW = float(os.environ.get("MINILLM_SLOW_STEP", 120))   # seconds; the slowest lesson cell takes about 60 s here
+CELL_SECONDS, WALKING = [], [""]   # this walk's cell times, and its lesson
+
+
 def run_cell(client, cell, index) -> str | None:
     "Run one cell in the lesson's kernel: None if it ran, else the error as the learner sees it."
     cell.outputs = []
+    t = time.monotonic()
     try: client.execute_cell(cell, index)
     except CellExecutionError as e: return str(e)
+    finally:
+        CELL_SECONDS.append(dt := time.monotonic() - t)
+        if dt > SLOW: warnings.warn(SlowStep(f"{WALKING[0]} cell {index} took {dt:.0f} s: {cell.source.strip().splitlines()[0][:80]!r}"))
     return None
 
 
@@ -615,6 +629,8 @@ def test_lesson_exercises(name, tmp_path):
     mine = [f for n, f in EXERCISES if n == name]
     assert set(wrong) <= set(mine), f"WRONG names exercises {set(wrong) - set(mine)} that {name} does not have"
     client, problems, passed = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}), [], []
+    CELL_SECONDS.clear(); WALKING[0] = name
+    t0 = time.monotonic()
     with client.setup_kernel():
         i = 0
         while i < len(nb.cells):
@@ -641,6 +657,8 @@ def test_lesson_exercises(name, tmp_path):
             if f"\u2713 {func}" not in out: problems.append(f"{func}: the self-check printed no pass: {out[-500:]}")
             passed.append(func)
             i += 2
+    if (rest := time.monotonic() - t0 - sum(CELL_SECONDS)) > SLOW:   # a stall outside the cells: the kernel's start or stop
+        warnings.warn(SlowStep(f"{name}: {rest:.0f} s outside its {len(CELL_SECONDS)} cells (kernel start and stop)"))
     assert passed == mine, (passed, mine)
     assert not problems, "\n\n".join(problems)
     typed = prose.unsupported(every_cell)

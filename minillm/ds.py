@@ -592,8 +592,8 @@ def merge_shards(shards: list[torch.Tensor], shapes: dict[str, tuple]) -> dict[s
     #       left at the end is padding and belongs to no parameter.
     # hint2: a parameter may straddle two ranks' slices, so never cut slice by slice: walk one offset through the whole
     #        buffer, in the order of `shapes`.
-    # hint3: torch.cat joins tensors end to end; math.prod(shape) counts a parameter's elements; a 1-D slice of the right
-    #        length can be .view()ed as any shape of that size.
+    # hint3: torch.cat joins tensors end to end; math.prod(shape) counts a parameter's elements; a 1-D slice of the
+    #        right length can be .view()ed as any shape of that size.
     flat = torch.cat(shards)  # (world * slice,): the group's buffer, padding last
     out, offset = {}, 0
     for name, shape in shapes.items():

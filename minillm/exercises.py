@@ -35,17 +35,34 @@ class case:
 
 # %% ../nbs/00_exercises.ipynb #305ea24e
 def _short(x, n=200) -> str:
-    "A repr short enough to read in an error message; tensors show shape, dtype and values."
+    """A repr short enough to read in an error message; tensors show shape, dtype and values, also inside a list,
+    tuple or dict, where each item gets its share of the room (so every tensor's shape shows)."""
     try:
         import torch
 
         if isinstance(x, torch.Tensor):
-            r = f"tensor(shape={tuple(x.shape)}, dtype={str(x.dtype).replace('torch.', '')}, values={x.tolist()!r})"
+            v = _sig(x.tolist()) if x.dtype.is_floating_point else x.tolist()
+            r = f"tensor(shape={tuple(x.shape)}, dtype={str(x.dtype).replace('torch.', '')}, values={v!r})"
             return r if len(r) <= n else r[:n] + "...)"
     except ImportError:
         pass
+    if type(x) in (list, tuple, dict) and x:
+        share = max(80, n // len(x))  # a small tensor's values fit in 80
+        items = (
+            [f"{k!r}: {_short(v, share)}" for k, v in x.items()]
+            if isinstance(x, dict)
+            else [_short(v, share) for v in x]
+        )
+        left, right = {list: "[]", tuple: "()", dict: "{}"}[type(x)]
+        r = left + ", ".join(items) + ("," if type(x) is tuple and len(x) == 1 else "") + right
+        return r if len(r) <= 3 * n else r[: 3 * n] + "..."
     r = repr(x)
     return r if len(r) <= n else r[:n] + "..."
+
+
+def _sig(v):
+    "Floats, in nested lists, to 6 significant digits: a difference that `check`'s tolerance (1e-5) sees still shows."
+    return [_sig(e) for e in v] if isinstance(v, list) else float(f"{v:.6g}")
 
 
 def same(expected, got, rtol=1e-5, atol=1e-6) -> bool:

@@ -229,6 +229,16 @@ WRONG = [   # (lesson, exercise, a plausible wrong answer, what its self-check f
     ("09_train.ipynb", "adamw_update", "def adamw_update(p, g, m, v, step, lr, weight_decay, betas=(0.9, 0.95), eps=1e-8):\n    b1, b2 = betas\n"
      "    p.mul_(1 - lr * weight_decay); m.lerp_(g, 1 - b1); v.mul_(b2).addcmul_(g, g, value=1 - b2)\n    p.sub_(lr * m / (v.sqrt() + eps))\n    return p, m, v",
      ["wrong answer", "inputs:   (tensor(shape=(4,)"]),
+    # eps inside the root: invisible while the gradient's square dwarfs it, a 100x smaller step when it does not.
+    ("09_train.ipynb", "adamw_update", "def adamw_update(p, g, m, v, step, lr, weight_decay, betas=(0.9, 0.95), eps=1e-8):\n    b1, b2 = betas\n"
+     "    p.mul_(1 - lr * weight_decay); m.lerp_(g, 1 - b1); v.mul_(b2).addcmul_(g, g, value=1 - b2)\n"
+     "    p.sub_(lr * (m / (1 - b1 ** step)) / (v / (1 - b2 ** step) + eps).sqrt())\n    return p, m, v",
+     ["wrong answer", "inputs:   (tensor(shape=(3,)"]),
+    # eps left out: the same as torch until a gradient is as small as eps.
+    ("09_train.ipynb", "adamw_update", "def adamw_update(p, g, m, v, step, lr, weight_decay, betas=(0.9, 0.95), eps=1e-8):\n    b1, b2 = betas\n"
+     "    p.mul_(1 - lr * weight_decay); m.lerp_(g, 1 - b1); v.mul_(b2).addcmul_(g, g, value=1 - b2)\n"
+     "    p.sub_(lr * (m / (1 - b1 ** step)) / (v / (1 - b2 ** step)).sqrt())\n    return p, m, v",
+     ["wrong answer", "inputs:   (tensor(shape=(3,)"]),
     # The decay applied after the update: it shrinks the step too.
     ("09_train.ipynb", "adamw_update", "def adamw_update(p, g, m, v, step, lr, weight_decay, betas=(0.9, 0.95), eps=1e-8):\n    b1, b2 = betas\n"
      "    m.lerp_(g, 1 - b1); v.mul_(b2).addcmul_(g, g, value=1 - b2)\n"

@@ -16,9 +16,9 @@ from .utils import UserError, free_port, patch, write_json
 # %% auto #0
 __all__ = ['SHIPPED', 'SHIPPED_FILES', 'SHM_ALLREDUCE', 'SHARD_GLOBALS', 'zero_section', 'require_deepspeed', 'ds_precision',
            'build_ds_config', 'find_auto', 'batch_triple', 'resolve_ds_config', 'load_ds_config', 'user_ds_config',
-           'skip_shm_allreduce', 'DeepSpeedEngine', 'shard_globals', 'verify_shards', 'consolidated_weights',
-           'merge_shards', 'rank_model_states', 'deepspeed_estimate', 'find_launcher', 'deepspeed_command',
-           'torchrun_command', 'run_training']
+           'skip_shm_allreduce', 'DeepSpeedEngine', 'accumulate_grads', 'shard_globals', 'verify_shards',
+           'consolidated_weights', 'merge_shards', 'rank_model_states', 'deepspeed_estimate', 'find_launcher',
+           'deepspeed_command', 'torchrun_command', 'run_training']
 
 # %% ../nbs/13_deepspeed.ipynb #9405362f
 def zero_section(stage: int, offload: str, bucket: int, persistence: int, on_gpu: bool) -> dict:
@@ -114,9 +114,6 @@ def build_ds_config(
 # %% ../nbs/13_deepspeed.ipynb #b758884b
 def find_auto(d, path: str = "") -> list[str]:
     "Dotted paths of every 'auto' value in a nested dict."
-    # hint: walk the nested dicts carrying the dotted key path; collect paths whose value is "auto"
-    # hint2: recurse into each dict value with the path f"{path}.{k}" (just k at the top level); a value that is not a
-    #        dict gives [path] when it equals "auto", else [].
     if isinstance(d, dict):
         return [p for k, v in d.items() for p in find_auto(v, f"{path}.{k}" if path else k)]
     return [path] if d == "auto" else []
@@ -124,17 +121,14 @@ def find_auto(d, path: str = "") -> list[str]:
 # %% ../nbs/13_deepspeed.ipynb #0998375e
 def batch_triple(train_batch_size: int | None, micro: int, accum: int | None, world_size: int) -> tuple[int, int, int]:
     """(train_batch_size, micro, accum) with train_batch_size = micro x world_size x accum; whichever of
-    train_batch_size and accum
-    is None is computed (not both). ValueError when train_batch_size is not a multiple of micro x world_size, or the
-    three disagree.
-
-    """
+    train_batch_size and accum is None is computed (not both). ValueError when train_batch_size is not a multiple of
+    micro x world_size, or the three disagree."""
     # hint: the sequences of one micro-step over all processes; a global batch given alone must be a whole multiple of
     #       it (else a ValueError naming both), and one given with the accumulation must equal the product (else a
     #       ValueError showing it).
-    # hint2: the messages the trainer prints: "train_batch_size T is not a multiple of micro batch M x W processes =
-    #        MW", and "train_batch_size T != train_micro_batch_size_per_gpu M x W processes x
-    #        gradient_accumulation_steps A = MWA; fix one of them (or drop train_batch_size and it is computed)".
+    # hint2: one micro-step takes micro x world_size sequences. With accum None, the accumulation is the global batch
+    #        over that, valid only with no remainder and at least 1; with both given, the global batch must equal that
+    #        times accum. Each message shows train_batch_size, micro and world_size, so the user sees what to change.
     # hint3: per = micro * world_size; accum None: raise unless train_batch_size % per == 0, then accum =
     #        train_batch_size // per; train_batch_size None: micro * world_size * accum; both given: raise if
     #        train_batch_size != per * accum.
@@ -433,6 +427,23 @@ def step(self: DeepSpeedEngine, lr: float):
     self.engine.step()
     if not hasattr(self, "memory_report"):
         self.report_memory()  # after the first step every state exists
+
+# %% ../nbs/13_deepspeed.ipynb #f2cd8718
+def accumulate_grads(
+    model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]
+) -> dict[str, torch.Tensor]:
+    """Forward and backward on each (x, y) micro-batch of `model` (without gradients yet) in turn, so that its gradients
+    equal one backward on all the micro-batches as one batch (all of one size); returns {name: gradient}."""
+    # hint: backward adds into .grad, so the micro-batches' gradients sum; the whole batch's loss is a mean over all
+    #       its tokens, not a sum of the micro-batches' means.
+    # hint2: never clear the gradients between micro-batches; scale each micro-batch's loss so that the scaled losses
+    #        add up to the whole batch's mean loss (they are means over the same number of tokens).
+    # hint3: model(x, labels=y)[1] is the micro-batch's mean loss; divide it by len(batches) before .backward(); then
+    #        read p.grad of each model.named_parameters().
+    for x, y in batches:
+        loss = model(x, labels=y)[1]  # the mean over this micro-batch's tokens
+        (loss / len(batches)).backward()  # what engine.backward does with gradient_accumulation_steps
+    return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 
 # %% ../nbs/13_deepspeed.ipynb #4701a2e5
 # where each ZeRO-1/2 partition starts

@@ -200,9 +200,14 @@ WRONG = [   # (lesson, exercise, a plausible wrong answer, what its self-check f
      "    f = torch.bincount(idx.flatten(), minlength=num_experts).to(probs.dtype) / idx.numel()\n    return (f * probs.mean(0)).sum()",
      ["wrong answer", "inputs:   (tensor(shape=(6, 4)", "expected: tensor(shape=(), dtype=float32, values=1.19",
       "got:      tensor(shape=(), dtype=float32, values=0.29"]),
-    # Only the top level searched: a nested "auto" (bf16.enabled) slips through to DeepSpeed.
-    ("13_deepspeed.ipynb", "find_auto", "def find_auto(d, path=''):\n    return [k for k, v in d.items() if v == 'auto']",
-     ["wrong answer", "expected: ['bf16.enabled']", "got:      []"]),
+    # Each micro-batch's mean loss backpropagated as it is: the gradients come out `steps` times too large.
+    ("13_deepspeed.ipynb", "accumulate_grads", "def accumulate_grads(model, batches):\n"
+     "    for x, y in batches: model(x, labels=y)[1].backward()\n    return {n: p.grad for n, p in model.named_parameters()}",
+     ["wrong answer", "inputs:   (<MiniLLM of ", "got:      {'"]),
+    # The gradients cleared before each micro-batch: only the last one counts.
+    ("13_deepspeed.ipynb", "accumulate_grads", "def accumulate_grads(model, batches):\n    for x, y in batches:\n"
+     "        model.zero_grad(); (model(x, labels=y)[1] / len(batches)).backward()\n"
+     "    return {n: p.grad for n, p in model.named_parameters()}", ["wrong answer", "inputs:   (<MiniLLM of "]),
     # Lesson 09. Floor division and no check: a batch that is not a whole multiple is silently truncated.
     ("09_train.ipynb", "accumulation_steps", "def accumulation_steps(batch_tokens, micro_batch, seq_len, world_size=1):\n"
      "    return 1 if batch_tokens is None else max(1, batch_tokens // (micro_batch * seq_len * world_size))", ["should raise a ValueError"]),

@@ -44,7 +44,7 @@ def _short(x, n=200) -> str:
             v = _sig(x.tolist()) if x.dtype.is_floating_point else x.tolist()
             r = f"tensor(shape={tuple(x.shape)}, dtype={str(x.dtype).replace('torch.', '')}, values={v!r})"
             return r if len(r) <= n else r[:n] + "...)"
-        if isinstance(x, torch.nn.Module):  # its repr is a page of layers
+        if isinstance(x, torch.nn.Module) and "\n" in repr(x):  # torch's repr of a model: a page of layers
             return f"<{type(x).__name__} of {sum(p.numel() for p in x.parameters()):,} parameters>"
     except ImportError:
         pass

@@ -17,12 +17,12 @@ from .data import EOT, ByteTokenizer
 from .model import MiniLLM, ModelConfig, check_state_dict, ffn_hidden
 from .tokenizer import SentencePieceTokenizer, load_tokenizer
 from .train import load_model, save_checkpoint
-from .utils import UserError, write_json
+from .utils import UserError, current_umask, write_json
 
 # %% auto #0
-__all__ = ['HF_EXTRA', 'require_hf', 'hf_family', 'llama_name', 'split_gpt2_qkv', 'interleaved_to_half', 'to_hf_state_dict',
-           'hf_config_dict', 'to_transformers', 'config_from_hf', 'from_hf_state_dict', 'from_transformers', 'save_run',
-           'export_run', 'import_checkpoint', 'export_main', 'import_main']
+__all__ = ['HF_EXTRA', 'OUTPUT_MARKS', 'require_hf', 'hf_family', 'llama_name', 'split_gpt2_qkv', 'interleaved_to_half',
+           'to_hf_state_dict', 'hf_config_dict', 'to_transformers', 'config_from_hf', 'from_hf_state_dict',
+           'from_transformers', 'save_run', 'export_run', 'import_checkpoint', 'export_main', 'import_main']
 
 # %% ../nbs/17_hf.ipynb #44397e44
 HF_EXTRA = "needs the hf extra: pip install 'minillm[hf]'"
@@ -349,17 +349,38 @@ def _hf_tokenizer_files(tok, dest: Path, max_len: int) -> str | None:
     return None
 
 
-def _check_out(out: Path, overwrite: bool, flag: str = "--out"):
+OUTPUT_MARKS = {"export": ("config.json", "model.safetensors"), "run": ("config.json", "latest.pt")}
+
+
+def _check_out(out: Path, overwrite: bool, source: Path, kind: str, flag: str = "--out"):
+    """Refuse an `out` that would lose data: the folder being read, or one that holds it; a file; a non-empty folder
+    without `overwrite`, or, with it, a folder that is not an earlier output of this `kind` (its marks all there)."""
+    o, s = out.resolve(), source.resolve()
+    if o == s or o in s.parents:
+        raise UserError(
+            f"{flag} {out} {'is' if o == s else 'holds'} {source}, which is being read: replacing it would delete it;"
+            f" choose another {flag}"
+        )
     if out.exists() and not out.is_dir():
         raise UserError(f"{flag} {out} is a file: give a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UserError(
-            f"{flag} {out} exists and is not empty: pass --overwrite to replace it, or choose another {flag}"
-        )
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise UserError(
+                f"{flag} {out} exists and is not empty: pass --overwrite to replace it, or choose another {flag}"
+            )
+        marks = OUTPUT_MARKS[kind]
+        if not all((out / m).is_file() for m in marks):
+            raise UserError(
+                f"{flag} {out} is not an earlier {kind} (no {' + '.join(marks)}): --overwrite replaces only one of"
+                f" those, never other files; empty it yourself or choose another {flag}"
+            )
 
 
 def _publish(tmp: Path, out: Path):
     "Move the finished folder `tmp` to `out` (replacing what was there): a failure leaves no half-written `out`."
+    mask = current_umask()  # mkdtemp makes a 0700 folder, and some writers 0600 files: give the usual permissions
+    for p in [tmp, *tmp.rglob("*")]:
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
     old = out.with_name(f".{out.name}.old-{os.getpid()}")
     if out.exists():
         os.replace(out, old)
@@ -368,8 +389,12 @@ def _publish(tmp: Path, out: Path):
 
 
 def _staging(out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    "A fresh hidden folder beside `out`, to write in before `_publish` moves it there."
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    except OSError as e:
+        raise UserError(f"cannot write beside {out} in {out.parent}: {e.strerror}; choose another --out") from None
 
 # %% ../nbs/17_hf.ipynb #52ab5182
 def save_run(model: MiniLLM, tok, out, source: str | None = None) -> Path:
@@ -397,8 +422,8 @@ def export_run(run, out, overwrite: bool = False, checkpoint: str | None = None,
     transformers = require_hf()
     from safetensors.torch import save_file
 
-    run, out = Path(run), Path(out)
-    _check_out(out, overwrite)
+    run, out = Path(run), Path(os.path.abspath(out))  # absolute: `--out .` has a name, and a parent to stage in
+    _check_out(out, overwrite, run, "export")
     model, tok = load_model(run, "cpu", checkpoint)
     family = hf_family(model.config)  # refuses before anything is written
     tmp = _staging(out)
@@ -458,10 +483,10 @@ def import_checkpoint(src, out, tokenizer=None, overwrite: bool = False, log=pri
     """Write a transformers Llama or GPT-2 checkpoint (folder `src`) as a minillm run in `out`: latest.pt, config.json
     and tokenizer/, as `minillm sample` and `load_model` read them."""
     require_hf()
-    src, out = Path(src), Path(out)
+    src, out = Path(src), Path(os.path.abspath(out))  # absolute: `--out .` has a name, and a parent to stage in
     if not (src / "config.json").is_file():
         raise UserError(f"{src} has no config.json: pass a folder written by transformers' save_pretrained")
-    _check_out(out, overwrite)
+    _check_out(out, overwrite, src, "run")
     c = config_from_hf(json.loads((src / "config.json").read_text()))
     tok = _import_tokenizer(src, tokenizer)
     if tok.vocab_size != c.vocab_size:
@@ -489,7 +514,9 @@ def export_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="minillm export", description="Write a trained run as a transformers checkpoint.")
     p.add_argument("--run", required=True, help="run folder from `minillm train` (or `minillm import`)")
     p.add_argument("--out", required=True, help="folder to write (config.json, model.safetensors, tokenizer)")
-    p.add_argument("--checkpoint", help="checkpoint file name in the run (default best.pt, else latest.pt)")
+    p.add_argument(
+        "--checkpoint", help="checkpoint: a file name in the run, or a path (default best.pt, else latest.pt)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace --out when it is not empty")
     a = p.parse_args(argv)
     export_run(a.run, a.out, a.overwrite, a.checkpoint)

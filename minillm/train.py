@@ -1363,19 +1363,23 @@ class LivePlot:
 
 # %% ../nbs/09_train.ipynb #f1eb82f8
 def load_model(path, device: str = "cpu", checkpoint: str | None = None):
-    """(model, tokenizer) from a run folder (best.pt, else latest.pt) or a checkpoint file beside its run's tokenizer/.
-    Every part is checked first.
+    """(model, tokenizer) from a run folder (best.pt, else latest.pt, or `checkpoint`: a file name in the run, or a
+    path) or a checkpoint file beside its run's tokenizer/. Every part is checked first.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such run folder or checkpoint file.")
-    ck_path = (
-        path
-        if path.is_file()
-        else next(
-            (path / n for n in ([checkpoint] if checkpoint else ["best.pt", "latest.pt"]) if (path / n).exists()), None
-        )
-    )
+    if path.is_file():
+        ck_path = path
+    elif checkpoint:
+        ck_path = next((p for p in (path / checkpoint, Path(checkpoint)) if p.is_file()), None)
+        if ck_path is None:
+            held = ", ".join(sorted(p.name for p in path.glob("*.pt"))) or "none"
+            raise FileNotFoundError(
+                f"no checkpoint {checkpoint} in {path} (its checkpoints: {held}): pass one of those, or a file's path."
+            )
+    else:
+        ck_path = next((path / n for n in ("best.pt", "latest.pt") if (path / n).exists()), None)
     if ck_path is None:
         raise FileNotFoundError(
             f"{path}: no best.pt or latest.pt; pass a run folder written by `minillm train`, or a checkpoint file."

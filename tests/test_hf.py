@@ -176,22 +176,46 @@ def test_import_refusals(tmp_path, capsys):
 
 
 def test_export_bad_input(tmp_path, capsys):
-    """`minillm export`: a missing run folder, a run without a checkpoint and a non-empty --out are refused in one line
-    naming the fix; --overwrite replaces --out whole."""
+    """`minillm export` and `minillm import` refuse in one line naming the fix, and lose nothing: a missing run, a run
+    without the asked checkpoint (its checkpoints listed), a non-empty --out without --overwrite, an --out that is the
+    folder being read or holds it (with --overwrite these once deleted the run), a folder of other files under
+    --overwrite (it once deleted them), an --out that cannot be written. --overwrite replaces an earlier export whole,
+    and what is written has the umask's permissions (mkdtemp's 0700 once leaked through)."""
     torch.manual_seed(0)
-    save_run(MiniLLM(ModelConfig(**LLAMA["llama-mha-tied"])), ByteTokenizer(), tmp_path / "run")
+    save_run(MiniLLM(ModelConfig(**LLAMA["llama-mha-tied"])), ByteTokenizer(), tmp_path / "sb" / "run")
+    run, sb = tmp_path / "sb" / "run", tmp_path / "sb"
+    (sb / "notes.txt").write_text("mine")
     (tmp_path / "empty").mkdir()
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
-    for args, shows in ((["--run", str(tmp_path / "nope"), "--out", str(tmp_path / "o")], "no such run folder"),
-                        (["--run", str(tmp_path / "empty"), "--out", str(tmp_path / "o")], "no best.pt or latest.pt"),
-                        (["--run", str(tmp_path / "run"), "--out", str(tmp_path / "full")], "--overwrite")):
-        assert cli(["export", *args]) == 1
+    (tmp_path / "c.txt").write_text("a file")
+    for args, shows in (
+            (["--run", str(tmp_path / "nope"), "--out", str(tmp_path / "o")], "no such run folder"),
+            (["--run", str(tmp_path / "empty"), "--out", str(tmp_path / "o")], "no best.pt or latest.pt"),
+            (["--run", str(run), "--out", str(tmp_path / "o"), "--checkpoint", "nope.pt"], "its checkpoints: latest.pt"),
+            (["--run", str(run), "--out", str(tmp_path / "full")], "--overwrite"),
+            (["--run", str(run), "--out", str(tmp_path / "full"), "--overwrite"], "is not an earlier export"),
+            (["--run", str(run), "--out", str(run), "--overwrite"], "which is being read"),
+            (["--run", str(run), "--out", str(sb), "--overwrite"], "which is being read"),
+            (["--run", str(run), "--out", str(tmp_path / "c.txt" / "sub")], "cannot write beside"),
+            (["--run", str(run), "--out", "/proc/minillm-x"], "cannot write beside")):
+        assert cli(["export", *args]) == 1, args
         err = capsys.readouterr().err
-        assert shows in err and len(err.strip().splitlines()) == 1, err
-    assert not (tmp_path / "o").exists() and (tmp_path / "full" / "keep.txt").exists()
-    assert cli(["export", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "full"), "--overwrite"]) == 0
-    assert not (tmp_path / "full" / "keep.txt").exists() and (tmp_path / "full" / "model.safetensors").exists()
+        assert shows in err and len(err.strip().splitlines()) == 1 and ".tmp" not in err, (args, err)
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "latest.pt", "tokenizer"]
+    assert (sb / "notes.txt").exists() and (tmp_path / "full" / "keep.txt").exists() and not (tmp_path / "o").exists()
+    # --checkpoint takes a file name in the run or a path; --overwrite replaces an earlier export
+    assert cli(["export", "--run", str(run), "--out", str(tmp_path / "o"), "--checkpoint", str(run / "latest.pt")]) == 0
+    (tmp_path / "o" / "stale.txt").write_text("from before")
+    assert cli(["export", "--run", str(run), "--out", str(tmp_path / "o"), "--overwrite"]) == 0
+    assert not (tmp_path / "o" / "stale.txt").exists() and (tmp_path / "o" / "model.safetensors").exists()
+    mask = os.umask(0); os.umask(mask)
+    assert (tmp_path / "o").stat().st_mode & 0o777 == 0o777 & ~mask
+    assert (tmp_path / "o" / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~mask
+    # import: the source folder is never the output
+    assert cli(["import", "--from", str(tmp_path / "o"), "--out", str(tmp_path / "o"), "--overwrite"]) == 1
+    assert "which is being read" in capsys.readouterr().err and (tmp_path / "o" / "model.safetensors").exists()
+    assert not [p for p in tmp_path.rglob(".*")], "a temporary folder was left behind"
 
 
 def test_exported_tokenizer_reads_in_transformers(tmp_path):

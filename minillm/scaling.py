@@ -19,15 +19,24 @@ import torch
 from .core import PEAK_TFLOPS, detect_hardware, peak_flops
 from .model import PRESETS, ModelConfig, attention_params, flops_per_token, param_formula, preset
 from .data import read_meta
-from .utils import UserError, nonneg_int, number_arg, positive_float, positive_int, unit_float, write_json
+from minillm.utils import (
+    UserError,
+    check_writable,
+    nonneg_int,
+    number_arg,
+    positive_float,
+    positive_int,
+    unit_float,
+    write_json,
+)
 
 # %% auto #0
 __all__ = ['CHINCHILLA_FITS', 'DEFAULT_MFU', 'CHINCHILLA_EXPONENTS', 'ABLATION_BASE', 'ABLATIONS', 'flops_per_token_of',
            'compute_optimal', 'fit_loss', 'fit_optimum', 'sizing', 'nearest_preset', 'gpu_hours_to_flops',
            'scaling_parser', 'scaling_main', 'data_fingerprint', 'stale_reason', 'provenance', 'need_data',
-           'shipped_results', 'steps_for_flops', 'train_to_budget', 'ladder', 'isoflop_models', 'isoflop_sweep',
-           'isoflop_minimum', 'fit_power_law', 'isoflop_fit', 'ablation_config', 'ablate', 'ablation_table',
-           'demo_search', 'demo_search_stale', 'sweep_parser', 'sweep_main']
+           'shipped_results', 'fit_whole', 'steps_for_flops', 'train_to_budget', 'ladder', 'isoflop_models',
+           'check_budgets', 'isoflop_sweep', 'isoflop_minimum', 'fit_power_law', 'isoflop_fit', 'ablation_config',
+           'ablate', 'ablation_table', 'demo_search', 'demo_search_stale', 'sweep_parser', 'sweep_main']
 
 # %% ../nbs/15_scaling.ipynb #466bdca5
 def flops_per_token_of(c: ModelConfig, seq_len: int) -> int:
@@ -247,6 +256,15 @@ def shipped_results(name: str) -> Path:
     raise UserError(f"data/{name}: not found; it ships with a clone of the repository (or rerun `minillm sweep`)")
 
 # %% ../nbs/15_scaling.ipynb #84df321a
+def fit_whole(tr) -> dict:
+    """`tr.fit()`, raising KeyboardInterrupt when a signal (Ctrl-C, SIGTERM) stopped it early: an experiment never
+    records a run cut short (it once went on, and failed on a record with no validation loss)."""
+    final = tr.fit()
+    if tr.stop not in (None, "stop_at"):
+        raise KeyboardInterrupt
+    return final
+
+
 def steps_for_flops(flops: float, flops_per_tok: int, batch_tokens: int) -> int:
     "Optimizer steps of `batch_tokens` tokens spending at most `flops` at `flops_per_tok` FLOPs per token (at least 1)."
     return max(1, int(flops // (flops_per_tok * batch_tokens)))
@@ -281,7 +299,7 @@ def train_to_budget(
             log_every=steps,
         )
         t0 = time.perf_counter()
-        final = Trainer(c, cfg, log=lambda *a: None).fit()
+        final = fit_whole(Trainer(c, cfg, log=lambda *a: None))
         seconds = time.perf_counter() - t0
     f = param_formula(c)
     return dict(
@@ -333,6 +351,26 @@ def isoflop_models(flops: float, n: int = 4, span: float = 16.0, **ladder_kw) ->
     return sorted(picked, key=lambda c: param_formula(c)["matmul"])
 
 
+def check_budgets(budgets, sizes: int, span: float, batch_tokens: int, **ladder_kw):
+    """Refuse, before any training, a FLOP budget the sweep cannot honour: one that a single optimizer step of one of its
+    models already exceeds (every record would spend more than its budget), or one whose compute-optimal N is past the
+    ladder's largest model (its runs would go on for ages with models far too small)."""
+    hi = max(param_formula(c)["matmul"] for c in ladder(**ladder_kw))
+    for C in budgets:
+        if (n := compute_optimal(C)[0]) > hi:
+            raise UserError(
+                f"budget {C:.3g} FLOPs wants models of about {n:,.0f} parameters, past the ladder's largest ({hi:,}):"
+                f" give --budgets up to {6 * 20 * hi * hi:.2g}"  # compute_optimal inverted: C = 6 N (20 N)
+            )
+        for c in isoflop_models(C, sizes, span, **ladder_kw):
+            step = flops_per_token(c, ladder_kw["seq_len"]) * batch_tokens
+            if step > C:
+                raise UserError(
+                    f"budget {C:.3g} FLOPs is less than one optimizer step of a {param_formula(c)['matmul']:,}-parameter"
+                    f" model ({step:.2g} FLOPs at --batch-tokens {batch_tokens}): raise --budgets or lower --batch-tokens"
+                )
+
+
 def isoflop_sweep(
     data: Path | str,
     budgets=(1e11, 3e11, 1e12),
@@ -344,8 +382,9 @@ def isoflop_sweep(
     seed: int = 0,
     log=print,
 ) -> list[dict]:
-    "Train `sizes` models at each budget (`train_to_budget`); one record per run."
+    "Train `sizes` models at each budget (`train_to_budget`); one record per run. Budgets the ladder cannot serve are refused first."
     vocab, runs = read_meta(Path(data))["tokenizer"]["vocab_size"], []
+    check_budgets(budgets, sizes, span, batch_tokens, vocab_size=vocab, seq_len=seq_len)
     for C in budgets:
         for c in isoflop_models(C, sizes, span, vocab_size=vocab, seq_len=seq_len):
             runs.append(r := train_to_budget(c, C, data, batch_tokens, lr, seed))
@@ -463,7 +502,7 @@ def ablate(
                     log_every=10**9,
                 )
                 tr = Trainer(c, cfg, log=lambda *a: None)
-                final = tr.fit()
+                final = fit_whole(tr)
             f = param_formula(c)
             runs.append(
                 r := dict(
@@ -537,7 +576,7 @@ def demo_search(root: Path | str, log=print) -> list[dict]:
                 lr=lr,
                 micro_batch=micro_batch,
                 model=model,
-                **tr.fit(),
+                **fit_whole(tr),
                 steps=tr.step,
                 data_fingerprint=data_fingerprint(data),
             )
@@ -627,6 +666,7 @@ def sweep_main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     a = sweep_parser().parse_args(argv)
     command = "minillm sweep " + " ".join(argv)
+    check_writable(a.json, "--json")  # before minutes of training, not after
     if a.kind == "demo":
         runs = demo_search(Path.cwd())
         write_json(a.json, dict(provenance(command), runs=runs))

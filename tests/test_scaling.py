@@ -29,6 +29,19 @@ def test_sweep_missing_data(tmp_path):
     assert not (tmp_path / "a.json").exists() and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
+@pytest.mark.parametrize("args, shows", [
+    (["isoflop", "--budgets", "1e3"], "less than one optimizer step"),          # every record once spent 1e5x its budget
+    (["isoflop", "--budgets", "1e11", "1e30"], "past the ladder's largest"),   # 2.4e19 steps, started without a word
+    (["ablations", "--json", "/proc/minillm-x.json"], "no file can be written"),   # found after training, results lost
+    (["ablations", "--json", "."], "is a folder")])
+def test_sweep_refuses_before_training(data, tmp_path, args, shows):
+    """A budget the sweep cannot honour, and a --json it cannot write, are refused in one line before any training:
+    each of these once trained first (for seconds to forever) and then failed or wrote figures that mean nothing."""
+    r = fails_cleanly(cli("sweep", *args, "--data", data, *([] if "--json" in args else ["--json", tmp_path / "s.json"]),
+                          timeout=60), shows, rc=1)
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "s.json").exists(), r.stderr
+
+
 def test_scaling_chinchilla_row():
     """`minillm scaling --flops 5.76e23` (Chinchilla's budget, Hoffmann et al. 2022 Table 3) gives about 70B parameters
     under the 20-tokens rule: the --json figures against sqrt(C / 120), computed here independently."""

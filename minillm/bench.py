@@ -11,6 +11,7 @@ from dataclasses import asdict
 
 import torch
 
+from .attention import resolve_backend
 from .core import detect_hardware, peak_flops, seed_everything, synchronize
 from .model import MiniLLM, flops_per_token, preset
 from .moe import BALANCES
@@ -654,6 +655,15 @@ def bench_main(argv: list[str] | None = None) -> int:
         write_json(args.json, res)
         print(f"wrote {args.json}")
         return 0
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: torch sees no CUDA GPU on this machine; use --device cpu, or leave it out")
+    device = args.device or detect_hardware().device
+    for b in args.backends:  # before any preset is timed: a backend this device lacks fails in one line
+        try:
+            resolve_backend(b, device, torch.bfloat16 if device == "cuda" else torch.float32)
+        except RuntimeError as e:
+            why = str(e).split(": ", 1)[-1].split(". Use ")[0]
+            raise ValueError(f"--backends {b} on {device}: {why}; choose sdpa or auto") from None
     res = bench_model(
         args.presets,
         args.variants,

@@ -23,6 +23,7 @@ from minillm.utils import (
     UserError,
     check_writable,
     nonneg_int,
+    seed_int,
     number_arg,
     positive_float,
     positive_int,
@@ -651,7 +652,7 @@ def sweep_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", default="data/isoflop_sweep.json", help="where to write the records")
     a = sub.add_parser("ablations", help="architecture ablations at equal training time, several seeds")
     a.add_argument("--names", nargs="+", choices=list(ABLATIONS), default=list(ABLATIONS), help="which ablations")
-    a.add_argument("--seeds", nargs="+", type=nonneg_int, default=[0, 1], help="seeds per ablation (default 0 1)")
+    a.add_argument("--seeds", nargs="+", type=seed_int, default=[0, 1], help="seeds per ablation (default 0 1)")
     a.add_argument("--seconds", type=positive_float, default=20.0, help="training seconds per run (default 20)")
     a.add_argument("--json", default="data/ablations.json", help="where to write the records")
     d = sub.add_parser("demo", help="the search that chose the demo preset (about 25 minutes on 2 CPU cores)")

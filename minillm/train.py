@@ -47,6 +47,7 @@ from minillm.utils import (
     signals_noted,
     nonneg_float,
     nonneg_int,
+    seed_int,
     positive_float,
     positive_int,
     unit_float,
@@ -1624,7 +1625,7 @@ FLAGS = {  # TrainConfig field: (argparse type or choices, help)
     "eval_every": (positive_int, "evaluate and save latest.pt every N steps"),
     "eval_batches": (positive_int, "validation batches per evaluation"),
     "log_every": (positive_int, "write a metrics row every N steps"),
-    "seed": (nonneg_int, "random seed (weights, data order, dropout)"),
+    "seed": (seed_int, "random seed (weights, data order, dropout)"),
     "device": (str, "auto, cpu, cuda or cuda:N"),
     "tensorboard": (bool, "log to TensorBoard (needs the tensorboard package)"),
     "wandb": (bool, "log to Weights & Biases (needs the wandb package)"),
@@ -1806,7 +1807,10 @@ def sample_parser() -> argparse.ArgumentParser:
         prog="minillm sample", description="Generate text from a trained run; tokens print as they are generated."
     )
     p.add_argument("--run", help="run folder from `minillm train`")
-    p.add_argument("--checkpoint", help="a checkpoint file (its run's tokenizer/ must sit beside it)")
+    p.add_argument(
+        "--checkpoint",
+        help="a checkpoint file (its run's tokenizer/ must sit beside it); with --run, a file name in the run or a path",
+    )
     p.add_argument("--prompt", default="", help="text to continue (default: start a new document)")
     p.add_argument("--max-new-tokens", type=nonneg_int, default=200, help="tokens to generate at most")
     p.add_argument("--temperature", type=nonneg_float, default=0.8, help="0: greedy; higher: more random")
@@ -1817,7 +1821,7 @@ def sample_parser() -> argparse.ArgumentParser:
         default=None,
         help="sample among the most likely tokens holding this much probability, in (0, 1]",
     )
-    p.add_argument("--seed", type=nonneg_int, default=0, help="random seed")
+    p.add_argument("--seed", type=seed_int, default=0, help="random seed")
     p.add_argument(
         "--stop-at-eos", action=argparse.BooleanOptionalAction, default=True, help="stop at the end-of-text token"
     )
@@ -1837,12 +1841,14 @@ def sample_main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if not (a.run or a.checkpoint):
         p.error("give --run DIR or --checkpoint FILE")
+    if any("\udc80" <= ch <= "\udcff" for ch in a.prompt):  # how Python's argv keeps bytes it could not decode
+        raise ValueError("--prompt holds bytes that are not UTF-8 text: set the terminal (or the script) to UTF-8")
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: torch sees no CUDA GPU on this machine; use --device cpu.")
     if device != "cpu" and not device.startswith("cuda"):
         raise ValueError(f"--device {device!r}: use cpu, cuda or cuda:N")
-    model, tok = load_model(a.checkpoint or a.run, device)
+    model, tok = load_model(a.run, device, a.checkpoint) if a.run else load_model(a.checkpoint, device)
     print(a.prompt, end="", flush=True)
     try:
         sample_text(

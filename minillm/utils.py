@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['DEBUG_ENV', 'USER_ERRORS', 'positive_int', 'nonneg_int', 'positive_float', 'nonneg_float', 'finite_float',
+__all__ = ['DEBUG_ENV', 'USER_ERRORS', 'positive_int', 'nonneg_int', 'seed_int', 'positive_float', 'nonneg_float', 'finite_float',
            'unit_float', 'current_umask', 'write_atomic', 'check_writable', 'write_json', 'UserError', 'describe_error',
            'run_main', 'number_arg', 'patch', 'free_port', 'threading_main', 'signals_noted', 'MetricWriters']
 
@@ -128,6 +128,9 @@ def run_main(prog: str, main, argv=None) -> int:
     except KeyboardInterrupt:
         print(f"\n{prog}: interrupted.", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader left (`| head`): stop quietly, as other command-line tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's exit flush must not raise again
+        return 141
     except SystemExit:
         raise
     except USER_ERRORS as e:
@@ -163,6 +166,7 @@ def number_arg(kind, lo=None, hi=None, lo_open=False, what=None):
 
 positive_int = number_arg(int, 1, what="an integer >= 1")
 nonneg_int = number_arg(int, 0, what="an integer >= 0")
+seed_int = number_arg(int, 0, 2**63 - 1, what="an integer from 0 to 2**63 - 1")  # what torch's generators take
 positive_float = number_arg(float, 0, lo_open=True, what="a number > 0")
 nonneg_float = number_arg(float, 0, what="a number >= 0")
 finite_float = number_arg(float, what="a finite number")

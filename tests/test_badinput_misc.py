@@ -18,6 +18,15 @@ def test_bench_and_env_flags(args, flag):
     fails_cleanly(cli(*args), flag, rc=2)
 
 
+def test_bench_model_device_and_backend():
+    """A GPU-only choice on a machine without one fails in one line naming the flag, before any timing (both were
+    reported as "unexpected ... (a bug)" with torch's own message)."""
+    import torch
+    if torch.cuda.is_available(): pytest.skip("this machine has a GPU")
+    fails_cleanly(cli("bench", "model", "--presets", "demo", "--device", "cuda", "--steps", "1"), "--device cuda", "--device cpu", rc=1)
+    fails_cleanly(cli("bench", "model", "--presets", "demo", "--backends", "flash", "--steps", "1"), "--backends flash", "sdpa", rc=1)
+
+
 def test_bench_missing_data(tmp_path):
     "A benchmark pointed at a missing data folder fails in one line naming it, and writes no JSON."
     r = fails_cleanly(cli("bench", "train", "--data", tmp_path / "none", "--budgets", "1", "--compile", "off", "--json", tmp_path / "b.json"), "none")

@@ -213,6 +213,27 @@ def test_planted_payloads_never_run(data, run_copy, tmp_path):
     assert not marker.exists() and "weights_only" not in r.stderr
 
 
+def test_sample_seed_prompt_checkpoint_and_pipe(finished, tmp_path):
+    """Each once ended badly: a seed past 2**63 - 1 in an overflow message from inside torch; a prompt of bytes that are
+    not UTF-8 in an encoder's error, after the prompt was echoed; --run beside --checkpoint silently ignored; a reader
+    that left early (`| head -c 1`) in "[Errno 32] Broken pipe" and exit 1. Now: a ranged seed, a named prompt error,
+    --checkpoint as a name in the run (or a path, as in `minillm export`), and the quiet exit 141 of a closed pipe."""
+    fails_cleanly(cli("sample", "--run", finished, "--seed", "99999999999999999999999"), "--seed", rc=2)
+    r = subprocess.run([str(BIN / "minillm"), "sample", "--run", str(finished), "--prompt", b"ab\xff\xfecd", "--max-new-tokens", "1"],
+                       capture_output=True, timeout=120)
+    assert r.returncode == 1 and b"--prompt" in r.stderr and b"UTF-8" in r.stderr and b"Traceback" not in r.stderr, r.stderr
+    assert not r.stdout, r.stdout   # refused before anything is echoed
+    fails_cleanly(cli("sample", "--run", finished, "--checkpoint", "nope.pt"), "its checkpoints: best.pt", rc=1)
+    fails_cleanly(cli("sample", "--run", tmp_path / "nope", "--checkpoint", finished / "best.pt"), "nope", rc=1)
+    assert cli("sample", "--run", finished, "--checkpoint", "latest.pt", "--max-new-tokens", "2").returncode == 0
+    p = subprocess.Popen([str(BIN / "minillm"), "sample", "--run", str(finished), "--max-new-tokens", "100000",
+                          "--no-stop-at-eos", "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.read(1)
+    p.stdout.close()    # as `head -c 1` does
+    err = p.stderr.read()
+    assert p.wait(timeout=300) == 141 and not err.strip(), (p.returncode, err[-2000:])
+
+
 def test_sample_bad_checkpoints(run_copy, tmp_path):
     "sample refuses a missing run, a text file, and weights holding NaN, each in one line naming the file."
     fails_cleanly(cli("sample", "--run", tmp_path / "nope"), "nope", rc=1)

@@ -22,7 +22,6 @@ from .data import read_meta
 from minillm.utils import (
     UserError,
     check_writable,
-    nonneg_int,
     seed_int,
     number_arg,
     positive_float,
@@ -353,9 +352,9 @@ def isoflop_models(flops: float, n: int = 4, span: float = 16.0, **ladder_kw) ->
 
 
 def check_budgets(budgets, sizes: int, span: float, batch_tokens: int, **ladder_kw):
-    """Refuse, before any training, a FLOP budget the sweep cannot honour: one that a single optimizer step of one of its
-    models already exceeds (every record would spend more than its budget), or one whose compute-optimal N is past the
-    ladder's largest model (its runs would go on for ages with models far too small)."""
+    """Refuse, before any training, a FLOP budget the sweep cannot honour: one that a single optimizer step of one of
+    its models already exceeds (every record would spend more than its budget), or one whose compute-optimal N is past
+    the ladder's largest model (its runs would go on for ages with models far too small)."""
     hi = max(param_formula(c)["matmul"] for c in ladder(**ladder_kw))
     for C in budgets:
         if (n := compute_optimal(C)[0]) > hi:
@@ -367,8 +366,9 @@ def check_budgets(budgets, sizes: int, span: float, batch_tokens: int, **ladder_
             step = flops_per_token(c, ladder_kw["seq_len"]) * batch_tokens
             if step > C:
                 raise UserError(
-                    f"budget {C:.3g} FLOPs is less than one optimizer step of a {param_formula(c)['matmul']:,}-parameter"
-                    f" model ({step:.2g} FLOPs at --batch-tokens {batch_tokens}): raise --budgets or lower --batch-tokens"
+                    f"budget {C:.3g} FLOPs is less than one optimizer step of a"
+                    f" {param_formula(c)['matmul']:,}-parameter model ({step:.2g} FLOPs at --batch-tokens"
+                    f" {batch_tokens}): raise --budgets or lower --batch-tokens"
                 )
 
 
@@ -383,7 +383,8 @@ def isoflop_sweep(
     seed: int = 0,
     log=print,
 ) -> list[dict]:
-    "Train `sizes` models at each budget (`train_to_budget`); one record per run. Budgets the ladder cannot serve are refused first."
+    """Train `sizes` models at each budget (`train_to_budget`); one record per run. Budgets the sweep cannot honour are
+    refused first."""
     vocab, runs = read_meta(Path(data))["tokenizer"]["vocab_size"], []
     check_budgets(budgets, sizes, span, batch_tokens, vocab_size=vocab, seq_len=seq_len)
     for C in budgets:

@@ -1809,7 +1809,7 @@ def sample_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", help="run folder from `minillm train`")
     p.add_argument(
         "--checkpoint",
-        help="a checkpoint file (its run's tokenizer/ must sit beside it); with --run, a file name in the run or a path",
+        help="a checkpoint file (its run's tokenizer/ beside it); with --run, a file name in the run or a path",
     )
     p.add_argument("--prompt", default="", help="text to continue (default: start a new document)")
     p.add_argument("--max-new-tokens", type=nonneg_int, default=200, help="tokens to generate at most")

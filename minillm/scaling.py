@@ -137,13 +137,10 @@ def scaling_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--gpu", metavar="NAME", help=f"the GPU of --gpu-hours: {', '.join(PEAK_TFLOPS)}")
     p.add_argument(
-        "--precision", choices=["bf16", "fp16", "fp32"], default="bf16", help="the peak to count (default bf16)"
+        "--precision", choices=["bf16", "fp16", "fp32"], help="the peak of --gpu-hours to count (default bf16)"
     )
     p.add_argument(
-        "--mfu",
-        type=unit_float,
-        default=DEFAULT_MFU,
-        help=f"model FLOPs utilisation of --gpu-hours (default {DEFAULT_MFU})",
+        "--mfu", type=unit_float, default=None, help=f"model FLOPs utilisation of --gpu-hours (default {DEFAULT_MFU})"
     )
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     return p
@@ -155,8 +152,11 @@ def scaling_main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.gpu_hours is not None and not a.gpu:
         p.error(f"--gpu-hours needs --gpu NAME: one of {', '.join(PEAK_TFLOPS)}")
-    if a.flops is not None and a.gpu:
-        p.error("--gpu goes with --gpu-hours: give --flops alone, or --gpu-hours H --gpu NAME")
+    if a.flops is not None and (a.gpu or a.precision or a.mfu is not None):
+        p.error(
+            "--gpu, --precision and --mfu turn --gpu-hours into FLOPs: give --flops alone, or --gpu-hours H --gpu NAME"
+        )
+    a.precision, a.mfu = a.precision or "bf16", DEFAULT_MFU if a.mfu is None else a.mfu
     if a.gpu_hours is not None:
         try:
             flops = gpu_hours_to_flops(a.gpu_hours, a.gpu, a.precision, a.mfu)
@@ -167,7 +167,18 @@ def scaling_main(argv: list[str] | None = None) -> int:
     else:
         flops, how = a.flops, "--flops"
     rows = sizing(flops)
+    if rows[0]["n"] < 1:
+        raise UserError(
+            f"a budget of {flops:.3g} FLOPs buys less than one parameter (N = sqrt(C / 120)): give a larger one"
+        )
     name, size = nearest_preset(rows[0]["n"])
+    if not 1 / 4 <= size / rows[0]["n"] <= 4:  # a factor 4 off: the preset is no recommendation
+        lo, hi = (f(param_formula(preset(k))["total"] for k in PRESETS) for f in (min, max))
+        print(
+            f"note: no preset is near N = {rows[0]['n']:.3g}; the presets span {lo / 1e6:.3g}M to {hi / 1e6:,.0f}M"
+            " parameters (`minillm train --model` sizes any other)",
+            file=sys.stderr,
+        )
     memory = f"minillm memory --preset {name}"
     if a.json:
         print(

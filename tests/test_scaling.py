@@ -66,7 +66,19 @@ def test_scaling_gpu_hours():
     (["--flops", "1e20", "--gpu-hours", "5"], ["--flops", "--gpu-hours"]),
     (["--gpu-hours", "5"], ["--gpu"]), (["--gpu-hours", "5", "--gpu", "T4"], ["--precision", "fp16"]),
     ([], ["--flops", "--gpu-hours"]), (["--flops", "1e20", "--gpu", "A100"], ["--gpu"]),
+    # these two once printed the same figures as --flops 1e21 alone, the flag silently ignored
+    (["--flops", "1e21", "--mfu", "0.9"], ["--mfu", "--gpu-hours"]), (["--flops", "1e21", "--precision", "fp32"], ["--precision"]),
 ])
 def test_scaling_bad_input(args, names):
     "Each is refused before any work (exit 2), no traceback, naming the flag (and, for an unknown GPU, the known ones)."
     fails_cleanly(cli("scaling", *args), *names, rc=2)
+
+
+def test_scaling_budgets_no_preset_fits():
+    """A budget below one parameter is refused (it printed N = 0.000289 and recommended a preset); one far past the
+    presets still prints its figures, with a note on stderr that no preset is near (it recommended xl for N = 7e26)."""
+    fails_cleanly(cli("scaling", "--flops", "1e-5"), "less than one parameter", rc=1)
+    r = cli("scaling", "--flops", "1e60")
+    assert r.returncode == 0 and "no preset is near" in r.stderr and "budget 1e+60" in r.stdout, r.stderr
+    r = cli("scaling", "--flops", "1e21")
+    assert r.returncode == 0 and not r.stderr.strip(), r.stderr      # 2.8e9 against xl's 1.56e9: near enough, no note

@@ -583,6 +583,7 @@ def bench_main(argv: list[str] | None = None) -> int:
     )
     f.add_argument("--trace", default=None, help="also write TRACE-train.json and TRACE-generate.json (Perfetto)")
     f.add_argument("--json", default="bench-profile.json", help="where to write the figures")
+    sub.metavar = "{" + ",".join(sub.choices) + "}"  # a missing one is named by its choices, not by `name`
     args = p.parse_args(argv)
     check_writable(args.json, "--json")  # before minutes of measuring, not after
     if args.name == "profile":

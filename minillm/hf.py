@@ -444,7 +444,14 @@ def export_run(run, out, overwrite: bool = False, checkpoint: str | None = None,
 
 # %% ../nbs/17_hf.ipynb #2bfe463d
 def _read_hf_weights(src: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file as load_safetensors
+
+    def load_file(path):
+        try:
+            return load_safetensors(path)
+        except SafetensorError as e:
+            raise UserError(f"{path} is truncated or corrupt ({e}): save or download it again") from None
 
     if (src / "model.safetensors").exists():
         return load_file(src / "model.safetensors")
@@ -487,7 +494,15 @@ def import_checkpoint(src, out, tokenizer=None, overwrite: bool = False, log=pri
     if not (src / "config.json").is_file():
         raise UserError(f"{src} has no config.json: pass a folder written by transformers' save_pretrained")
     _check_out(out, overwrite, src, "run")
-    c = config_from_hf(json.loads((src / "config.json").read_text()))
+    if (src / "latest.pt").exists() or (src / "best.pt").exists():
+        raise UserError(f"{src} is a minillm run, not a transformers checkpoint: sample or train from it as it is")
+    try:
+        cfg = json.loads((src / "config.json").read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(
+            f"{src / 'config.json'} is not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}"
+        ) from None
+    c = config_from_hf(cfg)
     tok = _import_tokenizer(src, tokenizer)
     if tok.vocab_size != c.vocab_size:
         raise UserError(

@@ -671,6 +671,7 @@ def sweep_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", default="data/demo_search.json", help="where to write the records")
     for s in (i, a):
         s.add_argument("--data", default="data/builtin-512", help="prepared shards (default data/builtin-512)")
+    sub.metavar = "{" + ",".join(sub.choices) + "}"  # a missing one is named by its choices, not by `kind`
     return p
 
 

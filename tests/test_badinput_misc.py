@@ -12,6 +12,7 @@ from badinput import cli, fails_cleanly
     (["bench", "train", "--data", "d", "--budgets", "0"], "--budgets"), (["bench", "zero", "--data", "d", "--steps", "3"], "--steps"),
     (["bench", "zero", "--data", "d", "--modes", "zero9"], "--modes"), (["bench", "zero", "--data", "d", "--procs", "0"], "--procs"),
     (["bench", "flops"], "flops"), (["env", "--jsn"], "--jsn"),
+    (["bench"], "{model,bpe,train,"), (["sweep"], "{isoflop,ablations,demo}"),   # not argparse's "required: name"
 ])
 def test_bench_and_env_flags(args, flag):
     "argparse refuses each before any work starts (exit 2), naming the flag or the unknown choice."

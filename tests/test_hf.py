@@ -175,6 +175,25 @@ def test_import_refusals(tmp_path, capsys):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "a temporary folder was left behind"
 
 
+def test_import_refuses_broken_folders(tmp_path, capsys):
+    """A config.json that is not JSON (the message now names the file), a cut-short model.safetensors (it was reported
+    as a bug), and a minillm run given as the source (it said "no model_type") are refused in one line, nothing written."""
+    torch.manual_seed(0)
+    for name in ("badjson", "cut"):
+        hf_gpt2(True).save_pretrained(tmp_path / name)
+        ByteTokenizer().save(tmp_path / name / "minillm_tokenizer")
+    (tmp_path / "badjson" / "config.json").write_text("{model_type: gpt2")
+    w = tmp_path / "cut" / "model.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    save_run(MiniLLM(ModelConfig(**LLAMA["llama-mha-tied"])), ByteTokenizer(), tmp_path / "run")
+    for src, shows in (("badjson", "config.json is not valid JSON"), ("cut", "model.safetensors is truncated or corrupt"),
+                       ("run", "is a minillm run")):
+        assert cli(["import", "--from", str(tmp_path / src), "--out", str(tmp_path / "out")]) == 1
+        err = capsys.readouterr().err
+        assert shows in err and len(err.strip().splitlines()) == 1 and "a bug" not in err, (src, err)
+    assert not (tmp_path / "out").exists() and not [p for p in tmp_path.glob(".*")]
+
+
 def test_export_bad_input(tmp_path, capsys):
     """`minillm export` and `minillm import` refuse in one line naming the fix, and lose nothing: a missing run, a run
     without the asked checkpoint (its checkpoints listed), a non-empty --out without --overwrite, an --out that is the

@@ -14,6 +14,7 @@ import torch
 from .attention import resolve_backend
 from .core import detect_hardware, peak_flops, seed_everything, synchronize
 from .model import MiniLLM, flops_per_token, preset
+from .scaling import need_data
 from .moe import BALANCES
 from .utils import check_writable, positive_float, positive_int, write_json
 
@@ -586,6 +587,8 @@ def bench_main(argv: list[str] | None = None) -> int:
     sub.metavar = "{" + ",".join(sub.choices) + "}"  # a missing one is named by its choices, not by `name`
     args = p.parse_args(argv)
     check_writable(args.json, "--json")  # before minutes of measuring, not after
+    if getattr(args, "data", None) is not None:  # before any process starts: a launcher buries the error in its own
+        need_data(args.data, 8192)
     if args.name == "profile":
         if args.new_tokens >= preset(args.preset).max_seq_len:
             raise ValueError(
@@ -659,6 +662,9 @@ def bench_main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: torch sees no CUDA GPU on this machine; use --device cpu, or leave it out")
     device = args.device or detect_hardware().device
+    for name in args.presets:
+        if args.seq_len and args.seq_len > (longest := preset(name).max_seq_len):
+            raise ValueError(f"--seq-len {args.seq_len} is longer than preset {name}'s context: use {longest} or less")
     for b in args.backends:  # before any preset is timed: a backend this device lacks fails in one line
         try:
             resolve_backend(b, device, torch.bfloat16 if device == "cuda" else torch.float32)
@@ -1013,5 +1019,7 @@ def _vocab(s: str) -> int:
 def _min_steps(s: str) -> int:
     v = positive_int(s)
     if v < 7:
-        raise argparse.ArgumentTypeError(f"{s!r}: use at least 7 (tokens/s is measured after step 5)")
+        raise argparse.ArgumentTypeError(
+            f"{s!r}: use at least 7 (the first steps are warm-up; tokens/s is timed after them)"
+        )
     return v

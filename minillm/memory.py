@@ -911,9 +911,10 @@ def memory_main(argv: list[str] | None = None) -> int:
         return 0
     print(memory_table(est, a.gpu_mem))
     if rec is None and not everything_fixed:
+        mine = (["lower --micro-batch"] if a.micro_batch is not None else []) + [f"drop --{k}" for k in fixed]
         print(
-            f"\nnothing fits in {a.gpu_mem:g} GB x {a.gpus} GPU(s): add GPUs, shorten --seq-len, or pick a smaller"
-            " model."
+            f"\nnothing fits in {a.gpu_mem:g} GB x {a.gpus} GPU(s): "
+            + ", ".join(mine + ["add GPUs (with ZeRO)", "shorten --seq-len", "or pick a smaller model."])
         )
     elif rec is not None:
         print(

@@ -26,9 +26,13 @@ def test_bench_model_device_and_backend():
     if torch.cuda.is_available(): pytest.skip("this machine has a GPU")
     fails_cleanly(cli("bench", "model", "--presets", "demo", "--device", "cuda", "--steps", "1"), "--device cuda", "--device cpu", rc=1)
     fails_cleanly(cli("bench", "model", "--presets", "demo", "--backends", "flash", "--steps", "1"), "--backends flash", "sdpa", rc=1)
+    fails_cleanly(cli("bench", "model", "--presets", "demo", "--seq-len", "100000", "--steps", "1"), "--seq-len 100000", "or less", rc=1)
 
 
 def test_bench_missing_data(tmp_path):
-    "A benchmark pointed at a missing data folder fails in one line naming it, and writes no JSON."
-    r = fails_cleanly(cli("bench", "train", "--data", tmp_path / "none", "--budgets", "1", "--compile", "off", "--json", tmp_path / "b.json"), "none")
-    assert not (tmp_path / "b.json").exists(), r.stderr
+    """A benchmark pointed at a missing data folder fails in one line naming it and the prepare command, before any
+    process starts, and writes no JSON (`bench zero` once let torchrun fail with a page of its own report)."""
+    for kind, *extra in (("train", "--budgets", "1", "--compile", "off"), ("zero",), ("engines",)):
+        r = fails_cleanly(cli("bench", kind, "--data", tmp_path / "none", *extra, "--json", tmp_path / "b.json"),
+                          "none", "minillm prepare", rc=1)
+        assert not (tmp_path / "b.json").exists() and len(r.stderr.strip().splitlines()) == 1, r.stderr

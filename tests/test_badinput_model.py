@@ -44,6 +44,13 @@ def test_memory_bad_flag(args, names, rc):
     fails_cleanly(cli("memory", *args), *names, rc=rc)
 
 
+def test_memory_nothing_fits_names_the_flags_given():
+    """When nothing fits, the advice starts with the flags the user fixed (it advised more GPUs for a micro batch of
+    1e11, which no number of GPUs holds, and never named --micro-batch)."""
+    r = cli("memory", "--preset", "tiny", "--micro-batch", "100000000000", "--zero", "0")
+    assert r.returncode == 0 and "nothing fits" in r.stdout and "lower --micro-batch, drop --zero" in r.stdout, r.stdout[-800:]
+
+
 def test_memory_help_documents_every_flag():
     "Every flag of `minillm memory` has a help line (argparse shows none for a flag without one)."
     from minillm.memory import memory_parser

@@ -669,13 +669,12 @@ def bench_main(argv: list[str] | None = None) -> int:
         try:
             resolve_backend(b, device, torch.bfloat16 if device == "cuda" else torch.float32)
         except RuntimeError as e:
-            why = str(e).split(": ", 1)[-1].split(". Use ")[0]
-            raise ValueError(f"--backends {b} on {device}: {why}; choose sdpa or auto") from None
+            raise ValueError(f"--backends {b} on {device}: {e}") from None
     res = bench_model(
         args.presets,
         args.variants,
         args.backends,
-        args.device,
+        device,
         args.batch,
         args.seq_len,
         args.steps,

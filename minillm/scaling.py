@@ -19,16 +19,8 @@ import torch
 from .core import PEAK_TFLOPS, detect_hardware, peak_flops
 from .model import PRESETS, ModelConfig, attention_params, flops_per_token, param_formula, preset
 from .data import read_meta
-from minillm.utils import (
-    UserError,
-    check_writable,
-    seed_int,
-    number_arg,
-    positive_float,
-    positive_int,
-    unit_float,
-    write_json,
-)
+from .utils import UserError, check_writable, number_arg, positive_float, positive_int, seed_int
+from .utils import unit_float, write_json
 
 # %% auto #0
 __all__ = ['CHINCHILLA_FITS', 'DEFAULT_MFU', 'CHINCHILLA_EXPONENTS', 'ABLATION_BASE', 'ABLATIONS', 'flops_per_token_of',

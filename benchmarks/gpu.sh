@@ -24,8 +24,8 @@ failed=""
 for part in $PARTS; do
     echo "== $part ($(date +%T))"
     case "$part" in
-    train)  # medium and large with every setting on
-        $PY -m minillm bench train --data "$data" --presets medium large --budgets "$BUDGET" --json "$OUT/train-$gpu.json" ;;
+    train)  # small, medium and large with every setting on
+        $PY -m minillm bench train --data "$data" --presets small medium large --budgets "$BUDGET" --json "$OUT/train-$gpu.json" ;;
     model)  # forward+backward of demo and small; generation at batch 1 and 8, growing cache vs static vs compiled
         $PY -m minillm bench model --presets demo small --variants mha --backends sdpa --gen-batch 1 8 --steps 3 \
             --json "$OUT/model-$gpu.json" ;;

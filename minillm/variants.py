@@ -42,21 +42,42 @@ class RoPE(nn.Module):
     theta^(-2i/d).
     """
 
+    table_limit = 1 << 16  # positions past this are computed on the fly, so a long rolling generation stays bounded
+
     def __init__(self, head_dim: int, theta: float = 10000.0):
         super().__init__()
         if head_dim % 2:
             raise ValueError(f"RoPE needs an even head dim, got {head_dim}.")
         self.head_dim, self.theta = head_dim, theta
+        self._tables: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # device -> (cos, sin), (n, d/2)
+
+    def angles(self, positions: torch.Tensor) -> torch.Tensor:
+        "(t,) positions -> (t, d/2) angles pos * theta^(-2i/d), in fp32."
+        inv_freq = self.theta ** (
+            -torch.arange(0, self.head_dim, 2, device=positions.device, dtype=torch.float32) / self.head_dim
+        )
+        return positions.float()[:, None] * inv_freq
+
+    def cos_sin(self, t: int, start_pos: int | torch.Tensor, device: torch.device) -> tuple[torch.Tensor, ...]:
+        """cos and sin of positions start_pos..start_pos+t-1, each (t, d/2) fp32. Every layer and every decoding step
+        asks for rows of the same table, so outside compiled code it is computed once per device and sliced. It is a
+        plain attribute, not a buffer: casting the model to bf16 would round a buffer's angles. A 0-dim tensor
+        start_pos (a static cache's position: no new graph per step) and a compiled graph (which fuses this arithmetic
+        into its kernels) compute the rows on the fly."""
+        end = None if torch.is_tensor(start_pos) or torch.compiler.is_compiling() else start_pos + t
+        if end is None or end > self.table_limit:
+            ang = self.angles(torch.arange(t, device=device) + start_pos)  # (t, d/2)
+            return ang.cos(), ang.sin()
+        cos, sin = self._tables.get(device, (None, None))
+        if cos is None or len(cos) < end:  # grown by doubling: a generation extends it a few times, not every step
+            ang = self.angles(torch.arange(max(end, 2 * len(cos) if cos is not None else 256), device=device))
+            cos, sin = self._tables[device] = (ang.cos(), ang.sin())
+        return cos[start_pos:end], sin[start_pos:end]
 
     def forward(self, x: torch.Tensor, start_pos: int | torch.Tensor = 0) -> torch.Tensor:
-        # angles in fp32, computed on the fly: a buffer would lose precision when the model is cast to bf16
-        t = x.size(-2)
-        inv_freq = self.theta ** (
-            -torch.arange(0, self.head_dim, 2, device=x.device, dtype=torch.float32) / self.head_dim
-        )
-        # (t, d/2); start_pos may be a 0-dim tensor (a static cache's position: no new graph per step)
-        ang = (torch.arange(t, device=x.device) + start_pos).float()[:, None] * inv_freq
-        return apply_rotary(x.float(), ang.cos(), ang.sin()).to(x.dtype)
+        cos, sin = self.cos_sin(x.size(-2), start_pos, x.device)  # (t, d/2) each, fp32
+        return apply_rotary(x.float(), cos, sin).to(x.dtype)
+
 
 # %% ../nbs/06_variants.ipynb #0873a36e
 def cache_append(cached: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:

@@ -60,9 +60,9 @@ __all__ = ['UNCAPPED', 'DEFAULT_MICRO_BATCH', 'Schedule', 'Offload', 'CompileMod
            'TrainConfig', 'literal_values', 'accumulation_steps', 'param_groups', 'lr_at', 'adamw_update', 'Dist',
            'dist_env', 'srun_step', 'setup_dist', 'choose_amp', 'rng_state', 'set_rng_state', 'save_checkpoint',
            'load_checkpoint', 'check_compatible', 'engine_class', 'held_bytes', 'Engine', 'DDPEngine', 'speed_settings',
-           'apply_speed', 'describe_speed', 'speed_table', 'Trainer', 'run_files', 'clear_run', 'Diverged', 'LivePlot',
-           'load_model', 'sample_text', 'model_override', 'read_config_file', 'build_configs', 'train_parser',
-           'check_out', 'train_main', 'sample_parser', 'sample_main']
+           'apply_speed', 'describe_speed', 'speed_table', 'Trainer', 'run_files', 'clear_run', 'StoppedInFirstStep',
+           'Diverged', 'LivePlot', 'load_model', 'sample_text', 'model_override', 'read_config_file', 'build_configs',
+           'train_parser', 'check_out', 'train_main', 'sample_parser', 'sample_main']
 
 # %% ../nbs/09_train.ipynb #9c1266ab
 UNCAPPED = 10**9  # max_steps when a time budget or --epochs decides the length
@@ -1162,10 +1162,26 @@ def _record(self: Trainer, row: dict):
     self.writers.write(row)  # metrics.jsonl (+ TensorBoard / W&B), rank 0 only
 
 
+class StoppedInFirstStep(KeyboardInterrupt):
+    "A signal stopped training before the process's first step had finished; the command line exits 130 with it."
+
+
 @patch
 def _stop_on_signals(self: Trainer):
-    "SIGINT/SIGTERM are noted; the loop stops where the ranks agree (`_agree_on_stop`), saves a checkpoint and exits."
-    return signals_noted(lambda name: setattr(self, "signalled", name))
+    """SIGINT/SIGTERM are noted; the loop stops where the ranks agree (`_agree_on_stop`), saves a checkpoint and exits.
+    Before this process's first step has finished they stop it at once (`StoppedInFirstStep`): there is nothing new
+    to save, that step may be minutes of compiling, and a compilation whose worker processes got the same signal (a
+    whole process group is signalled: Ctrl-C, `timeout`, a batch scheduler) may never return."""
+
+    def on_signal(name: str):
+        if not self.first_step_done:
+            raise StoppedInFirstStep(
+                f"{name} before the first step had finished (compiling and warming up): stopped at once, nothing new"
+                " to save"
+            )
+        self.signalled = name
+
+    return signals_noted(on_signal)
 
 
 @patch
@@ -1274,6 +1290,7 @@ def fit(self: Trainer, resume: bool | str | Path = False) -> dict:
         disable=not self.d.main or os.environ.get("TQDM_DISABLE", "") not in ("", "0"),
     )
     t0, tokens, last, t1 = time.perf_counter(), 0, {}, None
+    self.first_step_done = False  # until then a signal stops the process at once (`_stop_on_signals`)
     with self._stop_on_signals():
         while self.step < self.max_steps and self.stop is None:
             loss = self.train_step()
@@ -1281,6 +1298,7 @@ def fit(self: Trainer, resume: bool | str | Path = False) -> dict:
             if t1 is None:  # the first step pays for compilation and warm-up: time the rest
                 synchronize(self.d.device)
                 t1, tokens1 = time.perf_counter(), tokens
+                self.first_step_done = True
             if cfg.time_budget and self.step == min(self.max_steps, max(5, cfg.warmup_steps // 2)) and not resume:
                 self.max_steps = self._fit_schedule(t0, t1)
                 bar.total = self.max_steps

@@ -125,8 +125,8 @@ def run_main(prog: str, main, argv=None) -> int:
         return main(argv) or 0
     try:
         return main(argv) or 0
-    except KeyboardInterrupt:
-        print(f"\n{prog}: interrupted.", file=sys.stderr)
+    except KeyboardInterrupt as e:  # a subclass may say why (the trainer's StoppedInFirstStep)
+        print(f"\n{prog}: {str(e) or 'interrupted'}.", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader left (`| head`): stop quietly, as other command-line tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's exit flush must not raise again

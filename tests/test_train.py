@@ -50,6 +50,30 @@ def test_sigterm_saves_then_exits(venv_bin, data, tmp_path):
     assert ck["step"] >= 3 and "SIGTERM: saved" in out_text + err
 
 
+
+def test_signal_in_first_step_stops_at_once(venv_bin, data, tmp_path):
+    """SIGTERM while the first step is still compiling stops the process at once, with a line that says so: the step
+    may be minutes long, and on a GPU a signal sent to the process group also kills the compiler's workers, after which
+    the compilation can wait forever. Before, the trainer noted it and went on compiling, then saved step 1. A fresh
+    Inductor cache makes the first step a real compilation (about 30 s here); the signal comes 1 s after the run's
+    config.json, written just before the loop. Nothing is saved: a new run's folder is removed, as on any failure."""
+    import os
+    out = tmp_path / "run"
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    p = subprocess.Popen([str(venv_bin / "minillm"), "train", "--data", str(data), "--out", str(out), *SMALL,
+                          "--max-steps", "5", "--compile", "--sample-tokens", "0"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 300
+    while not (out / "config.json").exists():
+        assert p.poll() is None and time.time() < deadline, p.communicate()[1][-2000:]
+        time.sleep(0.1)
+    time.sleep(1)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err[-2000:]
+    assert "SIGTERM before the first step had finished" in err and "SIGTERM: saved" not in err, err[-2000:]
+    assert not (out / "latest.pt").exists()
+
 def test_torchrun_ddp_two_processes(venv_bin, data, tmp_path):
     """`torchrun --nproc_per_node 2 -m minillm.train` on CPU: both ranks train on disjoint windows, only rank 0
     writes (one metrics line per step), and the checkpoint resumes under torchrun."""

@@ -5,7 +5,8 @@
 # runs this checkout without installing it); it writes its JSON into $OUT (default benchmarks/), named after the GPU.
 # BUDGET: seconds of training per run after the first, compiling step (default 15). Every part runs even when one
 # before it fails; the script exits non-zero if any failed. `bench train` saves its JSON after each run, so a part
-# stopped early (by `timeout`, say) keeps the runs it finished.
+# stopped early keeps the runs it finished. PART_TIMEOUT: seconds each part may run (default: no bound); a part past it
+# gets SIGTERM, then SIGKILL 10 s later, and the next part starts.
 set -u
 OUT=${OUT:-benchmarks}
 PY=${PY:-python3}
@@ -13,6 +14,9 @@ BUDGET=${BUDGET:-15}
 PARTS=${*:-train model tests ablate flash profile modes}
 export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 mkdir -p "$OUT"
+# one bounded part: SIGTERM goes to the whole group; the part's python stops (after saving, past the first step) while
+# this shell waits for it, and SIGKILL follows after 10 s
+[ -n "${GPU_SH_PART:-}" ] && trap : TERM
 gpu=$($PY -c "import torch, sys
 if not torch.cuda.is_available(): sys.exit('benchmarks/gpu.sh measures a CUDA GPU and torch sees none: run it on a GPU machine')
 n = torch.cuda.get_device_name(); print(n.split()[1].lower() if ' ' in n else n.lower())") || exit 1
@@ -21,6 +25,14 @@ if [ ! -f "$data/meta.json" ]; then
     $PY -m minillm prepare --corpus builtin --tokenizer bpe --vocab-size 8192 --out "$data" --no-progress || exit 1
 fi
 failed=""
+if [ -n "${PART_TIMEOUT:-}" ]; then  # each part in its own bounded run of this script
+    for part in $PARTS; do
+        PART_TIMEOUT= GPU_SH_PART=1 timeout -k 10 "$PART_TIMEOUT" sh "$0" "$part" || failed="$failed $part"
+    done
+    echo "== done ($(date +%T))${failed:+; failed or stopped:$failed}"
+    [ -z "$failed" ]
+    exit
+fi
 for part in $PARTS; do
     echo "== $part ($(date +%T))"
     case "$part" in

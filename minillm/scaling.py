@@ -363,7 +363,7 @@ def check_budgets(budgets, sizes: int, span: float, batch_tokens: int, **ladder_
         if (n := compute_optimal(C)[0]) > hi:
             raise UserError(
                 f"budget {C:.3g} FLOPs wants models of about {n:,.0f} parameters, past the ladder's largest ({hi:,}):"
-                f" give --budgets up to {6 * 20 * hi * hi:.2g}"  # compute_optimal inverted: C = 6 N (20 N)
+                f" give --budgets up to {(hi / compute_optimal(1.0)[0]) ** 2:.2g}"  # N grows as sqrt(C)
             )
         for c in isoflop_models(C, sizes, span, **ladder_kw):
             step = flops_per_token(c, ladder_kw["seq_len"]) * batch_tokens

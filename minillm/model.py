@@ -887,7 +887,7 @@ def generate(
             if not use_cache:
                 logits = self(out[:, -T:], last_only=True)[0]
             elif cache is None or (out.size(1) > T and not rolling):  # (re)encode the window
-                cache = StaticKVCache(len(self.blocks), T, out.device) if static else KVCache(len(self.blocks))
+                cache = self.static_cache(out.size(0), out.device) if static else KVCache(len(self.blocks))
                 logits = self(out[:, -T:], cache=cache, last_only=True)[0]
             else:
                 if not static and len(cache) >= T:
@@ -961,6 +961,24 @@ class StaticKVCache(KVCache):
 
     def trim(self, keep: int):
         raise ValueError("a StaticKVCache does not roll: use KVCache (generate(..., static=False)) for rolling=True")
+
+    def reset(self) -> "StaticKVCache":
+        "Empty it for a new sequence, in place: buffers and position keep the addresses a CUDA graph recorded."
+        self.pos.zero_()
+        return self
+
+
+@patch
+def static_cache(self: MiniLLM, batch: int, device) -> StaticKVCache:
+    """An empty StaticKVCache for `batch` sequences on `device`: the same one on every call with the same batch, device
+    and dtype. A compiled step's CUDA graph is recorded with its cache's addresses, so a new cache per generate call
+    would be recorded anew each call, and every recording keeps its cache alive. Kept in the model's __dict__ (not in
+    its state_dict), one per batch size used; two generations at once on one model would share it."""
+    key = (batch, torch.device(device), next(self.parameters()).dtype)
+    caches = self.__dict__.setdefault("_static_caches", {})
+    if key not in caches:
+        caches[key] = StaticKVCache(len(self.blocks), self.config.max_seq_len, device)
+    return caches[key].reset()
 
 # %% ../nbs/07_model.ipynb #0e7269e2
 def decoding_plan(model: MiniLLM, ids: torch.Tensor, use_cache: bool, rolling: bool, static, compile) -> tuple:

@@ -58,6 +58,24 @@ def test_static_compiled_decoding_equals_the_growing_cache(kw):
     assert not counters["inductor"]["cudagraph_skips"], "the compiled step ran without CUDA graphs"
 
 
+
+def test_repeated_generate_calls_reuse_one_recording():
+    """Calls to generate after the first replay the CUDA graph they recorded: the model keeps one static cache per batch
+    size, so the graph finds the addresses it was recorded with. With a new cache per call, every call recorded the
+    graph again and each recording kept its cache alive, so memory grew call after call. Calls 3 to 6 must hold no more
+    memory than call 2 left (equal, barring the allocator's rounding), and decode the same tokens."""
+    from minillm.model import MiniLLM, ModelConfig
+    torch.manual_seed(0)
+    m = MiniLLM(ModelConfig(vocab_size=97, embed_dim=64, num_heads=4, num_layers=2, max_seq_len=32)).cuda()
+    ids = torch.randint(0, 97, (2, 6), device="cuda")
+    runs, held = [], []
+    for _ in range(6):
+        runs.append(m.generate(ids, 20, temperature=0, static=True, compile=True))
+        torch.cuda.synchronize()
+        held.append(torch.cuda.memory_allocated())
+    assert all(torch.equal(runs[0], r) for r in runs[1:])
+    assert max(held[2:]) <= held[1], held
+
 def test_default_training_run_uses_every_speed_setting(data, tmp_path):
     """`minillm train` on CUDA with no speed flag: the start-up line names every setting on, the run finishes, its
     loss falls; with each switched off (--no-compile ... --no-pad-vocab, --loss-chunk 0) it starts with them off, and its first loss

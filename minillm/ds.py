@@ -18,7 +18,7 @@ __all__ = ['SHIPPED', 'SHIPPED_FILES', 'SHM_ALLREDUCE', 'SHARD_GLOBALS', 'zero_s
            'build_ds_config', 'find_auto', 'batch_triple', 'resolve_ds_config', 'load_ds_config', 'user_ds_config',
            'skip_shm_allreduce', 'DeepSpeedEngine', 'accumulate_grads', 'shard_globals', 'verify_shards',
            'consolidated_weights', 'merge_shards', 'rank_model_states', 'deepspeed_estimate', 'find_launcher',
-           'deepspeed_command', 'torchrun_command', 'run_training']
+           'check_launch_args', 'deepspeed_command', 'torchrun_command', 'run_training']
 
 # %% ../nbs/13_deepspeed.ipynb #9405362f
 def zero_section(stage: int, offload: str, bucket: int, persistence: int, on_gpu: bool) -> dict:
@@ -712,6 +712,18 @@ def find_launcher(script: str, module: str) -> list[str]:
     return [found] if (found := shutil.which(script)) else [sys.executable, "-m", module]
 
 
+def check_launch_args(train_args, num_procs) -> list[str]:
+    "`train_args` as a list of strings and `num_procs` an integer >= 1, or a ValueError/TypeError naming the fix."
+    if isinstance(train_args, (str, bytes)) or not all(isinstance(a, str) for a in train_args):
+        raise TypeError(
+            f"train_args must be a list of strings, one per word, got {train_args!r:.80}: e.g. ['--data', 'data/x']"
+            " or shlex.split('--data data/x')"
+        )
+    if isinstance(num_procs, bool) or not isinstance(num_procs, int) or num_procs < 1:
+        raise ValueError(f"{num_procs!r} processes: the process count must be an integer >= 1")
+    return list(train_args)
+
+
 def deepspeed_command(
     train_args: list[str], num_procs: int, port: int | None = None, hostfile: str | None = None
 ) -> list[str]:
@@ -719,6 +731,8 @@ def deepspeed_command(
     with a hostfile).
     """
     import importlib.util  # a `deepspeed` script on PATH from another Python would start workers that cannot import it
+
+    train_args = check_launch_args(train_args, num_procs)
 
     if importlib.util.find_spec("deepspeed") is None:
         require_deepspeed()
@@ -743,6 +757,7 @@ def torchrun_command(train_args: list[str], num_procs: int, port: int | None = N
     """
     import sys
 
+    train_args = check_launch_args(train_args, num_procs)
     if num_procs == 1:
         return [sys.executable, "-m", "minillm.train", *train_args]
     return [

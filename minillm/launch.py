@@ -8,7 +8,7 @@ from .core import PEAK_TFLOPS, peak_flops
 from .memory import recommend, estimate
 from .model import PRESETS, flops_per_token, preset, param_formula
 from .train import TrainConfig, LivePlot
-from .ds import build_ds_config, deepspeed_command
+from .ds import build_ds_config, check_launch_args, deepspeed_command
 
 # %% auto #0
 __all__ = ['TRAIN_MINUTES', 'ASSUMED_MFU', 'probe_hardware', 'split_batch', 'steps_in_time', 'dense_presets', 'plan_run',
@@ -290,9 +290,20 @@ def launch(
 ) -> dict:
     """Run `deepspeed ... --module minillm.train train_args` on `procs` processes (per node, with a hostfile); stream
     its log and curves.
-    Returns dict(returncode, interrupted, rows): rows are the metrics the run wrote.
+    Returns dict(returncode, interrupted, rows): rows are the metrics this launch's run wrote (none when it failed
+    before its first step, even if `out` holds an earlier run's). `out` is the run folder, as `--out` in `train_args`
+    names it (added there when missing).
     """
-    out = Path(out)
+    train_args, out = check_launch_args(train_args, procs), Path(out)
+    given = [a.split("=", 1)[1] for a in train_args if a.startswith("--out=")]
+    given += [train_args[i + 1] for i, a in enumerate(train_args[:-1]) if a == "--out"]
+    if not given:
+        train_args += ["--out", str(out)]
+    elif any(Path(g).resolve() != out.resolve() for g in given):
+        raise ValueError(
+            f"out={str(out)!r} but train_args has --out {given[-1]}: the curves are read from out, so name the same"
+            " folder in both (or leave --out out of train_args)"
+        )
     if hostfile:
         # --num_gpus caps each node
         print_fn(describe_layout(rank_layout([(h, min(s, procs)) for h, s in read_hostfile(hostfile)])))
@@ -309,6 +320,8 @@ def launch(
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(l) for l in p.stdout], daemon=True).start()
     live, rows, seen, interrupted = (LivePlot() if plot else None), [], 0, False
+    m = out / "metrics.jsonl"
+    before = m.read_text() if m.exists() else ""  # an earlier run's rows (a resume appends, --overwrite replaces)
 
     def pump():
         nonlocal seen
@@ -316,8 +329,9 @@ def launch(
             l = lines.get_nowait().rstrip()
             if verbose or not _NOISE.search(l):
                 print_fn(l)
-        m = out / "metrics.jsonl"
-        for row in (complete_rows(m.read_text()) if m.exists() else [])[seen:]:
+        text = m.read_text() if m.exists() else ""
+        old = len(complete_rows(before)) if before and text.startswith(before) else 0
+        for row in complete_rows(text)[old + seen :]:
             rows.append(row)
             seen += 1
             if live:
@@ -335,7 +349,10 @@ def launch(
                 os.killpg(p.pid, signal.SIGKILL)
                 continue
             interrupted = True
-            print_fn("interrupt: every rank finishes its step, saves a checkpoint and stops (interrupt again to kill)")
+            print_fn(
+                "interrupt: every rank finishes its step, saves a checkpoint and stops; during the first step, it stops"
+                " at once with nothing to save (interrupt again to kill)"
+            )
             try:
                 os.killpg(p.pid, signal.SIGINT)
             except ProcessLookupError:

@@ -116,7 +116,7 @@ def notebooks(flags: str) -> tuple[int, int, str]:
 # (longest first, so that neither is left with a long file at the end). A file not named here goes last.
 WEIGHTS = {"test_lessons.py": 570, "test_deepspeed.py": 315, "test_badinput_train.py": 265, "test_engines.py": 170,
            "test_train.py": 105, "test_badinput_prepare.py": 83, "test_moe.py": 81, "test_cli.py": 80, "test_hosted.py": 79,
-           "test_badinput_model.py": 71, "test_launch.py": 41, "test_scaling.py": 36, "test_badinput_misc.py": 28,
+           "test_badinput_model.py": 71, "test_launch.py": 60, "test_scaling.py": 36, "test_badinput_misc.py": 28,
            "test_kernel_poll.py": 25}
 WORKERS = 2
 

@@ -89,3 +89,31 @@ def test_srun_without_master_address_fails_cleanly(data, tmp_path):
     r = cli("train", "--data", str(data), "--out", str(tmp_path / "o"), *SRUN_TINY, env=_slurm_env(0, 2), timeout=120)
     fails_cleanly(r, "MASTER_ADDR", "MASTER_PORT", "sbatch", "SLURM_NTASKS")
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_launch_refuses_bad_arguments_before_starting(tmp_path):
+    """launch's arguments are checked before any process starts: one string instead of a list (split into characters
+    before), a process count below 1 (0 and -1 silently trained on one process before), and an `out` other than the
+    --out in train_args (the curves were read from a folder the run never wrote: no rows, no word)."""
+    from minillm.launch import launch
+    out = str(tmp_path / "run")
+    cases = [(("--data x", 1, out), TypeError, "list of strings"), ((["--data", "x"], 0, out), ValueError, ">= 1"),
+             ((["--data", "x"], -1, out), ValueError, ">= 1"), ((["--data", "x"], 2.0, out), ValueError, ">= 1"),
+             ((["--out", str(tmp_path / "a")], 1, out), ValueError, "name the same folder"),
+             (([f"--out={tmp_path / 'a'}"], 1, out), ValueError, "name the same folder")]
+    for args, kind, msg in cases:
+        with pytest.raises(kind, match=msg):
+            launch(*args, plot=False)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "a").exists()
+
+
+def test_a_failed_launch_returns_no_rows_of_an_earlier_run(data, tmp_path):
+    """A launch into a folder that holds an earlier run's metrics (refused there: no --resume) returns no rows. It used
+    to return the earlier run's rows, which the notebook then plotted as if this run had written them."""
+    from minillm.launch import launch
+    out = tmp_path / "run"
+    out.mkdir()
+    earlier = [dict(step=s, loss=5.0 - s, lr=1e-3, tokens=64 * s, tokens_per_s=100.0, elapsed_s=float(s)) for s in (1, 2)]
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in earlier))
+    r = launch(["--data", str(data), *TINY, "--max-steps", "2", "--device", "cpu"], 1, out, plot=False, print_fn=lambda *a: None)
+    assert r["returncode"] != 0 and r["rows"] == [], r

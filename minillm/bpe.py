@@ -27,7 +27,8 @@ from .utils import patch, write_atomic, write_json
 
 # %% auto #0
 __all__ = ['PATTERNS', 'merge', 'count_pretokens', 'count_pretokens_parallel', 'count_pairs', 'best_pair', 'train_naive',
-           'train_incremental', 'encode_by_rank', 'bytes_to_unicode', 'BPETokenizer', 'check_pattern', 'train_bpe']
+           'train_incremental', 'encode_by_rank', 'bytes_to_unicode', 'BPETokenizer', 'check_pattern', 'check_bpe_args',
+           'train_bpe']
 
 # %% ../nbs/03_bpe.ipynb #fd12ba69
 PATTERNS = {
@@ -87,6 +88,8 @@ def count_pretokens_parallel(
     def chunks():
         buf, n = [], 0
         for t in texts:
+            if not isinstance(t, str):
+                raise TypeError(f"texts holds a {type(t).__name__}, not a string: pass each document as a str")
             buf.append(t)
             n += len(t)
             if n >= chunk_chars:
@@ -469,6 +472,22 @@ def from_gpt2(
     return cls(merges, specials, pattern, vocab)
 
 # %% ../nbs/03_bpe.ipynb #e2a284ed
+def check_bpe_args(texts, vocab_size, special_tokens, pattern, workers):
+    "train_bpe's arguments, each refused with the fix before any counting: a ValueError or TypeError."
+    if isinstance(texts, (str, bytes)):
+        raise TypeError("texts is one string: pass a list of documents (e.g. [text]), or an iterable of strings")
+    if isinstance(vocab_size, bool) or not hasattr(vocab_size, "__index__"):
+        raise TypeError(f"vocab_size={vocab_size!r}: use an integer")
+    if not all(isinstance(s, str) and s for s in special_tokens) or len(set(special_tokens)) < len(special_tokens):
+        raise ValueError(f"special_tokens {special_tokens!r}: use distinct, non-empty strings (each gets its own id)")
+    if pattern not in PATTERNS and regex.fullmatch(r"\w+", pattern or ""):
+        raise ValueError(
+            f"pattern {pattern!r} is neither a shipped name ({', '.join(PATTERNS)}) nor a pre-tokenizing regex"
+        )
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"workers={workers!r}: use an integer >= 1, or None for one per core (up to 8)")
+
+
 def train_bpe(
     texts: Iterable[str],
     vocab_size: int,
@@ -479,6 +498,8 @@ def train_bpe(
 ) -> BPETokenizer:
     "Learn vocab_size - 256 - len(special_tokens) merges from `texts`."
     special_tokens = list(special_tokens)
+    check_bpe_args(texts, vocab_size, special_tokens, pattern, workers)
+    vocab_size = int(vocab_size)
     floor = 256 + len(special_tokens)
     if vocab_size < floor + 1:
         raise ValueError(

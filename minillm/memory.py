@@ -21,7 +21,7 @@ from minillm.model import (
     resolve_layers,
     checkpoint_mode,
 )
-from .utils import positive_int, positive_float
+from .utils import int_at_least, positive_float, positive_int, positive_number
 
 # %% auto #0
 __all__ = ['RECIPES', 'ADAM_STEP_BYTES', 'GPU_MEMORY_GB', 'CUDA_CONTEXT', 'MARGIN', 'PARTS', 'COLORS', 'SIZE_FLAGS',
@@ -322,6 +322,8 @@ def activation_inventory(
     `checkpointing`: 'none'; 'attention' (each block's whole attention sub-layer recomputed: its input kept);
     'full' (each block recomputed: only its input kept); `checkpoint_layers`: only the first k blocks (None: all).
     `loss_chunk` > 0: the loss is lesson 07's chunked_lm_loss, which keeps dL/dx and dL/dW instead of the logits."""
+    seq_len, micro_batch = int_at_least("seq_len", seq_len), int_at_least("micro_batch", micro_batch)
+    loss_chunk = int_at_least("loss_chunk", loss_chunk, 0)
     if scheme not in _SCHEMES:
         raise ValueError(f"scheme {scheme!r}: use one of {_SCHEMES}")
     if checkpointing == "selective":
@@ -465,15 +467,18 @@ def estimate(
     """
     # sizes below 1 would give negative bytes: refused here, at the source
     t = c.max_seq_len if seq_len is None else seq_len
-    if not isinstance(t, int) or t < 1:
+    if isinstance(t, bool) or not hasattr(t, "__index__") or t < 1:
         raise ValueError(f"seq_len={seq_len!r}: use an integer >= 1 (or None for the model's max_seq_len)")
+    t = int(t)
     if t > c.max_seq_len:
         raise ValueError(f"seq_len {t} exceeds the model's max_seq_len {c.max_seq_len}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: use bf16, fp16 or fp32")
-    for name, v in (("micro_batch", micro_batch), ("gpus", gpus)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{name}={v!r}: use an integer >= 1")
+    micro_batch, gpus = int_at_least("micro_batch", micro_batch), int_at_least("gpus", gpus)
+    if device not in ("cuda", "cpu"):
+        raise ValueError(f"device={device!r}: use 'cuda' or 'cpu' (it decides the attention kernel and the loss chunk)")
+    if loss_chunk is not None:
+        loss_chunk = int_at_least("loss_chunk", loss_chunk, 0)
     pf = param_formula(c)
     n = pf["total"]
     # the plain trainer keeps fp32 weights under autocast
@@ -540,6 +545,12 @@ def recommend(
     fits.
     `fixed`: settings to hold (zero, offload, checkpointing); `micro_batch`: hold it too instead of maximising it.
     """
+    gpu_mem_gb, max_micro_batch = (
+        positive_number("gpu_mem_gb", gpu_mem_gb),
+        int_at_least("max_micro_batch", max_micro_batch),
+    )
+    if micro_batch is not None:
+        micro_batch = int_at_least("micro_batch", micro_batch)
 
     def est(mb, opt):
         return estimate(c, seq_len, mb, gpus, precision=precision, **opt)
@@ -590,6 +601,7 @@ def fit_micro_batch(
     """The largest micro-batch that divides `per_rank` (sequences per rank per optimizer step) and whose `estimate`
     under `settings` (gpus, zero, offload, precision, checkpointing, loss_chunk, ...) fits `gpu_mem_gb`, with that
     estimate; (1, its estimate) when even one sequence does not fit."""
+    per_rank, gpu_mem_gb = int_at_least("per_rank", per_rank), positive_number("gpu_mem_gb", gpu_mem_gb)
     for mb in sorted((d for d in range(1, per_rank + 1) if per_rank % d == 0), reverse=True):
         est = estimate(c, seq_len, mb, **settings)
         if fits(est, gpu_mem_gb):

@@ -17,7 +17,8 @@ from pathlib import Path
 # %% auto #0
 __all__ = ['DEBUG_ENV', 'USER_ERRORS', 'positive_int', 'nonneg_int', 'seed_int', 'positive_float', 'nonneg_float', 'finite_float',
            'unit_float', 'current_umask', 'write_atomic', 'check_writable', 'write_json', 'UserError', 'describe_error',
-           'run_main', 'number_arg', 'patch', 'free_port', 'threading_main', 'signals_noted', 'MetricWriters']
+           'run_main', 'number_arg', 'int_at_least', 'positive_number', 'patch', 'free_port', 'threading_main',
+           'signals_noted', 'MetricWriters']
 
 # %% ../nbs/00_utils.ipynb #5bbfc377
 def current_umask() -> int:
@@ -171,6 +172,24 @@ positive_float = number_arg(float, 0, lo_open=True, what="a number > 0")
 nonneg_float = number_arg(float, 0, what="a number >= 0")
 finite_float = number_arg(float, what="a finite number")
 unit_float = number_arg(float, 0, 1, lo_open=True, what="a number in (0, 1]")
+
+
+def int_at_least(name: str, v, lo: int = 1) -> int:
+    "A Python-API count `name` (numpy and torch integers too) as an int >= lo, or a ValueError naming it and the fix."
+    if isinstance(v, bool) or not hasattr(v, "__index__") or v < lo:
+        raise ValueError(f"{name}={v!r}: use an integer >= {lo}")
+    return int(v)
+
+
+def positive_number(name: str, v) -> float:
+    "A Python-API amount `name` as a finite float > 0, or a ValueError naming it and the fix."
+    try:
+        f = math.nan if isinstance(v, (bool, str, bytes)) else float(v)
+    except (TypeError, ValueError):
+        f = math.nan
+    if not (math.isfinite(f) and f > 0):
+        raise ValueError(f"{name}={v!r}: use a finite number > 0")
+    return f
 
 # %% ../nbs/00_utils.ipynb #322c0894
 def patch(f=None, *, as_prop: bool = False, cls_method: bool = False):

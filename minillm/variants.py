@@ -60,11 +60,13 @@ class RoPE(nn.Module):
 
     def cos_sin(self, t: int, start_pos: int | torch.Tensor, device: torch.device) -> tuple[torch.Tensor, ...]:
         """cos and sin of positions start_pos..start_pos+t-1, each (t, d/2) fp32. Every layer and every decoding step
-        asks for rows of the same table, so outside compiled code it is computed once per device and sliced. It is a
-        plain attribute, not a buffer: casting the model to bf16 would round a buffer's angles. A 0-dim tensor
-        start_pos (a static cache's position: no new graph per step) and a compiled graph (which fuses this arithmetic
-        into its kernels) compute the rows on the fly."""
-        end = None if torch.is_tensor(start_pos) or torch.compiler.is_compiling() else start_pos + t
+        asks for rows of the same table, so when decoding (no gradients, not compiled) it is computed once per device
+        and sliced. It is a plain attribute, not a buffer: casting the model to bf16 would round a buffer's angles.
+        Training computes the rows on the fly (what backward saves is then the rows, not the table), and so do a 0-dim
+        tensor start_pos (a static cache's position: no new graph per step) and a compiled graph (which fuses this
+        arithmetic into its kernels)."""
+        cached = not (torch.is_grad_enabled() or torch.is_tensor(start_pos) or torch.compiler.is_compiling())
+        end = start_pos + t if cached else None
         if end is None or end > self.table_limit:
             ang = self.angles(torch.arange(t, device=device) + start_pos)  # (t, d/2)
             return ang.cos(), ang.sin()

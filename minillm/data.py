@@ -24,15 +24,15 @@ import numpy as np
 import torch
 
 from .fetch import download, sha256_file  # plumbing: resumable, verified downloads (nbs/00_fetch.ipynb)
-from .utils import write_json
+from .utils import int_at_least, write_json
 
 # %% auto #0
 __all__ = ['EOT', 'TOKENIZER_FIX', 'VAL_EVERY', 'SMALL_CORPUS', 'CORPORA', 'DATA_FIX', 'SHARD_DTYPES', 'split_specials',
            'Tokenizer', 'ByteTokenizer', 'file_error', 'read_text_file', 'read_json_file', 'Corpus', 'BuiltinCorpus',
            'take_chars', 'read_utf8', 'text_documents', 'jsonl_documents', 'LocalCorpus', 'cache_dir', 'RemoteFile',
            'RemoteCorpus', 'FirstBytes', 'get_corpus', 'pack_documents', 'ignore_sigint', 'sigint_deferred',
-           'shard_dtype', 'encode_corpus', 'name_full_disk', 'write_shards', 'window_pair', 'eval_starts', 'read_meta',
-           'TokenDataset', 'TrainSampler', 'eval_batches', 'verify_data']
+           'shard_dtype', 'encode_corpus', 'name_full_disk', 'write_shards', 'window_pair', 'eval_starts',
+           'check_windows', 'read_meta', 'TokenDataset', 'TrainSampler', 'eval_batches', 'verify_data']
 
 # %% ../nbs/02_data.ipynb #ad5ec00e
 EOT = "<|endoftext|>"
@@ -722,6 +722,14 @@ def eval_starts(n_tokens: int, seq_len: int, rank: int = 0, world_size: int = 1)
     return s[rank::world_size]
 
 # %% ../nbs/02_data.ipynb #a179bddf
+def check_windows(seq_len, batch_size, rank=0, world_size=1):
+    "Window and batch sizes (integers >= 1) and a rank in [0, world_size), or a ValueError naming the fix."
+    for name, v in (("seq_len", seq_len), ("batch_size", batch_size), ("world_size", world_size)):
+        int_at_least(name, v)
+    if isinstance(rank, bool) or not hasattr(rank, "__index__") or not 0 <= rank < world_size:
+        raise ValueError(f"rank={rank!r}: use an integer from 0 to world_size - 1 = {world_size - 1}")
+
+
 DATA_FIX = "re-run `minillm prepare` into a new --out (shards and meta.json must come from one run)"
 SHARD_DTYPES = ("uint16", "uint32")
 
@@ -796,6 +804,7 @@ class TrainSampler:
     _starts: np.ndarray | None = field(default=None, repr=False)
 
     def __post_init__(self):
+        check_windows(self.seq_len, self.batch_size, self.rank, self.world_size)
         n = (len(self.data) - 1) // self.seq_len
         if n < self.world_size * self.batch_size:
             raise ValueError(
@@ -842,7 +851,17 @@ def eval_batches(
     """Fixed, non-overlapping windows covering the split once (this rank's share), as (x, y) batches. Every rank gets
     the same number of windows (up to world_size - 1 left over are dropped): with sharded weights each forward is a
     collective, and a rank with one batch more would wait forever."""
+    check_windows(seq_len, batch_size, rank, world_size)
     starts = eval_starts(len(data), seq_len, rank, world_size)
+    if not starts:
+        raise ValueError(
+            f"{len(data)} tokens hold no evaluation window of {seq_len} tokens for each of {world_size} ranks: use a"
+            " shorter seq_len or more validation data"
+        )
+    return _batches_of(data, starts, seq_len, batch_size, max_batches)
+
+
+def _batches_of(data, starts, seq_len, batch_size, max_batches):
     for i, b in enumerate(range(0, len(starts), batch_size)):
         if max_batches is not None and i >= max_batches:
             return

@@ -20,7 +20,7 @@ from .core import PEAK_TFLOPS, detect_hardware, peak_flops
 from .model import PRESETS, ModelConfig, attention_params, flops_per_token, param_formula, preset
 from .data import read_meta
 from .utils import UserError, check_writable, number_arg, positive_float, positive_int, seed_int
-from .utils import unit_float, write_json
+from .utils import int_at_least, positive_number, unit_float, write_json
 
 # %% auto #0
 __all__ = ['CHINCHILLA_FITS', 'DEFAULT_MFU', 'CHINCHILLA_EXPONENTS', 'ABLATION_BASE', 'ABLATIONS', 'flops_per_token_of',
@@ -73,6 +73,7 @@ def fit_loss(n: float, d: float, fit: dict) -> float:
 def fit_optimum(flops: float, fit: dict) -> tuple[float, float]:
     """(N, D) minimising `fit_loss` along C = 6 N D (Hoffmann et al. 2022, eq. 4): N_opt = G (C/6)^(beta/(alpha+beta)),
     G = (alpha A / (beta B))^(1/(alpha+beta)), D_opt = (C/6) / N_opt."""
+    flops = positive_number("flops", flops)  # a negative budget gave complex numbers
     a, b = fit["alpha"], fit["beta"]
     g = (a * fit["A"] / (b * fit["B"])) ** (1 / (a + b))
     n = g * (flops / 6) ** (b / (a + b))
@@ -84,6 +85,7 @@ DEFAULT_MFU = 0.40  # a tuned dense run on A100/H100; PaLM reports 46.2% (Chowdh
 
 def sizing(flops: float) -> list[dict]:
     "Compute-optimal parameters N and tokens D for a budget of `flops` under each rule, with each fit's predicted loss."
+    flops = positive_number("flops", flops)
     rows = [dict(rule="20 tokens per parameter (Hoffmann et al. 2022)", key="rule20", n=compute_optimal(flops)[0])]
     names = {
         "chinchilla": "Chinchilla fit as published (Hoffmann et al. 2022)",
@@ -99,6 +101,7 @@ def sizing(flops: float) -> list[dict]:
 
 def nearest_preset(n: float) -> tuple[str, int]:
     "The dense preset whose parameter count is nearest `n` on a log scale, and that count."
+    n = positive_number("n", n)
     sizes = {k: param_formula(preset(k))["total"] for k in PRESETS if preset(k).ffn != "moe"}
     name = min(sizes, key=lambda k: abs(math.log(sizes[k] / n)))
     return name, sizes[name]
@@ -106,6 +109,9 @@ def nearest_preset(n: float) -> tuple[str, int]:
 
 def gpu_hours_to_flops(hours: float, gpu: str, precision: str = "bf16", mfu: float = DEFAULT_MFU) -> float:
     "FLOPs that `hours` GPU-hours of `gpu` deliver at `mfu` of its dense peak in `precision` (core.PEAK_TFLOPS)."
+    hours = positive_number("hours", hours)
+    if not positive_number("mfu", mfu) <= 1:
+        raise ValueError(f"mfu={mfu!r}: use a fraction of the peak in (0, 1], e.g. 0.4")
     peak = peak_flops(gpu, precision)
     if peak is None:
         known = [k for k in PEAK_TFLOPS if k.lower() in gpu.lower()]
@@ -270,7 +276,8 @@ def fit_whole(tr) -> dict:
 
 def steps_for_flops(flops: float, flops_per_tok: int, batch_tokens: int) -> int:
     "Optimizer steps of `batch_tokens` tokens spending at most `flops` at `flops_per_tok` FLOPs per token (at least 1)."
-    return max(1, int(flops // (flops_per_tok * batch_tokens)))
+    flops, flops_per_tok = positive_number("flops", flops), positive_number("flops_per_tok", flops_per_tok)
+    return max(1, int(flops // (flops_per_tok * int_at_least("batch_tokens", batch_tokens))))
 
 
 def train_to_budget(

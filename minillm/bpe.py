@@ -293,7 +293,7 @@ class BPETokenizer(Tokenizer):
         return ids
 
     def encode(self, text: str) -> list[int]:
-        ids = []
+        ids, text = [], self.check_text(text)
         for piece, special in split_specials(text, self.special_tokens):
             if special:
                 ids.append(self.special_tokens[piece])
@@ -303,7 +303,7 @@ class BPETokenizer(Tokenizer):
         return ids
 
     def decode(self, ids: Iterable[int]) -> str:
-        return b"".join(self.vocab[i] for i in ids).decode("utf-8", errors="replace")
+        return b"".join(self.vocab[i] for i in self.check_ids(ids)).decode("utf-8", errors="replace")
 
 # %% ../nbs/03_bpe.ipynb #3ef15d1a
 _WS = regex.compile(r"\s+")

@@ -77,6 +77,28 @@ class Tokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         raise NotImplementedError
 
+    def check_text(self, text) -> str:
+        "What encode takes: a str, or a TypeError naming the fix."
+        if not isinstance(text, str):
+            fix = ": decode the bytes first (b.decode('utf-8'))" if isinstance(text, (bytes, bytearray)) else ""
+            raise TypeError(f"encode takes a str, got {type(text).__name__}{fix}")
+        return text
+
+    def check_ids(self, ids) -> list[int]:
+        """What decode takes, as a list of ints: ids in [0, vocab_size), as a list or a 1-d tensor or array (a row of
+        generate's output); anything else is a ValueError or TypeError naming the fix."""
+        if hasattr(ids, "ndim") and hasattr(ids, "tolist"):  # torch tensor, numpy array
+            if ids.ndim != 1:
+                raise ValueError(f"decode takes one sequence, got ids of shape {tuple(ids.shape)}: e.g. ids[0]")
+            ids = ids.tolist()
+        if isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__"):
+            raise TypeError(f"decode takes a list of token ids, got {type(ids).__name__}")
+        ids, n = list(ids), self.vocab_size
+        for i in ids:
+            if isinstance(i, bool) or not hasattr(i, "__index__") or not 0 <= i < n:
+                raise ValueError(f"id {i!r} is not a token id of this tokenizer: ids run from 0 to {n - 1}")
+        return [int(i) for i in ids]
+
     @property
     def vocab_size(self) -> int:
         raise NotImplementedError
@@ -128,6 +150,7 @@ class ByteTokenizer(Tokenizer):
         return 257
 
     def encode(self, text: str) -> list[int]:
+        text = self.check_text(text)
         return [
             i
             for piece, sp in split_specials(text, self.special_tokens)
@@ -135,7 +158,7 @@ class ByteTokenizer(Tokenizer):
         ]
 
     def decode(self, ids) -> str:
-        inv = {v: k.encode() for k, v in self.special_tokens.items()}
+        ids, inv = self.check_ids(ids), {v: k.encode() for k, v in self.special_tokens.items()}
         return b"".join(inv[i] if i in inv else bytes([i]) for i in ids).decode("utf-8", errors="replace")
 
     def state(self):

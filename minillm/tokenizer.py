@@ -72,7 +72,7 @@ class SentencePieceTokenizer(Tokenizer):
         """BPE encodes lines as a batch: no piece holds a newline (training never saw one), so this equals encoding the
         whole text, 4x faster. Unigram encodes the whole text: its Viterbi search breaks ties between equal-score
         segmentations differently when the input is cut at lines."""
-        lines = text.split("\n")
+        lines = self.check_text(text).split("\n")
         if len(lines) == 1 or self.model_type == "unigram":
             return self.sp.encode(text)
         nl, out = self.sp.piece_to_id("<0x0A>"), []
@@ -83,7 +83,7 @@ class SentencePieceTokenizer(Tokenizer):
         return out
 
     def decode(self, ids) -> str:
-        return self.sp.decode(list(map(int, ids)))
+        return self.sp.decode(self.check_ids(ids))
 
     def state(self):
         return dict(kind=self.kind, model_sha256=hashlib.sha256(self.proto).hexdigest())

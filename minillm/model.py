@@ -29,11 +29,12 @@ from minillm.variants import (
 
 # %% auto #0
 __all__ = ['ATTENTION', 'POSITIONAL', 'NORMS', 'FFNS', 'LAYER_KEYS', 'FIELD_RULES', 'LOSS_CHUNK', 'Checkpointing',
-           'CHECKPOINTING', 'PRESETS', 'rms_norm', 'RMSNorm', 'LayerNorm', 'make_norm', 'MLP', 'SwiGLU', 'ffn_hidden',
-           'ModelConfig', 'load_layer_configs', 'resolve_layers', 'pre_norm_block', 'make_attention', 'make_ffn',
-           'Block', 'lm_loss', 'ChunkedLMLoss', 'chunked_lm_loss', 'checkpoint_mode', 'MiniLLM', 'decoder_forward',
-           'filter_logits', 'sample_next', 'StaticLayerCache', 'StaticKVCache', 'decoding_plan', 'attention_params',
-           'param_formula', 'flops_per_token', 'config_from_checkpoint', 'check_state_dict', 'preset', 'param_table']
+           'CHECKPOINTING', 'MIN_TEMPERATURE', 'PRESETS', 'rms_norm', 'RMSNorm', 'LayerNorm', 'make_norm', 'MLP',
+           'SwiGLU', 'ffn_hidden', 'ModelConfig', 'load_layer_configs', 'resolve_layers', 'pre_norm_block',
+           'make_attention', 'make_ffn', 'Block', 'lm_loss', 'ChunkedLMLoss', 'chunked_lm_loss', 'checkpoint_mode',
+           'MiniLLM', 'decoder_forward', 'filter_logits', 'sample_next', 'StaticLayerCache', 'StaticKVCache',
+           'decoding_plan', 'attention_params', 'param_formula', 'flops_per_token', 'config_from_checkpoint',
+           'check_state_dict', 'preset', 'param_table']
 
 # %% ../nbs/07_model.ipynb #a6f82b8c
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -622,6 +623,8 @@ def _check_ids(ids: torch.Tensor, vocab_size: int, what: str = "input_ids"):
             f"{what} must be a tensor of integer token ids, got"
             f" {type(ids).__name__ if not torch.is_tensor(ids) else ids.dtype}"
         )
+    if ids.dtype not in (torch.long, torch.int):
+        raise ValueError(f"{what} has dtype {ids.dtype}, which the embedding does not index with: pass ids.long()")
     if ids.dim() != 2:
         raise ValueError(
             f"{what} has shape {tuple(ids.shape)}: pass shape (batch, tokens), e.g. ids[None] for one sequence"
@@ -799,9 +802,17 @@ def _is_num(v) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
+MIN_TEMPERATURE = 1e-6  # logits / 1e-6 overflow float32 only past 3e32: far beyond any trained model's
+
+
 def _check_sampling(temperature, top_k, top_p):
     if not _is_num(temperature) or temperature < 0:
         raise ValueError(f"temperature={temperature!r}: use a finite number >= 0 (0 = greedy)")
+    if 0 < temperature < MIN_TEMPERATURE:
+        raise ValueError(
+            f"temperature={temperature!r} is too small to divide logits by (float32 overflows to inf): use 0 for greedy"
+            f" decoding, or at least {MIN_TEMPERATURE:g}"
+        )
     if top_k is not None and not (_is_int(top_k) and top_k >= 1):
         raise ValueError(f"top_k={top_k!r}: use an integer >= 1, or None for no limit")
     if top_p is not None and not (_is_num(top_p) and 0 < top_p <= 1):

@@ -11,6 +11,7 @@ import re
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable
 
@@ -344,6 +345,19 @@ def _writable_folder(out: Path):
         raise ValueError(f"--out {out}: cannot write there ({e.strerror or e}): choose another folder.") from None
 
 
+@contextmanager
+def _new_folder_removed_on_failure(out: Path):
+    "`out` made writable (`_writable_folder`); when the block fails, `out` is removed again if it was new and is empty."
+    created = not out.exists()
+    _writable_folder(out)
+    try:
+        yield
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
+
+
 def prepare(
     corpus: str,
     tokenizer: str = "bpe",
@@ -371,49 +385,49 @@ def prepare(
         )
     if why := _out_settings_differ(out, c.name, tokenizer, vocab_size, tok):
         raise FileExistsError(f"--out {out} holds {why}: choose another --out, or delete {out} first.")
-    _writable_folder(out)
-    if next(iter(c.split("train")), None) is None:
-        raise ValueError(
-            f"--corpus {corpus}: no text in it (its train split is empty): point it at .txt or .jsonl files that hold"
-            " text."
-        )
-    if tok is None:
+    with _new_folder_removed_on_failure(out):
+        if next(iter(c.split("train")), None) is None:
+            raise ValueError(
+                f"--corpus {corpus}: no text in it (its train split is empty): point it at .txt or .jsonl files that"
+                " hold text."
+            )
+        if tok is None:
 
-        def sample():
-            n = 0
-            for t in c.split("train"):
-                yield t
-                n += len(t)
-                if n >= sample_bytes:
-                    return
+            def sample():
+                n = 0
+                for t in c.split("train"):
+                    yield t
+                    n += len(t)
+                    if n >= sample_bytes:
+                        return
 
-        tok = train_tokenizer(tokenizer, sample(), vocab_size, workers)
-    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".tokenizer."))
-    old = out / f".tokenizer.old.{os.getpid()}"
-    try:
+            tok = train_tokenizer(tokenizer, sample(), vocab_size, workers)
+        tmp = Path(tempfile.mkdtemp(dir=out, prefix=".tokenizer."))
+        old = out / f".tokenizer.old.{os.getpid()}"
         try:
-            tok.save(tmp)
-        except OSError as e:
-            name_full_disk(e, out / "tokenizer")
-            raise
-        meta = write_shards(c, tok, out, workers, progress)
-        tmp.chmod(0o777 & ~current_umask())
-        with sigint_deferred():  # the tokenizer folder is swapped whole
-            if (out / "tokenizer").exists():
-                os.replace(out / "tokenizer", old)
-            os.replace(tmp, out / "tokenizer")
-    finally:
-        for d in (tmp, old):
-            if d.exists():
-                shutil.rmtree(d)
-    if progress:
-        s = meta["splits"]
-        print(
-            f"{c.name} -> {out}: {tok.kind} vocab {tok.vocab_size}, train {s['train']['tokens']:,} tokens, val"
-            f" {s['val']['tokens']:,} tokens ({s['val']['bytes'] / s['val']['tokens']:.2f} bytes/token),"
-            f" {meta['dtype']}, {time.perf_counter() - t0:.0f} s"
-        )
-    return meta
+            try:
+                tok.save(tmp)
+            except OSError as e:
+                name_full_disk(e, out / "tokenizer")
+                raise
+            meta = write_shards(c, tok, out, workers, progress)
+            tmp.chmod(0o777 & ~current_umask())
+            with sigint_deferred():  # the tokenizer folder is swapped whole
+                if (out / "tokenizer").exists():
+                    os.replace(out / "tokenizer", old)
+                os.replace(tmp, out / "tokenizer")
+        finally:
+            for d in (tmp, old):
+                if d.exists():
+                    shutil.rmtree(d)
+        if progress:
+            s = meta["splits"]
+            print(
+                f"{c.name} -> {out}: {tok.kind} vocab {tok.vocab_size}, train {s['train']['tokens']:,} tokens, val"
+                f" {s['val']['tokens']:,} tokens ({s['val']['bytes'] / s['val']['tokens']:.2f} bytes/token),"
+                f" {meta['dtype']}, {time.perf_counter() - t0:.0f} s"
+            )
+        return meta
 
 
 def prepare_main(argv: list[str] | None = None) -> int:

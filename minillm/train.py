@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from .attention import probe_backends
 from .core import PRECISIONS, Precision, detect_hardware, mfu, peak_flops, seed_everything, synchronize
-from .data import TokenDataset, TrainSampler, eval_batches, verify_data
+from .data import TokenDataset, TrainSampler, eval_batches, read_meta, verify_data
 from .moe import moe_layers, moe_losses, moe_metrics, moe_step
 from minillm.model import (
     CHECKPOINTING,
@@ -814,9 +814,17 @@ class Trainer:
     "The loop every engine shares: data, schedule, evaluation, logging, signals, checkpoints."
 
     def __init__(self, model_config: ModelConfig | None, cfg: TrainConfig, log=print, callbacks=()):
+        if not isinstance(cfg, TrainConfig):
+            raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}: e.g. TrainConfig(data=..., out=...)")
+        if model_config is not None and not isinstance(model_config, ModelConfig):
+            raise TypeError(
+                f"model_config must be a ModelConfig (or None), got {type(model_config).__name__}: e.g. preset('demo')"
+                " or ModelConfig(**d)"
+            )
         self.cfg, self.callbacks = cfg, list(callbacks)
         self.d = setup_dist(cfg.device)
         self.log = log if self.d.main else (lambda *a, **k: None)
+        read_meta(cfg.data)  # a missing data folder named as such, not as a missing tokenizer inside it
         self.tok = load_tokenizer(Path(cfg.data) / "tokenizer")
         verify_data(cfg.data, self.tok)  # fingerprint, shard sizes, dtype, token ids < vocab: before any weight exists
         init = load_model(cfg.init_from) if cfg.init_from else None  # fine-tuning: (model, tokenizer) of that run
@@ -1265,21 +1273,28 @@ def fit(self: Trainer, resume: bool | str | Path = False) -> dict:
     from tqdm.auto import tqdm
 
     cfg = self.cfg
-    if self.d.main:
-        self.out.mkdir(parents=True, exist_ok=True)
-        for tmp in self.out.glob(".*.tmp"):
-            tmp.unlink(missing_ok=True)  # left by a save that was killed
-    if resume:
+    if self.out.exists() and not self.out.is_dir():
+        raise FileExistsError(f"{self.out} is a file, not a run folder: choose another --out (TrainConfig.out)")
+    if resume:  # checked before the run folder is made: a failed resume leaves nothing behind
         path = self.out / "latest.pt" if resume is True else Path(resume)
         if not path.exists():
             raise FileNotFoundError(f"--resume: no {path}; drop --resume to start a new run.")
         self.resume(path)
+        if self.step >= self.max_steps:
+            raise ValueError(
+                f"{path} is at step {self.step} and the run ends at step {self.max_steps}: nothing to train; raise"
+                " --max-steps (TrainConfig.max_steps) to go on"
+            )
     # DeepSpeed wrote its config while starting
     elif self.d.main and (held := run_files(self.out, skip=("ds_config.json",))):
         raise FileExistsError(
             f"{self.out} already holds a run ({', '.join(held)}): pass --resume to continue it, --overwrite to replace"
             " it, or choose another --out."
         )
+    if self.d.main:
+        self.out.mkdir(parents=True, exist_ok=True)
+        for tmp in self.out.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)  # left by a save that was killed
     self._write_run_files()
     self.writers = self._writers()
     self.log(self.describe())

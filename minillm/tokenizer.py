@@ -30,7 +30,7 @@ from minillm.data import (
     sigint_deferred,
     write_shards,
 )
-from .utils import number_arg, current_umask, positive_int, write_atomic, write_json
+from .utils import current_umask, int_at_least, number_arg, positive_int, write_atomic, write_json
 
 # %% auto #0
 __all__ = ['TOKENIZERS', 'VOCAB_FLOOR', 'MAX_VOCAB', 'SentencePieceTokenizer', 'train_sentencepiece', 'bytes_per_token',
@@ -374,6 +374,9 @@ def prepare(
         raise ValueError(
             f"--out {out} is a file: choose a folder (it will hold train.bin, val.bin, meta.json, tokenizer/)."
         )
+    vocab_size, sample_bytes = int_at_least("vocab_size", vocab_size), int_at_least("sample_bytes", sample_bytes)
+    if workers is not None:
+        workers = int_at_least("workers", workers)
     c = get_corpus(corpus, max_bytes)
     tok = load_tokenizer(tokenizer) if Path(tokenizer).exists() else None
     if tok is None and tokenizer not in TOKENIZERS:

@@ -1400,6 +1400,10 @@ def load_model(path, device: str = "cpu", checkpoint: str | None = None):
     """(model, tokenizer) from a run folder (best.pt, else latest.pt, or `checkpoint`: a file name in the run, or a
     path) or a checkpoint file beside its run's tokenizer/. Every part is checked first.
     """
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device={device!r}: use 'cpu', 'cuda' or 'cuda:N' (a torch device name)") from None
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such run folder or checkpoint file.")

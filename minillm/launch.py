@@ -304,6 +304,8 @@ def launch(
             f"out={str(out)!r} but train_args has --out {given[-1]}: the curves are read from out, so name the same"
             " folder in both (or leave --out out of train_args)"
         )
+    m = out / "metrics.jsonl"
+    before = m.read_text() if m.exists() else ""  # an earlier run's rows (a resume appends, --overwrite replaces)
     if hostfile:
         # --num_gpus caps each node
         print_fn(describe_layout(rank_layout([(h, min(s, procs)) for h, s in read_hostfile(hostfile)])))
@@ -320,8 +322,6 @@ def launch(
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(l) for l in p.stdout], daemon=True).start()
     live, rows, seen, interrupted = (LivePlot() if plot else None), [], 0, False
-    m = out / "metrics.jsonl"
-    before = m.read_text() if m.exists() else ""  # an earlier run's rows (a resume appends, --overwrite replaces)
 
     def pump():
         nonlocal seen

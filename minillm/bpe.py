@@ -23,7 +23,7 @@ from minillm.data import (
     sigint_deferred,
     split_specials,
 )
-from .utils import patch, write_atomic, write_json
+from .utils import int_at_least, patch, write_atomic, write_json
 
 # %% auto #0
 __all__ = ['PATTERNS', 'merge', 'count_pretokens', 'count_pretokens_parallel', 'count_pairs', 'best_pair', 'train_naive',
@@ -476,8 +476,7 @@ def check_bpe_args(texts, vocab_size, special_tokens, pattern, workers):
     "train_bpe's arguments, each refused with the fix before any counting: a ValueError or TypeError."
     if isinstance(texts, (str, bytes)):
         raise TypeError("texts is one string: pass a list of documents (e.g. [text]), or an iterable of strings")
-    if isinstance(vocab_size, bool) or not hasattr(vocab_size, "__index__"):
-        raise TypeError(f"vocab_size={vocab_size!r}: use an integer")
+    int_at_least("vocab_size", vocab_size)  # the floor of 256 bytes + specials is checked next, with its own advice
     if not all(isinstance(s, str) and s for s in special_tokens) or len(set(special_tokens)) < len(special_tokens):
         raise ValueError(f"special_tokens {special_tokens!r}: use distinct, non-empty strings (each gets its own id)")
     if pattern not in PATTERNS and regex.fullmatch(r"\w+", pattern or ""):

@@ -749,7 +749,7 @@ def check_windows(seq_len, batch_size, rank=0, world_size=1):
     "Window and batch sizes (integers >= 1) and a rank in [0, world_size), or a ValueError naming the fix."
     for name, v in (("seq_len", seq_len), ("batch_size", batch_size), ("world_size", world_size)):
         int_at_least(name, v)
-    if isinstance(rank, bool) or not hasattr(rank, "__index__") or not 0 <= rank < world_size:
+    if int_at_least("rank", rank, 0) >= world_size:
         raise ValueError(f"rank={rank!r}: use an integer from 0 to world_size - 1 = {world_size - 1}")
 
 

@@ -11,7 +11,7 @@ from .core import detect_hardware
 from .moe import moe_losses
 from .memory import bucket_elements, zero_bytes, tensor_bytes
 from .train import DEFAULT_MICRO_BATCH, Engine, TrainConfig, param_groups, accumulation_steps, save_checkpoint
-from .utils import UserError, free_port, patch, write_json
+from .utils import UserError, free_port, int_at_least, patch, write_json
 
 # %% auto #0
 __all__ = ['SHIPPED', 'SHIPPED_FILES', 'SHM_ALLREDUCE', 'SHARD_GLOBALS', 'zero_section', 'require_deepspeed', 'ds_precision',
@@ -719,8 +719,7 @@ def check_launch_args(train_args, num_procs) -> list[str]:
             f"train_args must be a list of strings, one per word, got {train_args!r:.80}: e.g. ['--data', 'data/x']"
             " or shlex.split('--data data/x')"
         )
-    if isinstance(num_procs, bool) or not isinstance(num_procs, int) or num_procs < 1:
-        raise ValueError(f"{num_procs!r} processes: the process count must be an integer >= 1")
+    int_at_least("processes", num_procs)
     return list(train_args)
 
 

@@ -13,6 +13,9 @@ PY=${PY:-python3}
 BUDGET=${BUDGET:-15}
 PARTS=${*:-train model tests ablate flash profile modes}
 export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TQDM_DISABLE=1
+if [ -n "${PART_TIMEOUT:-}" ] && ! [ "$PART_TIMEOUT" -gt 0 ] 2>/dev/null; then
+    echo "PART_TIMEOUT=$PART_TIMEOUT: give whole seconds, e.g. PART_TIMEOUT=180"; exit 1
+fi
 mkdir -p "$OUT"
 # one bounded part: SIGTERM goes to the whole group; the part's python stops (after saving, past the first step) while
 # this shell waits for it, and SIGKILL follows after 10 s

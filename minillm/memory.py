@@ -65,6 +65,7 @@ def model_state_bytes(n_params: int, precision: str = "bf16", n_tensors: int = 0
     #        * n_params, optimizer=r.moments * n_params + ADAM_STEP_BYTES * n_tensors)
     if precision not in RECIPES:
         raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(RECIPES)}")
+    n_params, n_tensors = int_at_least("n_params", n_params, 0), int_at_least("n_tensors", n_tensors, 0)
     r = RECIPES[precision]
     return dict(
         weights=r.weights * n_params,
@@ -422,6 +423,10 @@ def kv_cache_bytes(c: ModelConfig, batch: int, seq_len: int, bytes_per_el: int =
     #        lc.mla holds its widths: lc.mla.latent (the latent rank) and lc.mla.rope (the shared RoPE key's width).
     # hint3: per_token += 2 * lc.kv_heads * lc.head_dim, or lc.mla.latent + lc.mla.rope for MLA; return
     #        per_token * batch * seq_len * bytes_per_el
+    if not isinstance(c, ModelConfig):
+        raise ValueError(f"c is a {type(c).__name__}: pass a ModelConfig, e.g. preset('small') or model.config")
+    batch, seq_len = int_at_least("batch", batch, 0), int_at_least("seq_len", seq_len, 0)
+    bytes_per_el = int_at_least("bytes_per_el", bytes_per_el)
     per_token = 0
     for i in range(c.num_layers):
         lc = c.layer(i)

@@ -29,12 +29,12 @@ from minillm.variants import (
 
 # %% auto #0
 __all__ = ['ATTENTION', 'POSITIONAL', 'NORMS', 'FFNS', 'LAYER_KEYS', 'FIELD_RULES', 'LOSS_CHUNK', 'Checkpointing',
-           'CHECKPOINTING', 'MIN_TEMPERATURE', 'PRESETS', 'rms_norm', 'RMSNorm', 'LayerNorm', 'make_norm', 'MLP',
-           'SwiGLU', 'ffn_hidden', 'ModelConfig', 'load_layer_configs', 'resolve_layers', 'pre_norm_block',
-           'make_attention', 'make_ffn', 'Block', 'lm_loss', 'ChunkedLMLoss', 'chunked_lm_loss', 'checkpoint_mode',
-           'MiniLLM', 'decoder_forward', 'filter_logits', 'sample_next', 'StaticLayerCache', 'StaticKVCache',
-           'decoding_plan', 'attention_params', 'param_formula', 'flops_per_token', 'config_from_checkpoint',
-           'check_state_dict', 'preset', 'param_table']
+           'CHECKPOINTING', 'MIN_TEMPERATURE', 'UNUSABLE_LOGITS', 'PRESETS', 'rms_norm', 'RMSNorm', 'LayerNorm',
+           'make_norm', 'MLP', 'SwiGLU', 'ffn_hidden', 'ModelConfig', 'load_layer_configs', 'resolve_layers',
+           'pre_norm_block', 'make_attention', 'make_ffn', 'Block', 'lm_loss', 'ChunkedLMLoss', 'chunked_lm_loss',
+           'checkpoint_mode', 'MiniLLM', 'decoder_forward', 'filter_logits', 'usable_rows', 'sample_next',
+           'StaticLayerCache', 'StaticKVCache', 'decoding_plan', 'attention_params', 'param_formula', 'flops_per_token',
+           'config_from_checkpoint', 'check_state_dict', 'preset', 'param_table']
 
 # %% ../nbs/07_model.ipynb #a6f82b8c
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -642,6 +642,30 @@ def _check_ids(ids: torch.Tensor, vocab_size: int, what: str = "input_ids"):
         )
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_logits(logits):
+    if not torch.is_tensor(logits) or logits.dim() != 2 or logits.size(-1) == 0:
+        raise ValueError(
+            "logits must have shape (batch, vocab), got"
+            f" {tuple(logits.shape) if torch.is_tensor(logits) else type(logits).__name__}: e.g. logits[None] for one"
+            " sequence, or logits[:, -1] for the last position of a forward pass"
+        )
+
+
+def _check_filters(top_k, top_p):
+    if top_k is not None and not (_is_int(top_k) and top_k >= 1):
+        raise ValueError(f"top_k={top_k!r}: use an integer >= 1, or None for no limit")
+    if top_p is not None and not (_is_num(top_p) and 0 < top_p <= 1):
+        raise ValueError(f"top_p={top_p!r}: use a number in (0, 1], or None")
+
+
 class MiniLLM(nn.Module):
     "Decoder-only language model: embeddings, `num_layers` pre-norm blocks, final norm, LM head."
 
@@ -744,6 +768,7 @@ class MiniLLM(nn.Module):
             loss = lm_loss(logits, labels)
         return logits, loss
 
+
 # %% ../nbs/07_model.ipynb #535a1026
 def decoder_forward(model: MiniLLM, input_ids: torch.Tensor) -> torch.Tensor:
     """(b, t) token ids -> (b, t, V) logits: MiniLLM.forward without cache, recomputation or labels (dropout as the
@@ -782,6 +807,8 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
     #        top_p, and the first always is. k may exceed V.
     # hint3: kth = logits.topk(min(top_k, V)).values[:, -1:]; s = logits.sort(-1, descending=True).values; p =
     #        s.softmax(-1); n = ((p.cumsum(-1) - p) < top_p).sum(-1, keepdim=True); keep logits >= s.gather(-1, n - 1)
+    _check_logits(logits)  # (b, V): the shape the steps below index
+    _check_filters(top_k, top_p)  # top_k >= 1 (topk(0) has no k-th), 0 < top_p <= 1 (top_p=0 would keep them all)
     if top_k is not None:
         kth = logits.topk(min(top_k, logits.size(-1)), dim=-1).values[:, -1:]  # (b, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -794,14 +821,6 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
     return logits
 
 # %% ../nbs/07_model.ipynb #3191520a
-def _is_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _is_num(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
-
-
 MIN_TEMPERATURE = 1e-6  # logits / 1e-6 overflow float32 only past 3e32: far beyond any trained model's
 
 
@@ -813,10 +832,25 @@ def _check_sampling(temperature, top_k, top_p):
             f"temperature={temperature!r} is too small to divide logits by (float32 overflows to inf): use 0 for greedy"
             f" decoding, or at least {MIN_TEMPERATURE:g}"
         )
-    if top_k is not None and not (_is_int(top_k) and top_k >= 1):
-        raise ValueError(f"top_k={top_k!r}: use an integer >= 1, or None for no limit")
-    if top_p is not None and not (_is_num(top_p) and 0 < top_p <= 1):
-        raise ValueError(f"top_p={top_p!r}: use a number in (0, 1], or None")
+    _check_filters(top_k, top_p)
+
+
+def usable_rows(logits: torch.Tensor) -> torch.Tensor:
+    "(b,) True where a row of (b, V) logits can be sampled from: no NaN, no +inf, and at least one logit above -inf."
+    return (logits < math.inf).all(-1) & (logits > -math.inf).any(-1)  # NaN fails both comparisons
+
+
+UNUSABLE_LOGITS = (
+    "the logits of sequence(s) {rows} hold NaN or +inf, or are all -inf: the model's weights hold NaN/inf (a diverged"
+    " run: load an earlier checkpoint), or a float16 forward overflowed (run it in bfloat16 or float32)"
+)
+
+
+def _draw(logits, temperature, top_k, top_p, generator):
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = filter_logits(logits.float() / temperature, top_k, top_p)
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
 
 
 def sample_next(
@@ -826,18 +860,17 @@ def sample_next(
     top_p: float | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    "(b, V) logits -> (b,) token ids."
-    if not torch.is_tensor(logits) or logits.dim() != 2 or logits.size(-1) == 0:
-        raise ValueError(
-            "logits must have shape (batch, vocab), got"
-            f" {tuple(logits.shape) if torch.is_tensor(logits) else type(logits).__name__}: e.g. logits[None] for one"
-            " sequence, or logits[:, -1] for the last position of a forward pass"
-        )
+    "(b, V) logits -> (b,) token ids. A row with NaN or +inf, or with every logit -inf, is a ValueError."
+    _check_logits(logits)
     _check_sampling(temperature, top_k, top_p)
-    if temperature == 0:
-        return logits.argmax(-1)
-    logits = filter_logits(logits.float() / temperature, top_k, top_p)
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+    if not (ok := usable_rows(logits)).all():
+        raise ValueError(UNUSABLE_LOGITS.format(rows=(~ok).nonzero()[:, 0].tolist()))
+    return _draw(logits, temperature, top_k, top_p, generator)
+
+
+def _refuse_unusable(bad: torch.Tensor):
+    if bad.any():
+        raise ValueError(UNUSABLE_LOGITS.format(rows=bad.nonzero()[:, 0].tolist()))
 
 
 def _check_generate(m: MiniLLM, input_ids, max_new_tokens, temperature, top_k, top_p, stops, rolling):
@@ -884,7 +917,8 @@ def generate(
     ends when every sequence is finished. `on_token(nxt)` is called with each step's (b,) new ids as soon as they
     are sampled (to stream them); an exception it raises (e.g. KeyboardInterrupt) ends generation. `static`: decode
     into a StaticKVCache (section below), and `compile`: torch.compile its one-token step; None: both on CUDA, where the
-    model allows it, and neither on a CPU."""
+    model allows it, and neither on a CPU. Logits sample_next would refuse (NaN, +inf) end it with that ValueError:
+    when the loop ends, or before on_token streams them (there, not at every step: each check waits for the GPU)."""
     stops = ([] if eos_id is None else [eos_id]) + list(stop_ids or [])
     _check_generate(self, input_ids, max_new_tokens, temperature, top_k, top_p, stops, rolling)
     static, step = decoding_plan(self, input_ids, use_cache, rolling, static, compile)
@@ -893,6 +927,7 @@ def generate(
     out, cache, seen = input_ids, None, []
     done = torch.zeros(input_ids.size(0), dtype=torch.bool, device=input_ids.device)
     pad, stop_t = torch.zeros_like(done, dtype=torch.long), torch.tensor(stops, device=input_ids.device)
+    bad = torch.zeros_like(done)  # rows whose logits were unusable: sampled from zeros instead, refused at the end
     try:
         for _ in range(max_new_tokens):
             if not use_cache:
@@ -905,7 +940,10 @@ def generate(
                     cache.trim(T - 1)
                 logits = step(out[:, -1:], cache)
             logits = logits[:, -1]  # (b, V)
-            nxt = sample_next(logits, temperature, top_k, top_p, generator)
+            ok = usable_rows(logits)
+            bad |= ~ok
+            # a NaN reaching multinomial on a GPU is a device-side assert that ends the process: draw from 0 instead
+            nxt = _draw(torch.where(ok[:, None], logits, 0.0), temperature, top_k, top_p, generator)
             if stops:  # finished rows repeat their stop id
                 nxt = torch.where(done, pad, nxt)
                 new = ~done & torch.isin(nxt, stop_t)
@@ -914,11 +952,13 @@ def generate(
             if return_logits:
                 seen.append(logits)
             if on_token is not None:
+                _refuse_unusable(bad)
                 on_token(nxt)
             if stops and done.all():
                 break
     finally:
         self.train(was_training)
+    _refuse_unusable(bad)
     if not return_logits:
         return out
     return out, (

@@ -53,6 +53,7 @@ def compute_optimal(flops: float, tokens_per_param: float = 20.0) -> tuple[float
     # hint2: flops = 6 * N * (tokens_per_param * N), so N is the square root of flops / (6 * tokens_per_param); D
     #        follows from N. Return floats, N first.
     # hint3: n = math.sqrt(flops / (6 * tokens_per_param)); return n, tokens_per_param * n
+    flops, tokens_per_param = positive_number("flops", flops), positive_number("tokens_per_param", tokens_per_param)
     n = math.sqrt(flops / (6 * tokens_per_param))
     return n, tokens_per_param * n
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from badinput import cli, fails_cleanly
 
-from minillm.model import MiniLLM, ModelConfig, check_state_dict, config_from_checkpoint, sample_next
+from minillm.model import MiniLLM, ModelConfig, check_state_dict, config_from_checkpoint, filter_logits, sample_next
 
 
 def tiny(**kw) -> ModelConfig:
@@ -137,6 +137,11 @@ def test_load_refuses_layers_outside_the_config_folder(tmp_path):
     (lambda m, p: m(torch.tensor([[1, 500]])), r"token id 500, outside the vocabulary"),
     (lambda m, p: sample_next(torch.zeros(97)), r"shape \(batch, vocab\)"),
     (lambda m, p: sample_next(torch.zeros(2, 97), temperature=float("inf")), r"temperature=inf"),
+    (lambda m, p: filter_logits(torch.zeros(97), top_k=2), r"shape \(batch, vocab\)"),  # was topk's IndexError
+    (lambda m, p: filter_logits(torch.zeros(2, 97), top_k=0), r"top_k=0"),  # was an empty k-th: nothing filtered
+    (lambda m, p: filter_logits(torch.zeros(2, 97), top_p=0), r"top_p=0"),  # kept every token
+    (lambda m, p: sample_next(torch.tensor([[0.0, float("nan")]]), 0), r"sequence\(s\) \[0\] hold NaN"),  # gave 1
+    (lambda m, p: sample_next(torch.tensor([[0.0, 1.0], [-float("inf")] * 2])), r"sequence\(s\) \[1\]"),
 ])
 def test_generation_checks_inputs(call, match):
     "generate, sample_next and forward refuse bad input with a ValueError naming the value (not an IndexError inside the embedding)."
@@ -168,3 +173,21 @@ def test_checkpoint_with_mismatched_shape_names_key_and_shapes():
     with pytest.raises(ValueError, match=r"best\.pt: the weights do not match the model config \(blocks\.0\.ffn\.gate\.weight: config \(64, 32\), weights \(128, 32\)"):
         check_state_dict(tiny(ffn_hidden=64), sd, "best.pt")
     check_state_dict(tiny(), sd, "best.pt")
+
+
+@pytest.mark.parametrize("temperature", [0, 1.0])
+def test_nan_logits_end_generation_before_a_token_is_streamed(temperature):
+    """A sequence whose logits hold NaN (here: an embedding row of NaN, so only the sequence that starts with that token)
+    ends generate with a ValueError naming that sequence. Greedy decoding returned argmax-of-NaN tokens silently, and
+    sampling failed inside multinomial (on a GPU: a device-side assert that ends the process); on_token must not be
+    handed a token drawn from such logits."""
+    m = MiniLLM(tiny(tie_embeddings=False)).eval()
+    with torch.no_grad():
+        m.tok_emb.weight[5] = float("nan")
+    streamed = []
+    with pytest.raises(ValueError, match=r"sequence\(s\) \[1\] hold NaN or \+inf"):
+        m.generate(torch.tensor([[1, 2], [5, 2]]), 3, temperature=temperature, on_token=streamed.append)
+    assert streamed == []
+    with pytest.raises(ValueError, match=r"sequence\(s\) \[1\]"):
+        m.generate(torch.tensor([[1, 2], [5, 2]]), 3, temperature=temperature)
+    assert m.generate(torch.tensor([[1, 2]]), 3, temperature=temperature).shape == (1, 5)  # the other row is fine

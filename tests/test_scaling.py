@@ -82,3 +82,18 @@ def test_scaling_budgets_no_preset_fits():
     assert r.returncode == 0 and "no preset is near" in r.stderr and "budget 1e+60" in r.stdout, r.stderr
     r = cli("scaling", "--flops", "1e21")
     assert r.returncode == 0 and not r.stderr.strip(), r.stderr      # 2.8e9 against xl's 1.56e9: near enough, no note
+
+
+@pytest.mark.parametrize("args, match", [
+    ((-1e18,), "flops=-1e\\+18"),  # was math's "math domain error", naming nothing
+    ((0,), "flops=0"),  # was (0.0, 0.0): a model of no parameters
+    ((1e18, 0), "tokens_per_param=0"),  # was a ZeroDivisionError
+    (("1e18",), "flops='1e18'"),  # was a TypeError from the division
+])
+def test_compute_optimal_refuses_what_has_no_optimum(args, match):
+    """The package's compute_optimal (lesson 15's exercise reference) names the bad budget or ratio. Tested here, not
+    in the lesson: a learner's own compute_optimal need not check its input."""
+    from minillm.scaling import compute_optimal
+
+    with pytest.raises(ValueError, match=match):
+        compute_optimal(*args)

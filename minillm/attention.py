@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['LATER_KERNELS', 'BACKENDS', 'causal_mask', 'manual_attention', 'repeat_kv', 'probe_backends', 'resolve_backend',
-           'attend', 'split_heads', 'merge_heads', 'MultiHeadAttention']
+           'check_qkv', 'attend', 'split_heads', 'merge_heads', 'MultiHeadAttention']
 
 # %% ../nbs/05_attention.ipynb #3907f0a3
 def causal_mask(t_q: int, t_k: int, device=None) -> torch.Tensor:
@@ -127,6 +127,27 @@ def _sdpa_context(q):
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
+def check_qkv(q, k, v, mask=None):
+    """Refuse what attention would broadcast or misread, by name: q (b, h, t_q, d), k (b, h_kv, t_k, d) and v (b, h_kv,
+    t_k, d_v) with h a multiple of h_kv, and a boolean mask (a float mask is added to the scores: 0/1 masks nothing).
+    Shapes only: nothing waits for the GPU, and a compiled graph checks them once."""
+    if not all(torch.is_tensor(x) and x.dim() == 4 for x in (q, k, v)):
+        got = ", ".join(str(tuple(x.shape)) if torch.is_tensor(x) else type(x).__name__ for x in (q, k, v))
+        raise ValueError(f"q, k, v must be 4-D (batch, heads, time, head_dim), got {got}: split_heads makes them")
+    shapes = f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+    if not q.size(0) == k.size(0) == v.size(0):
+        raise ValueError(f"{shapes}: give them one batch size (they would broadcast)")
+    if v.size(1) != k.size(1) or k.size(1) == 0 or q.size(1) % k.size(1):
+        raise ValueError(f"{shapes}: k and v need the same number of heads, a divisor of q's")
+    if v.size(2) != k.size(2) or q.size(-1) != k.size(-1):
+        raise ValueError(f"{shapes}: k and v need one length, q and k one head_dim")
+    if mask is not None and not (torch.is_tensor(mask) and mask.dtype == torch.bool):
+        raise ValueError(
+            f"mask is {mask.dtype if torch.is_tensor(mask) else type(mask).__name__}: use a boolean tensor, True where"
+            " a query may see a key (SDPA adds a float mask to the scores, so 0/1 would mask nothing)"
+        )
+
+
 def attend(
     q, k, v, causal: bool = True, dropout_p: float = 0.0, backend: str = "auto", scale: float | None = None, mask=None
 ):
@@ -134,6 +155,7 @@ def attend(
     `mask`: a boolean (t_q, t_k) tensor, True where a query may see a key, in place of `causal` (a static KV cache
     holds slots not written yet; lesson 07). -> (b, h, t_q, d_v)
     """
+    check_qkv(q, k, v, mask)
     if mask is not None:  # only SDPA takes an arbitrary mask
         n_rep = q.size(1) // k.size(1)
         k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)  # (b, h, t_k, d)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import heapq
+import json
 import multiprocessing as mp
 import os
 import sys
@@ -23,12 +24,12 @@ from minillm.data import (
     sigint_deferred,
     split_specials,
 )
-from .utils import int_at_least, patch, write_atomic, write_json
+from .utils import int_at_least, patch, write_files_atomic
 
 # %% auto #0
-__all__ = ['PATTERNS', 'merge', 'count_pretokens', 'count_pretokens_parallel', 'count_pairs', 'best_pair', 'train_naive',
-           'train_incremental', 'encode_by_rank', 'bytes_to_unicode', 'BPETokenizer', 'check_pattern', 'check_bpe_args',
-           'train_bpe']
+__all__ = ['PATTERNS', 'merge', 'compile_pattern', 'count_pretokens', 'count_pretokens_parallel', 'count_pairs', 'best_pair',
+           'train_naive', 'train_incremental', 'encode_by_rank', 'bytes_to_unicode', 'BPETokenizer', 'check_pattern',
+           'check_bpe_args', 'train_bpe']
 
 # %% ../nbs/03_bpe.ipynb #fd12ba69
 PATTERNS = {
@@ -59,9 +60,24 @@ def merge(parts: list[bytes], pair: tuple[bytes, bytes]) -> list[bytes]:
     return out
 
 # %% ../nbs/03_bpe.ipynb #fe9452c5
+def compile_pattern(pattern: str) -> regex.Pattern:
+    """The pre-tokenizing regex: a shipped pattern by name (PATTERNS) or a regex of your own. A bare word that names no
+    pattern ('gpt3', 'GPT2') is refused: compiled, it would match only itself and every other text would be dropped."""
+    if not isinstance(pattern, str) or (pattern not in PATTERNS and regex.fullmatch(r"\w+", pattern)):
+        raise ValueError(
+            f"pattern {pattern!r} is neither a shipped name ({', '.join(PATTERNS)}) nor a pre-tokenizing regex"
+        )
+    try:
+        return regex.compile(PATTERNS.get(pattern, pattern))
+    except regex.error as e:
+        raise ValueError(f"pattern {pattern[:60]!r} is not a valid regex: {e}") from None
+
+
 def count_pretokens(texts: Iterable[str], pattern: str = "gpt2", specials: Iterable[str] = (EOT,)) -> Counter:
     "Counts of the pre-tokens (as UTF-8 bytes) of `texts`, never crossing a special token."
-    pat, counts = regex.compile(PATTERNS.get(pattern, pattern)), Counter()
+    if isinstance(texts, str):  # each character would be counted as a document
+        raise TypeError("texts is one string: pass a list of documents (e.g. [text]), or an iterable of strings")
+    pat, counts = compile_pattern(pattern), Counter()
     for text in texts:
         for piece, special in split_specials(text, specials):
             if not special:
@@ -246,6 +262,25 @@ def _unshow(s: str) -> bytes:
     return bytes(_U2B[c] for c in s)
 
 # %% ../nbs/03_bpe.ipynb #72fc5645
+def _check_special_ids(vocab: dict[int, bytes], specials: dict[str, int]):
+    "Special tokens are distinct non-empty texts with ids of their own; all ids run 0..n-1 (vocab_size counts them)."
+    if not all(isinstance(s, str) and s for s in specials):
+        raise ValueError(f"special tokens {list(specials)!r}: use non-empty strings")
+    for s, i in specials.items():
+        if isinstance(i, bool) or not isinstance(i, int) or i < 0:
+            raise ValueError(f"special token {s!r} has id {i!r}: use an integer >= 0")
+        if i in vocab and vocab[i] != s.encode():  # encode and decode would disagree
+            raise ValueError(
+                f"special token {s!r} has id {i}, the id of token {vocab[i]!r}: give it an id >= {len(vocab)}"
+            )
+    ids = set(vocab) | set(specials.values())
+    if len(set(specials.values())) < len(specials) or ids != set(range(len(ids))):
+        raise ValueError(
+            f"special token ids {sorted(specials.values())} after {len(vocab)} tokens: the ids must run 0..n-1, each"
+            f" once, so the specials take {len(vocab)}.. in order"
+        )
+
+
 class BPETokenizer(Tokenizer):
     "Byte-level BPE: regex pre-tokenisation, merges by rank, special tokens never split."
 
@@ -259,7 +294,11 @@ class BPETokenizer(Tokenizer):
         vocab: dict[int, bytes] | None = None,
     ):
         self.merges, self.pattern = list(merges), pattern
-        self._pat = regex.compile(PATTERNS.get(pattern, pattern))
+        self._pat = compile_pattern(pattern)
+        if isinstance(special_tokens, str):  # iterating it would make each character a special token
+            raise TypeError(
+                f"special_tokens is one string: pass a list, e.g. [{special_tokens!r}], or a dict text -> id"
+            )
         if vocab is None:  # our layout: bytes, merges, specials
             vocab = {i: bytes([i]) for i in range(256)}
             for a, b in self.merges:
@@ -273,6 +312,7 @@ class BPETokenizer(Tokenizer):
                 for k, s in enumerate(special_tokens)
             }
         self.special_tokens = dict(special_tokens)
+        _check_special_ids(self.vocab, self.special_tokens)
         self.token_id = {v: i for i, v in self.vocab.items()}
         for s, i in self.special_tokens.items():
             self.vocab[i] = s.encode()
@@ -367,15 +407,20 @@ def state(self: BPETokenizer) -> dict:
 
 @patch
 def save(self: BPETokenizer, path):
-    "vocab.json and merges.txt in GPT-2's format, plus tokenizer.json (kind, pattern, special tokens)."
-    path = Path(path)
-    write_atomic(path / "merges.txt", "#version: 0.2\n" + "".join(f"{_show(a)} {_show(b)}\n" for a, b in self.merges))
-    write_json(
-        path / "vocab.json",
-        {(_show(v) if i not in self.special_tokens.values() else v.decode()): i for i, v in sorted(self.vocab.items())},
-        indent=0,
+    """vocab.json and merges.txt in GPT-2's format, plus tokenizer.json (kind, pattern, special tokens): all three
+    replaced together or, on a failure, none (a new merges.txt beside an old vocab.json would not load)."""
+    path, specials = Path(path), self.special_tokens
+    vocab = {(_show(v) if i not in specials.values() else v.decode()): i for i, v in sorted(self.vocab.items())}
+    write_files_atomic(
+        {
+            path / "merges.txt": "#version: 0.2\n" + "".join(f"{_show(a)} {_show(b)}\n" for a, b in self.merges),
+            path / "vocab.json": json.dumps(vocab, indent=0) + "\n",
+            path / "tokenizer.json": json.dumps(
+                dict(kind=self.kind, pattern=self.pattern, special_tokens=specials), indent=2
+            )
+            + "\n",
+        }
     )
-    write_json(path / "tokenizer.json", dict(kind=self.kind, pattern=self.pattern, special_tokens=self.special_tokens))
 
 
 def _unshow_in(path, where: str, t: str) -> bytes:
@@ -417,6 +462,8 @@ def load(cls: BPETokenizer, path, trust_pattern: bool = False):
     """The tokenizer saved in folder `path`; every file is checked (a pattern of your own loads only with
     `trust_pattern`).
     """
+    if Path(path).is_file():
+        raise ValueError(f"{path} is a file: pass the folder that holds tokenizer.json, vocab.json and merges.txt")
     f = Path(path) / "tokenizer.json"
     meta = read_json_file(f)
     if not isinstance(meta, dict) or meta.get("kind") != "bpe":
@@ -428,12 +475,20 @@ def load(cls: BPETokenizer, path, trust_pattern: bool = False):
         isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in specials.values()
     ):
         raise file_error(f, "'special_tokens' must map each token's text to its id (an integer >= 0)")
-    return cls.from_gpt2(
+    tok = cls.from_gpt2(
         Path(path) / "vocab.json",
         Path(path) / "merges.txt",
         specials,
         check_pattern(meta.get("pattern", "gpt2"), f, trust_pattern),
     )
+    # save writes one token per merge after the 256 bytes: a token with no merge means merges.txt lost lines
+    if (plain := sum(i not in specials.values() for i in tok.vocab)) != 256 + len(tok.merges):
+        raise file_error(
+            Path(path) / "merges.txt",
+            f"lists {len(tok.merges)} merges, but vocab.json holds {plain - 256} tokens past the 256 bytes: one of the"
+            " two was cut short or edited",
+        )
+    return tok
 
 
 @patch(cls_method=True)
@@ -479,10 +534,7 @@ def check_bpe_args(texts, vocab_size, special_tokens, pattern, workers):
     int_at_least("vocab_size", vocab_size)  # the floor of 256 bytes + specials is checked next, with its own advice
     if not all(isinstance(s, str) and s for s in special_tokens) or len(set(special_tokens)) < len(special_tokens):
         raise ValueError(f"special_tokens {special_tokens!r}: use distinct, non-empty strings (each gets its own id)")
-    if pattern not in PATTERNS and regex.fullmatch(r"\w+", pattern or ""):
-        raise ValueError(
-            f"pattern {pattern!r} is neither a shipped name ({', '.join(PATTERNS)}) nor a pre-tokenizing regex"
-        )
+    compile_pattern(pattern)
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ValueError(f"workers={workers!r}: use an integer >= 1, or None for one per core (up to 8)")
 
@@ -496,6 +548,8 @@ def train_bpe(
     incremental: bool = True,
 ) -> BPETokenizer:
     "Learn vocab_size - 256 - len(special_tokens) merges from `texts`."
+    if isinstance(special_tokens, str):  # list() would make each character a special token
+        raise TypeError(f"special_tokens is one string: pass a list, e.g. [{special_tokens!r}]")
     special_tokens = list(special_tokens)
     check_bpe_args(texts, vocab_size, special_tokens, pattern, workers)
     vocab_size = int(vocab_size)

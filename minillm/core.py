@@ -45,7 +45,16 @@ PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 def choose_precision(device: str, capability: tuple[int, int] | None = None) -> tuple[str, str]:
     "The training precision for this hardware ('bf16', 'fp16' or 'fp32') and the reason, in words."
+    try:
+        device = torch.device(device).type  # 'cuda:1' is a CUDA device too
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device={device!r}: use 'cuda' (or 'cuda:0'), 'cpu' or 'mps'") from None
     if device == "cuda":
+        if not (isinstance(capability, (tuple, list)) and len(capability) == 2):
+            raise ValueError(
+                f"capability={capability!r}: a CUDA device needs its (major, minor), e.g."
+                " torch.cuda.get_device_capability()"
+            )
         cc = f"{capability[0]}.{capability[1]}"
         if bf16_capable(capability):
             return "bf16", f"compute capability {cc} has native bf16: no loss scaling needed"
@@ -273,6 +282,9 @@ def mfu(tokens_per_s: float, flops_per_token: float, peak: float | None, world_s
 # %% ../nbs/01_core.ipynb #bd2cefdd
 def seed_everything(seed: int = 0, deterministic: bool = False) -> int:
     "Seed Python, NumPy and PyTorch (CPU and every GPU); optionally require deterministic kernels."
+    if isinstance(seed, bool) or not hasattr(seed, "__index__") or not 0 <= seed < 2**63:
+        raise ValueError(f"seed={seed!r}: use an integer in 0..2**63-1 (torch's range)")
+    seed = int(seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

@@ -48,6 +48,10 @@ def split_specials(text: str, specials: Iterable[str]) -> list[tuple[str, bool]]
     # hint3: pat = re.compile("|".join(map(re.escape, sorted(set(specials), key=len, reverse=True)))); walk
     #        pat.finditer(text), appending text[pos:m.start()] when non-empty, then (m.group(), True), and the tail
     #        after the last match.
+    if isinstance(specials, str):  # iterating it would make each of its characters a special token
+        raise TypeError(f"specials is one string ({specials!r}): pass a list of special tokens, e.g. [{specials!r}]")
+    if "" in specials:
+        raise ValueError("specials holds an empty string, which matches everywhere: leave it out")
     specials = sorted(set(specials), key=len, reverse=True)
     if not specials:
         return [(text, False)] if text else []
@@ -284,6 +288,9 @@ class BuiltinCorpus(Corpus):
 # %% ../nbs/02_data.ipynb #784880d6
 def take_chars(texts: Iterable[str], n_chars: int) -> list[str]:
     "The first `n_chars` characters of a stream of documents, as a list of documents (the last one cut to fit)."
+    if isinstance(texts, str):
+        raise TypeError("texts is one string: pass a list of documents (e.g. [text]), or an iterable of strings")
+    n_chars = int_at_least("n_chars", n_chars, 0)
     out, n = [], 0
     for t in texts:
         if n >= n_chars:
@@ -332,6 +339,8 @@ class LocalCorpus(Corpus):
 
     def __init__(self, spec: str | Path):
         self.spec, self.name = str(spec), str(spec)
+        if not self.spec.strip():  # Path("") is the current folder: every .txt under it would be read
+            raise ValueError(f"corpus {self.spec!r} is empty: use one of {', '.join(CORPORA)}, or a path")
         p = Path(spec)
         if any(c in self.spec for c in "*?["):
             files = sorted(Path(f) for f in _glob.glob(self.spec, recursive=True))
@@ -600,6 +609,8 @@ def encode_corpus(
     texts: Iterable[str], tok: Tokenizer, workers: int | None = None, docs_per_task: int = 16
 ) -> Iterator[np.ndarray]:
     "Token ids of each batch of documents, in order, with <|endoftext|> after each document."
+    if isinstance(texts, str):  # each character would be a document
+        raise TypeError("texts is one string: pass a list of documents (e.g. [text]), or an iterable of strings")
     if tok.eos_id is None:
         raise ValueError(f"the {tok.kind} tokenizer has no end-of-text token: documents could not be separated.")
     import minillm.data as m  # the module's functions, not a notebook's copies: workers must import them
@@ -723,6 +734,11 @@ def window_pair(tokens: np.ndarray, start: int, seq_len: int) -> tuple[torch.Ten
     # hint2: slice tokens[start : start + seq_len + 1]; convert with np.asarray(...).astype(np.int64) before
     #        torch.from_numpy (a shard's uint16 would stay uint16); split with [:-1] and [1:].
     # hint3: w = torch.from_numpy(np.asarray(tokens[start:start + seq_len + 1]).astype(np.int64)); return w[:-1], w[1:]
+    if not 0 <= start <= len(tokens) - seq_len - 1:  # a slice past the end would give a short window, silently
+        raise ValueError(
+            f"start={start}: a window of {seq_len} tokens (+1 for the last target) in {len(tokens)} tokens starts at"
+            f" 0..{len(tokens) - seq_len - 1}"
+        )
     w = torch.from_numpy(np.asarray(tokens[start : start + seq_len + 1]).astype(np.int64))
     return w[:-1], w[1:]
 
@@ -803,6 +819,9 @@ class TokenDataset:
             raise file_error(f, "missing", DATA_FIX)
         if (size := f.stat().st_size) == 0 or size % dtype.itemsize:
             raise file_error(f, f"holds {size} bytes, not a whole number (>= 1) of {dtype.name} tokens", DATA_FIX)
+        want = self.meta["splits"].get(split, {}).get("tokens")
+        if isinstance(want, int) and size // dtype.itemsize != want:  # cut short, or another preparation's shard
+            raise file_error(f, f"holds {size // dtype.itemsize:,} tokens but meta.json says {want:,}", DATA_FIX)
         self.tokens = np.memmap(f, dtype=dtype, mode="r")
 
     def __len__(self):

@@ -8,7 +8,7 @@ import os
 
 import torch
 
-from .attention import causal_mask, repeat_kv
+from .attention import causal_mask, check_qkv, repeat_kv
 
 # %% auto #0
 __all__ = ['naive_attention', 'online_softmax_update', 'forward_tile', 'tiled_forward', 'softmax_backward_tile', 'tiled_backward',
@@ -187,8 +187,9 @@ def tiled_attention(
     """Differentiable tiled attention for q (b, h, t_q, d), k (b, h_kv, t_k, d), v (b, h_kv, t_k, d_v). -> out (b, h,
     t_q, d_v) (, lse)
     """
-    if block_q < 1 or block_k < 1:
-        raise ValueError(f"block_q={block_q}, block_k={block_k}: use block sizes >= 1")
+    check_qkv(q, k, v)  # a 3-D q would be read as (h, t, d) tiles of a wrong shape
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in (block_q, block_k)):
+        raise ValueError(f"block_q={block_q!r}, block_k={block_k!r}: use integer block sizes >= 1")
     out, lse = TiledAttention.apply(q, k, v, causal, scale, block_q, block_k)
     return (out, lse) if return_lse else out
 

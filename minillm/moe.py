@@ -50,6 +50,8 @@ def moe_problems(c) -> list[str]:
     """
     g = (lambda k: c.get(k, MOE_DEFAULTS[k])) if isinstance(c, dict) else (lambda k: getattr(c, k, MOE_DEFAULTS[k]))
     E, k, S, H, p = g("num_experts"), g("top_k"), g("num_shared_experts"), g("expert_hidden"), []
+    if isinstance(c, dict) and (unknown := [n for n in c if n not in MOE_DEFAULTS]):  # a typo would take the default
+        p.append(f"unknown MoE setting {', '.join(map(repr, unknown))}: the settings are {', '.join(MOE_DEFAULTS)}")
     if not _int(E, 1):
         p.append(f"num_experts={E!r}: use an integer >= 1")
     if not _int(k, 1):

@@ -16,9 +16,9 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['DEBUG_ENV', 'USER_ERRORS', 'positive_int', 'nonneg_int', 'seed_int', 'positive_float', 'nonneg_float', 'finite_float',
-           'unit_float', 'current_umask', 'write_atomic', 'check_writable', 'write_json', 'UserError', 'describe_error',
-           'run_main', 'number_arg', 'int_at_least', 'positive_number', 'patch', 'free_port', 'threading_main',
-           'signals_noted', 'MetricWriters']
+           'unit_float', 'current_umask', 'write_atomic', 'write_files_atomic', 'check_writable', 'write_json',
+           'UserError', 'describe_error', 'run_main', 'number_arg', 'int_at_least', 'positive_number', 'patch',
+           'free_port', 'threading_main', 'signals_noted', 'MetricWriters']
 
 # %% ../nbs/00_utils.ipynb #5bbfc377
 def current_umask() -> int:
@@ -29,23 +29,34 @@ def current_umask() -> int:
 
 def write_atomic(path: Path | str, data: str | bytes):
     "Write `data` (text or bytes) to `path` through a temporary file in the same folder, then rename."
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
+    write_files_atomic({path: data})
+
+
+def write_files_atomic(files: dict):
+    """Write each `{path: data}` through a temporary file beside it, and rename them all only once every one is written:
+    a failure on the way (a full disk, Ctrl-C) leaves all the old files as they were, never a mix of old and new."""
+    tmps = []  # (temporary, target)
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:  # the folder takes no new file: name the file asked for, not the temporary one
-        raise type(e)(e.errno, e.strerror, str(path)) from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
+        for path, data in files.items():
+            path = Path(path)
+            if path.is_dir():
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            except OSError as e:  # the folder takes no new file: name the file asked for, not the temporary one
+                raise type(e)(e.errno, e.strerror, str(path)) from None
+            tmps.append((tmp, path))
+            with os.fdopen(fd, "wb") as f:
+                f.write(data.encode("utf-8") if isinstance(data, str) else data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600 files; give the usual permissions
+        for tmp, path in tmps:
+            os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        for tmp, _ in tmps:
+            Path(tmp).unlink(missing_ok=True)  # those already renamed are gone from here
         raise
 
 

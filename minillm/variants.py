@@ -77,6 +77,8 @@ class RoPE(nn.Module):
         return cos[start_pos:end], sin[start_pos:end]
 
     def forward(self, x: torch.Tensor, start_pos: int | torch.Tensor = 0) -> torch.Tensor:
+        if x.size(-1) != self.head_dim:  # (t, d/2) angles would broadcast against a narrower x
+            raise ValueError(f"x has {x.size(-1)} features in its last dim, this RoPE rotates head_dim={self.head_dim}")
         cos, sin = self.cos_sin(x.size(-2), start_pos, x.device)  # (t, d/2) each, fp32
         return apply_rotary(x.float(), cos, sin).to(x.dtype)
 
@@ -327,8 +329,12 @@ class MultiHeadLatentAttention(nn.Module):
 # %% ../nbs/06_variants.ipynb #bdaa2a12
 def cache_bytes_per_token(attn: nn.Module, embed_dim: int, steps: int = 8, dtype=torch.float16) -> float:
     "Measured KV-cache bytes per token for one attention layer: run `steps` tokens through it with a cache."
-    cache = LayerCache()
-    with torch.no_grad():
-        attn.to(dtype)(torch.randn(1, steps, embed_dim, dtype=dtype), cache)
-    attn.float()
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps={steps!r}: use an integer >= 1")
+    cache, was = LayerCache(), next(attn.parameters()).dtype
+    try:
+        with torch.no_grad():
+            attn.to(dtype)(torch.randn(1, steps, embed_dim, dtype=dtype), cache)
+    finally:
+        attn.to(was)  # also after a failure (a wrong embed_dim): the layer is left as it came
     return cache.nbytes() / steps

@@ -371,6 +371,10 @@ def adamw_(p, g, m, v, step: int, lr: float, weight_decay: float, betas: tuple[f
     """torch's AdamW update of one tensor, in place: decoupled weight decay, the two moments, bias-corrected step `step`
     (1, 2, ...).
     """
+    if isinstance(step, bool) or not isinstance(step, int) or step < 1:  # checked before p, m and v change
+        raise ValueError(f"step={step!r}: the bias correction counts steps from 1 (1 - beta**0 is 0)")
+    if not (p.shape == g.shape == m.shape == v.shape):
+        raise ValueError(f"p {tuple(p.shape)}, g {tuple(g.shape)}, m {tuple(m.shape)}, v {tuple(v.shape)}: one shape")
     b1, b2 = betas
     p.mul_(1 - lr * weight_decay)
     m.lerp_(g, 1 - b1)

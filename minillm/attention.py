@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['LATER_KERNELS', 'BACKENDS', 'causal_mask', 'manual_attention', 'repeat_kv', 'probe_backends', 'resolve_backend',
-           'check_qkv', 'attend', 'split_heads', 'merge_heads', 'MultiHeadAttention']
+           'check_qkv', 'attend', 'split_heads', 'merge_heads', 'check_heads', 'MultiHeadAttention']
 
 # %% ../nbs/05_attention.ipynb #3907f0a3
 def causal_mask(t_q: int, t_k: int, device=None) -> torch.Tensor:
@@ -215,15 +215,27 @@ def merge_heads(y: torch.Tensor) -> torch.Tensor:
     return y.transpose(1, 2).reshape(b, t, h * d)  # (b, t, C)
 
 # %% ../nbs/05_attention.ipynb #7f78f4f0
+def check_heads(embed_dim: int, num_heads: int, num_kv_heads: int | None = None):
+    "Head counts that split `embed_dim`: integers >= 1, num_heads dividing embed_dim, num_kv_heads dividing num_heads."
+    for name, v in (("embed_dim", embed_dim), ("num_heads", num_heads), ("num_kv_heads", num_kv_heads)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"{name}={v!r}: use an integer >= 1")
+    if embed_dim % num_heads:
+        raise ValueError(
+            f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}: pick num_heads that divides it."
+        )
+    if num_kv_heads is not None and num_heads % num_kv_heads:
+        raise ValueError(
+            f"num_heads {num_heads} is not divisible by num_kv_heads {num_kv_heads}: pick num_kv_heads that divides it."
+        )
+
+
 class MultiHeadAttention(nn.Module):
     "Causal multi-head self-attention with a fused qkv projection (GPT-2 style): x (b, t, C) -> (b, t, C)."
 
     def __init__(self, embed_dim: int, num_heads: int, bias: bool = False, dropout: float = 0.0, backend: str = "auto"):
         super().__init__()
-        if embed_dim % num_heads:
-            raise ValueError(
-                f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}: pick num_heads that divides it."
-            )
+        check_heads(embed_dim, num_heads)
         self.num_heads, self.head_dim, self.dropout, self.backend = num_heads, embed_dim // num_heads, dropout, backend
         self.qkv = nn.Linear(embed_dim, 3 * embed_dim, bias=bias)
         self.o_proj = nn.Linear(embed_dim, embed_dim, bias=bias)

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import attend, causal_mask, merge_heads, split_heads
+from .attention import attend, causal_mask, check_heads, merge_heads, split_heads
 
 # %% auto #0
 __all__ = ['sinusoidal_positions', 'apply_rotary', 'RoPE', 'cache_append', 'LayerCache', 'KVCache', 'GroupedQueryAttention',
@@ -112,6 +112,8 @@ class LayerCache:
 
     def trim(self, keep: int):
         "Keep only the last `keep` steps (a rolling window)."
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:  # -1 would slice from the end: empty
+            raise ValueError(f"keep={keep!r}: use an integer >= 0 (the steps to keep)")
         self.tensors = {k: v[..., v.size(-2) - keep :, :] if v.size(-2) > keep else v for k, v in self.tensors.items()}
 
     def nbytes(self) -> int:
@@ -149,16 +151,8 @@ class GroupedQueryAttention(nn.Module):
         rope: RoPE | None = None,
     ):
         super().__init__()
-        num_kv_heads = num_kv_heads or num_heads
-        if embed_dim % num_heads:
-            raise ValueError(
-                f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}: pick num_heads that divides it."
-            )
-        if num_heads % num_kv_heads:
-            raise ValueError(
-                f"num_heads {num_heads} is not divisible by num_kv_heads {num_kv_heads}: pick num_kv_heads that"
-                " divides it."
-            )
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads  # 0 is refused, not read as "all"
+        check_heads(embed_dim, num_heads, num_kv_heads)
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, embed_dim // num_heads
         self.dropout, self.backend, self.rope = dropout, backend, rope
         self.q_proj = nn.Linear(embed_dim, num_heads * self.head_dim, bias=bias)

@@ -11,7 +11,7 @@ import torch.distributed as dist
 from .attention import probe_backends
 from .train import Engine, TrainConfig, Dist, choose_amp, param_groups, held_bytes, speed_settings
 from .moe import moe_layers, in_backward
-from .utils import free_port
+from .utils import free_port, int_at_least
 
 # %% auto #0
 __all__ = ['spawn', 'bare_trainer', 'bookkeeping', 'reduce_scatter_flat', 'all_gather_flat', 'ring_bytes', 'CommCounter',
@@ -124,6 +124,7 @@ def _spawn(fn, args: tuple, kwargs: dict, world: int, timeout: float) -> list:
 def bare_trainer(model: torch.nn.Module, accum: int = 1, **cfg) -> SimpleNamespace:
     "What an engine reads from the trainer (model, config, ranks, accumulation), without data or a run folder."
     world, rank = (dist.get_world_size(), dist.get_rank()) if dist.is_initialized() else (1, 0)
+    accum = int_at_least("accum", accum)  # 0 would divide each loss by zero
     c = TrainConfig(**{"device": "cpu", **cfg})
     return SimpleNamespace(
         raw=model,

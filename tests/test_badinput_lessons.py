@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from minillm.attention import attend
+from minillm.attention import MultiHeadAttention, attend
 from minillm.bpe import BPETokenizer, count_pretokens, train_bpe
 from minillm.core import choose_precision, seed_everything
 from minillm.data import EOT, ByteTokenizer, LocalCorpus, TokenDataset, encode_corpus, split_specials, take_chars, window_pair
 from minillm.flash import tiled_attention
 from minillm.moe import moe_problems
 from minillm.utils import write_files_atomic
-from minillm.variants import GroupedQueryAttention, RoPE, cache_bytes_per_token
-from minillm.zero import adamw_
+from minillm.variants import GroupedQueryAttention, KVCache, RoPE, cache_bytes_per_token
+from minillm.zero import adamw_, bare_trainer
 
 q4 = torch.randn(1, 2, 4, 8)
 
@@ -45,6 +45,12 @@ q4 = torch.randn(1, 2, 4, 8)
     (lambda: attend(torch.randn(2, 2, 4, 8), *[torch.randn(1, 2, 4, 8)] * 2), ValueError, r"one batch size"),
     (lambda: tiled_attention(q4, q4, q4, block_q=2.5), ValueError, r"block_q=2.5"),
     (lambda: RoPE(8)(torch.randn(1, 1, 3, 2)), ValueError, r"2 features .* head_dim=8"),  # broadcast to (..., 8)
+    # head counts: 0 KV heads was read as "as many as num_heads" (MHA); 0 heads a ZeroDivisionError
+    (lambda: GroupedQueryAttention(8, 4, num_kv_heads=0), ValueError, r"num_kv_heads=0: use an integer >= 1"),
+    (lambda: MultiHeadAttention(8, 0), ValueError, r"num_heads=0"),
+    (lambda: MultiHeadAttention(8, 2.0), ValueError, r"num_heads=2.0"),  # built, then failed in view()
+    (lambda: KVCache(1).trim(-1), ValueError, r"keep=-1"),  # emptied the cache
+    (lambda: bare_trainer(torch.nn.Linear(2, 2), accum=0), ValueError, r"accum=0"),
     # core: a device with its index was not a GPU (fp32 on an H100); a str seed failed inside random
     (lambda: choose_precision("cuda"), ValueError, r"needs its \(major, minor\)"),
     (lambda: choose_precision("gpu", (9, 0)), ValueError, r"device='gpu'"),

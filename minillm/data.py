@@ -504,6 +504,8 @@ class FirstBytes(Corpus):
     """
 
     def __init__(self, corpus: Corpus, max_bytes: int):
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int):  # a str failed at the first document
+            raise ValueError(f"max_bytes={max_bytes!r}: use an integer number of bytes >= 1")
         if max_bytes < 1:
             raise ValueError(f"--max-bytes {max_bytes}: take at least 1 byte of the corpus")
         self.corpus, self.max_bytes, self.name = corpus, max_bytes, corpus.name
@@ -545,6 +547,7 @@ def pack_documents(docs: Iterable[list[int]], eos_id: int) -> list[int]:
     # hint2: start from an empty list; for each document extend it with the document's ids, then append eos_id (after
     #        the document, not before it, and not only between documents).
     # hint3: out = []; for d in docs: out += list(d) + [eos_id]; return out
+    int_at_least("eos_id", eos_id, 0)  # None would be packed into the stream
     out = []
     for d in docs:
         out += list(d)
@@ -667,6 +670,12 @@ def write_shards(
     from tqdm.auto import tqdm
     import minillm.data as m  # the module's _write_ids (a test can make it fail as a full disk would)
 
+    if not isinstance(corpus, Corpus):
+        raise TypeError(f"corpus is a {type(corpus).__name__}: pass a Corpus, e.g. get_corpus({corpus!r})")
+    if not isinstance(tok, Tokenizer):
+        raise TypeError(
+            f"tok is a {type(tok).__name__}: pass a Tokenizer, e.g. ByteTokenizer() or load_tokenizer(folder)"
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     dtype = shard_dtype(tok.vocab_size)

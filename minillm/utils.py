@@ -253,6 +253,14 @@ def signals_noted(on_signal, signals=("SIGINT", "SIGTERM")):
             signal.signal(s, h)
 
 
+def _jsonable(v) -> bool:
+    try:
+        json.dumps(v)
+        return True
+    except TypeError:
+        return False
+
+
 class MetricWriters:
     """One row at a time into out/metrics.jsonl, and TensorBoard (out/tensorboard) or W&B when asked; nothing when out
     is None.
@@ -278,8 +286,16 @@ class MetricWriters:
     def write(self, row: dict):
         if self.out is None:
             return
+        try:  # before the file is opened: a bad row leaves no empty metrics.jsonl
+            line = json.dumps(row)
+        except TypeError:
+            k = next(k for k, v in row.items() if not _jsonable(v))
+            raise TypeError(
+                f"metrics row {k!r} is a {type(row[k]).__name__}, which JSON does not hold: log a number (e.g."
+                " tensor.item()) or a string"
+            ) from None
         with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(line + "\n")
         nums = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}
         for kind, w in self.sinks:
             if kind == "tb":

@@ -19,6 +19,10 @@ __all__ = ['sinusoidal_positions', 'apply_rotary', 'RoPE', 'cache_append', 'Laye
 # %% ../nbs/06_variants.ipynb #57c45c10
 def sinusoidal_positions(positions: torch.Tensor, dim: int, base: float = 10000.0) -> torch.Tensor:
     "(t,) positions -> (t, dim): sin on even features, cos on odd, frequencies base^(-2i/dim)."
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 2 or dim % 2:  # an odd dim gave dim + 1 features
+        raise ValueError(f"dim={dim!r}: use an even integer >= 2 (a sin and a cos per frequency)")
+    if not torch.is_tensor(positions) or positions.dim() != 1:
+        raise ValueError("positions must be a 1-D tensor of positions, e.g. torch.arange(t)")
     inv_freq = base ** (-torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32) / dim)  # (dim/2,)
     ang = positions.float()[:, None] * inv_freq  # (t, dim/2)
     return torch.stack([ang.sin(), ang.cos()], dim=-1).flatten(-2)  # (t, dim)

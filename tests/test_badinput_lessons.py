@@ -11,11 +11,12 @@ import torch
 from minillm.attention import MultiHeadAttention, attend
 from minillm.bpe import BPETokenizer, count_pretokens, train_bpe
 from minillm.core import choose_precision, seed_everything
-from minillm.data import EOT, ByteTokenizer, LocalCorpus, TokenDataset, encode_corpus, split_specials, take_chars, window_pair
+from minillm.data import (EOT, ByteTokenizer, LocalCorpus, TokenDataset, encode_corpus, get_corpus, pack_documents,
+                          split_specials, take_chars, window_pair, write_shards)
 from minillm.flash import tiled_attention
 from minillm.moe import moe_problems
-from minillm.utils import write_files_atomic
-from minillm.variants import GroupedQueryAttention, KVCache, RoPE, cache_bytes_per_token
+from minillm.utils import MetricWriters, write_files_atomic
+from minillm.variants import GroupedQueryAttention, KVCache, RoPE, cache_bytes_per_token, sinusoidal_positions
 from minillm.zero import adamw_, bare_trainer
 
 q4 = torch.randn(1, 2, 4, 8)
@@ -59,6 +60,10 @@ q4 = torch.randn(1, 2, 4, 8)
     # data: a window past the end came back short; the empty corpus read every .txt under the current folder
     (lambda: window_pair(np.arange(10), 6, 4), ValueError, r"start=6: .* starts at 0..5"),
     (lambda: LocalCorpus(""), ValueError, r"corpus '' is empty"),
+    (lambda: get_corpus("builtin", max_bytes="100"), ValueError, r"max_bytes='100'"),  # failed at the first document
+    (lambda: pack_documents([[1, 2]], None), ValueError, r"eos_id=None"),  # gave [1, 2, None]
+    (lambda: write_shards("builtin", ByteTokenizer(), "unused"), TypeError, r"get_corpus\('builtin'\)"),
+    (lambda: sinusoidal_positions(torch.arange(4), 5), ValueError, r"dim=5: use an even"),  # gave 6 features
 ])
 def test_refused_by_name(call, err, match):
     "Each call raises the named error with a message naming the argument (before the fix: see each case's comment)."
@@ -149,3 +154,13 @@ def test_token_dataset_refuses_a_shard_shorter_than_meta(tmp_path):
     (tmp_path / "train.bin").write_bytes(data[: -np.dtype(json.loads((tmp_path / "meta.json").read_text())["dtype"]).itemsize])
     with pytest.raises(ValueError, match=r"train.bin: holds [\d,]+ tokens but meta.json says [\d,]+"):
         TokenDataset(tmp_path)
+
+
+def test_metrics_row_that_json_cannot_hold_is_named(tmp_path):
+    "A tensor in a metrics row failed with json's 'not JSON serializable' (no key named) and left an empty file."
+    w = MetricWriters(tmp_path)
+    with pytest.raises(TypeError, match=r"metrics row 'loss' is a Tensor.*tensor.item\(\)"):
+        w.write({"step": 1, "loss": torch.tensor(2.0)})
+    assert not (tmp_path / "metrics.jsonl").exists()
+    w.write({"step": 1, "loss": 2.0})
+    assert json.loads((tmp_path / "metrics.jsonl").read_text()) == {"step": 1, "loss": 2.0}

@@ -52,6 +52,8 @@ def manual_attention(q, k, v, causal: bool = True, scale: float | None = None, d
 # %% ../nbs/05_attention.ipynb #aa553126
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     "(b, h_kv, t, d) -> (b, h_kv * n_rep, t, d): each KV head repeated for the query heads it serves."
+    if isinstance(n_rep, bool) or not isinstance(n_rep, int) or n_rep < 1:  # 0 gave an empty tensor
+        raise ValueError(f"n_rep={n_rep!r}: use an integer >= 1 (query heads per KV head)")
     if n_rep == 1:
         return x
     b, h_kv, t, d = x.shape

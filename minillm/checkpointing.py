@@ -155,6 +155,8 @@ def blocks_to_checkpoint(saved: list[int], kept: list[int], budget: int) -> int 
     # hint2: with k leading blocks checkpointed the total is the kept bytes of blocks 0..k-1 plus the saved bytes of the
     #        others; k runs from 0 to len(saved), both included.
     # hint3: for k in range(len(saved) + 1): if sum(kept[:k]) + sum(saved[k:]) <= budget: return k; then return None
+    if len(saved) != len(kept):  # zip-like slicing would answer for the shorter list
+        raise ValueError(f"saved has {len(saved)} blocks and kept {len(kept)}: give one number per block in each")
     for k in range(len(saved) + 1):
         if sum(kept[:k]) + sum(saved[k:]) <= budget:
             return k

@@ -89,6 +89,8 @@ def route_topk(scores: torch.Tensor, k: int, bias: torch.Tensor | None = None) -
     #        score itself.
     # hint3: idx = (scores if bias is None else scores + bias).topk(k, dim=-1).indices; gates = scores.gather(-1, idx);
     #        return idx, (gates / gates.sum(-1, keepdim=True) if k > 1 else gates)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= scores.size(-1):  # 0 routed nowhere
+        raise ValueError(f"k={k!r}: use an integer from 1 to the {scores.size(-1)} experts")
     idx = (scores if bias is None else scores + bias).topk(k, dim=-1).indices
     gates = scores.gather(-1, idx)
     return idx, (gates / gates.sum(-1, keepdim=True) if k > 1 else gates)
@@ -461,6 +463,11 @@ def moe_params(
     """One MoE layer's parameters: 'total' (every expert), 'active' (what one token uses), 'matmul' (active weights that
     multiply: FLOPs = 6 x matmul per token).
     """
+    if p := moe_problems(dict(num_experts=num_experts, top_k=top_k, num_shared_experts=num_shared_experts)):
+        raise ValueError("; ".join(p))  # top_k > num_experts counted more active parameters than total
+    for name, v in (("dim", dim), ("expert_hidden", expert_hidden)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name}={v!r}: use an integer >= 1")
     expert, router = 3 * dim * expert_hidden, dim * num_experts
     shared = num_shared_experts * expert + (
         (2 * num_shared_experts * expert_hidden + dim) * int(bias) if num_shared_experts else 0

@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from minillm.attention import MultiHeadAttention, attend
+from minillm.attention import MultiHeadAttention, attend, repeat_kv
 from minillm.bpe import BPETokenizer, count_pretokens, train_bpe
 from minillm.core import choose_precision, seed_everything
 from minillm.data import (EOT, ByteTokenizer, LocalCorpus, TokenDataset, encode_corpus, get_corpus, pack_documents,
                           split_specials, take_chars, window_pair, write_shards)
 from minillm.flash import tiled_attention
-from minillm.moe import moe_problems
+from minillm.checkpointing import blocks_to_checkpoint
+from minillm.moe import moe_params, moe_problems, route_topk
 from minillm.utils import MetricWriters, write_files_atomic
 from minillm.variants import GroupedQueryAttention, KVCache, RoPE, cache_bytes_per_token, sinusoidal_positions
 from minillm.zero import adamw_, bare_trainer
@@ -52,6 +53,13 @@ q4 = torch.randn(1, 2, 4, 8)
     (lambda: MultiHeadAttention(8, 2.0), ValueError, r"num_heads=2.0"),  # built, then failed in view()
     (lambda: KVCache(1).trim(-1), ValueError, r"keep=-1"),  # emptied the cache
     (lambda: bare_trainer(torch.nn.Linear(2, 2), accum=0), ValueError, r"accum=0"),
+    (lambda: repeat_kv(torch.randn(1, 2, 3, 4), 0), ValueError, r"n_rep=0"),  # an empty tensor
+    # MoE counting: top_k past the experts counted more active parameters than total; k=0 routed nowhere
+    (lambda: moe_params(8, 4, 5, 16), ValueError, r"top_k=5 is more than num_experts=4"),
+    (lambda: moe_params(-8, 4, 2, 16), ValueError, r"dim=-8"),
+    (lambda: route_topk(torch.rand(4, 3), 0), ValueError, r"k=0: use an integer from 1 to the 3 experts"),
+    # lists of different lengths answered for the shorter one
+    (lambda: blocks_to_checkpoint([10, 10, 10], [1], 3), ValueError, r"saved has 3 blocks and kept 1"),
     # core: a device with its index was not a GPU (fp32 on an H100); a str seed failed inside random
     (lambda: choose_precision("cuda"), ValueError, r"needs its \(major, minor\)"),
     (lambda: choose_precision("gpu", (9, 0)), ValueError, r"device='gpu'"),

@@ -768,7 +768,6 @@ class MiniLLM(nn.Module):
             loss = lm_loss(logits, labels)
         return logits, loss
 
-
 # %% ../nbs/07_model.ipynb #535a1026
 def decoder_forward(model: MiniLLM, input_ids: torch.Tensor) -> torch.Tensor:
     """(b, t) token ids -> (b, t, V) logits: MiniLLM.forward without cache, recomputation or labels (dropout as the
@@ -846,6 +845,12 @@ UNUSABLE_LOGITS = (
 )
 
 
+def _refuse_unusable(bad: torch.Tensor):
+    "A ValueError naming the rows marked in (b,) `bad` (reading it waits for the GPU)."
+    if bad.any():
+        raise ValueError(UNUSABLE_LOGITS.format(rows=bad.nonzero()[:, 0].tolist()))
+
+
 def _draw(logits, temperature, top_k, top_p, generator):
     if temperature == 0:
         return logits.argmax(-1)
@@ -863,14 +868,8 @@ def sample_next(
     "(b, V) logits -> (b,) token ids. A row with NaN or +inf, or with every logit -inf, is a ValueError."
     _check_logits(logits)
     _check_sampling(temperature, top_k, top_p)
-    if not (ok := usable_rows(logits)).all():
-        raise ValueError(UNUSABLE_LOGITS.format(rows=(~ok).nonzero()[:, 0].tolist()))
+    _refuse_unusable(~usable_rows(logits))
     return _draw(logits, temperature, top_k, top_p, generator)
-
-
-def _refuse_unusable(bad: torch.Tensor):
-    if bad.any():
-        raise ValueError(UNUSABLE_LOGITS.format(rows=bad.nonzero()[:, 0].tolist()))
 
 
 def _check_generate(m: MiniLLM, input_ids, max_new_tokens, temperature, top_k, top_p, stops, rolling):

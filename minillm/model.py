@@ -840,7 +840,7 @@ def usable_rows(logits: torch.Tensor) -> torch.Tensor:
 
 
 UNUSABLE_LOGITS = (
-    "the logits of sequence(s) {rows} hold NaN or +inf, or are all -inf: the model's weights hold NaN/inf (a diverged"
+    "the logits of sequence(s) {rows} hold NaN or inf: the model's weights hold NaN/inf (a diverged"
     " run: load an earlier checkpoint), or a float16 forward overflowed (run it in bfloat16 or float32)"
 )
 
@@ -916,8 +916,8 @@ def generate(
     ends when every sequence is finished. `on_token(nxt)` is called with each step's (b,) new ids as soon as they
     are sampled (to stream them); an exception it raises (e.g. KeyboardInterrupt) ends generation. `static`: decode
     into a StaticKVCache (section below), and `compile`: torch.compile its one-token step; None: both on CUDA, where the
-    model allows it, and neither on a CPU. Logits sample_next would refuse (NaN, +inf) end it with that ValueError:
-    when the loop ends, or before on_token streams them (there, not at every step: each check waits for the GPU)."""
+    model allows it, and neither on a CPU. Logits holding NaN or inf end it with sample_next's ValueError: when the
+    loop ends, or before on_token streams a token drawn from them (not at every step: each check waits for the GPU)."""
     stops = ([] if eos_id is None else [eos_id]) + list(stop_ids or [])
     _check_generate(self, input_ids, max_new_tokens, temperature, top_k, top_p, stops, rolling)
     static, step = decoding_plan(self, input_ids, use_cache, rolling, static, compile)
@@ -926,7 +926,9 @@ def generate(
     out, cache, seen = input_ids, None, []
     done = torch.zeros(input_ids.size(0), dtype=torch.bool, device=input_ids.device)
     pad, stop_t = torch.zeros_like(done, dtype=torch.long), torch.tensor(stops, device=input_ids.device)
-    bad = torch.zeros_like(done)  # rows whose logits were unusable: sampled from zeros instead, refused at the end
+    # each row's logits summed over the steps: a NaN or inf in any of them stays in the sum (two small kernels a step,
+    # no wait for the GPU); it is refused when the loop ends, or before on_token would stream a token drawn from it
+    total = torch.zeros(input_ids.size(0), device=input_ids.device)
     try:
         for _ in range(max_new_tokens):
             if not use_cache:
@@ -939,10 +941,10 @@ def generate(
                     cache.trim(T - 1)
                 logits = step(out[:, -1:], cache)
             logits = logits[:, -1]  # (b, V)
-            ok = usable_rows(logits)
-            bad |= ~ok
+            total += logits.sum(-1)
             # a NaN reaching multinomial on a GPU is a device-side assert that ends the process: draw from 0 instead
-            nxt = _draw(torch.where(ok[:, None], logits, 0.0), temperature, top_k, top_p, generator)
+            drawn = torch.nan_to_num(logits, nan=0.0, posinf=0.0) if temperature else logits
+            nxt = _draw(drawn, temperature, top_k, top_p, generator)
             if stops:  # finished rows repeat their stop id
                 nxt = torch.where(done, pad, nxt)
                 new = ~done & torch.isin(nxt, stop_t)
@@ -951,13 +953,13 @@ def generate(
             if return_logits:
                 seen.append(logits)
             if on_token is not None:
-                _refuse_unusable(bad)
+                _refuse_unusable(~total.isfinite())
                 on_token(nxt)
             if stops and done.all():
                 break
     finally:
         self.train(was_training)
-    _refuse_unusable(bad)
+    _refuse_unusable(~total.isfinite())
     if not return_logits:
         return out
     return out, (

@@ -81,11 +81,25 @@ def same(expected, got, rtol=1e-5, atol=1e-6) -> bool:
         if expected.dtype.is_floating_point or expected.dtype.is_complex:
             return torch.allclose(got, expected, rtol=rtol, atol=atol, equal_nan=True)
         return torch.equal(got, expected)
+    if type(expected).__module__ == "numpy" and hasattr(expected, "shape"):  # an array (or numpy scalar)
+        import numpy as np
+
+        return (
+            type(got) is type(expected)
+            and got.shape == expected.shape
+            and got.dtype == expected.dtype
+            and bool(
+                np.allclose(got, expected, rtol, atol, equal_nan=True)
+                if expected.dtype.kind in "fc"
+                else np.array_equal(got, expected)
+            )
+        )
     if isinstance(expected, float) or isinstance(got, float):
         if isinstance(expected, bool) or isinstance(got, bool):
             return expected is got
         try:
-            return math.isclose(expected, got, rel_tol=rtol, abs_tol=atol)
+            both_nan = math.isnan(expected) and math.isnan(got)  # as for tensors (equal_nan)
+            return both_nan or math.isclose(expected, got, rel_tol=rtol, abs_tol=atol)
         except TypeError:
             return False
     if isinstance(expected, (list, tuple)):
@@ -105,6 +119,12 @@ def same(expected, got, rtol=1e-5, atol=1e-6) -> bool:
 # %% ../nbs/00_exercises.ipynb #497fb212
 def test_fail(f: Callable, msg: str = "", contains: str = "", args=None, kwargs=None):
     "Assert that f(*args, **kwargs) raises an exception whose message contains `contains`."
+    if not callable(f):  # test_fail(g(x)) calls g before test_fail runs: "not callable" would count as the failure
+        raise TypeError(
+            f"test_fail takes the function to call, not a {type(f).__name__}: write test_fail(lambda: g(x))"
+        )
+    if not isinstance(args, (tuple, list, type(None))) or not isinstance(kwargs, (dict, type(None))):
+        raise TypeError("test_fail's args is a tuple of positional arguments and kwargs a dict: e.g. args=(0,)")
     try:
         f(*(args or ()), **(kwargs or {}))
     except Exception as e:
@@ -118,7 +138,13 @@ def test_fail(f: Callable, msg: str = "", contains: str = "", args=None, kwargs=
 
 
 def test_eq(a, b):
-    "Assert a == b (tensors and arrays: same shape and every element equal)."
+    "Assert a == b (tensors and arrays: same shape and every element equal; lists, tuples and dicts item by item)."
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and any(hasattr(x, "shape") for x in (*a, *b)):
+        assert len(a) == len(b), f"{_short(a)} != {_short(b)}: {len(a)} items and {len(b)}"
+        return [test_eq(x, y) for x, y in zip(a, b)] and None
+    if isinstance(a, dict) and isinstance(b, dict) and any(hasattr(x, "shape") for x in (*a.values(), *b.values())):
+        assert a.keys() == b.keys(), f"keys {list(a)} != {list(b)}"
+        return [test_eq(a[k], b[k]) for k in a] and None
     if hasattr(a, "shape") and hasattr(b, "shape"):
         ok = tuple(a.shape) == tuple(b.shape) and bool((a == b).all())
     else:
@@ -127,16 +153,22 @@ def test_eq(a, b):
 
 
 def test_close(a, b, eps: float = 1e-5):
-    "Assert |a - b| < eps, elementwise for tensors, arrays and sequences."
+    """Assert |a - b| < eps, elementwise for tensors, arrays and sequences (two arrays of one shape; a number is
+    compared with every element). Equal values pass whatever eps, equal infinities (masked scores) included."""
     if hasattr(a, "shape") or hasattr(b, "shape"):
         import numpy as np
 
         arr = lambda x: x.detach().float().cpu().numpy() if hasattr(x, "detach") else np.asarray(x, dtype=float)
-        ok = bool(np.all(np.abs(arr(a) - arr(b)) < eps))
+        x, y = arr(a), arr(b)
+        if x.ndim and y.ndim and x.shape != y.shape:  # broadcasting would compare (3, 1) with (1, 3) nine ways
+            raise AssertionError(f"{_short(a)} and {_short(b)} have shapes {x.shape} and {y.shape}")
+        with np.errstate(invalid="ignore"):  # inf - inf is nan: those pairs pass by x == y
+            ok = bool(np.all((x == y) | (np.abs(x - y) < eps)))
     elif isinstance(a, (list, tuple)):
-        return [test_close(x, y, eps) for x, y in zip(a, b, strict=True)] and None
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), f"{_short(a)} and {_short(b)} differ in length"
+        return [test_close(x, y, eps) for x, y in zip(a, b)] and None
     else:
-        ok = abs(a - b) < eps
+        ok = a == b or abs(a - b) < eps
     assert ok, f"{_short(a)} and {_short(b)} differ by eps={eps} or more"
 
 
@@ -147,6 +179,8 @@ def _resolve(reference) -> Callable:
     "A callable, or a dotted path such as 'minillm.core.bf16_capable'."
     if callable(reference):
         return reference
+    if not isinstance(reference, str) or "." not in reference:
+        raise TypeError(f"reference={reference!r}: pass a function, or its path such as 'minillm.core.bf16_capable'")
     mod, _, name = reference.rpartition(".")
     return getattr(importlib.import_module(mod), name)
 
@@ -158,7 +192,12 @@ def check(fn: Callable, cases: Iterable, reference: Callable | str, rtol: float 
     hinted = ref if _tiers(ref) else _find_reference(name) if name.isidentifier() else None
     if hinted is not None and name.isidentifier():
         _REFERENCES[name] = hinted  # the package's function of that name has them
+    cases = None if isinstance(cases, (str, bytes)) else list(cases)
+    if cases is None or not all(isinstance(c, (case, tuple, list)) for c in cases):
+        raise TypeError("cases is a list of case(...) (or of argument tuples): e.g. [case(3, causal=True), case(5)]")
     cases = [c if isinstance(c, case) else case(*c) for c in cases]
+    if not cases:
+        raise ValueError("check needs at least one case: a check that runs nothing passes anything")
     for c in cases:
         expected = ref(*copy.deepcopy(c.args), **copy.deepcopy(c.kwargs))
         try:
@@ -238,7 +277,12 @@ def hint(fn, tier: int | None = None) -> None:
     shown.
     """
     name = fn.rpartition(".")[2] if isinstance(fn, str) else getattr(fn, "__name__", repr(fn))
-    ref = _find_reference(fn)
+    if tier is not None and (isinstance(tier, bool) or not isinstance(tier, int)):
+        raise TypeError(f"tier={tier!r}: the hint's number, an int such as 2")
+    try:
+        ref = _find_reference(fn)
+    except (ImportError, AttributeError):  # a dotted path to nothing
+        ref = None
     if ref is None:
         print(f"No exercise named `{name}` found in minillm: pass its path, e.g. hint('minillm.bpe.merge').")
         return

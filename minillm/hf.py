@@ -352,11 +352,12 @@ def _hf_tokenizer_files(tok, dest: Path, max_len: int) -> str | None:
 OUTPUT_MARKS = {"export": ("config.json", "model.safetensors"), "run": ("config.json", "latest.pt")}
 
 
-def _check_out(out: Path, overwrite: bool, source: Path, kind: str, flag: str = "--out"):
-    """Refuse an `out` that would lose data: the folder being read, or one that holds it; a file; a non-empty folder
-    without `overwrite`, or, with it, a folder that is not an earlier output of this `kind` (its marks all there)."""
-    o, s = out.resolve(), source.resolve()
-    if o == s or o in s.parents:
+def _check_out(out: Path, overwrite: bool, source: Path | None, kind: str, flag: str = "--out"):
+    """Refuse an `out` that would lose data: the folder being read (`source`), or one that holds it; a file; a
+    non-empty folder without `overwrite`, or, with it, a folder that is not an earlier output of this `kind` (its
+    marks all there)."""
+    o, s = out.resolve(), source.resolve() if source is not None else None
+    if s is not None and (o == s or o in s.parents):
         raise UserError(
             f"{flag} {out} {'is' if o == s else 'holds'} {source}, which is being read: replacing it would delete it;"
             f" choose another {flag}"
@@ -365,9 +366,8 @@ def _check_out(out: Path, overwrite: bool, source: Path, kind: str, flag: str = 
         raise UserError(f"{flag} {out} is a file: give a folder")
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
-            raise UserError(
-                f"{flag} {out} exists and is not empty: pass --overwrite to replace it, or choose another {flag}"
-            )
+            how = "--overwrite" if flag.startswith("--") else "overwrite=True"
+            raise UserError(f"{flag} {out} exists and is not empty: pass {how} to replace it, or choose another {flag}")
         marks = OUTPUT_MARKS[kind]
         if not all((out / m).is_file() for m in marks):
             raise UserError(
@@ -397,10 +397,12 @@ def _staging(out: Path) -> Path:
         raise UserError(f"cannot write beside {out} in {out.parent}: {e.strerror}; choose another --out") from None
 
 # %% ../nbs/17_hf.ipynb #52ab5182
-def save_run(model: MiniLLM, tok, out, source: str | None = None) -> Path:
+def save_run(model: MiniLLM, tok, out, source: str | None = None, overwrite: bool = False) -> Path:
     """Write `model` and `tok` as a run folder `out` (latest.pt at step 0, config.json, tokenizer/), as the trainer
-    lays it out: `load_model`, `minillm sample` and `minillm export` read it. Written whole or not at all."""
-    out, c = Path(out), model.config
+    lays it out: `load_model`, `minillm sample` and `minillm export` read it. Written whole or not at all. A folder
+    that holds anything is replaced only with `overwrite`, and only when it is a run (config.json and latest.pt)."""
+    out, c = Path(os.path.abspath(out)), model.config  # absolute: "" or "." has a name, and a parent to stage in
+    _check_out(out, overwrite, None, "run", flag="out")
     if c.vocab_size != tok.vocab_size:
         raise ValueError(f"the model has {c.vocab_size} token ids, the tokenizer {tok.vocab_size}: they must agree")
     tmp = _staging(out)
@@ -510,6 +512,13 @@ def import_checkpoint(src, out, tokenizer=None, overwrite: bool = False, log=pri
             f" {c.vocab_size} tokens"
         )
     raw = _read_hf_weights(src)
+    prefix = "model.layers." if hf_family(c) == "llama" else "transformer.h."
+    held = {int(k[len(prefix) :].split(".")[0]) for k in raw if k.startswith(prefix)}
+    if held and max(held) >= c.num_layers:  # the layers past the config's count would be dropped, silently
+        raise UserError(
+            f"{src}: the weights hold {max(held) + 1} layers but config.json says {c.num_layers}: they do not belong"
+            " together"
+        )
     if c.tie_embeddings is False and "lm_head.weight" not in raw:
         raise UserError(f"{src}: tie_word_embeddings is false but the weights hold no lm_head.weight")
     try:
@@ -519,7 +528,7 @@ def import_checkpoint(src, out, tokenizer=None, overwrite: bool = False, log=pri
     check_state_dict(c, sd, str(src))
     model = MiniLLM(c)
     model.load_state_dict(sd)
-    save_run(model, tok, out, source=str(src))
+    save_run(model, tok, out, source=str(src), overwrite=overwrite)
     log(f"imported {src} ({hf_family(c)}, {model.num_params():,} parameters) as the run {out}")
     return out
 

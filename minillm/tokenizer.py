@@ -133,6 +133,8 @@ def train_sentencepiece(
     """Train SentencePiece on the lines of `texts`: deterministic (one thread, no sampling), byte fallback, exact round
     trips.
     """
+    if isinstance(texts, (str, bytes)):  # its characters would be the lines
+        raise TypeError("texts is one string: pass a list of documents (e.g. [text]), or an iterable of strings")
     if model_type not in ("bpe", "unigram"):
         raise ValueError(f"model_type {model_type!r}: use 'bpe' or 'unigram'.")
     if vocab_size < 256 + 5:
@@ -169,6 +171,11 @@ def train_sentencepiece(
             raise ValueError(
                 "a SentencePiece vocabulary must hold every character of the text plus 256 bytes: "
                 f"use --vocab-size of at least {m.group(2)} (got {vocab_size})."
+            ) from None
+        if "sentences_.empty()" in msg:
+            raise ValueError(
+                f"no line to train on: the texts are empty, blank, or every line is longer than max_sentence_length="
+                f"{max_sentence_length} characters"
             ) from None
         if "Vocabulary size too high" in msg or "vocab_size" in msg:
             raise ValueError(

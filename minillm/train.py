@@ -60,9 +60,10 @@ __all__ = ['UNCAPPED', 'DEFAULT_MICRO_BATCH', 'Schedule', 'Offload', 'CompileMod
            'TrainConfig', 'literal_values', 'accumulation_steps', 'param_groups', 'lr_at', 'adamw_update', 'Dist',
            'dist_env', 'srun_step', 'setup_dist', 'choose_amp', 'rng_state', 'set_rng_state', 'save_checkpoint',
            'load_checkpoint', 'check_compatible', 'engine_class', 'held_bytes', 'Engine', 'DDPEngine', 'speed_settings',
-           'apply_speed', 'describe_speed', 'speed_table', 'Trainer', 'run_files', 'clear_run', 'StoppedInFirstStep',
-           'Diverged', 'LivePlot', 'load_model', 'sample_text', 'model_override', 'read_config_file', 'build_configs',
-           'train_parser', 'check_out', 'train_main', 'sample_parser', 'sample_main']
+           'apply_speed', 'describe_speed', 'speed_table', 'Trainer', 'run_files', 'clear_run', 'refuse_data_folder',
+           'StoppedInFirstStep', 'Diverged', 'LivePlot', 'load_model', 'sample_text', 'model_override',
+           'read_config_file', 'build_configs', 'train_parser', 'check_out', 'train_main', 'sample_parser',
+           'sample_main']
 
 # %% ../nbs/09_train.ipynb #9c1266ab
 UNCAPPED = 10**9  # max_steps when a time budget or --epochs decides the length
@@ -282,6 +283,8 @@ def lr_at(step: int, max_steps: int, lr: float, min_lr: float, warmup: int, kind
     #        warmup), at most 1 (guard a zero denominator with max(1, ...)).
     # hint3: cosine: min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (lr - min_lr); linear: lr + (min_lr - lr) *
     #        progress.
+    if kind not in SCHEDULES:  # a misspelt kind decayed by cosine, silently
+        raise ValueError(f"kind={kind!r}: use one of {', '.join(SCHEDULES)}")
     if step < warmup:
         return lr * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
@@ -1144,11 +1147,21 @@ def clear_run(out: Path, keep=()):
     """
     import shutil
 
+    refuse_data_folder(out)
     for n in run_files(out, skip=keep):
         p = Path(out) / n
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
-    for tmp in Path(out).glob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()  # a link goes, not what it points to
+    for tmp in Path(out).glob(".*.tmp"):  # write_atomic's temporaries are named after their file: a user's are kept
+        if tmp.name[1:].startswith(tuple(f"{n}." for n in RUN_FILES) + ("step_",)):
+            tmp.unlink(missing_ok=True)
+
+
+def refuse_data_folder(out: Path, flag: str = "--out"):
+    "Refuse a prepared data folder (meta.json, train.bin) as a run folder: clearing a run would take its tokenizer."
+    if (Path(out) / "meta.json").is_file() and (Path(out) / "train.bin").exists():
+        raise ValueError(
+            f"{flag} {out} is a prepared data folder (meta.json, train.bin): give the run a folder of its own"
+        )
 
 
 @patch
@@ -1763,6 +1776,7 @@ def check_out(out: Path, resume, overwrite: bool) -> bool:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file: give a folder (a new one, or one holding a run).")
+    refuse_data_folder(out)
     parent = out
     while not parent.exists():
         parent = parent.parent

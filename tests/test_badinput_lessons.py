@@ -1,7 +1,7 @@
-"""Bad input to the functions the lessons build (data, BPE, attention, RoPE, MoE, ZeRO, core): each refused with a
-ValueError or TypeError naming the argument, where it gave a silent wrong answer, a traceback from inside torch, or left
-state behind. Tested here rather than in the lessons: a learner's own version of an exercise need not check its input,
-and these call the package's."""
+"""Bad input to the functions the lessons build (data, tokenizers, attention, RoPE, MoE, ZeRO, core, training, the
+exercise helpers, the run writers): each refused with a ValueError or TypeError naming the argument, where it gave a
+silent wrong answer, a traceback from inside torch, or left state behind. Tested here rather than in the lessons: a
+learner's own version of an exercise need not check its input, and these call the package's."""
 import json
 
 import numpy as np
@@ -10,12 +10,14 @@ import torch
 
 from minillm.attention import MultiHeadAttention, attend, repeat_kv
 from minillm.bpe import BPETokenizer, count_pretokens, train_bpe
+from minillm.checkpointing import blocks_to_checkpoint
 from minillm.core import choose_precision, seed_everything
 from minillm.data import (EOT, ByteTokenizer, LocalCorpus, TokenDataset, encode_corpus, get_corpus, pack_documents,
                           split_specials, take_chars, window_pair, write_shards)
 from minillm.flash import tiled_attention
-from minillm.checkpointing import blocks_to_checkpoint
 from minillm.moe import moe_params, moe_problems, route_topk
+from minillm.tokenizer import train_sentencepiece
+from minillm.train import lr_at
 from minillm.utils import MetricWriters, write_files_atomic
 from minillm.variants import GroupedQueryAttention, KVCache, RoPE, cache_bytes_per_token, sinusoidal_positions
 from minillm.zero import adamw_, bare_trainer
@@ -58,6 +60,11 @@ q4 = torch.randn(1, 2, 4, 8)
     (lambda: moe_params(8, 4, 5, 16), ValueError, r"top_k=5 is more than num_experts=4"),
     (lambda: moe_params(-8, 4, 2, 16), ValueError, r"dim=-8"),
     (lambda: route_topk(torch.rand(4, 3), 0), ValueError, r"k=0: use an integer from 1 to the 3 experts"),
+    # a misspelt schedule decayed by cosine; one string trained SentencePiece on its characters; empty text failed
+    # inside SentencePiece's C++ ("INTERNAL: ... !sentences_.empty()")
+    (lambda: lr_at(5, 100, 1e-3, 1e-4, 10, "Linear"), ValueError, r"kind='Linear': use one of cosine, linear"),
+    (lambda: train_sentencepiece("hello world", 300), TypeError, r"texts is one string"),
+    (lambda: train_sentencepiece(["  ", ""], 300), ValueError, r"no line to train on"),
     # lists of different lengths answered for the shorter one
     (lambda: blocks_to_checkpoint([10, 10, 10], [1], 3), ValueError, r"saved has 3 blocks and kept 1"),
     # core: a device with its index was not a GPU (fp32 on an H100); a str seed failed inside random
@@ -172,3 +179,50 @@ def test_metrics_row_that_json_cannot_hold_is_named(tmp_path):
     assert not (tmp_path / "metrics.jsonl").exists()
     w.write({"step": 1, "loss": 2.0})
     assert json.loads((tmp_path / "metrics.jsonl").read_text()) == {"step": 1, "loss": 2.0}
+
+
+def test_save_run_never_replaces_what_is_not_a_run(tmp_path):
+    """save_run replaced any folder it was given, whole: a user's notes and a training run's metrics went with it. Now
+    a folder holding anything is kept unless overwrite=True, and even then only an earlier run (config.json and
+    latest.pt) is replaced; a file is refused too (it became a folder, its old copy left hidden beside it)."""
+    from minillm.hf import save_run
+    from minillm.model import MiniLLM, ModelConfig
+
+    m = MiniLLM(ModelConfig(vocab_size=257, embed_dim=16, num_heads=2, num_layers=1, max_seq_len=8))
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "mine.txt").write_text("keep me")
+    for overwrite, match in ((False, "exists and is not empty: pass overwrite=True"), (True, "is not an earlier run")):
+        with pytest.raises(Exception, match=match):
+            save_run(m, ByteTokenizer(), notes, overwrite=overwrite)
+    assert [p.name for p in notes.iterdir()] == ["mine.txt"]
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(Exception, match="is a file"):
+        save_run(m, ByteTokenizer(), tmp_path / "afile")
+    save_run(m, ByteTokenizer(), tmp_path / "run")
+    save_run(m, ByteTokenizer(), tmp_path / "run", overwrite=True)  # an earlier run: replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "notes", "run"]  # nothing hidden left behind
+
+
+def test_clear_run_keeps_data_folders_links_targets_and_user_temporaries(tmp_path):
+    """`train --overwrite` clears the run's files: pointed at a data folder it deleted the data's tokenizer/; a
+    tokenizer/ that is a link failed in rmtree after the checkpoints were gone; and a user's own .x.tmp was removed."""
+    from minillm.train import clear_run
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for n in ("meta.json", "train.bin"):
+        (data / n).write_text("{}")
+    (data / "tokenizer").mkdir()
+    with pytest.raises(ValueError, match="is a prepared data folder"):
+        clear_run(data)
+    assert (data / "tokenizer").is_dir()
+    run, elsewhere = tmp_path / "run", tmp_path / "tok"
+    run.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "vocab.json").write_text("{}")
+    (run / "tokenizer").symlink_to(elsewhere)
+    for n in ("latest.pt", ".latest.pt.abc.tmp", ".mine.tmp"):
+        (run / n).write_text("x")
+    clear_run(run)
+    assert sorted(p.name for p in run.iterdir()) == [".mine.tmp"] and (elsewhere / "vocab.json").exists()

@@ -164,6 +164,12 @@ def test_import_refusals(tmp_path, capsys):
     cfg = json.loads((d / "config.json").read_text())
     (d / "config.json").write_text(json.dumps(cfg | {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}))
     cases.append((["--from", str(d)], "rope_scaling="))
+    for family, key in (("llama", "num_hidden_layers"), ("gpt2", "n_layer")):  # one layer of two was dropped, silently
+        d = tmp_path / f"{family}-fewer-layers"
+        (hf_llama(2, True) if family == "llama" else hf_gpt2(True)).save_pretrained(d)
+        cfg = json.loads((d / "config.json").read_text())
+        (d / "config.json").write_text(json.dumps(cfg | {key: 1}))
+        cases.append((["--from", str(d)], "the weights hold 2 layers but config.json says 1"))
     cases.append((["--from", str(tmp_path / "tok")], "has no config.json"))
     cases.append((["--from", str(tmp_path / "gpt2")], "holds no tokenizer minillm reads"))
     for args, shows in cases:

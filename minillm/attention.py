@@ -136,13 +136,16 @@ def check_qkv(q, k, v, mask=None):
     if not all(torch.is_tensor(x) and x.dim() == 4 for x in (q, k, v)):
         got = ", ".join(str(tuple(x.shape)) if torch.is_tensor(x) else type(x).__name__ for x in (q, k, v))
         raise ValueError(f"q, k, v must be 4-D (batch, heads, time, head_dim), got {got}: split_heads makes them")
-    shapes = f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
-    if not q.size(0) == k.size(0) == v.size(0):
-        raise ValueError(f"{shapes}: give them one batch size (they would broadcast)")
-    if v.size(1) != k.size(1) or k.size(1) == 0 or q.size(1) % k.size(1):
-        raise ValueError(f"{shapes}: k and v need the same number of heads, a divisor of q's")
-    if v.size(2) != k.size(2) or q.size(-1) != k.size(-1):
-        raise ValueError(f"{shapes}: k and v need one length, q and k one head_dim")
+    (b, h, _, d), (b_k, h_k, t_k, d_k), (b_v, h_v, t_v, _) = q.shape, k.shape, v.shape  # every call: kept cheap
+    why = None
+    if not b == b_k == b_v:
+        why = "give them one batch size (they would broadcast)"
+    elif h_v != h_k or h_k == 0 or h % h_k:
+        why = "k and v need the same number of heads, a divisor of q's"
+    elif t_v != t_k or d != d_k:
+        why = "k and v need one length, q and k one head_dim"
+    if why:
+        raise ValueError(f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}: {why}")
     if mask is not None and not (torch.is_tensor(mask) and mask.dtype == torch.bool):
         raise ValueError(
             f"mask is {mask.dtype if torch.is_tensor(mask) else type(mask).__name__}: use a boolean tensor, True where"

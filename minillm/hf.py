@@ -499,10 +499,14 @@ def import_checkpoint(src, out, tokenizer=None, overwrite: bool = False, log=pri
     if (src / "latest.pt").exists() or (src / "best.pt").exists():
         raise UserError(f"{src} is a minillm run, not a transformers checkpoint: sample or train from it as it is")
     try:
-        cfg = json.loads((src / "config.json").read_text())
+        cfg = json.loads((src / "config.json").read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise UserError(
             f"{src / 'config.json'} is not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}"
+        ) from None
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"{src / 'config.json'} is not UTF-8 text (byte {e.start}): it is no transformers config"
         ) from None
     c = config_from_hf(cfg)
     tok = _import_tokenizer(src, tokenizer)
@@ -526,6 +530,10 @@ def import_checkpoint(src, out, tokenizer=None, overwrite: bool = False, log=pri
     except KeyError as e:
         raise UserError(f"{src}: the weights have no {e.args[0]}: they do not belong to this config.json") from None
     check_state_dict(c, sd, str(src))
+    if bad := [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]:
+        raise UserError(
+            f"{src}: the weights hold NaN or inf ({', '.join(bad[:3])}): no run would load them"
+        )  # as load_model
     model = MiniLLM(c)
     model.load_state_dict(sd)
     save_run(model, tok, out, source=str(src), overwrite=overwrite)

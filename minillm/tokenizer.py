@@ -137,6 +137,7 @@ def train_sentencepiece(
         raise TypeError("texts is one string: pass a list of documents (e.g. [text]), or an iterable of strings")
     if model_type not in ("bpe", "unigram"):
         raise ValueError(f"model_type {model_type!r}: use 'bpe' or 'unigram'.")
+    vocab_size = int_at_least("vocab_size", vocab_size)  # '300' or 300.0 failed inside SentencePiece, unnamed
     if vocab_size < 256 + 5:
         raise ValueError(f"vocab_size {vocab_size} is below 256 byte pieces + 4 special ids + 1: use at least 261.")
     out = io.BytesIO()
@@ -192,6 +193,8 @@ def bytes_per_token(tok: Tokenizer, text: str) -> float:
     # hint2: characters are not bytes once text leaves ASCII: encode the string to UTF-8 before counting; the tokens are
     #        what the tokenizer's encode returns.
     # hint3: len(text.encode("utf-8")) / len(tok.encode(text))
+    if not isinstance(text, str) or not text:  # no tokens: nothing to divide by
+        raise ValueError(f"text={text[:20] if isinstance(text, str) else type(text).__name__!r}: give some text")
     return len(text.encode("utf-8")) / len(tok.encode(text))
 
 # %% ../nbs/04_tokenizer.ipynb #0e995c75

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import random
+import re
 import sys
 import time
 import types
@@ -504,7 +505,9 @@ def _open_checkpoint(path: Path, map_location="cpu", need=CHECKPOINT_KEYS) -> tu
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ck = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as e:
+        if "GLOBAL" not in str(e):  # no class or function asked for: the bytes are no pickle at all (a JSON file...)
+            return None, "is truncated or not a checkpoint (torch cannot read it)"
         return (
             None,
             (
@@ -525,6 +528,13 @@ def load_checkpoint(path: Path, map_location="cpu", need=CHECKPOINT_KEYS) -> dic
     sibling is intact.
     """
     path = Path(path)
+    if isinstance(map_location, (str, torch.device)):  # checked first: torch's failure would read as a damaged file
+        try:
+            where = torch.device(map_location)
+        except RuntimeError:
+            raise ValueError(f"map_location={map_location!r} is no device: use 'cpu' or 'cuda'") from None
+        if where.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"map_location={map_location!r}, but this machine has no CUDA device: use 'cpu'")
     ck, problem = _open_checkpoint(path, map_location, need)
     if ck is not None:
         return ck
@@ -1541,19 +1551,31 @@ def model_override(s: str) -> tuple[str, object]:
     return k.strip(), _parse_value(v)
 
 
+_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _yaml_exponents(v):
+    "PyYAML follows YAML 1.1, which reads `lr: 3e-4` (no dot) as the string '3e-4': make such strings the numbers."
+    if isinstance(v, dict):
+        return {k: _yaml_exponents(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_yaml_exponents(x) for x in v]
+    return float(v) if isinstance(v, str) and _EXPONENT.fullmatch(v.strip()) else v
+
+
 def read_config_file(path) -> dict:
     "A --config file's settings: JSON, or YAML with PyYAML. Errors name the file and the line."
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"--config {p}: {'is a folder' if p.is_dir() else 'no such file'}")
     text = p.read_text(errors="replace")
-    if p.suffix in (".yaml", ".yml"):
+    if p.suffix.lower() in (".yaml", ".yml"):
         try:
             import yaml
         except ImportError:
             raise ImportError("YAML configs need PyYAML: pip install pyyaml (or use a .json config)") from None
         try:
-            d = yaml.safe_load(text)
+            d = _yaml_exponents(yaml.safe_load(text))
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             raise ValueError(

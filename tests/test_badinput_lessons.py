@@ -16,8 +16,8 @@ from minillm.data import (EOT, ByteTokenizer, LocalCorpus, TokenDataset, encode_
                           split_specials, take_chars, window_pair, write_shards)
 from minillm.flash import tiled_attention
 from minillm.moe import moe_params, moe_problems, route_topk
-from minillm.tokenizer import train_sentencepiece
-from minillm.train import lr_at
+from minillm.tokenizer import bytes_per_token, train_sentencepiece
+from minillm.train import load_checkpoint, lr_at, read_config_file
 from minillm.utils import MetricWriters, write_files_atomic
 from minillm.variants import GroupedQueryAttention, KVCache, RoPE, cache_bytes_per_token, sinusoidal_positions
 from minillm.zero import adamw_, bare_trainer
@@ -65,6 +65,12 @@ q4 = torch.randn(1, 2, 4, 8)
     (lambda: lr_at(5, 100, 1e-3, 1e-4, 10, "Linear"), ValueError, r"kind='Linear': use one of cosine, linear"),
     (lambda: train_sentencepiece("hello world", 300), TypeError, r"texts is one string"),
     (lambda: train_sentencepiece(["  ", ""], 300), ValueError, r"no line to train on"),
+    (lambda: train_sentencepiece(["hello"], "300"), ValueError, r"vocab_size='300'"),  # "cannot parse" inside C++
+    (lambda: bytes_per_token(ByteTokenizer(), ""), ValueError, r"give some text"),  # ZeroDivisionError
+    # a good checkpoint with a device this machine lacks was called "truncated or not a checkpoint"
+    (lambda: load_checkpoint(__file__, map_location="cuda"), ValueError, r"no CUDA device: use 'cpu'")
+    if not torch.cuda.is_available() else (lambda: load_checkpoint(__file__, map_location="tpu"), ValueError, "no device"),
+    (lambda: load_checkpoint(__file__, map_location="bogus"), ValueError, r"map_location='bogus' is no device"),
     # lists of different lengths answered for the shorter one
     (lambda: blocks_to_checkpoint([10, 10, 10], [1], 3), ValueError, r"saved has 3 blocks and kept 1"),
     # core: a device with its index was not a GPU (fp32 on an H100); a str seed failed inside random
@@ -226,3 +232,26 @@ def test_clear_run_keeps_data_folders_links_targets_and_user_temporaries(tmp_pat
         (run / n).write_text("x")
     clear_run(run)
     assert sorted(p.name for p in run.iterdir()) == [".mine.tmp"] and (elsewhere / "vocab.json").exists()
+
+
+class Thing:
+    "A class of this module: pickled by reference, so a weights-only load refuses it as code."
+
+
+def test_checkpoint_errors_say_what_the_file_is(tmp_path):
+    """A JSON file given as a checkpoint was said to hold "objects ... code could run" (torch's unpickler refuses its
+    first byte as it refuses a class); a pickled object still is."""
+    (tmp_path / "config.json").write_text('{"a": 1}')
+    with pytest.raises(ValueError, match="config.json is truncated or not a checkpoint"):
+        load_checkpoint(tmp_path / "config.json")
+    torch.save({"model": Thing()}, tmp_path / "obj.pt")
+    with pytest.raises(ValueError, match="holds objects a minillm checkpoint never contains"):
+        load_checkpoint(tmp_path / "obj.pt")
+
+
+def test_yaml_config_reads_exponents_as_numbers(tmp_path):
+    """PyYAML (YAML 1.1) reads `lr: 3e-4` as the string '3e-4', which TrainConfig refused ("must be float"); a .YAML
+    file was parsed as JSON. Strings that only look like numbers stay strings."""
+    pytest.importorskip("yaml")
+    (tmp_path / "c.YAML").write_text("lr: 3e-4\nmodel:\n  dropout: 1E-1\nout: runs/1e3x\n")
+    assert read_config_file(tmp_path / "c.YAML") == {"lr": 3e-4, "model": {"dropout": 0.1}, "out": "runs/1e3x"}

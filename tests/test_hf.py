@@ -170,6 +170,11 @@ def test_import_refusals(tmp_path, capsys):
         cfg = json.loads((d / "config.json").read_text())
         (d / "config.json").write_text(json.dumps(cfg | {key: 1}))
         cases.append((["--from", str(d)], "the weights hold 2 layers but config.json says 1"))
+    nan = hf_gpt2(True)  # a run whose load_model would refuse it was written
+    with torch.no_grad():
+        nan.transformer.h[0].mlp.c_fc.weight[0, 0] = float("nan")
+    nan.save_pretrained(tmp_path / "nan")
+    cases.append((["--from", str(tmp_path / "nan")], "the weights hold NaN or inf"))
     cases.append((["--from", str(tmp_path / "tok")], "has no config.json"))
     cases.append((["--from", str(tmp_path / "gpt2")], "holds no tokenizer minillm reads"))
     for args, shows in cases:
